@@ -1,0 +1,119 @@
+"""What fleetop writes back: ServiceStatus, ProxyStatus, agent reports and published proxy configs.
+
+Status is observation, written by the operator only when it changed (a write on every pass would
+re-trigger its own reconcile). Conditions follow the Kubernetes form.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from fleetop.models.base import StrictModel
+
+ConditionType = Literal["Available", "Progressing", "Degraded", "Invalid", "Ready", "Published"]
+
+
+class ObservedModel(StrictModel):
+    """Status is written by fleetop, read by people and scripts: strict, but tolerant of new fields
+    so an older CLI can read a newer operator's status."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Condition(ObservedModel):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str = ""
+
+
+class ReplicaCounts(ObservedModel):
+    desired: int = 0
+    launched: int = 0
+    running: int = 0
+    ready: int = 0
+    updated: int = 0
+
+
+class UnitStatus(ObservedModel):
+    """One unit the operator owns, as fleet reports it."""
+
+    name: str
+    role: str = "main"
+    instance: str = ""
+    machine: str | None = None
+    desired_state: str = ""
+    current_state: str | None = None
+    load_state: str | None = None
+    active_state: str | None = None
+    sub_state: str | None = None
+    template: str = ""
+    ready: bool = False
+    registered: bool = False
+
+
+class Backend(ObservedModel):
+    """A registration that parsed: the etcd key it came from and the address it names."""
+
+    key: str
+    address: str
+
+
+class ServiceStatus(ObservedModel):
+    observed_generation: int = 0
+    replicas: ReplicaCounts = Field(default_factory=ReplicaCounts)
+    conditions: list[Condition] = Field(default_factory=list)
+    units: list[UnitStatus] = Field(default_factory=list)
+    backends: list[Backend] = Field(default_factory=list)
+    invalid_registrations: int = 0
+    template: str = ""
+    last_error: str | None = None
+
+    def condition(self, kind: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
+
+
+class AgentCount(ObservedModel):
+    total: int = 0
+    on_newest: int = 0
+
+
+class ProxyStatus(ObservedModel):
+    observed_generation: int = 0
+    config_hash: str = ""
+    generation: int = 0
+    backends: dict[str, int] = Field(default_factory=dict)
+    agents: AgentCount = Field(default_factory=AgentCount)
+    conditions: list[Condition] = Field(default_factory=list)
+    units: list[UnitStatus] = Field(default_factory=list)
+    last_error: str | None = None
+
+    def condition(self, kind: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
+
+
+class AgentStatus(ObservedModel):
+    """``/status/proxies/<name>/agents/<machine>``: what one proxy agent applied, or why it could not."""
+
+    machine: str
+    applied_hash: str = ""
+    applied_generation: int = 0
+    applied_at: str = ""
+    reloads: int = 0
+    error: str | None = None
+    failed_hash: str = ""
+
+
+class PublishedConfig(ObservedModel):
+    """``/fleetop/proxies/<name>/config``: the rendered config an agent applies."""
+
+    hash: str
+    generation: int
+    kind: Literal["nginx", "haproxy"]
+    body: str
+    check_cmd: list[str] | str | None = None
+    reload_cmd: list[str] | str | None = None
+    config_path: str | None = None
