@@ -10,8 +10,8 @@ import pytest
 from fleetop.errors import SpecInvalid
 from fleetop.models import ProxySpec, ServiceSpec, parse_proxy, parse_service, parse_spec
 from fleetop.models.base import format_duration, parse_duration
-from fleetop.models.service import resolve_int_or_percent
 from fleetop.models.parse import encode_spec, spec_document
+from fleetop.models.service import resolve_int_or_percent
 
 MINIMAL = {"replicas": 2, "unit": {"execStart": "/bin/sleep 1000"}}
 
@@ -33,8 +33,12 @@ FULL_SERVICE: dict[str, Any] = {
     },
     "ports": {"base": 8001},
     "placement": {"machineMetadata": {"region": ["sfo1", "nyc1"]}, "spread": True},
-    "discovery": {"prefix": "/services/web", "sidekick": True,
-                  "check": {"http": "/", "interval": "5s", "timeout": "1s"}, "ttl": "30s"},
+    "discovery": {
+        "prefix": "/services/web",
+        "sidekick": True,
+        "check": {"http": "/", "interval": "5s", "timeout": "1s"},
+        "ttl": "30s",
+    },
     "rollout": {"maxSurge": "25%", "maxUnavailable": 1, "minReadySeconds": 5, "progressDeadlineSeconds": 120},
     "paused": False,
 }
@@ -69,28 +73,56 @@ def test_stored_form_is_compact_and_round_trips() -> None:
         ({"unit": {"execStart": "x"}, "replica": 3}, "$.replica", "unknown field"),
         ({"unit": {"execStart": "a\nb"}}, "$.unit.execStart", "newline"),
         ({"unit": {"execStart": "x", "environment": {"A B": "c"}}}, "$.unit.environment", "not valid"),
-        ({"unit": {"execStart": "x", "options": [{"section": "X-Fleetop", "name": "Service", "value": "a"}]}},
-         "$.unit.options[0].section", "written by fleetop"),
-        ({"unit": {"execStart": "x", "options": [{"section": "Service", "name": "A=B", "value": "a"}]}},
-         "$.unit.options[0].name", "option name"),
+        (
+            {
+                "unit": {
+                    "execStart": "x",
+                    "options": [{"section": "X-Fleetop", "name": "Service", "value": "a"}],
+                }
+            },
+            "$.unit.options[0].section",
+            "written by fleetop",
+        ),
+        (
+            {"unit": {"execStart": "x", "options": [{"section": "Service", "name": "A=B", "value": "a"}]}},
+            "$.unit.options[0].name",
+            "option name",
+        ),
         ({"unit": {"execStart": "x"}, "replicas": -1}, "$.replicas", "greater than or equal"),
         ({"unit": {"execStart": "x"}, "ports": {"base": 70000}}, "$.ports.base", "less than or equal"),
         ({"unit": {"execStart": "x"}, "ports": {"base": 65535}, "replicas": 2}, "$", "65535"),
-        ({"unit": {"execStart": "x"}, "placement": {"global": True, "machineOf": "db.service"}}, "$.placement",
-         "global cannot"),
+        (
+            {"unit": {"execStart": "x"}, "placement": {"global": True, "machineOf": "db.service"}},
+            "$.placement",
+            "global cannot",
+        ),
         ({"unit": {"execStart": "x"}, "placement": {"machineId": "xyz"}}, "$.placement.machineId", "32"),
-        ({"unit": {"execStart": "x"}, "placement": {"machineMetadata": {"region": []}}},
-         "$.placement.machineMetadata", "at least one"),
-        ({"unit": {"execStart": "x"}, "discovery": {"check": {"http": "/", "tcp": True}}}, "$.discovery.check",
-         "one check"),
-        ({"unit": {"execStart": "x"}, "discovery": {"check": {"http": "no-slash"}}}, "$.discovery.check.http",
-         "path"),
+        (
+            {"unit": {"execStart": "x"}, "placement": {"machineMetadata": {"region": []}}},
+            "$.placement.machineMetadata",
+            "at least one",
+        ),
+        (
+            {"unit": {"execStart": "x"}, "discovery": {"check": {"http": "/", "tcp": True}}},
+            "$.discovery.check",
+            "one check",
+        ),
+        (
+            {"unit": {"execStart": "x"}, "discovery": {"check": {"http": "no-slash"}}},
+            "$.discovery.check.http",
+            "path",
+        ),
         ({"unit": {"execStart": "x"}, "discovery": {"ttl": "soon"}}, "$.discovery.ttl", "not a duration"),
         ({"unit": {"execStart": "x"}, "discovery": {"prefix": "/a/../b"}}, "$.discovery.prefix", "etcd key"),
-        ({"unit": {"execStart": "x"}, "rollout": {"maxSurge": 0, "maxUnavailable": 0}}, "$.rollout", "both be 0"),
+        (
+            {"unit": {"execStart": "x"}, "rollout": {"maxSurge": 0, "maxUnavailable": 0}},
+            "$.rollout",
+            "both be 0",
+        ),
         ({"unit": {"execStart": "x"}, "rollout": {"maxSurge": "150%"}}, "$.rollout.maxSurge", "percentage"),
         ({"unit": {"execStart": "x"}, "paused": "yes"}, "$.paused", "boolean"),
         ({"unit": {"execStart": "x"}, "name": "Web_1"}, "$.name", "lowercase"),
+        ({"unit": {"execStart": "x"}, "discovery": {"sidekick": True}}, "$", "needs ports.base"),
     ],
 )
 def test_invalid_services_name_the_json_path(document: dict[str, Any], path: str, fragment: str) -> None:
@@ -115,13 +147,24 @@ def test_garbage_is_a_spec_error_not_a_crash(text: str) -> None:
         parse_service(text.encode("latin-1"))
 
 
-PROXY = {"kind": "nginx", "listen": "127.0.0.1:8080", "routes": [{"service": "hello"}], "headers": {"handler": True}}
+PROXY = {
+    "kind": "nginx",
+    "listen": "127.0.0.1:8080",
+    "routes": [{"service": "hello"}],
+    "headers": {"handler": True},
+}
 
 
 @pytest.mark.parametrize(
     ("listen", "normalized"),
-    [(8080, "*:8080"), ("8080", "*:8080"), ("127.0.0.1:80", "127.0.0.1:80"), ("[::1]:80", "[::1]:80"),
-     ("*:443", "*:443"), ("lb.example.com:80", "lb.example.com:80")],
+    [
+        (8080, "*:8080"),
+        ("8080", "*:8080"),
+        ("127.0.0.1:80", "127.0.0.1:80"),
+        ("[::1]:80", "[::1]:80"),
+        ("*:443", "*:443"),
+        ("lb.example.com:80", "lb.example.com:80"),
+    ],
 )
 def test_proxy_listen_forms(listen: Any, normalized: str) -> None:
     assert parse_proxy({**PROXY, "listen": listen}).listen == normalized
@@ -187,8 +230,10 @@ def test_durations(text: Any, seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
 
 
-@pytest.mark.parametrize(("value", "total", "up", "expected"),
-                         [(1, 10, True, 1), ("25%", 10, True, 3), ("25%", 10, False, 2), ("100%", 3, False, 3)])
+@pytest.mark.parametrize(
+    ("value", "total", "up", "expected"),
+    [(1, 10, True, 1), ("25%", 10, True, 3), ("25%", 10, False, 2), ("100%", 3, False, 3)],
+)
 def test_int_or_percent(value: Any, total: int, up: bool, expected: int) -> None:
     assert resolve_int_or_percent(value, total, round_up=up) == expected
 

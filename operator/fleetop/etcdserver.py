@@ -98,15 +98,24 @@ class EtcdServer:
         peer = f"http://{self.host}:{self.peer_port}"
         args = [
             find_etcd_binary(),
-            "--name", self.name,
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.url,
-            "--advertise-client-urls", self.url,
-            "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
-            "--initial-cluster-state", "new",
-            "--log-level", "warn",
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            self.url,
+            "--advertise-client-urls",
+            self.url,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"{self.name}={peer}",
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
         ]
         if self.tls:
             args += ["--cert-file", str(self.tls.cert_file), "--key-file", str(self.tls.key_file)]
@@ -122,7 +131,10 @@ class EtcdServer:
         log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it open
         try:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         finally:

@@ -15,8 +15,19 @@ from dataclasses import dataclass
 
 UNIT_TYPES = frozenset(
     {
-        "automount", "busname", "device", "mount", "path", "scope", "service",
-        "slice", "snapshot", "socket", "swap", "target", "timer",
+        "automount",
+        "busname",
+        "device",
+        "mount",
+        "path",
+        "scope",
+        "service",
+        "slice",
+        "snapshot",
+        "socket",
+        "swap",
+        "target",
+        "timer",
     }
 )
 TEMPLATE_TYPES = frozenset({"path", "service", "socket", "target", "timer"})

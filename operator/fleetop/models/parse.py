@@ -134,9 +134,8 @@ def parse_spec(document: Any, *, where: str = "") -> ServiceSpec | ProxySpec:
 
 
 def spec_document(spec: ServiceSpec | ProxySpec) -> dict[str, Any]:
-    """The stored form: camelCase, defaults left out, without ``kind`` and ``name`` (the key names it)."""
+    """The stored form: camelCase, defaults left out, without ``name`` (the key names it)."""
     data: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-    data.pop("kind", None)
     data.pop("name", None)
     return data
 

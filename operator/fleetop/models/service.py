@@ -281,8 +281,10 @@ class ServiceSpec(StrictModel):
     def _consistent(self) -> ServiceSpec:
         if self.ports and self.ports.base + max(self.replicas, 1) - 1 > 65535:
             raise ValueError("ports.base + replicas - 1 must not exceed 65535")
-        if self.placement.global_ and self.discovery.sidekick and self.ports is None:
-            raise ValueError("a global service with a sidekick needs ports.base to name its instance")
+        if self.discovery.sidekick and self.ports is None:
+            raise ValueError(
+                "discovery.sidekick needs ports.base: the sidekick registers host:port (port = instance)"
+            )
         return self
 
     def registration_prefix(self, service: str) -> str:

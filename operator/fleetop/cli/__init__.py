@@ -1,0 +1,1 @@
+"""The ``fleetop`` command line: kubectl-like verbs over the specs in etcd."""

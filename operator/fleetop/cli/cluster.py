@@ -1,0 +1,169 @@
+"""``fleetop status``, ``fleetop get units|machines`` and ``fleetop events``: gathering from etcd and fleet.
+
+The formatting is pure (``statusview.py``); this module does the I/O. A part that cannot be reached is
+shown as unreachable with the reason — the status screen is most needed exactly when something is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+
+from fleetop.cli.common import CliContext, cli_context, echo, open_store, run
+from fleetop.cli.output import format_events, render_table
+from fleetop.cli.statusview import (
+    Health,
+    Report,
+    format_machines,
+    format_status,
+    format_status_data,
+    format_units,
+    now_utc,
+)
+from fleetop.errors import FleetopError
+from fleetop.fleet.client import FleetClient, RetryPolicy
+from fleetop.fleet.model import Machine, Unit, UnitState
+from fleetop.http import Timeouts
+from fleetop.store import Store
+
+
+def fleet_endpoint(flag: str | None) -> str:
+    return flag or os.environ.get("FLEETCTL_ENDPOINT") or "unix:///var/run/fleet.sock"
+
+
+async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit], list[UnitState]]:
+    try:
+        async with FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0)) as fleet:
+            machines, units, states = await asyncio.gather(
+                fleet.list_machines(), fleet.list_units(), fleet.list_states()
+            )
+    except FleetopError as exc:
+        return Health(endpoint, False, str(exc)), [], [], []
+    return Health(endpoint, True, f"{len(machines)} machines"), machines, units, states
+
+
+async def gather_etcd(store: Store, report: Report) -> None:
+    leader = await store.etcd.get(store.keys.leader())
+    if leader is not None:
+        try:
+            report.leader = json.loads(leader.value)
+        except json.JSONDecodeError:
+            report.leader = {"identity": leader.value.decode("utf-8", "replace")}
+    report.services, _ = await store.list("services")
+    report.service_status = await store.statuses("services")
+    report.proxies, _ = await store.list("proxies")
+    report.proxy_status = await store.statuses("proxies")
+
+
+async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
+    settings = cli.settings()
+    endpoint = fleet_endpoint(fleet_flag)
+    fleet_task = asyncio.create_task(gather_fleet(endpoint))
+    report = Report(now_utc(), Health(",".join(settings.endpoints), True), Health(endpoint, False))
+    try:
+        async with open_store(cli) as store:
+            await gather_etcd(store, report)
+    except FleetopError as exc:
+        report.etcd = Health(",".join(settings.endpoints), False, str(exc))
+    report.fleet, report.machines, report.units, report.states = await fleet_task
+    return report
+
+
+FleetFlag = Annotated[str | None, typer.Option("--fleet-endpoint", help="fleet API (FLEETCTL_ENDPOINT)")]
+
+
+def status(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option("--output", "-o", help="text | json | yaml")] = "text",
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh live")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes")] = 2.0,
+    fleet_endpoint_flag: FleetFlag = None,
+) -> None:
+    """One screen: leader, etcd and fleet health, services, proxies, machines with their units."""
+    cli = cli_context(ctx)
+    if output not in ("text", "json", "yaml"):
+        echo(f"error: --output must be text, json or yaml, not {output!r}\n")
+        raise typer.Exit(1)
+
+    def render(report: Report) -> str:
+        return format_status(report) if output == "text" else format_status_data(report, output)
+
+    if not watch:
+        report = run(lambda: gather(cli, fleet_endpoint_flag))
+        echo(render(report))
+        if not (report.etcd.healthy and report.fleet.healthy):
+            raise typer.Exit(1)
+        return
+    _watch(cli, fleet_endpoint_flag, render, interval)
+
+
+def _watch(cli: CliContext, fleet_flag: str | None, render: Any, interval: float) -> None:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    async def loop() -> None:
+        with Live(Text("gathering..."), console=Console(), auto_refresh=False, screen=False) as live:
+            while True:
+                report = await gather(cli, fleet_flag)
+                live.update(Text(render(report)), refresh=True)
+                await asyncio.sleep(interval)
+
+    run(loop)
+
+
+async def fleet_listing(fleet_flag: str | None) -> tuple[list[Machine], list[Unit], list[UnitState]]:
+    async with FleetClient(fleet_endpoint(fleet_flag)) as fleet:
+        machines, units, states = await asyncio.gather(
+            fleet.list_machines(), fleet.list_units(), fleet.list_states()
+        )
+    return machines, units, states
+
+
+def get_fleet_resource(resource: str, wide: bool, fleet_flag: str | None) -> None:
+    machines, units, states = run(lambda: fleet_listing(fleet_flag))
+    if resource == "units":
+        echo(format_units(units, states, machines, wide))
+    else:
+        echo(format_machines(machines, states, wide))
+
+
+def events(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option("--service", help="only this service or proxy")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events")] = False,
+) -> None:
+    """Recent events (about the last hour), oldest first."""
+    cli = cli_context(ctx)
+
+    async def body() -> None:
+        async with open_store(cli) as store:
+            recorded = await store.events(service)
+            echo(format_events(recorded) if recorded or not follow else "")
+            if not follow:
+                return
+            seen = {(e.time, e.name, e.reason, e.message) for e in recorded}
+            while True:
+                await asyncio.sleep(1.0)
+                for event in await store.events(service):
+                    key = (event.time, event.name, event.reason, event.message)
+                    if key not in seen:
+                        seen.add(key)
+                        echo(
+                            render_table(
+                                ["TYPE", "REASON", "OBJECT", "TIME", "MESSAGE"],
+                                [[event.type, event.reason, event.name, event.time, event.message]],
+                            ).splitlines()[1]
+                            + "\n"
+                        )
+
+    run(body)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
+    app.command("events")(events)

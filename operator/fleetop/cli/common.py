@@ -1,0 +1,85 @@
+"""What every CLI command shares: the etcd connection options, running a coroutine, and turning the
+error tree into a message and an exit code (kubectl's: 1 for errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import typer
+
+from fleetop.config import EtcdSettings, settings_from
+from fleetop.errors import (
+    Conflict,
+    EtcdDenied,
+    FleetopError,
+    InputError,
+    NotFound,
+    SpecInvalid,
+    TemporaryError,
+)
+from fleetop.etcd import Etcd
+from fleetop.keys import Keys
+from fleetop.store import Store
+
+T = TypeVar("T")
+
+
+@dataclass
+class CliContext:
+    """Connection flags given before the verb (``fleetop --endpoints ... get services``)."""
+
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> EtcdSettings:
+        return settings_from(self.flags, os.environ)
+
+
+def cli_context(ctx: typer.Context) -> CliContext:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, CliContext) else CliContext()
+
+
+@asynccontextmanager
+async def open_store(cli: CliContext) -> AsyncIterator[Store]:
+    async with await Etcd.connect(cli.settings()) as etcd:
+        yield Store(etcd, Keys())
+
+
+def error_text(exc: FleetopError) -> str:
+    if isinstance(exc, SpecInvalid):
+        lines = [f"error: {exc.where}: invalid spec" if exc.where else "error: invalid spec"]
+        lines += [f"  {line}" for line in exc.all_messages()]
+        return "\n".join(lines)
+    if isinstance(exc, InputError):
+        return f"error: {exc.describe()}"
+    if isinstance(exc, NotFound):
+        return f"Error from server (NotFound): {exc}"
+    if isinstance(exc, Conflict):
+        return f"Error from server (Conflict): {exc}; read it again and retry"
+    if isinstance(exc, EtcdDenied):
+        return f"Error from server (Forbidden): {exc}"
+    if isinstance(exc, TemporaryError):
+        return f"error: {exc} (is etcd running? check --endpoints / ETCDCTL_ENDPOINTS)"
+    return f"error: {exc}"
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], *, error_code: int = 1) -> T:
+    """Run the command's coroutine; errors of the tree become a message on stderr and ``error_code``."""
+    try:
+        return asyncio.run(coro_fn())
+    except FleetopError as exc:
+        print(error_text(exc), file=sys.stderr)
+        raise typer.Exit(error_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def echo(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

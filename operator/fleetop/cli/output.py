@@ -1,0 +1,293 @@
+"""Pure formatting for the CLI: every ``format_*`` returns text, the commands print it.
+
+Keeping formatting pure makes the output testable without etcd, and keeps tables, JSON and YAML
+consistent across ``get``, ``describe`` and ``status``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fleetop.models import Event, ProxySpec, ProxyStatus, ServiceSpec, ServiceStatus
+from fleetop.models.parse import spec_document
+from fleetop.store import KIND_NAMES, Entry, StatusEntry
+
+OutputFormat = Literal["table", "wide", "json", "yaml"]
+
+
+def render_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, width: int = 200) -> str:
+    """A borderless, kubectl-looking table as plain text."""
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, no_color=True, highlight=False, color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def to_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def entry_object(entry: Entry, status: StatusEntry | None) -> dict[str, Any]:
+    """The document ``get -o json|yaml`` prints; ``apply -f`` takes it back (metadata/status ignored)."""
+    obj: dict[str, Any] = {"kind": KIND_NAMES[entry.kind], "name": entry.name}
+    obj["metadata"] = {
+        "key": entry.key,
+        "createRevision": entry.create_revision,
+        "modRevision": entry.mod_revision,
+    }
+    if entry.spec is not None:
+        obj["spec"] = spec_document(entry.spec)
+    else:
+        assert entry.error is not None
+        obj["metadata"]["invalid"] = entry.error.all_messages()
+        obj["metadata"]["raw"] = entry.raw.decode("utf-8", "replace")
+    if status is not None and status.status is not None:
+        obj["status"] = status.status.model_dump(mode="json", by_alias=True)
+    return obj
+
+
+def serialize(objects: list[dict[str, Any]], fmt: OutputFormat, *, single: bool) -> str:
+    data: Any = objects[0] if single and len(objects) == 1 else {"kind": "List", "items": objects}
+    return to_json(data) if fmt == "json" else to_yaml(data)
+
+
+def _service_state(entry: Entry, status: ServiceStatus | None) -> str:
+    if entry.error is not None:
+        return f"Invalid: {entry.error.path}: {entry.error.message}"
+    if status is None:
+        return "Pending"
+    if status.observed_generation != entry.mod_revision:
+        return "Pending"
+    for kind in ("Invalid", "Degraded"):
+        cond = status.condition(kind)
+        if cond is not None and cond.status == "True":
+            return f"{kind}: {cond.reason}"
+    progressing = status.condition("Progressing")
+    if progressing is not None and progressing.status == "False":
+        return f"Stalled: {progressing.reason}"
+    available = status.condition("Available")
+    if available is not None and available.status == "True":
+        return "Available"
+    return "Progressing"
+
+
+def service_rows(entries: Sequence[Entry], statuses: dict[str, StatusEntry], wide: bool) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for entry in entries:
+        st = statuses.get(entry.name)
+        status = st.status if st is not None and isinstance(st.status, ServiceStatus) else None
+        spec = entry.spec if isinstance(entry.spec, ServiceSpec) else None
+        desired = str(spec.replicas) if spec else "-"
+        counts = status.replicas if status else None
+        row = [
+            entry.name,
+            desired,
+            f"{counts.ready}/{counts.desired}" if counts else "-",
+            str(counts.updated) if counts else "-",
+            str(counts.running) if counts else "-",
+            _service_state(entry, status),
+        ]
+        if wide:
+            row += _service_wide(spec, entry)
+        rows.append(row)
+    return rows
+
+
+def _service_wide(spec: ServiceSpec | None, entry: Entry) -> list[str]:
+    if spec is None:
+        return ["-", "-", "-", str(entry.mod_revision)]
+    placement = []
+    if spec.placement.spread:
+        placement.append("spread")
+    if spec.placement.global_:
+        placement.append("global")
+    placement += [f"{k}={'|'.join(v)}" for k, v in spec.placement.machine_metadata.items()]
+    if spec.placement.machine_of:
+        placement.append(f"machineOf={spec.placement.machine_of}")
+    discovery = spec.registration_prefix(entry.name) + (" (sidekick)" if spec.discovery.sidekick else "")
+    ports = f"{spec.ports.base}-{spec.ports.base + max(spec.replicas, 1) - 1}" if spec.ports else "-"
+    return [ports, ",".join(placement) or "-", discovery, str(entry.mod_revision)]
+
+
+SERVICE_COLUMNS = ["NAME", "DESIRED", "READY", "UP-TO-DATE", "RUNNING", "STATUS"]
+SERVICE_WIDE = ["PORTS", "PLACEMENT", "DISCOVERY", "REVISION"]
+PROXY_COLUMNS = ["NAME", "KIND", "LISTEN", "ROUTES", "BACKENDS", "AGENTS", "STATUS"]
+PROXY_WIDE = ["MANAGED", "REPLICAS", "CONFIG", "REVISION"]
+
+
+def _proxy_state(entry: Entry, status: ProxyStatus | None) -> str:
+    if entry.error is not None:
+        return f"Invalid: {entry.error.path}: {entry.error.message}"
+    if status is None:
+        return "Pending"
+    if status.last_error:
+        return f"Error: {status.last_error.splitlines()[0][:60]}"
+    if status.agents.total and status.agents.on_newest == status.agents.total:
+        return "Applied"
+    return "Publishing" if status.config_hash else "Pending"
+
+
+def proxy_rows(entries: Sequence[Entry], statuses: dict[str, StatusEntry], wide: bool) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for entry in entries:
+        st = statuses.get(entry.name)
+        status = st.status if st is not None and isinstance(st.status, ProxyStatus) else None
+        spec = entry.spec if isinstance(entry.spec, ProxySpec) else None
+        row = [
+            entry.name,
+            spec.kind if spec else "-",
+            str(spec.listen) if spec else "-",
+            ",".join(_route_text(r.service, r.host, r.path) for r in spec.routes) if spec else "-",
+            str(sum(status.backends.values())) if status else "-",
+            f"{status.agents.on_newest}/{status.agents.total}" if status else "-",
+            _proxy_state(entry, status),
+        ]
+        if wide:
+            row += [
+                str(spec.managed).lower() if spec else "-",
+                str(spec.replicas) if spec else "-",
+                status.config_hash[:12] if status and status.config_hash else "-",
+                str(entry.mod_revision),
+            ]
+        rows.append(row)
+    return rows
+
+
+def _route_text(service: str, host: str | None, path: str | None) -> str:
+    return f"{host or '*'}{path or '/'}→{service}"
+
+
+def format_get(
+    entries: Sequence[Entry], statuses: dict[str, StatusEntry], fmt: OutputFormat, *, single: bool
+) -> str:
+    if fmt in ("json", "yaml"):
+        return serialize([entry_object(e, statuses.get(e.name)) for e in entries], fmt, single=single)
+    if not entries:
+        return "No resources found.\n"
+    wide = fmt == "wide"
+    if entries[0].kind == "services":
+        columns = SERVICE_COLUMNS + (SERVICE_WIDE if wide else [])
+        return render_table(columns, service_rows(entries, statuses, wide))
+    columns = PROXY_COLUMNS + (PROXY_WIDE if wide else [])
+    return render_table(columns, proxy_rows(entries, statuses, wide))
+
+
+def format_diff(key: str, live: str, proposed: str) -> str:
+    """A unified diff of two YAML texts, empty when equal."""
+    lines = difflib.unified_diff(
+        live.splitlines(keepends=True),
+        proposed.splitlines(keepends=True),
+        fromfile=f"live{key}",
+        tofile=f"file{key}",
+    )
+    return "".join(lines)
+
+
+def spec_yaml(document: dict[str, Any] | None) -> str:
+    return "" if document is None else to_yaml(document)
+
+
+def format_events(events: Sequence[Event]) -> str:
+    if not events:
+        return "Events: <none>\n"
+    rows = [[e.type, e.reason, e.time, f"x{e.count}" if e.count > 1 else "", e.message] for e in events]
+    return render_table(["TYPE", "REASON", "TIME", "", "MESSAGE"], rows)
+
+
+def format_conditions(conditions: Sequence[Any]) -> str:
+    if not conditions:
+        return "Conditions: <none>\n"
+    rows = [[c.type, c.status, c.reason, c.last_transition_time, c.message] for c in conditions]
+    return render_table(["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], rows)
+
+
+def _field(label: str, value: object) -> str:
+    return f"{label + ':':<22}{value}\n"
+
+
+def format_describe(entry: Entry, status: StatusEntry | None, events: Sequence[Event]) -> str:
+    """``fleetop describe service|proxy NAME``: spec, conditions, units, backends, recent events."""
+    out = [_field("Name", entry.name), _field("Kind", KIND_NAMES[entry.kind]), _field("Key", entry.key)]
+    out.append(_field("Revision", entry.mod_revision))
+    if entry.error is not None:
+        out.append("Invalid spec:\n")
+        out += [f"  {line}\n" for line in entry.error.all_messages()]
+        out.append(f"Raw value:\n  {entry.raw.decode('utf-8', 'replace')}\n")
+    else:
+        assert entry.spec is not None
+        out.append("Spec:\n")
+        out += [f"  {line}\n" for line in spec_yaml(spec_document(entry.spec)).splitlines()]
+    out.append(_describe_status(status, entry.mod_revision))
+    out.append(format_events(events))
+    return "".join(out)
+
+
+def _describe_status(status: StatusEntry | None, revision: int) -> str:
+    if status is None:
+        return "Status:               <none> (the operator has not reported on this yet)\n"
+    if status.status is None:
+        return f"Status:               unreadable: {status.error}\n"
+    st = status.status
+    out = [
+        _field(
+            "Observed revision",
+            f"{st.observed_generation}"
+            + ("" if st.observed_generation == revision else f" (spec is at {revision})"),
+        )
+    ]
+    if isinstance(st, ServiceStatus):
+        r = st.replicas
+        out.append(
+            _field(
+                "Replicas",
+                f"{r.desired} desired | {r.launched} launched | {r.running} running | "
+                f"{r.ready} ready | {r.updated} updated",
+            )
+        )
+        if st.template:
+            out.append(_field("Template", st.template))
+    else:
+        out.append(_field("Config", f"{st.config_hash[:12] or '-'} (generation {st.generation})"))
+        out.append(_field("Agents", f"{st.agents.on_newest}/{st.agents.total} on the newest config"))
+        out.append(_field("Backends", ", ".join(f"{k}={v}" for k, v in sorted(st.backends.items())) or "-"))
+    if st.last_error:
+        out.append(_field("Last error", st.last_error))
+    out.append(format_conditions(st.conditions))
+    if st.units:
+        rows = [
+            [
+                u.name,
+                u.machine or "-",
+                u.desired_state,
+                u.current_state or "-",
+                f"{u.load_state or '-'}/{u.active_state or '-'}/{u.sub_state or '-'}",
+                "yes" if u.ready else "no",
+                "yes" if u.registered else "no",
+            ]
+            for u in st.units
+        ]
+        out.append(
+            render_table(["UNIT", "MACHINE", "DESIRED", "CURRENT", "SYSTEMD", "READY", "REGISTERED"], rows)
+        )
+    if isinstance(st, ServiceStatus):
+        if st.backends:
+            out.append(render_table(["BACKEND", "ADDRESS"], [[b.key, b.address] for b in st.backends]))
+        if st.invalid_registrations:
+            out.append(_field("Invalid registrations", st.invalid_registrations))
+    return "".join(out)

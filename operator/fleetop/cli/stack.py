@@ -1,0 +1,150 @@
+"""``fleetop up`` and ``fleetop down``: the one-host stack for laptops, CI and demos."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleetop.errors import FleetopError
+from fleetop.up import Stack, UpConfig, default_state_dir, fleetop_command, read_record, stop_detached
+
+
+def format_summary(record: dict[str, object]) -> str:
+    """What runs where, and what to export to use it from another shell (pure)."""
+    processes = record.get("processes")
+    pids = processes if isinstance(processes, dict) else {}
+    metrics = f"http://{record.get('metricsAddress')}/metrics"
+    lines = [
+        f"fleetop is up (state in {record.get('stateDir')})",
+        f"  etcd      {record.get('etcdEndpoint'):<44} pid {pids.get('etcd', '-')}",
+        f"  node      {record.get('fleetEndpoint')!s:<44} pid {pids.get('node', '-')}, "
+        f"{record.get('machines')} machines",
+        f"  operator  {metrics:<44} pid {pids.get('operator', '-')}",
+        "",
+        "To use it from another shell:",
+        f"  export ETCDCTL_ENDPOINTS={record.get('etcdEndpoint')}",
+        f"  export FLEETCTL_ENDPOINT={record.get('fleetEndpoint')}",
+    ]
+    if record.get("prefix"):
+        lines.append(f"  export FLEETOP_PREFIX={record.get('prefix')}")
+    return "\n".join(lines) + "\n"
+
+
+def up(
+    machines: Annotated[int, typer.Option("--machines", min=1, max=64, help="modeled machines")] = 3,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="where state lives")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="run in the background; stop with down")
+    ] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="also deploy and narrate the hello demo")] = False,
+    etcd_port: Annotated[int, typer.Option("--etcd-port", help="preferred etcd client port")] = 2379,
+) -> None:
+    """Start an embedded etcd, fleetop node and the operator on this host; Ctrl-C stops them in order."""
+    state_dir = (state_dir or default_state_dir()).expanduser().resolve()
+    if detach:
+        _detach(machines, state_dir, demo, etcd_port)
+        return
+    config = UpConfig(state_dir=state_dir, machines=machines, etcd_port=etcd_port)
+    stack = Stack(config, log=lambda text: print(f"fleetop up: {text}", flush=True))
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        print(format_summary(stack.record()), end="", flush=True)
+        if demo:
+            from fleetop.demo import run_demo
+
+            run_demo(stack.environment(), stopping, print)
+        print(
+            "Stop with Ctrl-C" + (" or `fleetop down`." if os.environ.get("FLEETOP_DETACHED") else "."),
+            flush=True,
+        )
+        while not stopping.wait(0.5):
+            failed = stack.failed_child()
+            if failed is not None:
+                print(
+                    f"fleetop up: {failed.name} exited (status {failed.process.returncode}); see "
+                    f"{failed.log_path}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise typer.Exit(1)
+    except FleetopError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise typer.Exit(1) from None
+    finally:
+        stack.stop()
+        print("fleetop up: stopped", flush=True)
+
+
+def _detach(machines: int, state_dir: Path, demo: bool, etcd_port: int) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_record(state_dir)
+    if existing is not None and isinstance(existing.get("pid"), int):
+        pid = existing["pid"]
+        assert isinstance(pid, int)
+        if Path(f"/proc/{pid}").exists():
+            print(
+                f"error: a stack is already running from {state_dir} (pid {pid}); `fleetop down` first",
+                file=sys.stderr,
+            )
+            raise typer.Exit(1)
+    args = ["up", "--machines", str(machines), "--state-dir", str(state_dir), "--etcd-port", str(etcd_port)]
+    if demo:
+        args.append("--demo")
+    (state_dir / "logs").mkdir(exist_ok=True)
+    log_path = state_dir / "logs" / "up.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            fleetop_command(UpConfig(), *args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "FLEETOP_DETACHED": "1"},
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        record = read_record(state_dir)
+        if record is not None and record.get("pid") == process.pid:
+            print(format_summary(record), end="")
+            print(f"Running in the background (pid {process.pid}, log {log_path}). Stop with `fleetop down`.")
+            return
+        if process.poll() is not None:
+            print(f"error: fleetop up exited (status {process.returncode}); see {log_path}", file=sys.stderr)
+            raise typer.Exit(1)
+        time.sleep(0.2)
+    process.terminate()
+    print(f"error: the stack did not come up within 120 s; see {log_path}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def down(
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="the state dir given to up")] = None,
+) -> None:
+    """Stop a stack started with ``fleetop up --detach``; leaves nothing running."""
+    state_dir = (state_dir or default_state_dir()).expanduser().resolve()
+    try:
+        stopped = stop_detached(state_dir)
+    except FleetopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    print("fleetop: stopped" if stopped else f"fleetop: nothing is running from {state_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("down")(down)

@@ -1,0 +1,128 @@
+"""``fleetop run``: the operator as a command. The main CLI mounts it with
+``app.command("run")(run_command)``; ``python -m fleetop.controller.cli`` runs it on its own.
+
+Connection flags may come before the verb (``fleetop --endpoints ... run``, the main CLI's global
+options) or after it (``fleetop run --endpoints ...``); the latter win. Every flag has an environment
+variable, so the operator runs unchanged as a fleet unit with an ``EnvironmentFile=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from fleetop.errors import FleetopError
+
+FLAGS = "Operator"
+
+
+def run_command(
+    ctx: typer.Context,
+    endpoints: Annotated[
+        str | None,
+        typer.Option(help="etcd endpoints, comma-separated (ETCDCTL_ENDPOINTS)", rich_help_panel=FLAGS),
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="key root of this installation (FLEETOP_PREFIX)", rich_help_panel=FLAGS)
+    ] = None,
+    fleet_endpoint: Annotated[
+        str | None,
+        typer.Option(help="fleet API: unix:///var/run/fleet.sock or http://host:port (FLEETCTL_ENDPOINT)"),
+    ] = None,
+    lease_duration: Annotated[
+        float | None, typer.Option(help="leader lease TTL in seconds (FLEETOP_LEASE_DURATION, default 15)")
+    ] = None,
+    renew_deadline: Annotated[
+        float | None,
+        typer.Option(help="a leader that cannot renew for this long steps down (FLEETOP_RENEW_DEADLINE, 10)"),
+    ] = None,
+    retry_period: Annotated[
+        float | None,
+        typer.Option(help="seconds between renewals and election attempts (FLEETOP_RETRY_PERIOD, 2)"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="concurrent reconciles (FLEETOP_WORKERS, default 4)")
+    ] = None,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port of /healthz /readyz /metrics, or 'off' (FLEETOP_METRICS_ADDRESS, 127.0.0.1:9464)"
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="human or json (FLEETOP_LOG_FORMAT, default human)")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING (FLEETOP_LOG_LEVEL)")] = None,
+    identity: Annotated[
+        str | None, typer.Option(help="leader identity (FLEETOP_IDENTITY, default hostname-pid-random)")
+    ] = None,
+    resync_period: Annotated[
+        float | None, typer.Option(help="seconds between full resyncs (FLEETOP_RESYNC_PERIOD, default 60)")
+    ] = None,
+    proxy_root: Annotated[
+        str | None,
+        typer.Option(
+            help="directory of managed proxies' files, <root>/<proxy> on each machine"
+            " (FLEETOP_PROXY_ROOT, default /var/lib/fleetop/proxies)"
+        ),
+    ] = None,
+) -> None:
+    """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
+    from fleetop.controller.run import RunConfig, run_operator, setup_logging
+
+    flags: dict[str, Any] = dict(_root_flags(ctx))
+    given = {
+        "endpoints": endpoints,
+        "prefix": prefix,
+        "fleet_endpoint": fleet_endpoint,
+        "lease_duration": lease_duration,
+        "renew_deadline": renew_deadline,
+        "retry_period": retry_period,
+        "workers": workers,
+        "metrics_address": metrics_address,
+        "log_format": log_format,
+        "log_level": log_level,
+        "identity": identity,
+        "resync_period": resync_period,
+        "proxy_root": proxy_root,
+    }
+    flags.update({k: v for k, v in given.items() if v is not None})
+    try:
+        config = RunConfig.from_flags(flags, os.environ)
+    except FleetopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    setup_logging(config.log_format, config.log_level)
+    try:
+        asyncio.run(run_operator(config))
+    except FleetopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _root_flags(ctx: typer.Context) -> dict[str, Any]:
+    """The main CLI's global connection flags, when mounted under it."""
+    obj = ctx.find_root().obj
+    flags = getattr(obj, "flags", None)
+    return dict(flags) if isinstance(flags, dict) else {}
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command("run")(run_command)
+
+    @app.callback()
+    def _root() -> None:
+        """fleetop operator"""
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

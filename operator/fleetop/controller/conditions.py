@@ -1,0 +1,174 @@
+"""Conditions and the rollout clock: turning counts into Available / Progressing / Degraded.
+
+Kubernetes semantics, adapted to a world without timestamps: fleet never says when anything
+happened, so the planner remembers when progress was last made (:class:`Progress`) and when each
+condition last changed status (:class:`Transition`). ``lastTransitionTime`` moves only when a
+condition's status changes, so a converged service gets a byte-identical status on every pass and
+the executor has nothing to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from fleetop.controller.world import Progress, Transition
+from fleetop.models.status import Condition, ConditionType
+
+Status = Literal["True", "False", "Unknown"]
+
+
+def rfc3339(now: float) -> str:
+    """``2024-05-01T12:00:00Z`` from a UNIX time (seconds; the fraction is dropped)."""
+    return datetime.fromtimestamp(int(now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """The numbers the conditions are read from."""
+
+    replicas: int
+    min_ready: int
+    total: int
+    ready: int
+    updated: int
+    updated_ready: int
+    old: int
+    template: str
+
+    @property
+    def complete(self) -> bool:
+        """Kubernetes' DeploymentComplete: exactly ``replicas`` instances, all updated and ready."""
+        return self.total == self.replicas and self.updated_ready == self.replicas and self.old == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Trouble:
+    """Why the service is degraded. Empty lists: it is not."""
+
+    unschedulable: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+def next_progress(previous: Progress | None, counts: Counts, now: float) -> Progress:
+    """Advance the rollout clock. A new episode starts on a new template or when a complete service
+    becomes incomplete; within an episode only a new best counts as progress."""
+    complete = counts.complete
+    fresh = previous is None or previous.template != counts.template or (previous.complete and not complete)
+    if fresh:
+        return Progress(counts.template, now, counts.updated, counts.updated_ready, counts.old, complete)
+    assert previous is not None
+    progressed = (
+        counts.updated > previous.best_updated
+        or counts.updated_ready > previous.best_ready
+        or counts.old < previous.least_old
+    )
+    return Progress(
+        previous.template,
+        now if progressed else previous.since,
+        max(previous.best_updated, counts.updated),
+        max(previous.best_ready, counts.updated_ready),
+        min(previous.least_old, counts.old),
+        complete,
+    )
+
+
+def deadline_exceeded(progress: Progress, deadline: float, now: float) -> bool:
+    return not progress.complete and now - progress.since >= deadline
+
+
+Verdict = tuple[Status, str, str]
+"""(status, reason, message) of one condition."""
+
+
+def _available(counts: Counts) -> Verdict:
+    message = f"{counts.ready} of {counts.replicas} instances ready (at least {counts.min_ready} required)"
+    if counts.ready >= counts.min_ready:
+        return "True", "MinimumReplicasAvailable", message
+    return "False", "MinimumReplicasUnavailable", message
+
+
+def _progressing(counts: Counts, paused: bool, exceeded: bool, deadline: float) -> Verdict:
+    where = (
+        f"template {counts.template}: {counts.updated_ready} of {counts.replicas} updated instances ready,"
+        f" {counts.old} old remaining"
+    )
+    if paused:
+        return "Unknown", "Paused", f"rollouts are paused; {where}"
+    if counts.complete:
+        return "True", "NewReplicaSetAvailable", f"template {counts.template} is fully rolled out"
+    if exceeded:
+        return "False", "ProgressDeadlineExceeded", f"no progress for {deadline:g}s or more; {where}"
+    return "True", "ReplicaSetUpdated", f"rolling out {where}"
+
+
+def _degraded(trouble: Trouble) -> Verdict:
+    parts = [*trouble.unschedulable, *trouble.failed, *trouble.rejected]
+    if trouble.unschedulable:
+        reason = "Unschedulable"
+    elif trouble.failed:
+        reason = "InstancesFailed"
+    elif trouble.rejected:
+        reason = "UnitFileRejected"
+    else:
+        return "False", "AsExpected", "all instances are schedulable and none has failed"
+    return "True", reason, "; ".join(parts)
+
+
+def build_conditions(
+    counts: Counts,
+    trouble: Trouble,
+    *,
+    paused: bool,
+    exceeded: bool,
+    deadline: float,
+    transitions: Mapping[str, Transition],
+    now: float,
+) -> tuple[list[Condition], dict[str, Transition]]:
+    """The three conditions, with transition times carried over while the status stays the same."""
+    wanted: list[tuple[ConditionType, Verdict]] = [
+        ("Available", _available(counts)),
+        ("Progressing", _progressing(counts, paused, exceeded, deadline)),
+        ("Degraded", _degraded(trouble)),
+    ]
+    conditions: list[Condition] = []
+    memo: dict[str, Transition] = {}
+    for kind, (status, reason, message) in wanted:
+        previous = transitions.get(kind)
+        transition = (
+            previous
+            if previous is not None and previous.status == status
+            else Transition(status, rfc3339(now))
+        )
+        memo[kind] = transition
+        conditions.append(
+            Condition(
+                type=kind,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=transition.time,
+            )
+        )
+    return conditions, memo
+
+
+def invalid_condition(
+    message: str, transitions: Mapping[str, Transition], now: float
+) -> tuple[Condition, Transition]:
+    """``Invalid=True``: the spec validated but cannot be written as a unit file."""
+    previous = transitions.get("Invalid")
+    transition = (
+        previous if previous is not None and previous.status == "True" else Transition("True", rfc3339(now))
+    )
+    condition = Condition(
+        type="Invalid",
+        status="True",
+        reason="UnitRenderFailed",
+        message=message,
+        last_transition_time=transition.time,
+    )
+    return condition, transition

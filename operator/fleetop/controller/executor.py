@@ -1,0 +1,252 @@
+"""The executor: carry a Plan out through fleet, write status when it changed, record events.
+
+The planner decides; this module only performs, in a safe order, and reports what happened:
+
+* order: every create first, then desired-state repairs, then destroys (a stable sort keeps the
+  planner's sidekick-before-main order). Creating before destroying is what makes a surge start
+  before it stops, so the first failure stops the pass: a destroy never runs after a failed create.
+* races are idempotent: a unit destroyed by someone else (404) is simply gone; a desired-state change
+  on a unit that vanished (409) is left to the next pass; a create never replaces a unit that fleet
+  holds under that name without our ``[X-Fleetop]`` section naming this service (fleet would replace
+  its content), whatever the cache said.
+* status is written only when it differs from what is stored (a write on every pass would trigger
+  its own reconcile), and is fenced on the leader key, as every event is.
+* events: at most one per action or failed attempt, under ``keys.events(service)`` as
+  ``<ts>-<id>`` keys on a shared lease of about an hour that is granted again when it has expired.
+  The same failure repeated bumps ``count`` on the previous event instead of adding keys.
+* errors come back as a value (:class:`Outcome`); the reconciler decides: TemporaryError is retried
+  with backoff by the queue, anything else is reported in status and not retried until something
+  changes (or the periodic resync).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from fleetop.controller.metrics import OperatorMetrics
+from fleetop.controller.unitrender import owned_by
+from fleetop.controller.world import Action, CreateUnit, DestroyUnit, SetDesiredState
+from fleetop.errors import FleetAPIError, FleetopError, NotLeader
+from fleetop.etcd import Etcd, KeyValue
+from fleetop.fleet.client import FleetClient
+from fleetop.fleet.units import unit_hash
+from fleetop.keys import Keys
+from fleetop.models import Event, ServiceStatus
+
+log = logging.getLogger(__name__)
+
+Fence = Callable[[], tuple[str, bytes]]
+StatusResult = Literal["written", "unchanged", "deleted"]
+_ORDER = {CreateUnit: 0, SetDesiredState: 1, DestroyUnit: 2}
+LEASE_MARGIN = 120.0
+"""Seconds before the events lease's expiry at which a new one is granted instead."""
+
+
+@dataclass
+class Outcome:
+    """What a pass did: the actions applied (as event messages) and the error that stopped it."""
+
+    applied: list[str] = field(default_factory=list)
+    skipped: int = 0
+    error: FleetopError | None = None
+
+
+def ordered(actions: Sequence[Action]) -> list[Action]:
+    """Creates, then desired-state repairs, then destroys; the planner's order within each."""
+    return sorted(actions, key=lambda a: _ORDER[type(a)])
+
+
+def rfc3339(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_bytes(status: ServiceStatus) -> bytes:
+    return json.dumps(status.model_dump(mode="json", by_alias=True), separators=(",", ":")).encode()
+
+
+def same_status(stored: bytes | None, status: ServiceStatus) -> bool:
+    """True when ``stored`` already says ``status`` (compared as decoded JSON, not bytes)."""
+    if stored is None:
+        return False
+    try:
+        return bool(json.loads(stored) == status.model_dump(mode="json", by_alias=True))
+    except ValueError:
+        return False
+
+
+class Executor:
+    """Applies plans for one operator process. ``fence()`` returns the current leader fence."""
+
+    def __init__(
+        self,
+        client: FleetClient,
+        etcd: Etcd,
+        keys: Keys,
+        fence: Fence,
+        *,
+        metrics: OperatorMetrics | None = None,
+        event_ttl: int = 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.etcd = etcd
+        self.keys = keys
+        self.fence = fence
+        self.metrics = metrics
+        self.event_ttl = event_ttl
+        self.clock = clock
+        self._lease = 0
+        self._lease_expires = 0.0
+        self._last_event: dict[str, tuple[str, Event]] = {}
+
+    # -- fleet ----------------------------------------------------------------------------------------
+    async def apply(self, service: str, actions: Sequence[Action]) -> Outcome:
+        """Apply ``actions`` in a safe order; stop at the first failure and record it."""
+        outcome = Outcome()
+        steps = ordered(actions)
+        for index, action in enumerate(steps):
+            try:
+                message = await self._one(service, action)
+            except NotLeader:
+                raise
+            except FleetopError as exc:
+                outcome.error = exc
+                outcome.skipped = len(steps) - index - 1
+                await self.record(
+                    service, type(exc).__name__, f"{_verb(action)} {action.name}: {exc}", warning=True
+                )
+                return outcome
+            if message:
+                outcome.applied.append(message)
+                await self.record(service, message.split(" ", 1)[0], message)
+        return outcome
+
+    async def _one(self, service: str, action: Action) -> str | None:
+        if isinstance(action, CreateUnit):
+            return await self._create(service, action)
+        if isinstance(action, DestroyUnit):
+            existed = await self.client.destroy_unit(action.name)
+            return f"Destroyed {action.name} ({action.reason})" if existed else None
+        try:
+            await self.client.set_desired_state(action.name, action.state)
+        except FleetAPIError as exc:
+            if exc.code in (404, 409):
+                log.info("%s: %s vanished before its desiredState could be set", service, action.name)
+                return None
+            raise
+        return f"SetDesiredState {action.name} to {action.state}"
+
+    async def _create(self, service: str, action: CreateUnit) -> str | None:
+        existing = await self.client.get_unit(action.name)
+        if existing is not None:
+            owner = owned_by(existing.options)
+            if owner is None or owner.service != service:
+                raise FleetAPIError(409, f"{action.name} exists and is not owned by service {service}")
+            if unit_hash(existing.options) != unit_hash(action.options):
+                # Our unit with other content: PUT would replace it in place. The cache was stale;
+                # the next pass plans from what fleet holds now.
+                log.info("%s: %s already exists with other content; not replacing it", service, action.name)
+                return None
+            if existing.desired_state == action.desired_state:
+                return None
+            await self.client.set_desired_state(action.name, action.desired_state)
+            return f"SetDesiredState {action.name} to {action.desired_state}"
+        result = await self.client.create_unit(action.name, action.options, action.desired_state)
+        if result == "created":
+            return f"Created {action.name}"
+        return None
+
+    # -- status ---------------------------------------------------------------------------------------
+    async def write_status(
+        self, service: str, status: ServiceStatus | None, stored: KeyValue | None
+    ) -> StatusResult:
+        """Write ``status`` unless ``stored`` already says it; None deletes the status key. Fenced."""
+        key = self.keys.status("services", service)
+        try:
+            if status is None:
+                if stored is None:
+                    return "unchanged"
+                await self.etcd.delete(key, fence=self.fence())
+                result: StatusResult = "deleted"
+            elif same_status(stored.value if stored else None, status):
+                result = "unchanged"
+            else:
+                await self.etcd.put(key, status_bytes(status), fence=self.fence())
+                result = "written"
+        except NotLeader:
+            self._count_status("fenced")
+            raise
+        self._count_status(result)
+        return result
+
+    def _count_status(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.status_writes.labels(result).inc()
+
+    # -- events ---------------------------------------------------------------------------------------
+    async def record(self, service: str, reason: str, message: str, *, warning: bool = False) -> None:
+        """Write one Event (or bump the count of an identical previous one). Never raises, except
+        NotLeader: an event is a report, and failing to write it must not fail the pass."""
+        now = self.clock()
+        previous = self._last_event.get(service)
+        if previous is not None and previous[1].reason == reason and previous[1].message == message:
+            key = previous[0]
+            event = previous[1].model_copy(update={"count": previous[1].count + 1, "time": rfc3339(now)})
+        else:
+            stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            key = f"{self.keys.events(service)}{stamp}-{secrets.token_hex(3)}"
+            event = Event(
+                name=service,
+                type="Warning" if warning else "Normal",
+                reason=reason,
+                message=message,
+                time=rfc3339(now),
+            )
+        body = event.model_dump_json(by_alias=True).encode()
+        try:
+            await self._put_event(key, body)
+        except NotLeader:
+            raise
+        except FleetopError as exc:
+            log.warning("could not record event for %s (%s): %s", service, message, exc)
+            return
+        self._last_event[service] = (key, event)
+        log.log(logging.WARNING if warning else logging.INFO, "%s: %s", service, message)
+        if self.metrics is not None:
+            self.metrics.events_recorded.labels(reason).inc()
+
+    async def _put_event(self, key: str, body: bytes) -> None:
+        lease = await self._events_lease()
+        try:
+            await self.etcd.put(key, body, lease=lease, fence=self.fence())
+        except NotLeader:
+            raise
+        except FleetopError:
+            # The lease may have been revoked or expired early (etcd restored, clock jumps): one more try.
+            self._lease = 0
+            await self.etcd.put(key, body, lease=await self._events_lease(), fence=self.fence())
+
+    async def _events_lease(self) -> int:
+        mono = time.monotonic()
+        if not self._lease or mono > self._lease_expires - LEASE_MARGIN:
+            self._lease = await self.etcd.grant(self.event_ttl)
+            self._lease_expires = mono + self.event_ttl
+        return self._lease
+
+    def forget(self, service: str) -> None:
+        self._last_event.pop(service, None)
+
+
+def _verb(action: Action) -> str:
+    if isinstance(action, CreateUnit):
+        return "create"
+    if isinstance(action, DestroyUnit):
+        return "destroy"
+    return "set desiredState of"

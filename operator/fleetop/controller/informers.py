@@ -1,0 +1,414 @@
+"""Informers: in-memory caches of etcd prefixes and of fleet, which say *which* key to reconcile.
+
+Reconciling is level-triggered: a reconcile reads these caches and decides from scratch, so an
+informer's only output besides its cache is a set of keys to enqueue. Nothing downstream acts on
+deltas.
+
+* :class:`PrefixCache` lists an etcd prefix and then watches it from the list's revision
+  (``Etcd.list_watch`` relists after a compaction and resumes after etcd restarts); each snapshot or
+  batch of events updates the cache and reports the keys that changed.
+* :class:`RegistrationCaches` keeps one :class:`PrefixCache` per registration prefix that the specs
+  name, started and stopped as specs change.
+* :class:`FleetInformer` polls fleet (which has no watch) for units, states and machines: every
+  ``fast`` seconds while something converges, every ``slow`` seconds when steady. It diffs snapshots
+  and reports the owners (from each unit's ``[X-Fleetop]`` section) whose units or states changed.
+  :meth:`FleetInformer.refresh` gives the reconciler read-your-writes: after the executor changed
+  units, the next plan for that service waits for a poll that started after the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from fleetop.controller.unitrender import owned_by
+from fleetop.errors import FleetopError
+from fleetop.etcd import Etcd, Events, KeyValue, Snapshot
+from fleetop.fleet.client import FleetClient
+from fleetop.fleet.model import Machine, Unit, UnitState
+from fleetop.keys import Keys
+from fleetop.models import ProxySpec, ServiceSpec
+from fleetop.store import Entry, Kind, Store
+
+log = logging.getLogger(__name__)
+
+ChangeHandler = Callable[[set[str]], None]
+"""Called with the full etcd keys that changed (put or deleted) in one snapshot or batch."""
+
+PROXY_ROLES = frozenset({"proxy", "agent"})
+
+
+class PrefixCache:
+    """``key -> KeyValue`` for everything under ``prefix``, kept current by list + watch."""
+
+    def __init__(self, etcd: Etcd, prefix: str, on_change: ChangeHandler) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+        self.items: dict[str, KeyValue] = {}
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self._on_change = on_change
+
+    async def run(self) -> None:
+        """Follow the prefix until cancelled. The first snapshot marks the cache synced."""
+        stream = self.etcd.list_watch(self.prefix)
+        async with contextlib.aclosing(stream):
+            async for update in stream:
+                changed = self._apply(update)
+                self.synced.set()
+                if changed:
+                    self._on_change(changed)
+
+    def _apply(self, update: Snapshot | Events) -> set[str]:
+        if isinstance(update, Snapshot):
+            fresh = {kv.key: kv for kv in update.items}
+            changed = {
+                k for k in self.items.keys() | fresh.keys() if _differs(self.items.get(k), fresh.get(k))
+            }
+            self.items = fresh
+            self.revision = update.revision
+            return changed
+        changed = set()
+        for event in update.events:
+            if event.type == "delete":
+                self.items.pop(event.key, None)
+            else:
+                self.items[event.key] = KeyValue(
+                    event.key,
+                    event.value,
+                    event.create_revision,
+                    event.mod_revision,
+                    event.version,
+                    event.lease,
+                )
+            changed.add(event.key)
+        self.revision = max(self.revision, update.revision)
+        return changed
+
+    def get(self, key: str) -> KeyValue | None:
+        return self.items.get(key)
+
+    def under(self, prefix: str) -> list[KeyValue]:
+        return [kv for key, kv in sorted(self.items.items()) if key.startswith(prefix)]
+
+
+def _differs(old: KeyValue | None, new: KeyValue | None) -> bool:
+    if old is None or new is None:
+        return old is not new
+    return old.mod_revision != new.mod_revision
+
+
+class RegistrationCaches:
+    """One :class:`PrefixCache` per registration prefix in use; :meth:`want` says which."""
+
+    def __init__(self, etcd: Etcd, on_change: Callable[[str, set[str]], None]) -> None:
+        self.etcd = etcd
+        self.caches: dict[str, PrefixCache] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._on_change = on_change
+        self._wanted: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def want(self, prefixes: Iterable[str]) -> None:
+        """The prefixes that specs name right now (each ending in ``/``)."""
+        wanted = set(prefixes)
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._wake.set()
+
+    def cache(self, prefix: str) -> PrefixCache | None:
+        """The cache of ``prefix`` once it has synced, else None (the caller requeues)."""
+        found = self.caches.get(prefix)
+        return found if found is not None and found.synced.is_set() else None
+
+    @property
+    def synced(self) -> bool:
+        return all(prefix in self.caches and self.caches[prefix].synced.is_set() for prefix in self._wanted)
+
+    async def run(self) -> None:
+        """Start and stop prefix caches as :meth:`want` changes, until cancelled."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await self._reconcile_tasks()
+        finally:
+            await self._stop(list(self._tasks))
+
+    async def _reconcile_tasks(self) -> None:
+        await self._stop([p for p in self._tasks if p not in self._wanted])
+        for prefix in sorted(self._wanted - self._tasks.keys()):
+            cache = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
+            self.caches[prefix] = cache
+            self._tasks[prefix] = asyncio.create_task(follow(cache), name=f"registrations {prefix}")
+            log.debug("watching registrations under %s", prefix)
+
+    async def _stop(self, prefixes: list[str]) -> None:
+        tasks = [self._tasks.pop(p) for p in prefixes]
+        for prefix in prefixes:
+            self.caches.pop(prefix, None)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """One consistent-enough poll of fleet: units by name, states by unit name, machines by id."""
+
+    units: Mapping[str, Unit] = field(default_factory=dict)
+    states: Mapping[str, tuple[UnitState, ...]] = field(default_factory=dict)
+    machines: Mapping[str, Machine] = field(default_factory=dict)
+    owners: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Queue key (``services/web``) -> names of the units it owns."""
+    started: float = 0.0
+    """``time.monotonic()`` when the poll began: a change made before it is visible in it."""
+
+    def owned(self, key: str) -> tuple[list[Unit], list[UnitState]]:
+        names = sorted(self.owners.get(key, frozenset()))
+        units = [self.units[n] for n in names]
+        states = [s for n in names for s in self.states.get(n, ())]
+        return units, states
+
+
+def owner_key(unit: Unit) -> str | None:
+    """The queue key of the owner of ``unit``, or None for a unit fleetop does not own."""
+    owner = owned_by(unit.options)
+    if owner is None:
+        return None
+    kind = "proxies" if owner.role in PROXY_ROLES else "services"
+    return f"{kind}/{owner.service}"
+
+
+def build_snapshot(
+    units: list[Unit], states: list[UnitState], machines: list[Machine], started: float
+) -> FleetSnapshot:
+    by_state: dict[str, list[UnitState]] = {}
+    for state in states:
+        by_state.setdefault(state.name, []).append(state)
+    owners: dict[str, set[str]] = {}
+    for unit in units:
+        key = owner_key(unit)
+        if key is not None:
+            owners.setdefault(key, set()).add(unit.name)
+    return FleetSnapshot(
+        units={u.name: u for u in units},
+        states={name: tuple(found) for name, found in by_state.items()},
+        machines={m.id: m for m in machines},
+        owners={k: frozenset(v) for k, v in owners.items()},
+        started=started,
+    )
+
+
+def changed_owners(old: FleetSnapshot, new: FleetSnapshot) -> set[str]:
+    """Owner keys whose units or states differ between two snapshots (either side)."""
+    changed: set[str] = set()
+    for key in old.owners.keys() | new.owners.keys():
+        before, after = old.owners.get(key, frozenset()), new.owners.get(key, frozenset())
+        if before != after:
+            changed.add(key)
+            continue
+        for name in after:
+            if old.units.get(name) != new.units.get(name) or old.states.get(name) != new.states.get(name):
+                changed.add(key)
+                break
+    # A state that lingers after its unit is gone still matters to whoever owned the unit last.
+    for name in old.states.keys() ^ new.states.keys():
+        unit = old.units.get(name) or new.units.get(name)
+        owner = owner_key(unit) if unit is not None else None
+        if owner is not None:
+            changed.add(owner)
+    return changed
+
+
+class FleetInformer:
+    """Polls fleet; ``on_change(keys, machines_changed)`` reports owners whose world changed."""
+
+    def __init__(
+        self,
+        client: FleetClient,
+        on_change: Callable[[set[str], bool], None],
+        *,
+        fast: float = 0.5,
+        slow: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.fast = fast
+        self.slow = slow
+        self.snapshot = FleetSnapshot()
+        self.synced = asyncio.Event()
+        self.last_error: str | None = None
+        self._on_change = on_change
+        self._hurry_until = 0.0
+        self._wake = asyncio.Event()
+        self._polled = asyncio.Event()
+
+    def hurry(self, seconds: float = 30.0) -> None:
+        """Poll every ``fast`` seconds for the next ``seconds`` (something is converging)."""
+        self._hurry_until = max(self._hurry_until, time.monotonic() + seconds)
+
+    @property
+    def interval(self) -> float:
+        return self.fast if time.monotonic() < self._hurry_until else self.slow
+
+    async def refresh(self, timeout: float = 10.0) -> bool:
+        """Poll now and wait for a snapshot that began after this call; False on timeout."""
+        asked = time.monotonic()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.snapshot.started < asked:
+                    self._polled.clear()
+                    await self._polled.wait()
+                return True
+        return False
+
+    async def run(self) -> None:
+        """Poll until cancelled. Failed polls keep the last snapshot and back off (up to ``slow``)."""
+        failures = 0
+        while True:
+            self._wake.clear()
+            try:
+                await self.poll_once()
+                failures = 0
+                delay = self.interval
+            except FleetopError as exc:
+                failures += 1
+                self.last_error = str(exc)
+                delay = min(self.slow, self.fast * 2**failures)
+                log.warning("polling fleet failed: %s (retry in %.1fs)", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def poll_once(self) -> None:
+        started = time.monotonic()
+        units = await self.client.list_units()
+        states = await self.client.list_states()
+        machines = await self.client.list_machines()
+        new = build_snapshot(units, states, machines, started)
+        old, self.snapshot = self.snapshot, new
+        self.last_error = None
+        first = not self.synced.is_set()
+        self.synced.set()
+        self._polled.set()
+        keys = set(new.owners) if first else changed_owners(old, new)
+        machines_changed = first or old.machines != new.machines
+        if keys or machines_changed:
+            self._on_change(keys, machines_changed)
+
+
+async def follow(cache: PrefixCache) -> None:
+    """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried."""
+    while True:
+        try:
+            await cache.run()
+        except FleetopError as exc:
+            log.warning("watching %s: %s (retrying in 1s)", cache.prefix, exc)
+        await asyncio.sleep(1.0)
+
+
+class Informers:
+    """Every cache of one operator, and the index from a change to the queue keys it concerns.
+
+    ``enqueue`` receives ``services/<name>`` and ``proxies/<name>`` keys. A service's registrations
+    concern the service and every proxy that routes to it; a machine joining or leaving concerns every
+    service (placement); fleet changes concern the owners of the units that changed.
+    """
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        keys: Keys,
+        client: FleetClient,
+        enqueue: Callable[[str], None],
+        *,
+        fast: float,
+        slow: float,
+    ) -> None:
+        self.keys = keys
+        self.store = Store(etcd, keys)
+        self.enqueue = enqueue
+        self.services = PrefixCache(etcd, keys.desired("services"), lambda c: self._specs("services", c))
+        self.proxies = PrefixCache(etcd, keys.desired("proxies"), lambda c: self._specs("proxies", c))
+        self.statuses = PrefixCache(etcd, keys.status("services"), lambda c: None)
+        self.registrations = RegistrationCaches(etcd, self._registrations_changed)
+        self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow)
+        self.entries: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
+        self._prefix_owners: dict[str, set[str]] = {}
+        self._routes: dict[str, set[str]] = {}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for cache in (self.services, self.proxies, self.statuses):
+                group.create_task(follow(cache), name=f"informer {cache.prefix}")
+            group.create_task(self.registrations.run(), name="informer registrations")
+            group.create_task(self.fleet.run(), name="informer fleet")
+
+    def synced(self) -> dict[str, bool]:
+        return {
+            "services": self.services.synced.is_set(),
+            "proxies": self.proxies.synced.is_set(),
+            "status": self.statuses.synced.is_set(),
+            "registrations": self.registrations.synced,
+            "fleet": self.fleet.synced.is_set(),
+        }
+
+    def known_keys(self) -> set[str]:
+        """Every key worth a periodic resync: specs, and owners of units in fleet."""
+        found = {f"{kind}/{name}" for kind, entries in self.entries.items() for name in entries}
+        return found | set(self.fleet.snapshot.owners)
+
+    def registration_prefix(self, service: str) -> str:
+        entry = self.entries["services"].get(service)
+        if entry is not None and isinstance(entry.spec, ServiceSpec):
+            return self.keys.registrations(entry.spec.registration_prefix(service))
+        return self.keys.default_registrations(service)
+
+    def _specs(self, kind: Kind, changed: set[str]) -> None:
+        cache = self.services if kind == "services" else self.proxies
+        entries = self.entries[kind]
+        for key in changed:
+            name = self.keys.name_of(key, kind)
+            if name is None:
+                continue
+            kv = cache.get(key)
+            entry = self.store.entry(kind, kv) if kv is not None else None
+            if entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+            self.enqueue(f"{kind}/{name}")
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """Which registration prefixes to watch, and who cares about each."""
+        routes: dict[str, set[str]] = {}
+        for proxy, entry in self.entries["proxies"].items():
+            if isinstance(entry.spec, ProxySpec):
+                for route in entry.spec.routes:
+                    routes.setdefault(route.service, set()).add(proxy)
+        owners: dict[str, set[str]] = {}
+        for service in self.entries["services"].keys() | routes.keys():
+            owners.setdefault(self.registration_prefix(service), set()).add(service)
+        self._routes, self._prefix_owners = routes, owners
+        self.registrations.want(owners)
+
+    def _registrations_changed(self, prefix: str, changed: set[str]) -> None:
+        for service in self._prefix_owners.get(prefix, ()):
+            self.enqueue(f"services/{service}")
+            for proxy in self._routes.get(service, ()):
+                self.enqueue(f"proxies/{proxy}")
+
+    def _fleet_changed(self, owners: set[str], machines_changed: bool) -> None:
+        for key in sorted(owners):
+            self.enqueue(key)
+        if machines_changed:
+            for name in self.entries["services"]:
+                self.enqueue(f"services/{name}")

@@ -1,0 +1,276 @@
+"""``reconcile(key)``: read the cached world, ask the planner, hand the plan to the executor.
+
+The contract is controller-runtime's: the request is only a key (``services/web``), the result is
+only "requeue after N seconds" (or None), an exception means "retry with backoff", and every pass
+re-reads the world from the informers' caches and decides from scratch. The behaviour lives in the
+pure planner; this module converts fleet's entities into the planner's inputs and back.
+
+Two things the planner cannot see are kept here:
+
+* :class:`~fleetop.controller.world.PlanMemory` per service (times fleet does not report). After a
+  restart or a failover it is re-seeded from the stored status: each condition's
+  ``lastTransitionTime`` (so a new leader does not rewrite a status that has not changed), and the
+  instances the last leader reported ready count as ready since long ago (it had already waited
+  ``minReadySeconds`` for them).
+* An invalid spec: the service gets ``Invalid=True`` with the JSON path and reason in its status, one
+  event per generation, and nothing in the cluster changes for it. Other services are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fleetop.controller.executor import Executor, rfc3339
+from fleetop.controller.informers import FleetSnapshot, Informers
+from fleetop.controller.metrics import OperatorMetrics
+from fleetop.controller.planner import plan
+from fleetop.controller.world import (
+    ObservedMachine,
+    ObservedState,
+    ObservedUnit,
+    PlanMemory,
+    Seen,
+    Transition,
+)
+from fleetop.discovery.addresses import Registration, parse_registration
+from fleetop.errors import SpecInvalid, TemporaryError
+from fleetop.etcd import KeyValue
+from fleetop.fleet.units import unit_hash
+from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
+from fleetop.store import Entry
+
+log = logging.getLogger(__name__)
+
+SYNC_WAIT = 0.25
+"""Seconds to wait before trying again when a cache this key needs has not synced yet."""
+CONVERGING_POLL = 30.0
+"""Seconds of fast fleet polling asked for after a pass that has not converged."""
+
+
+class KindReconciler(Protocol):
+    """One kind's reconcile: ``name`` -> requeue after (seconds) or None. Raises to retry."""
+
+    async def reconcile(self, name: str) -> float | None: ...
+
+
+class NoProxies:
+    """The proxy seam: proxy keys are accepted and left alone until a proxy reconciler is wired in."""
+
+    async def reconcile(self, name: str) -> float | None:
+        log.debug("proxy %s: no proxy reconciler configured", name)
+        return None
+
+
+@dataclass(frozen=True)
+class _Observed:
+    units: list[ObservedUnit]
+    states: list[ObservedState]
+    machines: list[ObservedMachine]
+
+
+def observe(snapshot: FleetSnapshot) -> _Observed:
+    """fleet's entities as the planner's input values (all units: names taken by others matter)."""
+    units = [
+        ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id)
+        for u in snapshot.units.values()
+    ]
+    states = [
+        ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
+        for found in snapshot.states.values()
+        for s in found
+    ]
+    machines = [ObservedMachine(m.id, m.primary_ip, dict(m.metadata)) for m in snapshot.machines.values()]
+    return _Observed(units, states, machines)
+
+
+def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMemory:
+    """What a new leader can recover of the planner's memory from the status it finds."""
+    if status is None:
+        return PlanMemory()
+    transitions: dict[str, Transition] = {
+        c.type: Transition(c.status, c.last_transition_time)
+        for c in status.conditions
+        if c.last_transition_time
+    }
+    ready: dict[str, Seen] = {}
+    for unit_status in status.units:
+        unit = snapshot.units.get(unit_status.name)
+        if unit_status.ready and unit is not None:
+            ready[unit.name] = Seen(unit_hash(unit.options), 0.0)
+    return PlanMemory(ready_since=ready, transitions=transitions)
+
+
+def registrations_of(
+    items: Sequence[tuple[str, bytes]], prefix: str
+) -> tuple[dict[str, bool], list[Backend], int]:
+    """(instance -> registered, backends, invalid count) from the keys directly under ``prefix``."""
+    registered: dict[str, bool] = {}
+    backends: list[Backend] = []
+    invalid = 0
+    for key, value in items:
+        instance = key[len(prefix) :]
+        if not instance or "/" in instance:
+            continue
+        parsed = parse_registration(key, value)
+        if isinstance(parsed, Registration):
+            registered[instance] = True
+            backends.append(Backend(key=key, address=parsed.address))
+        else:
+            invalid += 1
+    return registered, backends, invalid
+
+
+class ServiceReconciler:
+    """Reconciles ``services/<name>`` keys."""
+
+    def __init__(
+        self,
+        informers: Informers,
+        executor: Executor,
+        metrics: OperatorMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.informers = informers
+        self.executor = executor
+        self.metrics = metrics
+        self.clock = clock
+        self.memory: dict[str, PlanMemory] = {}
+        self._invalid_reported: dict[str, int] = {}
+        self._unconverged_since: dict[str, float] = {}
+
+    def stored_status(self, name: str) -> tuple[ServiceStatus | None, bytes | None]:
+        kv = self.informers.statuses.get(self.informers.keys.status("services", name))
+        if kv is None:
+            return None, None
+        try:
+            return ServiceStatus.model_validate_json(kv.value), kv.value
+        except ValueError:
+            return None, kv.value
+
+    async def reconcile(self, name: str) -> float | None:
+        informers = self.informers
+        if not all(informers.synced().values()):
+            return SYNC_WAIT
+        entry = informers.entries["services"].get(name)
+        stored, _ = self.stored_status(name)
+        if entry is not None and entry.error is not None:
+            return await self._invalid(name, entry, entry.error, stored)
+        spec = entry.spec if entry is not None and isinstance(entry.spec, ServiceSpec) else None
+        prefix = informers.registration_prefix(name)
+        cache = informers.registrations.cache(prefix)
+        if spec is not None and cache is None:
+            return SYNC_WAIT
+        items = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
+        registered, backends, invalid = registrations_of(items, prefix)
+        snapshot = informers.fleet.snapshot
+        if spec is None and name not in snapshot.owners and stored is None:
+            self._forget(name)
+            return None
+        memory = self.memory.get(name) or seed_memory(stored, snapshot)
+        observed = observe(snapshot)
+        now = self.clock()
+        generation = entry.mod_revision if entry is not None else 0
+        result = plan(
+            name,
+            spec,
+            generation,
+            observed.units,
+            observed.states,
+            registered,
+            observed.machines,
+            now,
+            memory,
+        )
+        self.memory[name] = result.memory
+        status = result.status
+        if status is not None:
+            status = status.model_copy(update={"backends": backends, "invalid_registrations": invalid})
+        outcome = await self.executor.apply(name, result.actions)
+        if outcome.error is not None and status is not None:
+            status = status.model_copy(update={"last_error": str(outcome.error)})
+        await self.executor.write_status(name, status, self._stored_kv(name))
+        if result.actions:
+            informers.fleet.hurry(CONVERGING_POLL)
+            await informers.fleet.refresh()
+        if spec is None and not result.actions:
+            self._forget(name)
+        self._track_lag(name, status, bool(result.actions), now)
+        if isinstance(outcome.error, TemporaryError):
+            raise outcome.error
+        return result.requeue_after
+
+    def _stored_kv(self, name: str) -> KeyValue | None:
+        return self.informers.statuses.get(self.informers.keys.status("services", name))
+
+    async def _invalid(
+        self, name: str, entry: Entry, error: SpecInvalid, stored: ServiceStatus | None
+    ) -> float | None:
+        """Report the invalid spec in status (and once in events); touch nothing in fleet."""
+        message = "; ".join(error.all_messages())
+        now = self.clock()
+        previous = stored.condition("Invalid") if stored is not None else None
+        since = (
+            previous.last_transition_time
+            if previous is not None and previous.status == "True" and previous.last_transition_time
+            else rfc3339(now)
+        )
+        condition = Condition(
+            type="Invalid", status="True", reason="SpecInvalid", message=message, last_transition_time=since
+        )
+        base = stored or ServiceStatus()
+        kept = [c for c in base.conditions if c.type != "Invalid"]
+        status = base.model_copy(
+            update={
+                "observed_generation": entry.mod_revision,
+                "conditions": [*kept, condition],
+                "last_error": message,
+            }
+        )
+        await self.executor.write_status(name, status, self._stored_kv(name))
+        if self._invalid_reported.get(name) != entry.mod_revision:
+            self._invalid_reported[name] = entry.mod_revision
+            await self.executor.record(name, "SpecInvalid", f"spec is invalid: {message}", warning=True)
+        return None
+
+    def _track_lag(self, name: str, status: ServiceStatus | None, acted: bool, now: float) -> None:
+        converged = status is None or (
+            not acted
+            and status.replicas.ready == status.replicas.desired == status.replicas.updated
+            and status.replicas.launched == status.replicas.desired
+        )
+        if converged:
+            self._unconverged_since.pop(name, None)
+            lag: float | None = 0.0 if status is not None else None
+        else:
+            since = self._unconverged_since.setdefault(name, now)
+            lag = now - since
+            self.informers.fleet.hurry(CONVERGING_POLL)
+        if self.metrics is not None:
+            self.metrics.set_lag(name, lag)
+
+    def _forget(self, name: str) -> None:
+        self.memory.pop(name, None)
+        self._invalid_reported.pop(name, None)
+        self._unconverged_since.pop(name, None)
+        self.executor.forget(name)
+        if self.metrics is not None:
+            self.metrics.set_lag(name, None)
+
+
+class Reconciler:
+    """Dispatches a queue key to its kind's reconciler (``services/web``, ``proxies/edge``)."""
+
+    def __init__(self, kinds: Mapping[str, KindReconciler]) -> None:
+        self.kinds = kinds
+
+    async def reconcile(self, key: str) -> float | None:
+        kind, _, name = key.partition("/")
+        handler = self.kinds.get(kind)
+        if handler is None or not name:
+            log.error("unknown key %r: dropped", key)
+            return None
+        return await handler.reconcile(name)

@@ -1,0 +1,208 @@
+"""``fleetop run``: configuration, logging and signals around the manager.
+
+Everything a deployment tunes is in :class:`RunConfig`, built once from flags and the environment the
+ecosystem already uses (etcdctl's variables through :func:`fleetop.config.settings_from`,
+``FLEETCTL_ENDPOINT`` for fleet, ``FLEETOP_*`` for the rest), so the rest of the runtime takes plain
+values. Leader-election timings default to controller-runtime's (lease 15 s, renew deadline 10 s,
+retry 2 s) and must keep ``retry < renew deadline < lease``: a leader that cannot renew must stop
+acting before its lease can expire under it.
+
+SIGTERM and SIGINT resign leadership at once (so a standby takes over within about a second) and then
+shut the manager down; a second signal is ignored while the resignation is in flight. Logs are
+human-readable lines by default, JSON lines with ``--log-format json``; settings are logged through
+their ``describe()``, which never includes the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fleetop.config import EtcdSettings, settings_from
+from fleetop.controller.leader import LeaderTimings
+from fleetop.errors import ConfigError, FleetopError
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths
+
+log = logging.getLogger(__name__)
+
+LogFormat = Literal["human", "json"]
+DEFAULT_FLEET_ENDPOINT = "unix:///var/run/fleet.sock"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+
+
+def default_identity() -> str:
+    """``<hostname>-<pid>-<random>``: unique per process, readable in ``etcdctl get /fleetop/leader``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``fleetop run`` needs. ``metrics_address`` None turns the health server off."""
+
+    etcd: EtcdSettings = field(default_factory=EtcdSettings)
+    fleet_endpoint: str = DEFAULT_FLEET_ENDPOINT
+    leader: LeaderTimings = field(default_factory=LeaderTimings)
+    workers: int = 4
+    metrics_address: str | None = DEFAULT_METRICS_ADDRESS
+    log_format: LogFormat = "human"
+    log_level: str = "INFO"
+    identity: str = field(default_factory=default_identity)
+    resync_period: float = 60.0
+    fleet_poll_fast: float = 0.5
+    fleet_poll_slow: float = 5.0
+    event_ttl: int = 3600
+    proxy_root: str = DEFAULT_PROXY_ROOT
+    """Directory under which each managed proxy keeps its config and runtime files (``<root>/<proxy>``)."""
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
+        """Build from CLI ``flags`` (None means not given) over ``environ``; raises ConfigError."""
+
+        def pick(name: str, variable: str, default: Any) -> Any:
+            value = flags.get(name)
+            if value is None or value == "":
+                value = environ.get(variable) or default
+            return value
+
+        timings = LeaderTimings(
+            lease_duration=_seconds(
+                pick("lease_duration", "FLEETOP_LEASE_DURATION", 15.0), "--lease-duration"
+            ),
+            renew_deadline=_seconds(
+                pick("renew_deadline", "FLEETOP_RENEW_DEADLINE", 10.0), "--renew-deadline"
+            ),
+            retry_period=_seconds(pick("retry_period", "FLEETOP_RETRY_PERIOD", 2.0), "--retry-period"),
+        )
+        timings.check()
+        workers = int(pick("workers", "FLEETOP_WORKERS", 4))
+        if not 1 <= workers <= 256:
+            raise ConfigError(f"--workers: {workers} must be 1-256")
+        log_format = str(pick("log_format", "FLEETOP_LOG_FORMAT", "human"))
+        if log_format not in ("human", "json"):
+            raise ConfigError(f"--log-format: {log_format!r} must be human or json")
+        metrics = str(pick("metrics_address", "FLEETOP_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS))
+        return cls(
+            etcd=settings_from(flags, environ),
+            fleet_endpoint=str(pick("fleet_endpoint", "FLEETCTL_ENDPOINT", DEFAULT_FLEET_ENDPOINT)),
+            leader=timings,
+            workers=workers,
+            metrics_address=None if metrics.lower() in ("off", "none", "") else metrics,
+            log_format="json" if log_format == "json" else "human",
+            log_level=str(pick("log_level", "FLEETOP_LOG_LEVEL", "INFO")).upper(),
+            identity=str(pick("identity", "FLEETOP_IDENTITY", "") or default_identity()),
+            resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 60.0), "--resync-period"),
+            proxy_root=_proxy_root(str(pick("proxy_root", "FLEETOP_PROXY_ROOT", DEFAULT_PROXY_ROOT))),
+        )
+
+
+def _proxy_root(value: str) -> str:
+    """The root must be a path that may be printed into proxy configs (see ``RenderPaths``)."""
+    try:
+        return RenderPaths(value.rstrip("/") or "/").runtime_dir
+    except RenderError as exc:
+        raise ConfigError(f"--proxy-root: {exc}") from None
+
+
+def _seconds(value: Any, source: str) -> float:
+    try:
+        seconds = float(str(value).strip().removesuffix("s"))
+    except ValueError:
+        raise ConfigError(f"{source}: {value!r} is not a number of seconds") from None
+    if not 0 < seconds <= 86400:
+        raise ConfigError(f"{source}: {value!r} must be between 0 and 1 day")
+    return seconds
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, plus exc when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False)
+
+
+def setup_logging(log_format: LogFormat, level: str = "INFO") -> None:
+    """Configure the root logger for a ``fleetop run`` process (stderr, one line per record)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("uvicorn", "uvicorn.error", "httpx", "httpcore", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a task group's failure: the first FleetopError, else the first leaf."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return next((e for e in leaves if isinstance(e, FleetopError)), leaves[0] if leaves else group)
+
+
+async def run_operator(config: RunConfig, *, handle_signals: bool = True) -> None:
+    """Run the operator until cancelled or until SIGTERM/SIGINT (which resign leadership first)."""
+    from fleetop.controller.manager import Manager
+
+    config.leader.check()
+    log.info(
+        "fleetop run: identity %s, %s, fleet %s, %d workers",
+        config.identity,
+        config.etcd.describe(),
+        config.fleet_endpoint,
+        config.workers,
+    )
+    manager = Manager(config)
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def on_signal(signum: int) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        log.info("received %s: resigning and shutting down", signal.Signals(signum).name)
+        manager.request_stop()
+
+    installed: list[int] = []
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, on_signal, int(sig))
+                installed.append(int(sig))
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                break
+    try:
+        await manager.run()
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from group
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+    log.info("fleetop run: stopped")

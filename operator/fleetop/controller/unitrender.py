@@ -1,0 +1,238 @@
+"""Render a ServiceSpec into the fleet units fleetop writes, and read back who owns a unit.
+
+fleet units are immutable and fleet has no templates of its own (``fleet-observed.md`` §9): every
+instance is PUT with its full options. Two units per instance, as in the articles' apache pair:
+
+- the main unit ``<svc>@<instance>.service`` runs the user's command; its options do not depend on
+  the instance (commands use ``%i``), so every instance of one spec has the same fleet hash;
+- the sidekick ``<svc>-discovery@<instance>.service`` runs ``fleetop register``; it is bound to its
+  main unit (``BindsTo``/``After``) and scheduled next to it (``MachineOf``).
+
+Every unit carries an ``[X-Fleetop]`` section (``Service=``, ``Role=``, ``Template=``). systemd
+ignores ``X-`` sections; fleetop changes and destroys only units that carry one naming the service.
+``Template=`` is a short sha256 of the unit's options without that section and with the instance
+written as ``%i``, so all instances of one spec share it and a changed spec is a new template (a
+rolling update).
+
+Quoting follows systemd's command-line and ``Environment=`` parsers: arguments that need it are
+double-quoted with ``\\`` and ``"`` escaped. ``${VAR}`` and ``%`` specifiers are left alone on
+purpose: they expand in the unit (``%i`` is the instance), exactly as in a hand-written unit file;
+write ``$$`` and ``%%`` for literal characters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from fleetop.fleet.units import UnitOption, check_option_values, regroup, serialize
+from fleetop.models.base import format_duration
+from fleetop.models.service import Placement, ServiceSpec
+
+OWNER_SECTION = "X-Fleetop"
+ROLE_MAIN = "main"
+ROLE_DISCOVERY = "discovery"
+INSTANCE_SPECIFIER = "%i"
+TEMPLATE_LENGTH = 12
+"""Hex digits of sha256 kept in ``Template=``: short enough to read in ``fleetctl cat``, and a
+collision between two specs of one service is negligible."""
+REGISTER_COMMAND = "fleetop register"
+"""The sidekick's program. Older systemd (before v239) wants an absolute path in ``ExecStart``."""
+SIDEKICK_ENVIRONMENT_FILES = ("-/etc/environment", "-/etc/etcd.environment")
+_BARE_ARG = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=,@%+")
+
+
+class RenderError(ValueError):
+    """A spec that cannot be written as a unit file (a line too long, a forbidden character)."""
+
+
+class Owner(NamedTuple):
+    """What a unit's ``[X-Fleetop]`` section says: ``(service, role, template)``."""
+
+    service: str
+    role: str
+    template: str
+
+
+def main_unit_name(service: str, instance: int | str) -> str:
+    return f"{service}@{instance}.service"
+
+
+def sidekick_unit_name(service: str, instance: int | str) -> str:
+    return f"{service}-discovery@{instance}.service"
+
+
+def needs_sidekick(spec: ServiceSpec) -> bool:
+    return spec.discovery.sidekick
+
+
+def systemd_quote(value: str) -> str:
+    """One argument for systemd's command-line parser: bare when safe, else double-quoted."""
+    if value and all(c in _BARE_ARG for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def environment_assignment(key: str, value: str) -> str:
+    """``Environment="K=V"`` value, quoted so spaces, quotes and backslashes survive systemd."""
+    return systemd_quote(f"{key}={value}")
+
+
+def template_hash(options: Iterable[UnitOption]) -> str:
+    """Short sha256 of the serialized options, leaving out the ownership section."""
+    body = [o for o in options if o.section != OWNER_SECTION]
+    return hashlib.sha256(serialize(body).encode("utf-8")).hexdigest()[:TEMPLATE_LENGTH]
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def placement_options(placement: Placement, service: str) -> list[UnitOption]:
+    """``[X-Fleet]`` options of a placement (services and proxies alike); ``spread`` conflicts with
+    the other ``<service>@*`` units."""
+    out: list[UnitOption] = []
+    if placement.spread:
+        out.append(UnitOption("X-Fleet", "Conflicts", f"{service}@*.service"))
+    for key, values in placement.machine_metadata.items():
+        out.extend(UnitOption("X-Fleet", "MachineMetadata", f"{key}={value}") for value in values)
+    if placement.machine_of:
+        out.append(UnitOption("X-Fleet", "MachineOf", placement.machine_of))
+    if placement.machine_id:
+        out.append(UnitOption("X-Fleet", "MachineID", placement.machine_id))
+    if placement.global_:
+        out.append(UnitOption("X-Fleet", "Global", "true"))
+    return out
+
+
+def _main_body(spec: ServiceSpec, service: str) -> list[UnitOption]:
+    unit = spec.unit
+    description = unit.description or f"{service} instance {INSTANCE_SPECIFIER} (fleetop)"
+    out = [UnitOption("Unit", "Description", description)]
+    service_lines: list[tuple[str, Sequence[str]]] = [
+        ("ExecStartPre", unit.exec_start_pre),
+        ("ExecStart", [unit.exec_start]),
+        ("ExecStartPost", unit.exec_start_post),
+        ("ExecStop", unit.exec_stop),
+        ("ExecStopPost", unit.exec_stop_post),
+        ("Environment", [environment_assignment(k, v) for k, v in unit.environment.items()]),
+        ("EnvironmentFile", unit.environment_file),
+        ("Restart", [unit.restart]),
+        ("RestartSec", [format_duration(unit.restart_sec)]),
+        ("User", [unit.user] if unit.user else []),
+    ]
+    for name, values in service_lines:
+        out.extend(UnitOption("Service", name, value) for value in values)
+    out.extend(UnitOption(o.section, o.name, o.value) for o in unit.options)
+    out.extend(placement_options(spec.placement, service))
+    return out
+
+
+def register_command(spec: ServiceSpec, service: str, instance: int | str) -> str:
+    """The sidekick's ``ExecStart``: ``fleetop register`` with the instance's address and check.
+
+    The port is the instance, so a sidekick needs ``ports.base``: without it the instance number is
+    not a port and there is nothing to register (:class:`RenderError`, reported as ``Invalid``).
+    """
+    if spec.ports is None:
+        raise RenderError(
+            "discovery.sidekick needs ports.base: the sidekick registers host:port,"
+            " and the port is the instance"
+        )
+    discovery = spec.discovery
+    check = discovery.check
+    address = f"${{COREOS_PRIVATE_IPV4}}:{instance}"
+    args = [REGISTER_COMMAND, "--service", service, "--instance", INSTANCE_SPECIFIER, "--address", address]
+    if check.http is not None:
+        args += ["--http", systemd_quote(check.http)]
+    elif check.tcp:
+        args.append("--tcp")
+    elif check.exec_ is not None:
+        args += ["--exec", systemd_quote(check.exec_)]
+    args += ["--interval", _seconds(check.interval), "--timeout", _seconds(check.timeout)]
+    args += ["--ttl", _seconds(discovery.ttl)]
+    if discovery.prefix:
+        args += ["--prefix", systemd_quote(discovery.prefix)]
+    return " ".join(args)
+
+
+def _sidekick_body(spec: ServiceSpec, service: str, instance: int | str) -> list[UnitOption]:
+    main = main_unit_name(service, instance)
+    out = [
+        UnitOption("Unit", "Description", f"{service} instance {INSTANCE_SPECIFIER} registration (fleetop)"),
+        UnitOption("Unit", "BindsTo", main),
+        UnitOption("Unit", "After", main),
+    ]
+    out.extend(UnitOption("Service", "EnvironmentFile", f) for f in SIDEKICK_ENVIRONMENT_FILES)
+    out += [
+        UnitOption("Service", "ExecStart", register_command(spec, service, instance)),
+        UnitOption("Service", "Restart", "always"),
+        UnitOption("Service", "RestartSec", "1"),
+    ]
+    if spec.placement.global_:
+        # A global unit has no machine of its own, so MachineOf could never be met: the sidekick is
+        # global too, on the same machines, and BindsTo ties it to the main unit on each of them.
+        out.append(UnitOption("X-Fleet", "Global", "true"))
+        for key, values in spec.placement.machine_metadata.items():
+            out.extend(UnitOption("X-Fleet", "MachineMetadata", f"{key}={value}") for value in values)
+    else:
+        out.append(UnitOption("X-Fleet", "MachineOf", main))
+    return out
+
+
+def finish_unit(body: list[UnitOption], service: str, role: str, template: str) -> list[UnitOption]:
+    """Add the ``[X-Fleetop]`` ownership section, order the options as fleet stores them, and refuse
+    values a unit file cannot carry (:class:`RenderError`)."""
+    owner = [
+        UnitOption(OWNER_SECTION, "Service", service),
+        UnitOption(OWNER_SECTION, "Role", role),
+        UnitOption(OWNER_SECTION, "Template", template),
+    ]
+    options = regroup([*body, *owner])
+    try:
+        check_option_values(options)
+    except ValueError as exc:
+        raise RenderError(str(exc)) from exc
+    return options
+
+
+def main_template(spec: ServiceSpec, service: str) -> str:
+    """The template hash every main unit of this spec carries."""
+    return template_hash(_main_body(spec, service))
+
+
+def sidekick_template(spec: ServiceSpec, service: str) -> str:
+    """The template hash every sidekick of this spec carries (computed with the instance as ``%i``)."""
+    return template_hash(_sidekick_body(spec, service, INSTANCE_SPECIFIER))
+
+
+def render_main(spec: ServiceSpec, service: str, instance: int | str) -> list[UnitOption]:
+    """All options of ``<svc>@<instance>.service``, in the order fleet stores them.
+
+    Raises :class:`RenderError` when a value cannot be written into a unit file.
+    """
+    del instance  # the main unit refers to its instance only through %i
+    return finish_unit(_main_body(spec, service), service, ROLE_MAIN, main_template(spec, service))
+
+
+def render_sidekick(spec: ServiceSpec, service: str, instance: int | str) -> list[UnitOption]:
+    """All options of ``<svc>-discovery@<instance>.service``, in the order fleet stores them."""
+    body = _sidekick_body(spec, service, instance)
+    return finish_unit(body, service, ROLE_DISCOVERY, sidekick_template(spec, service))
+
+
+def owned_by(options: Iterable[UnitOption]) -> Owner | None:
+    """Read the ``[X-Fleetop]`` section; None when the unit has none (it is not fleetop's).
+
+    A section without ``Service=`` is treated as not owned: fleetop never acts on a unit it cannot
+    attribute to a service.
+    """
+    fields: dict[str, str] = {}
+    for option in options:
+        if option.section == OWNER_SECTION and option.name not in fields:
+            fields[option.name] = option.value
+    service = fields.get("Service", "")
+    if not service:
+        return None
+    return Owner(service, fields.get("Role", ""), fields.get("Template", ""))

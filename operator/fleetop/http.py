@@ -1,0 +1,207 @@
+"""The one place fleetop speaks HTTP: sessions to a fleet endpoint, health checks.
+
+Everything else in the package stays free of httpx (an import-linter contract enforces it), so swapping
+the HTTP library or changing its error behaviour touches this file only. httpx's exceptions never leave
+it; they are translated at the boundary::
+
+    httpx.TransportError (connect, read, write, pool, protocol, timeouts)
+        └── raised as fleetop.errors.FleetUnavailable (a TemporaryError), ``from`` the original
+    httpx.InvalidURL, httpx.UnsupportedProtocol
+        └── raised as fleetop.errors.ConfigError
+
+Endpoints are written the way ``FLEETCTL_ENDPOINT`` takes them: ``unix:///var/run/fleet.sock`` or
+``http(s)://host:port``. Like fleetctl, a comma-separated list uses its first entry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from fleetop.errors import ConfigError, FleetUnavailable, TemporaryError
+
+UNIX_BASE_URL = "http://fleet"
+"""The base URL requests carry over a unix socket (the host part is never resolved)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Timeouts of one HTTP session, in seconds."""
+
+    connect: float = 5.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 5.0
+
+    @classmethod
+    def uniform(cls, seconds: float) -> Timeouts:
+        return cls(seconds, seconds, seconds, seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed endpoint: either a unix socket path or a base URL."""
+
+    raw: str
+    base_url: str
+    socket_path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.socket_path is not None
+
+
+def parse_endpoint(endpoint: str) -> Endpoint:
+    """Parse ``unix:///path``, ``file:///path`` or ``http(s)://host[:port][/prefix]``.
+
+    Raises ConfigError for anything else.
+    """
+    first = endpoint.split(",", maxsplit=1)[0].strip()
+    parts = urlsplit(first)
+    if parts.scheme in ("unix", "file"):
+        path = parts.netloc + parts.path
+        if not path:
+            raise ConfigError(f"endpoint {first!r}: unix socket path is empty")
+        return Endpoint(first, UNIX_BASE_URL, path)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return Endpoint(first, first.rstrip("/"))
+    raise ConfigError(f"endpoint {first!r}: expected unix:///path or http(s)://host:port")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What callers get back: status, headers (names lower-cased, repeated ones comma-joined), body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    header_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+def _response(resp: httpx.Response) -> HttpResponse:
+    lists: dict[str, list[str]] = {}
+    for key, value in resp.headers.multi_items():
+        lists.setdefault(key.lower(), []).append(value)
+    return HttpResponse(
+        status=resp.status_code,
+        headers={k: ", ".join(v) for k, v in lists.items()},
+        body=resp.content,
+        header_lists={k: tuple(v) for k, v in lists.items()},
+    )
+
+
+class HttpSession:
+    """An HTTP/1.1 session to one endpoint. Use as ``async with`` or call ``aclose()``.
+
+    ``unavailable`` is the TemporaryError subclass raised on transport failures (FleetUnavailable by
+    default, since the fleet client is the main user).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeouts: Timeouts | None = None,
+        headers: Mapping[str, str] | None = None,
+        unavailable: type[TemporaryError] = FleetUnavailable,
+    ) -> None:
+        self.endpoint = parse_endpoint(endpoint)
+        self._unavailable = unavailable
+        t = timeouts or Timeouts()
+        transport = httpx.AsyncHTTPTransport(uds=self.endpoint.socket_path, retries=0)
+        self._client = httpx.AsyncClient(
+            base_url=self.endpoint.base_url,
+            transport=transport,
+            timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+            headers=dict(headers or {}),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    ) -> HttpResponse:
+        """Send one request; raise ``unavailable`` on any transport failure or timeout."""
+        pairs = params.items() if isinstance(params, Mapping) else (params or [])
+        query: list[tuple[str, str | int | float | bool | None]] = list(pairs)
+        try:
+            resp = await self._client.request(
+                method, path, params=query or None, content=content, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            raise self._unavailable(f"{method} {path}: timed out ({type(exc).__name__})") from exc
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise ConfigError(f"{method} {path}: {exc}") from exc
+        except httpx.TransportError as exc:
+            detail = str(exc) or type(exc).__name__
+            raise self._unavailable(f"{method} {path}: {detail}") from exc
+        return _response(resp)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> HttpSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def raw_request(
+    endpoint: str,
+    method: str,
+    path: str,
+    *,
+    content: bytes | None = None,
+    headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    timeout: float = 10.0,
+) -> HttpResponse:
+    """One request on a fresh session: for tools and tests that need exact bytes and headers."""
+    async with HttpSession(endpoint, timeouts=Timeouts.uniform(timeout)) as session:
+        return await session.request(method, path, content=content, headers=headers)
+
+
+async def http_check(url: str, timeout: float) -> tuple[bool, str]:
+    """GET ``url``; healthy on 2xx and 3xx. Never raises: returns (healthy, detail)."""
+    try:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
+        ) as client:
+            resp = await client.get(url)
+    except httpx.TimeoutException:
+        return False, f"timed out after {timeout:g}s"
+    except httpx.HTTPError as exc:
+        return False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except ValueError as exc:  # malformed URL text
+        return False, f"invalid URL: {exc}"
+    healthy = 200 <= resp.status_code < 400
+    return healthy, f"HTTP {resp.status_code}"
+
+
+def json_body(data: Any) -> bytes:
+    """Compact JSON with a trailing newline, as fleetctl's Go client sends it."""
+    return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")

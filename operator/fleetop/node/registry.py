@@ -1,0 +1,187 @@
+"""The node's durable state, playing the part fleet gives etcd: units (name, options, desired state),
+where each unit is scheduled, machine metadata overrides, and which machines are stopped.
+
+It lives in one JSON file under the state directory, rewritten atomically on every change (temporary
+file, fsync, rename, fsync of the directory), so a node killed at any moment restarts from either the
+old or the new state and never from half a file. Files are 0600 and directories 0700: unit options can
+hold secrets. Writes are small and rare enough to be done synchronously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetop.errors import ConfigError
+from fleetop.fleet.units import UnitOption, unit_hash
+
+FORMAT_VERSION = 1
+REGISTRY_FILE = "registry.json"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUnit:
+    """A unit as the node keeps it: options in stored (regrouped) order, desired state, hash."""
+
+    name: str
+    options: tuple[UnitOption, ...]
+    desired_state: str
+
+    @property
+    def hash(self) -> str:
+        return unit_hash(self.options)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "desiredState": self.desired_state,
+            "options": [[o.section, o.name, o.value] for o in self.options],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoredUnit:
+        options = tuple(UnitOption(str(s), str(n), str(v)) for s, n, v in data["options"])
+        return cls(str(data["name"]), options, str(data["desiredState"]))
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) with mode 0700; tighten it if it already exists."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename, fsync dir."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Registry:
+    """In-memory state with write-through persistence. Every mutator saves before returning."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / REGISTRY_FILE
+        self.units: dict[str, StoredUnit] = {}
+        self.placements: dict[str, str] = {}
+        self.metadata_overrides: dict[str, dict[str, str | None]] = {}
+        self.stopped_machines: set[str] = set()
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the registry file if there is one; a missing file is an empty registry."""
+        ensure_private_dir(self.state_dir)
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            data = json.loads(raw)
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unsupported format version {data.get('version')!r}")
+            units = [StoredUnit.from_json(u) for u in data.get("units", [])]
+            placements = {str(k): str(v) for k, v in data.get("placements", {}).items()}
+            overrides = {
+                str(m): {str(k): (None if v is None else str(v)) for k, v in keys.items()}
+                for m, keys in data.get("metadataOverrides", {}).items()
+            }
+            stopped = {str(m) for m in data.get("stoppedMachines", [])}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{self.path}: unreadable node registry: {exc}") from exc
+        self.units = {u.name: u for u in units}
+        self.placements = placements
+        self.metadata_overrides = overrides
+        self.stopped_machines = stopped
+
+    def save(self) -> None:
+        data = {
+            "version": FORMAT_VERSION,
+            "units": [self.units[name].to_json() for name in sorted(self.units)],
+            "placements": dict(sorted(self.placements.items())),
+            "metadataOverrides": self.metadata_overrides,
+            "stoppedMachines": sorted(self.stopped_machines),
+        }
+        ensure_private_dir(self.state_dir)
+        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=False).encode("utf-8") + b"\n")
+
+    # -- units -------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> StoredUnit | None:
+        return self.units.get(name)
+
+    def sorted_units(self) -> list[StoredUnit]:
+        return [self.units[name] for name in sorted(self.units)]
+
+    def put_unit(self, unit: StoredUnit) -> None:
+        self.units[unit.name] = unit
+        self.save()
+
+    def set_desired_state(self, name: str, state: str) -> None:
+        unit = self.units[name]
+        self.units[name] = StoredUnit(unit.name, unit.options, state)
+        self.save()
+
+    def delete_unit(self, name: str) -> bool:
+        if self.units.pop(name, None) is None:
+            return False
+        self.placements.pop(name, None)
+        self.save()
+        return True
+
+    def set_placements(self, placements: Mapping[str, str]) -> None:
+        """Replace the schedule; saves only when it changed."""
+        if dict(placements) != self.placements:
+            self.placements = dict(placements)
+            self.save()
+
+    # -- machines ----------------------------------------------------------------------------------
+
+    def apply_metadata(self, machine_id: str, key: str, value: str | None) -> None:
+        """Set (``value``) or hide (None) a metadata key of a machine, known or not."""
+        self.metadata_overrides.setdefault(machine_id, {})[key] = value
+
+    def apply_metadata_ops(self, ops: Sequence[tuple[str, str, str | None]]) -> None:
+        """Several (machine, key, value-or-None) edits, saved once."""
+        for machine_id, key, value in ops:
+            self.apply_metadata(machine_id, key, value)
+        self.save()
+
+    def effective_metadata(self, machine_id: str, base: Mapping[str, str]) -> dict[str, str]:
+        """A machine's configured metadata with the API's overrides applied."""
+        merged = dict(base)
+        for key, value in self.metadata_overrides.get(machine_id, {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    def set_machine_stopped(self, machine_id: str, stopped: bool) -> None:
+        if stopped:
+            self.stopped_machines.add(machine_id)
+        else:
+            self.stopped_machines.discard(machine_id)
+        self.save()

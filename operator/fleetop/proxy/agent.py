@@ -1,0 +1,299 @@
+"""``fleetop proxy-agent``: follow one proxy's published config in etcd and apply it on this machine.
+
+The operator publishes ``/fleetop/proxies/<proxy>/config`` (a :class:`PublishedConfig`); one agent per
+proxy host list-watches that key and installs each new config with :func:`apply_config` (stage,
+check, rename, reload). It reports what it did to ``/status/proxies/<proxy>/agents/<machine>`` as an
+:class:`AgentStatus`, so ``fleetop status`` can tell which hosts run the newest config and why one
+does not.
+
+Rules:
+
+- always the newest: the watch only records the latest value; the apply loop takes it when it is free,
+  so configs published while one is being applied are skipped, never applied late;
+- a config that fails its check is never installed and is not retried (the same input fails the same
+  way) until a new one arrives; the error and its hash are reported while the old config serves;
+- a failure after install (no proxy running yet, reload command failed) is retried with backoff: the
+  proxy may simply not have started yet;
+- status is written only when it changed, bound to a lease kept alive while the agent runs, so an
+  agent that is gone stops counting; etcd restarts are ridden out by ``list_watch`` and by retrying
+  the status write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from fleetop.errors import FleetopError
+from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
+from fleetop.keys import Keys
+from fleetop.models.status import AgentStatus, PublishedConfig
+from fleetop.proxy.apply import ApplyError, apply_config, pid_file_of
+from fleetop.proxy.render import default_runtime_dir
+
+log = logging.getLogger(__name__)
+
+STATUS_TTL = 30
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What one agent applies where. ``config_path`` wins over the published ``configPath``; without
+    either the config goes to ``<runtime_dir>/<kind>.conf``."""
+
+    proxy: str
+    machine: str
+    runtime_dir: Path
+    config_path: Path | None = None
+    timeout: float = 30.0
+    retry_min: float = 0.5
+    retry_max: float = 30.0
+    status_ttl: int = STATUS_TTL
+
+    def target(self, cfg: PublishedConfig) -> Path:
+        if self.config_path is not None:
+            return self.config_path
+        if cfg.config_path:
+            return Path(cfg.config_path)
+        return self.runtime_dir / f"{cfg.kind}.conf"
+
+
+def decode_config(raw: bytes) -> PublishedConfig | str:
+    """The published value, or why it cannot be used."""
+    try:
+        return PublishedConfig.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"the published config is not valid: {first}"
+
+
+class ProxyAgent:
+    """Applies the newest published config and reports status. ``run()`` until cancelled."""
+
+    def __init__(
+        self, etcd: Etcd, keys: Keys, settings: AgentSettings, *, now: Callable[[], str] = utc_now
+    ) -> None:
+        self.etcd = etcd
+        self.keys = keys
+        self.settings = settings
+        self.status = AgentStatus(machine=settings.machine)
+        self._now = now
+        self._latest: bytes | None = None
+        self._changed = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._dirty.set()  # report presence at once
+        self._given_up: str | None = None  # hash of a config that failed its check
+        self.applied = asyncio.Event()  # set after every attempt (tests wait on it)
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch())
+                group.create_task(self._apply_loop())
+                group.create_task(self._status_loop())
+        except BaseExceptionGroup as failed:
+            raise _first(failed) from None
+
+    async def _watch(self) -> None:
+        key = self.keys.proxy_config(self.settings.proxy)
+        stream = self.etcd.list_watch(key)
+        async with contextlib.aclosing(stream):
+            async for update in stream:
+                if isinstance(update, Snapshot):
+                    found = [kv for kv in update.items if kv.key == key]
+                    value = found[0].value if found else None
+                else:
+                    value = self._latest
+                    for event in update.events:
+                        if event.key == key:
+                            value = None if event.type == "delete" else event.value
+                if value != self._latest:
+                    self._latest = value
+                    self._changed.set()
+
+    async def _apply_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            retry = await self._apply_newest()
+            self.applied.set()
+            if not retry:
+                failures = 0
+                continue
+            failures += 1
+            delay = min(self.settings.retry_max, self.settings.retry_min * 2 ** (failures - 1))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), delay)
+            self._changed.set()  # retry with whatever is newest by then
+
+    async def _apply_newest(self) -> bool:
+        """Apply the latest value if it needs applying. True when the attempt should be retried."""
+        raw = self._latest
+        if raw is None:
+            return False  # nothing published (or deleted): keep serving what is there
+        cfg = decode_config(raw)
+        if isinstance(cfg, str):
+            self._report(error=cfg, failed_hash="")
+            return False
+        if cfg.hash == self.status.applied_hash and self.status.error is None:
+            return False
+        if cfg.hash == self._given_up:
+            return False
+        return await self._apply(cfg)
+
+    async def _apply(self, cfg: PublishedConfig) -> bool:
+        settings, raw = self.settings, self._latest
+        try:
+            _ensure_runtime_dir(cfg)
+            result = await apply_config(
+                cfg,
+                settings.target(cfg),
+                check=cfg.check_cmd,
+                reload=cfg.reload_cmd,
+                timeout=settings.timeout,
+                superseded=lambda: self._latest != raw,
+            )
+        except ApplyError as exc:
+            log.error(
+                "proxy %s: config %s (generation %d): %s", settings.proxy, cfg.hash[:12], cfg.generation, exc
+            )
+            if exc.stage == "check":
+                self._given_up = cfg.hash
+            self._report(error=str(exc), failed_hash=cfg.hash)
+            return exc.stage != "check"
+        except (FleetopError, OSError) as exc:  # nginx/haproxy not installed, runtime dir not writable
+            log.error("proxy %s: cannot apply %s: %s", settings.proxy, cfg.hash[:12], exc)
+            self._report(error=str(exc), failed_hash=cfg.hash)
+            return True
+        if result.superseded:
+            log.info("proxy %s: config %s superseded before install", settings.proxy, cfg.hash[:12])
+            return False  # the newer one is already signalled
+        log.info("proxy %s: applied config %s (generation %d)", settings.proxy, cfg.hash[:12], cfg.generation)
+        self._given_up = None
+        self._report(
+            applied_hash=cfg.hash,
+            applied_generation=cfg.generation,
+            applied_at=self._now(),
+            reloads=self.status.reloads + (1 if result.reloaded else 0),
+            error=None,
+            failed_hash="",
+        )
+        return False
+
+    def _report(self, **changes: object) -> None:
+        updated = self.status.model_copy(update=changes)
+        if updated != self.status:
+            self.status = updated
+            self._dirty.set()
+
+    async def _status_loop(self) -> None:
+        writer = _StatusWriter(
+            self.etcd,
+            self.keys.agent_status(self.settings.proxy, self.settings.machine),
+            self.settings.status_ttl,
+        )
+        try:
+            failures = 0
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                if await writer.write(self.status):
+                    failures = 0
+                    continue
+                failures += 1
+                await asyncio.sleep(
+                    min(self.settings.retry_max, self.settings.retry_min * 2 ** (failures - 1))
+                )
+                self._dirty.set()
+        finally:
+            await writer.close()
+
+
+def _ensure_runtime_dir(cfg: PublishedConfig) -> None:
+    """The directory of the pid file the config names must exist before ``nginx -t`` can pass."""
+    pid_file = pid_file_of(cfg.kind, cfg.body)
+    if pid_file is not None and pid_file.is_absolute():
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error of a task group, so callers see our error tree, not a group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+class _StatusWriter:
+    """Writes the status JSON only when it changed, on a lease kept alive while the agent runs.
+
+    If the lease is lost (etcd down longer than its TTL) the keeper grants a new one and the status is
+    written again on it.
+    """
+
+    def __init__(self, etcd: Etcd, key: str, ttl: int) -> None:
+        self.etcd = etcd
+        self.key = key
+        self.ttl = ttl
+        self._keeper: LeaseKeeper | None = None
+        self._body: str | None = None
+        self._written: str | None = None
+
+    async def write(self, status: AgentStatus) -> bool:
+        """Write if changed; False when etcd refused or was unreachable (the caller retries)."""
+        self._body = status.model_dump_json(by_alias=True)
+        try:
+            if self._keeper is None:
+                keeper = LeaseKeeper(self.etcd, 0, self.ttl, regrant=True, on_regrant=self._rewrite)
+                await keeper.start()
+                self._keeper = keeper
+            if self._body != self._written:
+                await self.etcd.put(self.key, self._body, lease=self._keeper.lease)
+                self._written = self._body
+            return True
+        except FleetopError as exc:
+            log.warning("cannot write agent status to %s yet: %s", self.key, exc)
+            return False
+
+    async def _rewrite(self, lease: int) -> None:
+        if self._body is not None:
+            await self.etcd.put(self.key, self._body, lease=lease)
+            self._written = self._body
+
+    async def close(self) -> None:
+        """Stop renewing and revoke the lease: the status disappears with the agent."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.stop()
+
+
+async def run_agent(
+    etcd: Etcd,
+    keys: Keys,
+    proxy: str,
+    machine: str,
+    *,
+    runtime_dir: Path | None = None,
+    config_path: Path | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Run one agent until cancelled."""
+    settings = AgentSettings(
+        proxy=proxy,
+        machine=machine,
+        runtime_dir=runtime_dir or Path(default_runtime_dir(proxy)),
+        config_path=config_path,
+        timeout=timeout,
+    )
+    await ProxyAgent(etcd, keys, settings).run()

@@ -1,0 +1,349 @@
+"""Render an nginx or HAProxy config from a ProxySpec and the registered backends. Pure.
+
+The same inputs always give the same bytes (services, hosts, paths and backends are sorted; equal
+addresses collapse into one server), so the operator can compare hashes and publish only real
+changes (consul-template's renderer: render pure, compare bytes).
+
+Nothing untrusted reaches the text unchecked. Route hosts and paths are validated by the spec
+models, backend addresses by :mod:`fleetop.discovery.addresses`, and runtime paths here. As a last
+line of defence every ``{{ expression }}`` passes through :func:`checked_value` (Jinja's
+``finalize``; also available as the ``conf`` filter), which refuses any character outside a small
+safe set, so a value that slipped past validation fails the render instead of becoming a directive.
+
+Built-in templates are trusted package data; a spec's own ``template`` runs in Jinja's immutable
+sandbox because whoever can write ``/desired/proxies`` should not be able to run code in the
+operator. Templates are compiled once and cached by their text: rendering is linear in the number of
+backends (1,000 services x 10 backends render in a few tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jinja2
+import jinja2.sandbox
+
+from fleetop.discovery.addresses import Registration
+from fleetop.errors import ProxyError
+from fleetop.models.proxy import ProxySpec
+from fleetop.models.status import PublishedConfig
+
+_SAFE_VALUE_RE = re.compile(r"[A-Za-z0-9._:/\-\[\]*~]*")
+_SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/\-]*")
+DEFAULT_PROXY_ROOT = "/var/lib/fleetop/proxies"
+BUILTIN_TEMPLATES = {"nginx": "nginx.conf.j2", "haproxy": "haproxy.cfg.j2"}
+NOT_FOUND_BACKEND = "fleetop_not_found"
+
+
+class RenderError(ProxyError):
+    """A config could not be rendered: template syntax, an undefined name, or an unsafe value."""
+
+
+class UnsafeValueError(RenderError):
+    """A value with characters outside the safe set reached a template expression."""
+
+
+def checked_value(value: Any) -> str:
+    """The last line of defence: a value printed into a config must be one safe token."""
+    if type(value) is str and _SAFE_VALUE_RE.fullmatch(value):
+        return value  # the fast path: every validated string
+    if type(value) is int:
+        return str(value)
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises, naming what was undefined
+    if isinstance(value, bool) or value is None:
+        raise UnsafeValueError(f"refusing to print {value!r} into a config (not a config value)")
+    text = str(value)
+    if not _SAFE_VALUE_RE.fullmatch(text):
+        shown = text[:60].encode("unicode_escape").decode("ascii")
+        raise UnsafeValueError(
+            f"refusing to print {shown!r} into a config: only letters, digits and ._:/-[]*~ are allowed"
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class RenderPaths:
+    """Where the proxy keeps its runtime files: pid, logs, temp dirs, admin socket. One directory."""
+
+    runtime_dir: str
+
+    def __post_init__(self) -> None:
+        if not _SAFE_PATH_RE.fullmatch(self.runtime_dir) or ".." in self.runtime_dir.split("/"):
+            raise RenderError(
+                f"runtime dir {self.runtime_dir!r} must be an absolute path of letters, digits and ._/-"
+            )
+
+    def _file(self, name: str) -> str:
+        return f"{self.runtime_dir.rstrip('/')}/{name}"
+
+    @property
+    def pid_file(self) -> str:
+        return self._file("proxy.pid")
+
+    @property
+    def error_log(self) -> str:
+        return self._file("error.log")
+
+    @property
+    def access_log(self) -> str:
+        return self._file("access.log")
+
+    @property
+    def stats_socket(self) -> str:
+        return self._file("admin.sock")
+
+    def temp_dir(self, what: str) -> str:
+        """nginx's ``<what>_temp_path`` (client_body, proxy, fastcgi, uwsgi, scgi)."""
+        return self._file(f"{what}_temp")
+
+
+def default_runtime_dir(proxy: str, root: str = DEFAULT_PROXY_ROOT) -> str:
+    """The one directory per proxy shared by the operator (renders it) and the agent (default
+    config path ``<dir>/<kind>.conf``)."""
+    return f"{root.rstrip('/')}/{proxy}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    text: str
+    hash: str
+
+    def published(self, spec: ProxySpec, generation: int) -> PublishedConfig:
+        """The value to publish at ``/fleetop/proxies/<name>/config`` for agents."""
+        return PublishedConfig(
+            hash=self.hash,
+            generation=generation,
+            kind=spec.kind,
+            body=self.text,
+            check_cmd=spec.check_cmd,
+            reload_cmd=spec.reload_cmd,
+            config_path=spec.config_path,
+        )
+
+
+class BackendView(NamedTuple):
+    """One server line: ``id`` is a stable server name (HAProxy), ``address`` is ``host:port``.
+
+    Views are named tuples: the render builds 10,000 of them, and tuples are the cheapest to make.
+    """
+
+    id: str
+    host: str
+    port: int
+    address: str
+
+
+class ServiceView(NamedTuple):
+    name: str
+    upstream: str
+    backends: tuple[BackendView, ...]
+
+
+class RouteView(NamedTuple):
+    service: str
+    host: str | None
+    path: str
+    upstream: str
+    has_backends: bool
+
+
+class ServerView(NamedTuple):
+    """An nginx ``server`` block: one per route host, plus the default server (``host`` None)."""
+
+    host: str | None
+    routes: tuple[RouteView, ...]
+    has_root: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+    nginx: str
+    haproxy: str
+
+
+class HostAcl(NamedTuple):
+    name: str
+    method: str
+    value: str
+
+
+class Rule(NamedTuple):
+    """One HAProxy ``use_backend <backend> if <acls...>``, in the order HAProxy evaluates them."""
+
+    backend: str
+    acls: tuple[str, ...]
+
+
+def upstream_name(service: str) -> str:
+    """``web-api`` → ``svc_web_api``: a safe nginx upstream / HAProxy backend name."""
+    return "svc_" + service.replace("-", "_")
+
+
+def _listen(value: str) -> Listen:
+    host, _, port_text = value.rpartition(":")
+    port = int(port_text)
+    nginx = str(port) if host == "*" else value
+    return Listen(host=host, port=port, nginx=nginx, haproxy=value)
+
+
+def _backends(registrations: Sequence[Registration]) -> tuple[BackendView, ...]:
+    unique = {(r.host, r.port) for r in registrations}
+    views = []
+    for host, port in sorted(unique):
+        if ":" in host:
+            views.append(BackendView(f"{host}:{port}", host, port, f"[{host}]:{port}"))
+        else:
+            address = f"{host}:{port}"
+            views.append(BackendView(address, host, port, address))
+    return tuple(views)
+
+
+def _route_order(route: RouteView) -> tuple[int, str]:
+    return (-len(route.path), route.path)
+
+
+def _host_order(host: str) -> tuple[int, int, str]:
+    """Exact names first, then wildcards longest first (nginx's server_name precedence)."""
+    return (1, -len(host), host) if host.startswith("*.") else (0, 0, host)
+
+
+def _host_acl(host: str) -> HostAcl:
+    if host.startswith("*."):
+        return HostAcl(name=f"wildcard_{host[2:]}", method="end", value=host[1:])
+    return HostAcl(name=f"host_{host}", method="str", value=host)
+
+
+def _haproxy_rules(
+    by_host: dict[str | None, list[RouteView]], path_acls: Mapping[str, str]
+) -> tuple[list[HostAcl], list[Rule], str]:
+    """HAProxy's routing mirroring nginx's: host first, then the longest path; unrouted → 404."""
+    acls: list[HostAcl] = []
+    rules: list[Rule] = []
+    for host in sorted((h for h in by_host if h is not None), key=_host_order):
+        acl = _host_acl(host)
+        acls.append(acl)
+        routes = by_host[host]
+        for route in routes:
+            extra = () if route.path == "/" else (path_acls[route.path],)
+            rules.append(Rule(route.upstream, (acl.name, *extra)))
+        if all(r.path != "/" for r in routes):
+            rules.append(Rule(NOT_FOUND_BACKEND, (acl.name,)))
+    default = NOT_FOUND_BACKEND
+    for route in by_host.get(None, []):
+        if route.path == "/":
+            default = route.upstream
+        else:
+            rules.append(Rule(route.upstream, (path_acls[route.path],)))
+    return acls, rules, default
+
+
+def build_context(
+    proxy_name: str,
+    spec: ProxySpec,
+    backends: Mapping[str, Sequence[Registration]],
+    paths: RenderPaths,
+) -> dict[str, Any]:
+    """Everything a template sees; the same for built-in and custom templates."""
+    services = {
+        name: ServiceView(name, upstream_name(name), _backends(backends.get(name, ())))
+        for name in sorted({route.service for route in spec.routes})
+    }
+    routes = [
+        RouteView(
+            r.service, r.host, r.path or "/", services[r.service].upstream, bool(services[r.service].backends)
+        )
+        for r in spec.routes
+    ]
+    by_host: dict[str | None, list[RouteView]] = {}
+    for route in sorted(routes, key=_route_order):
+        by_host.setdefault(route.host, []).append(route)
+    servers = [
+        ServerView(host, tuple(by_host[host]), any(r.path == "/" for r in by_host[host]))
+        for host in sorted((h for h in by_host if h is not None), key=_host_order)
+    ]
+    default_routes = tuple(by_host.get(None, []))
+    servers.append(ServerView(None, default_routes, any(r.path == "/" for r in default_routes)))
+    path_acls = {
+        path: f"path_{i}" for i, path in enumerate(sorted({r.path for r in routes if r.path != "/"}))
+    }
+    host_acls, rules, default_backend = _haproxy_rules(by_host, path_acls)
+    return {
+        "proxy": proxy_name,
+        "spec": spec,
+        "listen": _listen(str(spec.listen)),
+        "services": list(services.values()),
+        "routes": routes,
+        "servers": servers,
+        "host_acls": host_acls,
+        "path_acls": sorted(path_acls.items(), key=lambda item: item[1]),
+        "rules": rules,
+        "default_backend": default_backend,
+        "not_found_backend": NOT_FOUND_BACKEND,
+        "handler_header": spec.headers.handler,
+        "paths": paths,
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def compile_template(text: str, *, sandboxed: bool) -> jinja2.Template:
+    """Compile once per distinct template text (built-ins trusted, custom ones sandboxed)."""
+    options: dict[str, Any] = {
+        "undefined": jinja2.StrictUndefined,
+        "autoescape": False,
+        "trim_blocks": True,
+        "lstrip_blocks": True,
+        "keep_trailing_newline": True,
+        "finalize": checked_value,
+    }
+    env = (
+        jinja2.sandbox.ImmutableSandboxedEnvironment(**options)
+        if sandboxed
+        else jinja2.Environment(**options)
+    )
+    env.filters["conf"] = checked_value
+    try:
+        return env.from_string(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"template syntax error at line {exc.lineno}: {exc.message}") from None
+
+
+@functools.cache
+def builtin_template_text(kind: str) -> str:
+    """The packaged template for ``nginx`` or ``haproxy``."""
+    resource = importlib.resources.files("fleetop.proxy") / "templates" / BUILTIN_TEMPLATES[kind]
+    return resource.read_text(encoding="utf-8")
+
+
+def render(
+    proxy_name: str,
+    spec: ProxySpec,
+    backends: Mapping[str, Sequence[Registration]],
+    *,
+    paths: RenderPaths,
+) -> Rendered:
+    """The config text for ``spec`` with ``backends`` (service name → registrations), and its sha256."""
+    if spec.template is not None:
+        template = compile_template(spec.template, sandboxed=True)
+    else:
+        template = compile_template(builtin_template_text(spec.kind), sandboxed=False)
+    context = build_context(proxy_name, spec, backends, paths)
+    try:
+        text = template.render(context)
+    except RenderError:
+        raise
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"template refers to an undefined value: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template failed: {exc}") from None
+    except Exception as exc:  # a custom template can raise anything (1/0, bad method call)
+        raise RenderError(f"template failed: {type(exc).__name__}: {exc}") from None
+    return Rendered(text=text, hash=hashlib.sha256(text.encode("utf-8")).hexdigest())

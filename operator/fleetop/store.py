@@ -1,0 +1,166 @@
+"""Typed access to specs, status and events in etcd, on top of ``fleetop.etcd``.
+
+Specs are stored as the compact JSON people type (defaults left out, no ``kind``/``name``), so a spec
+written with ``etcdctl put`` and one written by ``fleetop apply`` look and read the same. A key holding
+garbage is returned as an entry with its error, never raised from a listing: one bad key must not
+hide the others.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from fleetop.errors import NotFound, SpecInvalid
+from fleetop.etcd import Etcd, KeyValue
+from fleetop.keys import Keys
+from fleetop.models import (
+    Event,
+    ProxySpec,
+    ProxyStatus,
+    ServiceSpec,
+    ServiceStatus,
+    parse_proxy,
+    parse_service,
+)
+from fleetop.models.parse import decode_json, encode_spec, validation_errors
+
+Kind = Literal["services", "proxies"]
+Spec = ServiceSpec | ProxySpec
+Status = ServiceStatus | ProxyStatus
+KIND_NAMES: dict[Kind, str] = {"services": "Service", "proxies": "Proxy"}
+
+
+def kind_of(spec: Spec) -> Kind:
+    return "services" if isinstance(spec, ServiceSpec) else "proxies"
+
+
+def parse_stored(kind: Kind, name: str, raw: bytes | dict[str, Any], where: str) -> Spec:
+    """Read a stored spec exactly as ``apply`` would, naming the key in errors."""
+    if kind == "services":
+        return parse_service(raw, name=name, where=where)
+    return parse_proxy(raw, name=name, where=where)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One desired key: its spec, or the reason it is invalid, with the key's revisions."""
+
+    kind: Kind
+    name: str
+    key: str
+    raw: bytes
+    spec: Spec | None
+    error: SpecInvalid | None
+    create_revision: int
+    mod_revision: int
+
+    @property
+    def valid(self) -> bool:
+        return self.spec is not None
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    name: str
+    status: Status | None
+    error: str | None
+    mod_revision: int
+
+
+class Store:
+    """Specs, status and events of one installation (one key root)."""
+
+    def __init__(self, etcd: Etcd, keys: Keys) -> None:
+        self.etcd = etcd
+        self.keys = keys
+
+    def entry(self, kind: Kind, kv: KeyValue) -> Entry | None:
+        name = self.keys.name_of(kv.key, kind)
+        if name is None:
+            return None
+        spec: Spec | None = None
+        error: SpecInvalid | None = None
+        try:
+            spec = parse_stored(kind, name, kv.value, where=f"key {kv.key}")
+        except SpecInvalid as exc:
+            error = exc
+        return Entry(kind, name, kv.key, kv.value, spec, error, kv.create_revision, kv.mod_revision)
+
+    async def get(self, kind: Kind, name: str) -> Entry | None:
+        kv = await self.etcd.get(self.keys.desired(kind, name))
+        return self.entry(kind, kv) if kv is not None else None
+
+    async def require(self, kind: Kind, name: str) -> Entry:
+        entry = await self.get(kind, name)
+        if entry is None:
+            raise NotFound(
+                f"{KIND_NAMES[kind].lower()} {name!r} not found (key {self.keys.desired(kind, name)})"
+            )
+        return entry
+
+    async def list(self, kind: Kind) -> tuple[builtins.list[Entry], int]:
+        items, revision = await self.etcd.list(self.keys.desired(kind))
+        entries = [e for kv in items if (e := self.entry(kind, kv)) is not None]
+        return sorted(entries, key=lambda e: e.name), revision
+
+    async def put(self, name: str, spec: Spec, *, prev_mod_revision: int | None = None) -> int:
+        return await self.etcd.put(
+            self.keys.desired(kind_of(spec), name), encode_spec(spec), prev_mod_revision=prev_mod_revision
+        )
+
+    async def put_raw(
+        self, kind: Kind, name: str, document: dict[str, Any], *, prev_mod_revision: int
+    ) -> int:
+        """Write a document as given (after validating it), keeping the user's own form."""
+        parse_stored(kind, name, document, where=f"key {self.keys.desired(kind, name)}")
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return await self.etcd.put(self.keys.desired(kind, name), body, prev_mod_revision=prev_mod_revision)
+
+    async def delete(self, kind: Kind, name: str) -> bool:
+        return await self.etcd.delete(self.keys.desired(kind, name))
+
+    async def status(self, kind: Kind, name: str) -> StatusEntry | None:
+        kv = await self.etcd.get(self.keys.status(kind, name))
+        return None if kv is None else self._status_entry(kind, name, kv)
+
+    async def statuses(self, kind: Kind) -> dict[str, StatusEntry]:
+        items, _ = await self.etcd.list(self.keys.status(kind))
+        out: dict[str, StatusEntry] = {}
+        for kv in items:
+            name = self.keys.name_of(kv.key, kind, "status")
+            if name is not None:
+                out[name] = self._status_entry(kind, name, kv)
+        return out
+
+    @staticmethod
+    def _status_entry(kind: Kind, name: str, kv: KeyValue) -> StatusEntry:
+        model: type[BaseModel] = ServiceStatus if kind == "services" else ProxyStatus
+        try:
+            status = model.model_validate(decode_json(kv.value, f"status of {name}"))
+        except (SpecInvalid, ValidationError) as exc:
+            reason = exc.describe() if isinstance(exc, SpecInvalid) else str(validation_errors(exc)[0])
+            return StatusEntry(name, None, reason, kv.mod_revision)
+        assert isinstance(status, ServiceStatus | ProxyStatus)
+        return StatusEntry(name, status, None, kv.mod_revision)
+
+    async def events(self, name: str | None = None, *, limit: int | None = None) -> builtins.list[Event]:
+        """Recorded events, oldest first; those that do not parse are skipped."""
+        items, _ = await self.etcd.list(self.keys.events(name or ""))
+        events: builtins.list[Event] = []
+        for kv in items:
+            try:
+                events.append(Event.model_validate_json(kv.value))
+            except ValidationError:
+                continue
+        events.sort(key=lambda e: e.time)
+        return events[-limit:] if limit else events
+
+
+def sort_entries(entries: Sequence[Entry]) -> list[Entry]:
+    return sorted(entries, key=lambda e: (e.kind, e.name))

@@ -1,0 +1,134 @@
+"""``fleetop status`` formatting is pure: a gathered Report in, text or data out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from fleetop.cli.statusview import (
+    Health,
+    Report,
+    age,
+    format_machines,
+    format_status,
+    format_status_data,
+    format_units,
+)
+from fleetop.errors import SpecInvalid
+from fleetop.fleet.model import Machine, Unit, UnitState
+from fleetop.fleet.units import UnitOption
+from fleetop.models import ProxyStatus, ServiceStatus
+from fleetop.models.parse import encode_spec, parse_proxy, parse_service
+from fleetop.models.status import AgentCount, Condition, ReplicaCounts
+from fleetop.store import Entry, StatusEntry
+
+NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
+M1 = Machine("a" * 32, "127.0.1.1", {"region": "sfo1"})
+M2 = Machine("b" * 32, "127.0.1.2")
+OPTS = (UnitOption("Service", "ExecStart", "/bin/sleep 1000"),)
+
+
+def _report() -> Report:
+    web = parse_service({"replicas": 3, "unit": {"execStart": "x"}})
+    edge = parse_proxy({"kind": "nginx", "listen": 8080, "routes": [{"service": "web"}]})
+    bad = SpecInvalid([("$.replicas", "Input should be a valid integer")], where="key /desired/services/bad")
+    report = Report(
+        NOW,
+        Health("127.0.0.1:2379", True),
+        Health("unix:///tmp/fleet.sock", True, "2 machines"),
+        leader={"holderIdentity": "host-1-abc", "hostname": "host", "pid": 1},
+        services=[
+            Entry("services", "bad", "/desired/services/bad", b"{}", None, bad, 2, 2),
+            Entry("services", "web", "/desired/services/web", encode_spec(web), web, None, 3, 9),
+        ],
+        proxies=[Entry("proxies", "edge", "/desired/proxies/edge", encode_spec(edge), edge, None, 4, 4)],
+        machines=[M1, M2],
+        units=[Unit("web@8001.service", OPTS, "launched", "launched", M1.id)],
+        states=[UnitState("web@8001.service", Unit("x", OPTS).hash, M1.id, "loaded", "active", "running")],
+    )
+    report.service_status["web"] = StatusEntry(
+        "web",
+        ServiceStatus(
+            observed_generation=9,
+            replicas=ReplicaCounts(desired=3, launched=3, running=3, ready=2, updated=3),
+            conditions=[
+                Condition(type="Available", status="True", last_transition_time="2026-11-21T11:55:00Z"),
+                Condition(
+                    type="Degraded",
+                    status="True",
+                    reason="Unschedulable",
+                    last_transition_time="2026-11-21T11:59:30Z",
+                ),
+            ],
+        ),
+        None,
+        10,
+    )
+    report.proxy_status["edge"] = StatusEntry(
+        "edge",
+        ProxyStatus(
+            config_hash="f" * 64,
+            backends={"web": 3},
+            agents=AgentCount(total=1, on_newest=1),
+            conditions=[Condition(type="Published", status="True")],
+        ),
+        None,
+        11,
+    )
+    return report
+
+
+def test_one_screen() -> None:
+    text = format_status(_report())
+    assert text.startswith("leader    host-1-abc")
+    assert "etcd      127.0.0.1:2379  healthy" in text
+    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert lines["web"] == ["web", "3", "3", "2", "3", "Available,Degraded(Unschedulable)", "30s"]
+    assert lines["bad"][-2] == "Invalid($.replicas)"
+    assert lines["edge"][:5] == ["edge", "nginx", "*:8080", "1/1", "web=3"]
+    assert ["aaaaaaaa...", "127.0.1.1", "region=sfo1", "web@8001.service", "(active/running)"] in [
+        line.split() for line in text.splitlines()
+    ]
+
+
+def test_unreachable_parts_say_why() -> None:
+    report = _report()
+    report.fleet = Health("unix:///nope.sock", False, "connection refused")
+    report.leader = None
+    text = format_status(report)
+    assert "fleet     unix:///nope.sock  UNREACHABLE (connection refused)" in text
+    assert "none (is `fleetop run` running?)" in text
+
+
+def test_json_for_scripts() -> None:
+    data = json.loads(format_status_data(_report(), "json"))
+    assert data["leader"]["holderIdentity"] == "host-1-abc"
+    assert data["services"][1]["status"]["replicas"]["ready"] == 2
+    assert data["services"][0]["error"] == ["$.replicas: Input should be a valid integer"]
+    assert data["machines"][0]["units"][0]["systemdSubState"] == "running"
+
+
+def test_fleetctl_like_listings() -> None:
+    report = _report()
+    lingering = UnitState("gone.service", "0" * 40, M2.id, "loaded", "active", "running")
+    text = format_units(
+        [*report.units, Unit("pending@1.service", OPTS, "launched", "inactive")],
+        [*report.states, lingering],
+        report.machines,
+        wide=False,
+    )
+    assert text.splitlines()[0].split() == ["UNIT", "MACHINE", "ACTIVE", "SUB"]
+    rows = [line.split() for line in text.splitlines()[1:]]
+    assert rows == [
+        ["pending@1.service", "-", "-", "-"],
+        ["web@8001.service", "aaaaaaaa.../127.0.1.1", "active", "running"],
+    ]
+    machines = format_machines(report.machines, report.states, wide=True)
+    assert machines.splitlines()[1].split() == ["a" * 32, "127.0.1.1", "region=sfo1", "1"]
+
+
+def test_age() -> None:
+    assert age("2026-11-21T11:59:55Z", NOW) == "5s"
+    assert age("2026-11-21T11:00:00Z", NOW) == "60m"
+    assert age("2026-11-19T12:00:00Z", NOW) == "2d"
+    assert age("", NOW) == "-"

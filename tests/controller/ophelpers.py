@@ -1,0 +1,193 @@
+"""Real processes for operator tests: ``fleetop node`` and ``fleetop run`` as children, stopped by PID.
+
+No doubles: the operator talks to the embedded fleet engine over a unix socket and to the session's
+real etcd; units are real ``/bin/sleep`` processes that the node supervises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fleetop.controller.unitrender import owned_by
+from fleetop.etcdserver import free_port
+from fleetop.fleet.client import FleetClient
+from fleetop.fleet.model import Unit, UnitState
+from fleetop.http import HttpSession, Timeouts
+
+T = TypeVar("T")
+NODE_MAIN = "from fleetop.node.cli import node_app; node_app()"
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "FLEETCTL_", "FLEETOP_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal exactly this child (by its PID) and wait; SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@dataclass
+class Node:
+    """``fleetop node --machines N`` on a unix socket in ``base``."""
+
+    base: Path
+    machines: int = 3
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.base / 'fleet.sock'}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        log = open(self.base / "node.log", "ab")  # noqa: SIM115 - the child keeps it
+        args = [sys.executable, "-c", NODE_MAIN, "--machines", str(self.machines)]
+        args += ["--state-dir", str(self.base / "state"), "--listen", self.endpoint]
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not (self.base / "fleet.sock").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"fleetop node did not start: {(self.base / 'node.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=30.0)
+
+    async def machine(self, machine: str, action: str) -> None:
+        """``fleetop node machine stop|start`` through the node's own endpoint."""
+        async with HttpSession(self.endpoint, timeouts=Timeouts.uniform(30.0)) as session:
+            resp = await session.request("POST", f"/fleetop-node/v1/machines/{machine}/{action}")
+        assert resp.status < 400, resp.text
+
+
+@dataclass
+class Operator:
+    """``fleetop run`` as a child process with short leader-election timings."""
+
+    base: Path
+    name: str
+    etcd_endpoint: str
+    prefix: str
+    fleet_endpoint: str
+    timings: tuple[float, float, float] = (3.0, 2.0, 0.5)
+    proc: subprocess.Popen[bytes] | None = None
+    metrics_port: int = field(default_factory=free_port)
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / f"operator-{self.name}.log"
+
+    @property
+    def identity(self) -> str:
+        return f"test-{self.name}"
+
+    def start(self) -> Operator:
+        self.base.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        lease, renew, retry = self.timings
+        args = [sys.executable, "-m", "fleetop.controller.cli", "run", "--endpoints", self.etcd_endpoint]
+        args += [
+            "--prefix",
+            self.prefix,
+            "--fleet-endpoint",
+            self.fleet_endpoint,
+            "--identity",
+            self.identity,
+        ]
+        args += ["--lease-duration", str(lease), "--renew-deadline", str(renew), "--retry-period", str(retry)]
+        args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG"]
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
+        )
+        log.close()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    async def metrics(self) -> str:
+        async with HttpSession(f"http://127.0.0.1:{self.metrics_port}", timeouts=Timeouts.uniform(5.0)) as s:
+            return (await s.request("GET", "/metrics")).text
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], timeout: float, what: str, every: float = 0.2
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(every)
+
+
+def owned_mains(units: list[Unit], service: str) -> list[Unit]:
+    """The main units fleetop owns for ``service``."""
+    found = []
+    for unit in units:
+        owner = owned_by(unit.options)
+        if owner is not None and owner.service == service and owner.role == "main":
+            found.append(unit)
+    return found
+
+
+async def running_mains(fleet: FleetClient, service: str) -> dict[str, UnitState]:
+    """Owned main units of ``service`` that run their current file: name -> state."""
+    units = {u.name: u for u in owned_mains(await fleet.list_units(), service)}
+    running: dict[str, UnitState] = {}
+    for state in await fleet.list_states():
+        unit = units.get(state.name)
+        current = unit is not None and state.hash == unit.hash and state.machine_id == unit.machine_id
+        if current and state.active_state == "active" and state.sub_state == "running":
+            running[state.name] = state
+    return running
+
+
+def spec(replicas: int, exec_start: str = "/bin/sleep 1000", **extra: Any) -> bytes:
+    body: dict[str, Any] = {"replicas": replicas, "unit": {"execStart": exec_start}, **extra}
+    return json.dumps(body).encode()

@@ -1,0 +1,128 @@
+"""Leader election against a real etcd: one leader, takeover on lease loss and on resign, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fleetop.config import EtcdSettings
+from fleetop.controller.leader import LeaderElector, LeaderTimings, holder_of
+from fleetop.errors import NotLeader
+from fleetop.etcd import Etcd
+from fleetop.etcdserver import EtcdServer
+from fleetop.keys import Keys
+
+TIMINGS = LeaderTimings(lease_duration=3.0, renew_deadline=2.0, retry_period=0.5)
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
+    settings = EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=etcd_prefix)
+    async with await Etcd.connect(settings) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def candidates(
+    etcd: Etcd, *names: str
+) -> AsyncIterator[tuple[list[LeaderElector], list[asyncio.Task[None]]]]:
+    electors = [LeaderElector(etcd, Keys(), name, TIMINGS) for name in names]
+    tasks = [asyncio.create_task(e.run(), name=f"candidate {e.identity}") for e in electors]
+    try:
+        yield electors, tasks
+    finally:
+        for elector in electors:
+            await elector.resign()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_for_leader(
+    electors: list[LeaderElector], timeout: float, exclude: LeaderElector | None = None
+) -> LeaderElector:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leaders = [e for e in electors if e.is_leader and e is not exclude]
+        if leaders:
+            return leaders[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no leader within {timeout}s")
+
+
+async def test_two_candidates_elect_exactly_one(etcd: Etcd) -> None:
+    async with candidates(etcd, "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors, 5)
+        for _ in range(20):  # it stays that way across several renewals
+            assert sum(e.is_leader for e in electors) == 1
+            await asyncio.sleep(0.1)
+        stored = await etcd.get(Keys().leader())
+        assert stored is not None and stored.value == leader.value
+        assert holder_of(stored.value) == leader.identity
+        follower = next(e for e in electors if e is not leader)
+        assert follower.observed_leader == leader.identity
+
+
+async def test_lost_lease_makes_the_leader_step_down_and_the_other_take_over(etcd: Etcd) -> None:
+    async with candidates(etcd, "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors, 5)
+        await etcd.revoke(leader._lease)  # the lease is gone, as after a partition longer than its TTL
+        started = time.monotonic()
+        successor = await wait_for_leader(electors, TIMINGS.lease_duration + 2, exclude=leader)
+        assert time.monotonic() - started < TIMINGS.lease_duration + 2
+        await asyncio.sleep(TIMINGS.retry_period * 2)
+        assert sum(e.is_leader for e in electors) == 1
+        assert successor.is_leader
+
+
+async def test_a_leader_that_stops_renewing_is_replaced_within_the_lease(etcd: Etcd) -> None:
+    async with candidates(etcd, "frozen", "standby") as (electors, tasks):
+        leader = await wait_for_leader(electors, 5)
+        index = electors.index(leader)
+        tasks[index].cancel()  # stops renewing without resigning, like a hung or killed process
+        await asyncio.gather(tasks[index], return_exceptions=True)
+        started = time.monotonic()
+        successor = await wait_for_leader(electors, TIMINGS.lease_duration + 3, exclude=leader)
+        assert successor is not leader
+        assert time.monotonic() - started <= TIMINGS.lease_duration + 3
+
+
+async def test_resign_hands_over_within_about_a_second(etcd: Etcd) -> None:
+    async with candidates(etcd, "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors, 5)
+        await asyncio.sleep(0.3)  # the follower is watching the key by now
+        started = time.monotonic()
+        await leader.resign()
+        assert not leader.is_leader
+        successor = await wait_for_leader(electors, 3, exclude=leader)
+        took = time.monotonic() - started
+        assert successor is not leader
+        assert took < 1.5, f"takeover after resign took {took:.2f}s"
+
+
+async def test_fenced_write_by_the_loser_is_refused(etcd: Etcd) -> None:
+    async with candidates(etcd, "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors, 5)
+        loser = next(e for e in electors if e is not leader)
+        key = "/status/services/fenced"
+        await etcd.put(key, b"from the leader", fence=leader.fence)
+        with pytest.raises(NotLeader):
+            await etcd.put(key, b"from the loser", fence=loser.fence)
+        with pytest.raises(NotLeader):
+            await etcd.delete(key, fence=loser.fence)
+        stored = await etcd.get(key)
+        assert stored is not None and stored.value == b"from the leader"
+
+
+def test_timings_must_leave_room_to_step_down() -> None:
+    from fleetop.errors import ConfigError
+
+    LeaderTimings(15, 10, 2).check()
+    with pytest.raises(ConfigError):
+        LeaderTimings(10, 10, 2).check()
+    with pytest.raises(ConfigError):
+        LeaderTimings(15, 10, 10).check()

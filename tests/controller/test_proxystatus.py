@@ -1,0 +1,92 @@
+"""The proxy reconciler's pure decisions: strict backends, the published hash, agents and the status."""
+
+from __future__ import annotations
+
+from fleetop.controller.proxystatus import (
+    AgentSummary,
+    BackendSet,
+    ProxyView,
+    build_status,
+    collect_backends,
+    describe_invalid,
+    invalid_status,
+    published_hash,
+    same_json,
+    status_json,
+    summarize_agents,
+)
+from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+
+SPEC = ProxySpec.model_validate({"kind": "nginx", "listen": 8080, "routes": [{"service": "web"}]})
+CONFIG = PublishedConfig(hash="h2", generation=2, kind="nginx", body="...")
+
+
+def test_backends_are_parsed_strictly_and_only_directly_under_the_prefix() -> None:
+    found = collect_backends(
+        {
+            "web": (
+                "/services/web/",
+                [
+                    ("/services/web/8001", b"10.0.0.1:8001"),
+                    ("/services/web/8002", b'{"host": "10.0.0.2", "port": 8002}'),
+                    ("/services/web/evil", b"1.2.3.4:80; } server {"),
+                    ("/services/web/deep/x", b"10.0.0.9:1"),
+                ],
+            ),
+            "api": ("/services/api/", []),
+        }
+    )
+    assert [r.address for r in found.valid["web"]] == ["10.0.0.1:8001", "10.0.0.2:8002"]
+    assert found.valid["api"] == []
+    assert found.invalid_count == 1
+    assert "/services/web/evil" in describe_invalid(found)
+
+
+def test_published_hash_folds_in_commands_only_when_set() -> None:
+    assert published_hash("abc", SPEC) == "abc"
+    with_check = SPEC.model_copy(update={"check_cmd": ["/bin/false"]})
+    assert published_hash("abc", with_check) not in ("abc", published_hash("abd", with_check))
+
+
+def _agent(machine: str, applied: str, error: str | None = None) -> tuple[str, bytes]:
+    report = AgentStatus(machine=machine, applied_hash=applied, error=error)
+    return machine, report.model_dump_json(by_alias=True).encode()
+
+
+def test_agents_on_newest_and_their_errors() -> None:
+    summary = summarize_agents(
+        [_agent("m1", "h2"), _agent("m2", "h1", "check failed: nginx: [emerg] x"), ("m3", b"junk")], "h2"
+    )
+    assert (summary.total, summary.on_newest) == (2, 1)
+    assert summary.errors == ["agent m2: check failed: nginx: [emerg] x", "agent m3: unreadable status"]
+
+
+def test_status_conditions_and_stable_transition_times() -> None:
+    view = ProxyView(7, CONFIG, BackendSet(), AgentSummary(1, 1, []), [])
+    first = build_status(view, None, 1000.0)
+    assert (first.observed_generation, first.config_hash, first.generation) == (7, "h2", 2)
+    assert [(c.type, c.status) for c in first.conditions] == [
+        ("Published", "True"),
+        ("Available", "True"),
+        ("Degraded", "False"),
+    ]
+    again = build_status(view, first, 5000.0)
+    assert same_json(status_json(first), again)  # nothing changed: nothing to write
+
+    broken = ProxyView(
+        8, CONFIG, BackendSet(), AgentSummary(1, 0, ["agent m1: check failed"]), [], "render failed: x"
+    )
+    status = build_status(broken, first, 6000.0)
+    assert status.last_error == "render failed: x; agent m1: check failed"
+    degraded = status.condition("Degraded")
+    assert degraded is not None and (degraded.status, degraded.reason) == ("True", "RenderFailed")
+    assert degraded.last_transition_time != first.conditions[2].last_transition_time
+
+
+def test_invalid_spec_keeps_the_rest_of_the_status() -> None:
+    base = build_status(ProxyView(7, CONFIG, BackendSet(), AgentSummary(0, 0, []), []), None, 1000.0)
+    status = invalid_status(9, "routes.0.service: bad name", base, 2000.0)
+    invalid = status.condition("Invalid")
+    assert invalid is not None and invalid.status == "True" and "routes.0.service" in invalid.message
+    assert (status.observed_generation, status.config_hash) == (9, "h2")
+    assert invalid_status(9, "routes.0.service: bad name", status, 3000.0) == status

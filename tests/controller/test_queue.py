@@ -1,0 +1,179 @@
+"""The work queue: dedupe, per-key exclusion, backoff growth and cap, delayed adds, resync, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+import pytest
+
+from fleetop.controller.queue import Backoff, QueueShutDownError, WorkQueue, run_resync, run_workers
+from fleetop.errors import PermanentError, TemporaryError
+
+
+async def test_dedupes_waiting_keys() -> None:
+    queue = WorkQueue()
+    for _ in range(5):
+        queue.add("services/web")
+    queue.add("services/api")
+    assert queue.depth == 2
+    assert await queue.get() == "services/web"
+    assert await queue.get() == "services/api"
+    assert queue.depth == 0
+
+
+async def test_key_added_while_processing_is_requeued_after_done() -> None:
+    queue = WorkQueue()
+    queue.add("k")
+    key = await queue.get()
+    queue.add("k")
+    queue.add("k")
+    assert queue.depth == 0, "a key being processed must not be handed to another worker"
+    queue.done(key)
+    assert queue.depth == 1
+    assert await queue.get() == "k"
+    queue.done("k")
+    assert queue.depth == 0
+
+
+async def test_workers_never_process_one_key_concurrently() -> None:
+    queue = WorkQueue()
+    active: Counter[str] = Counter()
+    overlaps: list[str] = []
+    passes: Counter[str] = Counter()
+
+    async def reconcile(key: str) -> float | None:
+        active[key] += 1
+        if active[key] > 1:
+            overlaps.append(key)
+        passes[key] += 1
+        await asyncio.sleep(0.005)
+        active[key] -= 1
+        return None
+
+    task = asyncio.create_task(run_workers(queue, reconcile, workers=8))
+    for _ in range(30):
+        for key in ("a", "b", "c"):
+            queue.add(key)
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(0.1)
+    queue.shut_down()
+    await asyncio.wait_for(task, 5)
+    assert not overlaps
+    assert set(passes) == {"a", "b", "c"}
+    assert all(count < 30 for count in passes.values()), "adds during processing are collapsed"
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    backoff = Backoff(base=0.005, cap=60.0, jitter=0.0)
+    delays = [backoff.delay(n) for n in range(30)]
+    assert delays[0] == pytest.approx(0.005)
+    assert delays[1] == pytest.approx(0.01)
+    assert delays[5] == pytest.approx(0.16)
+    assert all(b >= a for a, b in itertools.pairwise(delays))
+    assert max(delays) == 60.0
+    jittered = Backoff(base=1.0, cap=60.0, jitter=0.1)
+    assert all(0.9 * 8 <= jittered.delay(3) <= 1.1 * 8 for _ in range(50))
+    assert all(jittered.delay(40) <= 60.0 for _ in range(50))
+
+
+async def test_rate_limited_adds_back_off_and_forget_resets() -> None:
+    queue = WorkQueue(Backoff(base=0.01, cap=0.08, jitter=0.0))
+    delays = [queue.add_rate_limited("k") for _ in range(6)]
+    assert delays == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.08, 0.08])
+    assert queue.failures("k") == 6
+    assert queue.retries_total == 6
+    queue.forget("k")
+    assert queue.add_rate_limited("k") == pytest.approx(0.01)
+    assert queue.add_rate_limited("k", at_least=0.5) == pytest.approx(0.5)
+    queue.shut_down()
+
+
+async def test_add_after_keeps_the_earliest_and_add_now_wins() -> None:
+    queue = WorkQueue()
+    queue.add_after("k", 10.0)
+    queue.add_after("k", 0.02)
+    queue.add_after("k", 5.0)
+    assert queue.depth == 0 and queue.delayed == 1
+    assert await asyncio.wait_for(queue.get(), 1.0) == "k"
+    queue.done("k")
+    queue.add_after("j", 10.0)
+    queue.add("j")
+    assert queue.delayed == 0 and queue.depth == 1
+    queue.shut_down()
+
+
+async def test_failing_key_is_retried_with_growing_delay_then_forgotten() -> None:
+    queue = WorkQueue(Backoff(base=0.01, cap=1.0, jitter=0.0))
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def reconcile(key: str) -> float | None:
+        calls.append(loop.time())
+        if len(calls) < 5:
+            raise RuntimeError("boom")
+        return None
+
+    task = asyncio.create_task(run_workers(queue, reconcile, workers=2))
+    queue.add("k")
+    for _ in range(200):
+        if len(calls) >= 5:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    queue.shut_down()
+    await asyncio.wait_for(task, 5)
+    assert len(calls) == 5
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps[-1] > gaps[0]
+    assert queue.failures("k") == 0
+
+
+async def test_permanent_error_is_not_retried_temporary_uses_its_delay() -> None:
+    queue = WorkQueue(Backoff(base=0.001, cap=0.01, jitter=0.0))
+    calls: Counter[str] = Counter()
+
+    async def reconcile(key: str) -> float | None:
+        calls[key] += 1
+        if key == "perm":
+            raise PermanentError("never")
+        if calls[key] == 1:
+            raise TemporaryError("later", delay=0.05)
+        return 0.03 if calls[key] == 2 else None
+
+    outcomes: list[tuple[str, str]] = []
+    task = asyncio.create_task(
+        run_workers(queue, reconcile, 2, observe=lambda k, s, o: outcomes.append((k, o)))
+    )
+    queue.add("perm")
+    queue.add("temp")
+    await asyncio.sleep(0.3)
+    queue.shut_down()
+    await asyncio.wait_for(task, 5)
+    assert calls["perm"] == 1
+    assert calls["temp"] == 3
+    assert ("perm", "terminal") in outcomes
+    assert [o for k, o in outcomes if k == "temp"] == ["error", "requeue", "success"]
+
+
+async def test_resync_queues_every_known_key() -> None:
+    queue = WorkQueue()
+    known = ["services/a", "services/b", "proxies/p"]
+    task = asyncio.create_task(run_resync(queue, 0.02, lambda: known))
+    await asyncio.sleep(0.07)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    seen = {await queue.get() for _ in range(3)}
+    assert seen == set(known)
+    assert queue.depth == 0
+
+
+async def test_shut_down_wakes_waiting_getters() -> None:
+    queue = WorkQueue()
+    getter = asyncio.create_task(queue.get())
+    await asyncio.sleep(0.01)
+    queue.shut_down()
+    with pytest.raises(QueueShutDownError):
+        await asyncio.wait_for(getter, 1)

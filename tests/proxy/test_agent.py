@@ -1,0 +1,290 @@
+"""The proxy agent against a REAL etcd and a REAL nginx with real HTTP backends on loopback.
+
+Publish a config → the agent applies it and reports the applied hash; publish a broken one → the
+status carries the error and the failed hash while the old config keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http.client
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetop.config import settings_from
+from fleetop.discovery.addresses import Registration
+from fleetop.etcd import Etcd
+from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.keys import Keys
+from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
+from fleetop.proxy.render import RenderPaths, render
+
+PROXY = "edge"
+MACHINE = "m1"
+
+
+def fetch_handler(port: int) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Handler") or ""
+    finally:
+        conn.close()
+
+
+def wait_port(host: str, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+@pytest.fixture
+def backends(tmp_path: Path) -> Iterator[list[Registration]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        regs = []
+        for i, host in enumerate(("127.0.0.4", "127.0.0.5")):
+            port = free_port(host)
+            argv = [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                host,
+                "--directory",
+                str(tmp_path),
+                str(port),
+            ]
+            procs.append(
+                subprocess.Popen(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+                )
+            )
+            wait_port(host, port)
+            regs.append(Registration(f"/services/web/{i}", host, port))
+        yield regs
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+class Site:
+    """A running nginx with its config path, runtime paths and port."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port("127.0.0.1")
+        self.paths = RenderPaths(str(tmp_path / "run"))
+        self.target = tmp_path / "nginx.conf"
+        self.target.write_text(initial_config(PROXY, "nginx", f"127.0.0.1:{self.port}", self.paths))
+        self.process: ProxyProcess = start_proxy(
+            "nginx", self.target, self.paths, listen=("127.0.0.1", self.port)
+        )
+
+    def config(self, backends: list[Registration], generation: int, extra: str = "") -> PublishedConfig:
+        spec = ProxySpec.model_validate(
+            {
+                "kind": "nginx",
+                "listen": f"127.0.0.1:{self.port}",
+                "headers": {"handler": True},
+                "routes": [{"service": "web"}],
+            }
+        )
+        body = render(PROXY, spec, {"web": backends}, paths=self.paths).text + extra
+        return PublishedConfig(
+            hash=hashlib.sha256(body.encode()).hexdigest(), generation=generation, kind="nginx", body=body
+        )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    running = Site(tmp_path)
+    try:
+        yield running
+    finally:
+        running.process.stop()
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
+    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
+    async with await Etcd.connect(settings) as client:
+        yield client
+
+
+async def publish(etcd: Etcd, cfg: PublishedConfig | str) -> None:
+    body = cfg if isinstance(cfg, str) else cfg.model_dump_json(by_alias=True)
+    await etcd.put(Keys().proxy_config(PROXY), body)
+
+
+async def wait_status(etcd: Etcd, done: Callable[[AgentStatus], bool], timeout: float = 30.0) -> AgentStatus:
+    """Poll the agent's status key until ``done(status)`` holds."""
+    key = Keys().agent_status(PROXY, MACHINE)
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        kv = await etcd.get(key)
+        if kv is not None:
+            status = AgentStatus.model_validate_json(kv.value)
+            if done(status):
+                return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"status never got there; last: {status}")
+
+
+async def handlers(port: int, want: set[str]) -> set[str]:
+    seen: set[str] = set()
+    for _ in range(200):
+        status, handler = await asyncio.to_thread(fetch_handler, port)
+        if status == 200:
+            seen.add(handler)
+        if want <= seen:
+            break
+        await asyncio.sleep(0.01)
+    return seen
+
+
+async def settled(port: int, only: set[str], run: int = 20) -> bool:
+    """True once ``run`` requests in a row were answered by ``only`` (old workers finish after a
+    reload, so the first answers may still come from the previous config)."""
+    streak = 0
+    for _ in range(500):
+        status, handler = await asyncio.to_thread(fetch_handler, port)
+        streak = streak + 1 if status == 200 and handler in only else 0
+        if streak >= run:
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+@contextlib.asynccontextmanager
+async def running_agent(etcd: Etcd, site: Site) -> AsyncIterator[ProxyAgent]:
+    settings = AgentSettings(
+        proxy=PROXY, machine=MACHINE, runtime_dir=site.target.parent, config_path=site.target, retry_min=0.05
+    )
+    agent = ProxyAgent(etcd, Keys(), settings)
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_agent_applies_published_configs_and_reports(
+    etcd: Etcd, site: Site, backends: list[Registration]
+) -> None:
+    async with running_agent(etcd, site):
+        first = await wait_status(etcd, lambda s: s.machine == MACHINE)
+        assert first.applied_hash == "" and first.error is None
+
+        good = site.config(backends, generation=1)
+        await publish(etcd, good)
+        status = await wait_status(etcd, lambda s: s.applied_hash == good.hash)
+        assert status.applied_generation == 1 and status.reloads == 1 and status.applied_at
+        want = {b.address for b in backends}
+        assert await handlers(site.port, want) == want
+        assert site.target.read_text() == good.body
+
+        broken = site.config(backends[:1], generation=2, extra="\nnot_a_directive on;\n")
+        await publish(etcd, broken)
+        status = await wait_status(etcd, lambda s: s.failed_hash == broken.hash)
+        assert status.applied_hash == good.hash and status.applied_generation == 1
+        assert status.error is not None and "not_a_directive" in status.error
+        assert site.target.read_text() == good.body
+        assert await handlers(site.port, want) == want  # the old config still serves
+
+        await publish(etcd, "{not json")
+        status = await wait_status(etcd, lambda s: s.error is not None and "not valid" in s.error)
+        assert status.applied_hash == good.hash
+
+        fixed = site.config(backends[:1], generation=3)
+        await publish(etcd, fixed)
+        status = await wait_status(etcd, lambda s: s.applied_hash == fixed.hash)
+        assert status.error is None and status.failed_hash == "" and status.reloads == 2
+        assert await settled(site.port, {backends[0].address})
+
+    # a stopped agent revokes its lease: its status disappears
+    assert await etcd.get(Keys().agent_status(PROXY, MACHINE)) is None
+
+
+async def test_the_newest_config_wins_a_burst(etcd: Etcd, site: Site, backends: list[Registration]) -> None:
+    configs = [site.config(backends[: 1 + i % 2], generation=i) for i in range(1, 9)]
+    async with running_agent(etcd, site) as agent:
+        await wait_status(etcd, lambda s: s.machine == MACHINE)
+        for cfg in configs:
+            await publish(etcd, cfg)
+        last = configs[-1]
+        status = await wait_status(etcd, lambda s: s.applied_hash == last.hash)
+        assert status.applied_generation == 8
+        assert agent.status.reloads <= len(configs)
+        await asyncio.sleep(0.3)  # nothing older is applied afterwards
+        assert agent.status.applied_hash == last.hash
+        assert site.target.read_text() == last.body
+
+
+async def test_a_config_published_before_the_proxy_runs_is_retried(
+    etcd: Etcd, tmp_path: Path, backends: list[Registration]
+) -> None:
+    site = Site(tmp_path)
+    site.process.stop()  # the proxy is down: the reload cannot happen yet
+    try:
+        cfg = site.config(backends, generation=1)
+        async with running_agent(etcd, site):
+            await publish(etcd, cfg)
+            status = await wait_status(etcd, lambda s: s.failed_hash == cfg.hash)
+            assert status.error is not None and "reload" in status.error
+            site.process = start_proxy("nginx", site.target, site.paths, listen=("127.0.0.1", site.port))
+            status = await wait_status(etcd, lambda s: s.applied_hash == cfg.hash)
+            assert status.error is None
+    finally:
+        site.process.stop()
+
+
+async def test_the_command_runs_the_agent_and_stops_on_sigterm(
+    etcd: Etcd, etcd_server: EtcdServer, etcd_prefix: str, site: Site, backends: list[Registration]
+) -> None:
+    argv = [
+        sys.executable, "-m", "fleetop.proxy.cli",
+        "--proxy", PROXY, "--machine", MACHINE, "--config-path", str(site.target),
+        "--endpoints", etcd_server.endpoint, "--prefix", etcd_prefix,
+    ]  # fmt: skip
+    log_path = site.target.parent / "agent.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cfg = site.config(backends, generation=7)
+        await publish(etcd, cfg)
+        status = await wait_status(etcd, lambda s: s.applied_hash == cfg.hash)
+        assert status.applied_generation == 7
+        want = {b.address for b in backends}
+        assert await handlers(site.port, want) == want
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 20) == 0, log_path.read_text()
+        assert await etcd.get(Keys().agent_status(PROXY, MACHINE)) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_command_refuses_bad_flags() -> None:
+    argv = [sys.executable, "-m", "fleetop.proxy.cli", "--proxy", "Bad_Name", "--endpoints", "127.0.0.1:1"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--proxy" in result.stderr

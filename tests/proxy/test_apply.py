@@ -1,0 +1,364 @@
+"""Applying configs to REAL nginx and HAProxy on loopback, with real HTTP backends.
+
+Every process is started by a fixture here and stopped by its PID in a finally block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from fleetop.discovery.addresses import Registration
+from fleetop.etcdserver import free_port
+from fleetop.models import ProxySpec, PublishedConfig
+from fleetop.proxy.apply import (
+    ApplyError,
+    ProxyProcess,
+    apply_config,
+    command_argv,
+    initial_config,
+    pid_file_of,
+    start_proxy,
+    uses_shell,
+)
+from fleetop.proxy.render import RenderPaths, render
+
+Kind = Literal["nginx", "haproxy"]
+
+
+def fetch(port: int, path: str = "/", host: str | None = None) -> tuple[int, str]:
+    """GET through the proxy on a fresh connection: (status, X-Handler header or '')."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host or f"127.0.0.1:{port}", "Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Handler") or ""
+    finally:
+        conn.close()
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+@pytest.fixture
+def backends(tmp_path: Path) -> Iterator[list[Registration]]:
+    """Two HTTP servers on 127.0.0.2 and 127.0.0.3 (python's http.server, separate processes)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    regs: list[Registration] = []
+    try:
+        for i, host in enumerate(("127.0.0.2", "127.0.0.3")):
+            port = free_port(host)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "http.server",
+                        "--bind",
+                        host,
+                        "--directory",
+                        str(tmp_path),
+                        str(port),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            wait_port(host, port)
+            regs.append(Registration(f"/services/web/{i}", host, port))
+        yield regs
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+@dataclass
+class Proxy:
+    kind: Kind
+    port: int
+    target: Path
+    paths: RenderPaths
+    process: ProxyProcess
+
+    def published(
+        self, backends: list[Registration], *, generation: int = 1, extra: str = "", handler: bool = True
+    ) -> PublishedConfig:
+        spec = ProxySpec.model_validate(
+            {
+                "kind": self.kind,
+                "listen": f"127.0.0.1:{self.port}",
+                "headers": {"handler": handler},
+                "routes": [{"service": "web"}],
+            }
+        )
+        text = render("edge", spec, {"web": backends}, paths=self.paths).text + extra
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        return PublishedConfig(hash=digest, generation=generation, kind=self.kind, body=text)
+
+
+def start(kind: Kind, tmp_path: Path) -> Proxy:
+    port = free_port("127.0.0.1")
+    paths = RenderPaths(str(tmp_path / "run"))
+    target = tmp_path / f"{kind}.conf"
+    target.write_text(initial_config("edge", kind, f"127.0.0.1:{port}", paths))
+    process = start_proxy(kind, target, paths, listen=("127.0.0.1", port))
+    return Proxy(kind, port, target, paths, process)
+
+
+@pytest.fixture(params=["nginx", "haproxy"])
+def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxy]:
+    running = start(request.param, tmp_path)
+    try:
+        yield running
+    finally:
+        running.process.stop()
+
+
+async def handlers_seen(port: int, want: set[str], attempts: int = 200) -> set[str]:
+    """Request until every handler in ``want`` answered (a reload takes effect asynchronously)."""
+    seen: set[str] = set()
+    for _ in range(attempts):
+        status, handler = await asyncio.to_thread(fetch, port)
+        if status == 200:
+            seen.add(handler)
+        if want <= seen:
+            break
+        await asyncio.sleep(0.01)
+    return seen
+
+
+async def test_the_initial_config_serves_404(proxy: Proxy) -> None:
+    status, _ = await asyncio.to_thread(fetch, proxy.port)
+    assert status == 404
+
+
+async def test_apply_reaches_both_backends(proxy: Proxy, backends: list[Registration]) -> None:
+    cfg = proxy.published(backends)
+    result = await apply_config(cfg, proxy.target, check=None, reload=None, timeout=30)
+    assert result.reloaded and result.hash == cfg.hash
+    assert proxy.target.read_text() == cfg.body
+    assert proxy.target.stat().st_mode & 0o777 == 0o640
+    assert not list(proxy.target.parent.glob(".fleetop-staged-*"))
+    want = {b.address for b in backends}
+    assert await handlers_seen(proxy.port, want) == want
+
+
+async def test_a_config_failing_its_check_is_never_installed(
+    proxy: Proxy, backends: list[Registration]
+) -> None:
+    good = proxy.published(backends)
+    await apply_config(good, proxy.target, check=None, reload=None, timeout=30)
+    want = {b.address for b in backends}
+    assert await handlers_seen(proxy.port, want) == want
+    before = proxy.target.read_bytes()
+
+    broken = proxy.published(backends[:1], generation=2, extra="\nthis_is_not_a_directive on;\n")
+    with pytest.raises(ApplyError) as info:
+        await apply_config(broken, proxy.target, check=None, reload=None, timeout=30)
+    error = info.value
+    assert error.stage == "check" and not error.installed and error.config_hash == broken.hash
+    assert "this_is_not_a_directive" in error.output, error.output
+    assert proxy.target.read_bytes() == before
+    assert not list(proxy.target.parent.glob(".fleetop-staged-*"))
+    assert await handlers_seen(proxy.port, want) == want  # the old config still serves
+
+
+async def test_haproxy_reloads_without_failing_requests(tmp_path: Path, backends: list[Registration]) -> None:
+    """Seamless reload (master-worker, expose-fd listeners): 10 reloads under a request loop, 0 errors."""
+    proxy = start("haproxy", tmp_path)
+    try:
+        configs = [
+            proxy.published(backends, generation=1),
+            proxy.published(backends, generation=2, handler=False),
+        ]
+        await apply_config(configs[0], proxy.target, check=None, reload=None, timeout=30)
+        assert await handlers_seen(proxy.port, {b.address for b in backends})
+        failures: list[str] = []
+        reloading = threading.Event()
+        reloading.set()
+        count = 0
+
+        def load() -> None:
+            nonlocal count
+            while count < 300 or reloading.is_set():
+                try:
+                    status, _ = fetch(proxy.port)
+                    if status != 200:
+                        failures.append(f"status {status}")
+                except OSError as exc:
+                    failures.append(repr(exc))
+                count += 1
+
+        loader = asyncio.create_task(asyncio.to_thread(load))
+        try:
+            for reload in range(10):
+                await apply_config(configs[reload % 2], proxy.target, check=None, reload=None, timeout=30)
+                await asyncio.sleep(0.05)
+        finally:
+            reloading.clear()
+            await loader
+        print(f"\n{count} requests during 10 reloads, {len(failures)} failed")
+        assert failures == []
+        assert count >= 300
+        # the last config (no X-Handler header) is the one serving once old workers have finished
+        streak = 0
+        for _ in range(1000):
+            streak = streak + 1 if await asyncio.to_thread(fetch, proxy.port) == (200, "") else 0
+            if streak == 20:
+                break
+            await asyncio.sleep(0.005)
+        assert streak == 20
+    finally:
+        proxy.process.stop()
+
+
+def test_pid_file_is_read_from_the_config() -> None:
+    paths = RenderPaths("/run/p")
+    assert pid_file_of("nginx", initial_config("e", "nginx", 80, paths)) == Path("/run/p/proxy.pid")
+    assert pid_file_of("haproxy", initial_config("e", "haproxy", 80, paths)) == Path("/run/p/proxy.pid")
+    assert pid_file_of("nginx", "events {}\n") is None
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        (["nginx", "-t", "-c", "{config}"], ["nginx", "-t", "-c", "/d/staged"]),
+        (["check", "--file={config}"], ["check", "--file=/d/staged"]),
+        ("haproxy -c -f {config}", ["haproxy", "-c", "-f", "/d/staged"]),
+        ("tool 'two words' {config}", ["tool", "two words", "/d/staged"]),
+        (
+            "nginx -t -c {config} && echo ok",
+            ["/bin/sh", "-c", 'nginx -t -c "$1" && echo ok', "fleetop", "/d/staged"],
+        ),
+        ("cat {config} | grep -q x", ["/bin/sh", "-c", 'cat "$1" | grep -q x', "fleetop", "/d/staged"]),
+        (
+            "kill -HUP $(cat /run/p.pid)",
+            ["/bin/sh", "-c", "kill -HUP $(cat /run/p.pid)", "fleetop", "/d/staged"],
+        ),
+    ],
+)
+def test_command_argv(command: list[str] | str, argv: list[str]) -> None:
+    assert command_argv(command, Path("/d/staged")) == argv
+
+
+def test_shell_detection() -> None:
+    assert not uses_shell("nginx -t -c {config}")
+    assert uses_shell("a; b") and uses_shell("a | b") and uses_shell("echo $HOME") and uses_shell("a `b`")
+
+
+def plain_config(body: str) -> PublishedConfig:
+    return PublishedConfig(
+        hash=hashlib.sha256(body.encode()).hexdigest(), generation=1, kind="nginx", body=body
+    )
+
+
+async def test_shell_check_gets_the_path_as_an_argument(tmp_path: Path) -> None:
+    target = tmp_path / "weird dir" / "app.conf"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    marker = tmp_path / "marker"
+    check = f"grep -q good {{config}} && echo checked > {marker}"
+    result = await apply_config(plain_config("good\n"), target, check=check, reload=[], timeout=10)
+    assert not result.reloaded
+    assert target.read_text() == "good\n" and marker.read_text() == "checked\n"
+    with pytest.raises(ApplyError) as info:
+        await apply_config(
+            plain_config("bad; rm -rf /\n"),
+            target,
+            check="grep -q good {config} || { echo 'no good line' >&2; exit 3; }",
+            reload=[],
+            timeout=10,
+        )
+    assert info.value.stage == "check" and "no good line" in str(info.value)
+    assert target.read_text() == "good\n"
+
+
+async def test_a_hung_check_times_out_and_installs_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "app.conf"
+    target.write_text("old\n")
+    started = time.monotonic()
+    with pytest.raises(ApplyError) as info:
+        await apply_config(plain_config("new\n"), target, check=["sleep", "30"], reload=[], timeout=0.3)
+    assert "timed out" in str(info.value)
+    assert time.monotonic() - started < 20
+    assert target.read_text() == "old\n"
+    assert not list(tmp_path.glob(".fleetop-staged-*"))
+
+
+async def test_reload_without_a_running_proxy_reports_an_installed_config(tmp_path: Path) -> None:
+    paths = RenderPaths(str(tmp_path / "run"))
+    body = initial_config("edge", "nginx", 80, paths)
+    with pytest.raises(ApplyError) as info:
+        await apply_config(plain_config(body), tmp_path / "nginx.conf", check=[], reload=None, timeout=10)
+    assert info.value.stage == "reload" and info.value.installed
+    assert "is the proxy running" in str(info.value)
+    assert (tmp_path / "nginx.conf").read_text() == body
+
+
+async def test_a_failing_reload_command_carries_its_output(tmp_path: Path) -> None:
+    with pytest.raises(ApplyError) as info:
+        await apply_config(
+            plain_config("x\n"),
+            tmp_path / "a.conf",
+            check=[],
+            reload=["sh", "-c", "echo reload broke >&2; exit 4"],
+            timeout=10,
+        )
+    assert info.value.stage == "reload" and "reload broke" in str(info.value) and "4" in str(info.value)
+
+
+async def test_a_superseded_config_is_not_installed(tmp_path: Path) -> None:
+    target = tmp_path / "app.conf"
+    target.write_text("old\n")
+    result = await apply_config(
+        plain_config("new\n"), target, check=["true"], reload=["false"], timeout=10, superseded=lambda: True
+    )
+    assert result.superseded and not result.reloaded
+    assert target.read_text() == "old\n"
+    assert not list(tmp_path.glob(".fleetop-staged-*"))
+
+
+async def test_a_reload_that_nginx_cannot_load_is_reported(tmp_path: Path) -> None:
+    """The check passes (nginx -t does not bind), but the reload cannot bind the new port: nginx keeps
+    the old config and forks no new worker, which the apply notices."""
+    proxy = start("nginx", tmp_path)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            spec = ProxySpec.model_validate({"kind": "nginx", "listen": f"127.0.0.1:{busy}"})
+            body = render("edge", spec, {}, paths=proxy.paths).text
+            cfg = PublishedConfig(
+                hash=hashlib.sha256(body.encode()).hexdigest(), generation=2, kind="nginx", body=body
+            )
+            with pytest.raises(ApplyError) as info:
+                await apply_config(cfg, proxy.target, check=None, reload=None, timeout=1.5)
+        assert info.value.stage == "reload" and info.value.installed
+        assert "no new worker" in str(info.value)
+        assert (await asyncio.to_thread(fetch, proxy.port))[0] == 404  # the old config still serves
+    finally:
+        proxy.process.stop()

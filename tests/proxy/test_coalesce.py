@@ -1,0 +1,128 @@
+"""Quiescence (wait {min, max}) with a fake clock, the hash gate, and the asyncio Debouncer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleetop.proxy.coalesce import Debouncer, HashGate, Quiescence
+
+
+def test_a_change_after_quiet_renders_at_once() -> None:
+    rule = Quiescence(min=1.0, max=5.0)
+    assert rule.due() is None and not rule.pending
+    rule.changed(10.0)
+    assert rule.due() == 10.0 and rule.ready(10.0)
+    rule.rendered(10.0)
+    assert rule.due() is None
+    rule.changed(11.5)  # quiet for 1.5 s >= min: leading edge again
+    assert rule.due() == 11.5
+
+
+def test_changes_soon_after_a_render_wait_for_min_of_quiet() -> None:
+    rule = Quiescence(min=1.0, max=5.0)
+    rule.changed(0.0)
+    rule.rendered(0.0)
+    rule.changed(0.2)
+    assert rule.due() == pytest.approx(1.2)
+    rule.changed(0.9)
+    assert rule.due() == pytest.approx(1.9)
+    assert not rule.ready(1.8) and rule.ready(1.9)
+
+
+def test_a_never_ending_burst_renders_after_max() -> None:
+    rule = Quiescence(min=1.0, max=3.0)
+    rule.changed(0.0)
+    rule.rendered(0.0)
+    renders = []
+    now = 0.1
+    while now < 10.0:  # a change every 0.5 s: never 1 s of quiet
+        rule.changed(now)
+        if rule.ready(now):
+            renders.append(round(now, 1))
+            rule.rendered(now)
+        now += 0.5
+    # first unrendered change at 0.1 → rendered at 0.1 + max; the next one at 3.6 → 6.6
+    assert renders == [3.1, 6.6]
+
+
+def test_changes_during_a_render_stay_pending() -> None:
+    rule = Quiescence(min=0.5, max=2.0)
+    rule.changed(0.0)
+    rule.rendered(0.0)  # the render started at 0.0 and read the state then
+    rule.changed(0.1)  # arrived while it ran
+    assert rule.pending and rule.due() == pytest.approx(0.6)
+
+
+def test_zero_wait_renders_every_change_at_once() -> None:
+    rule = Quiescence(min=0.0, max=0.0)
+    for t in (0.0, 0.0, 0.001):
+        rule.changed(t)
+        assert rule.ready(t)
+        rule.rendered(t)
+
+
+def test_invalid_wait_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Quiescence(min=2.0, max=1.0)
+
+
+def test_hash_gate_publishes_only_changes() -> None:
+    gate = HashGate()
+    assert gate.is_new("a")
+    gate.mark("a")
+    assert not gate.is_new("a") and gate.is_new("b")
+    assert not HashGate("x").is_new("x")
+
+
+async def test_debouncer_coalesces_a_burst_and_the_last_call_sees_the_final_state() -> None:
+    state = {"value": 0}
+    seen: list[int] = []
+
+    async def callback() -> None:
+        seen.append(state["value"])
+        await asyncio.sleep(0.01)  # a render + publish takes a moment
+
+    debouncer = Debouncer(callback, min_wait=0.05, max_wait=0.2)
+    task = asyncio.create_task(debouncer.run())
+    try:
+        for i in range(1, 501):  # 500 changes over ~0.4 s
+            state["value"] = i
+            debouncer.trigger()
+            if i % 25 == 0:
+                await asyncio.sleep(0.02)
+        while debouncer.pending or not seen or seen[-1] != 500:
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    print(f"\n500 triggers → {len(seen)} calls: {seen}")
+    # leading edge: the first call ran at the first chance (the first pause after 25 changes),
+    # without waiting for min
+    assert seen[0] == 25
+    assert seen[-1] == 500
+    assert 2 <= len(seen) <= 20
+    assert seen == sorted(seen)
+
+
+async def test_debouncer_retries_a_failed_callback() -> None:
+    calls = 0
+    done = asyncio.Event()
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("etcd is down")
+        done.set()
+
+    debouncer = Debouncer(flaky, min_wait=0.0, max_wait=0.0, retry_delay=0.01)
+    task = asyncio.create_task(debouncer.run())
+    try:
+        debouncer.trigger()
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert calls == 2
