@@ -127,7 +127,9 @@ class Stack:
         self._wait_for(self.config.fleet_socket.exists, "fleetop node's API socket", 30)
         metrics = f"127.0.0.1:{next_free_port(self.config.metrics_port)}"
         self.metrics_address = metrics
-        self._start_child("operator", "run", "--metrics-address", metrics)
+        # Managed proxies keep their files under the state dir (the default, /var/lib/fleetop, needs root).
+        proxies = str(state / "proxies")
+        self._start_child("operator", "run", "--metrics-address", metrics, "--proxy-root", proxies)
         self.write_record()
 
     def _start_etcd(self) -> None:

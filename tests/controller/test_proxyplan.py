@@ -146,3 +146,14 @@ def test_stopped_unit_is_launched_again() -> None:
     plan = plan_units(P, desired(1), units, states)
     assert _names(plan.actions, SetDesiredState) == ["edge@1.service", "edge-agent@1.service"]
     assert [u.ready for u in plan.units] == [False, False]
+
+
+def test_an_installation_root_reaches_the_agent_and_the_bootstrap() -> None:
+    s = spec(replicas=1)
+    plain = desired_units(P, s, ProxyLayout.of(P, s, "/run/fleetop"))
+    rooted = desired_units(P, s, ProxyLayout.of(P, s, "/run/fleetop", key_root="/team-a"))
+    for unit in rooted:
+        [command] = option_values(unit.options, "Service", "ExecStart")
+        assert command.endswith("--prefix /team-a")
+    for unit in plain:
+        assert "--prefix" not in option_values(unit.options, "Service", "ExecStart")[0]

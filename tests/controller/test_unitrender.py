@@ -484,3 +484,13 @@ def test_a_sidekick_needs_ports() -> None:
     with pytest.raises(RenderError, match=r"ports\.base"):
         render_sidekick(spec, "web", 1)
     render_main(spec, "web", 1)
+
+
+def test_an_installation_root_reaches_the_sidekick() -> None:
+    spec = spec_of(ports={"base": 8001}, discovery={"sidekick": True, "check": {"http": "/"}})
+    plain = render_sidekick(spec, "web", 8001)
+    rooted = render_sidekick(spec, "web", 8001, "/team-a")
+    [command] = [o.value for o in rooted if o.name == "ExecStart"]
+    assert command.endswith("--root /team-a")
+    assert not any("--root" in o.value for o in plain)
+    assert owned_by(rooted) != owned_by(plain)

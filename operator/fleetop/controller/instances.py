@@ -109,29 +109,32 @@ class Desired:
     start: int
     global_: bool
     expects_registration: bool
+    root: str = ""
 
     @classmethod
-    def build(cls, spec: ServiceSpec, service: str) -> Desired:
-        """Render once; raises RenderError when the spec cannot become a unit file."""
+    def build(cls, spec: ServiceSpec, service: str, root: str = "") -> Desired:
+        """Render once; raises RenderError when the spec cannot become a unit file. ``root`` is the
+        installation's key root, which sidekicks need to register under it."""
         start = spec.ports.base if spec.ports is not None else 1
         options = tuple(render_main(spec, service, start))
         sidekick = needs_sidekick(spec)
         if sidekick:
-            render_sidekick(spec, service, start)
+            render_sidekick(spec, service, start, root)
         return cls(
             service=service,
             spec=spec,
             main_options=options,
             main_hash=unit_hash(options),
             main_template=main_template(spec, service),
-            sidekick_template=sidekick_template(spec, service) if sidekick else None,
+            sidekick_template=sidekick_template(spec, service, root) if sidekick else None,
             start=start,
             global_=spec.placement.global_,
             expects_registration=sidekick or spec.discovery.prefix is not None,
+            root=root,
         )
 
     def sidekick_options(self, slot: int) -> tuple[UnitOption, ...]:
-        return tuple(render_sidekick(self.spec, self.service, slot))
+        return tuple(render_sidekick(self.spec, self.service, slot, self.root))
 
     def slots(self) -> range:
         """Slot numbers to try, lowest first. A global service has exactly one."""

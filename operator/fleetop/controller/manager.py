@@ -70,9 +70,11 @@ class Manager:
             executor = Executor(
                 client, etcd, keys, lambda: leader.fence, metrics=self.metrics, event_ttl=config.event_ttl
             )
-            services = ServiceReconciler(informers, executor, self.metrics)
+            services = ServiceReconciler(informers, executor, self.metrics, root=config.etcd.prefix)
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
-            proxies = ProxyReconciler(informers, proxy_caches, executor, proxy_root=config.proxy_root)
+            proxies = ProxyReconciler(
+                informers, proxy_caches, executor, proxy_root=config.proxy_root, key_root=config.etcd.prefix
+            )
             reconciler = Reconciler({"services": services, "proxies": proxies})
             sources = self.metrics.sources
             sources.queue, sources.fleet_stats = self.queue, client.stats

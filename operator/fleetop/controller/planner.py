@@ -83,8 +83,11 @@ def plan(
     machines: Sequence[ObservedMachine],
     now: float,
     memory: PlanMemory,
+    *,
+    root: str = "",
 ) -> Plan:
     """Decide one reconcile pass for service ``name``. ``spec`` None means the service was deleted.
+    ``root`` is the installation's key root (``--prefix``), which the sidekicks it writes register under.
 
     ``units`` are all of fleet's units (owned or not: names taken by others matter), ``states`` all
     UnitStates, ``registrations`` maps an instance ("8001") to whether it is registered.
@@ -97,7 +100,7 @@ def plan(
     if spec is None:
         return Plan(_destroy_everything(ownership), None, PlanMemory(), None)
     try:
-        desired = Desired.build(spec, name)
+        desired = Desired.build(spec, name, root)
     except RenderError as exc:
         return _invalid(world, generation, str(exc), memory)
     return _plan_service(world, desired, generation, memory)

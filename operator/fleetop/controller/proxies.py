@@ -85,6 +85,7 @@ class ProxyReconciler:
         executor: Executor,
         *,
         proxy_root: str = DEFAULT_PROXY_ROOT,
+        key_root: str = "",
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -92,6 +93,7 @@ class ProxyReconciler:
         self.caches = caches
         self.executor = executor
         self.proxy_root = proxy_root
+        self.key_root = key_root
         self.clock = clock
         self.monotonic = monotonic
         self.memory: dict[str, ProxyMemory] = {}
@@ -111,7 +113,7 @@ class ProxyReconciler:
         if inputs is None:
             return SYNC_WAIT
         memory = self._memory(name, spec)
-        layout = ProxyLayout.of(name, spec, self.proxy_root)
+        layout = ProxyLayout.of(name, spec, self.proxy_root, self.key_root)
         due, wait = self._coalesce(memory, inputs)
         published = self._published(name, memory)
         if due or (wait is None and self._must_render(memory, published)):

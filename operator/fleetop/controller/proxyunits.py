@@ -47,11 +47,14 @@ class ProxyLayout:
 
     runtime_dir: str
     config_path: str
+    key_root: str = ""  # the installation's --prefix, which the agent and the bootstrap read under
 
     @classmethod
-    def of(cls, proxy: str, spec: ProxySpec, root: str = DEFAULT_PROXY_ROOT) -> ProxyLayout:
+    def of(
+        cls, proxy: str, spec: ProxySpec, root: str = DEFAULT_PROXY_ROOT, key_root: str = ""
+    ) -> ProxyLayout:
         runtime = default_runtime_dir(proxy, root)
-        return cls(runtime, spec.config_path or f"{runtime}/{spec.kind}.conf")
+        return cls(runtime, spec.config_path or f"{runtime}/{spec.kind}.conf", key_root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ def instance_command(proxy: str, spec: ProxySpec, layout: ProxyLayout) -> str:
         "--config",
         systemd_quote(layout.config_path),
     ]
+    if layout.key_root:
+        args += ["--prefix", systemd_quote(layout.key_root)]
     return " ".join(args)
 
 
@@ -90,6 +95,8 @@ def agent_command(proxy: str, layout: ProxyLayout) -> str:
     args = [FLEETOP_COMMAND, "proxy-agent", "--proxy", proxy, "--machine", "%m"]
     args += ["--runtime-dir", systemd_quote(layout.runtime_dir)]
     args += ["--config-path", systemd_quote(layout.config_path)]
+    if layout.key_root:
+        args += ["--prefix", systemd_quote(layout.key_root)]
     return " ".join(args)
 
 

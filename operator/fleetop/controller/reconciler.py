@@ -57,14 +57,6 @@ class KindReconciler(Protocol):
     async def reconcile(self, name: str) -> float | None: ...
 
 
-class NoProxies:
-    """The proxy seam: proxy keys are accepted and left alone until a proxy reconciler is wired in."""
-
-    async def reconcile(self, name: str) -> float | None:
-        log.debug("proxy %s: no proxy reconciler configured", name)
-        return None
-
-
 @dataclass(frozen=True)
 class _Observed:
     units: list[ObservedUnit]
@@ -133,11 +125,14 @@ class ServiceReconciler:
         executor: Executor,
         metrics: OperatorMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        root: str = "",
     ) -> None:
         self.informers = informers
         self.executor = executor
         self.metrics = metrics
         self.clock = clock
+        self.root = root  # the installation's --prefix; sidekicks register under it
         self.memory: dict[str, PlanMemory] = {}
         self._invalid_reported: dict[str, int] = {}
         self._unconverged_since: dict[str, float] = {}
@@ -184,6 +179,7 @@ class ServiceReconciler:
             observed.machines,
             now,
             memory,
+            root=self.root,
         )
         self.memory[name] = result.memory
         status = result.status

@@ -129,8 +129,10 @@ def _main_body(spec: ServiceSpec, service: str) -> list[UnitOption]:
     return out
 
 
-def register_command(spec: ServiceSpec, service: str, instance: int | str) -> str:
+def register_command(spec: ServiceSpec, service: str, instance: int | str, root: str = "") -> str:
     """The sidekick's ``ExecStart``: ``fleetop register`` with the instance's address and check.
+
+    ``root`` is the installation's key root (``--prefix``): the sidekick registers under it too.
 
     The port is the instance, so a sidekick needs ``ports.base``: without it the instance number is
     not a port and there is nothing to register (:class:`RenderError`, reported as ``Invalid``).
@@ -154,10 +156,12 @@ def register_command(spec: ServiceSpec, service: str, instance: int | str) -> st
     args += ["--ttl", _seconds(discovery.ttl)]
     if discovery.prefix:
         args += ["--prefix", systemd_quote(discovery.prefix)]
+    if root:
+        args += ["--root", systemd_quote(root)]
     return " ".join(args)
 
 
-def _sidekick_body(spec: ServiceSpec, service: str, instance: int | str) -> list[UnitOption]:
+def _sidekick_body(spec: ServiceSpec, service: str, instance: int | str, root: str = "") -> list[UnitOption]:
     main = main_unit_name(service, instance)
     out = [
         UnitOption("Unit", "Description", f"{service} instance {INSTANCE_SPECIFIER} registration (fleetop)"),
@@ -166,7 +170,7 @@ def _sidekick_body(spec: ServiceSpec, service: str, instance: int | str) -> list
     ]
     out.extend(UnitOption("Service", "EnvironmentFile", f) for f in SIDEKICK_ENVIRONMENT_FILES)
     out += [
-        UnitOption("Service", "ExecStart", register_command(spec, service, instance)),
+        UnitOption("Service", "ExecStart", register_command(spec, service, instance, root)),
         UnitOption("Service", "Restart", "always"),
         UnitOption("Service", "RestartSec", "1"),
     ]
@@ -202,9 +206,9 @@ def main_template(spec: ServiceSpec, service: str) -> str:
     return template_hash(_main_body(spec, service))
 
 
-def sidekick_template(spec: ServiceSpec, service: str) -> str:
+def sidekick_template(spec: ServiceSpec, service: str, root: str = "") -> str:
     """The template hash every sidekick of this spec carries (computed with the instance as ``%i``)."""
-    return template_hash(_sidekick_body(spec, service, INSTANCE_SPECIFIER))
+    return template_hash(_sidekick_body(spec, service, INSTANCE_SPECIFIER, root))
 
 
 def render_main(spec: ServiceSpec, service: str, instance: int | str) -> list[UnitOption]:
@@ -216,10 +220,11 @@ def render_main(spec: ServiceSpec, service: str, instance: int | str) -> list[Un
     return finish_unit(_main_body(spec, service), service, ROLE_MAIN, main_template(spec, service))
 
 
-def render_sidekick(spec: ServiceSpec, service: str, instance: int | str) -> list[UnitOption]:
-    """All options of ``<svc>-discovery@<instance>.service``, in the order fleet stores them."""
-    body = _sidekick_body(spec, service, instance)
-    return finish_unit(body, service, ROLE_DISCOVERY, sidekick_template(spec, service))
+def render_sidekick(spec: ServiceSpec, service: str, instance: int | str, root: str = "") -> list[UnitOption]:
+    """All options of ``<svc>-discovery@<instance>.service``, in the order fleet stores them.
+    ``root`` is the installation's key root (``--prefix``), passed on to ``fleetop register``."""
+    body = _sidekick_body(spec, service, instance, root)
+    return finish_unit(body, service, ROLE_DISCOVERY, sidekick_template(spec, service, root))
 
 
 def owned_by(options: Iterable[UnitOption]) -> Owner | None:

@@ -1,0 +1,164 @@
+"""Workload 1: registration latency, end to end, as a user sees it.
+
+One service behind an unmanaged nginx (then HAProxy) with the default ``wait``. It always has one
+backend (``base``); each cycle registers one more backend, waits until a request through the proxy is
+answered by it, pauses, deletes the key, waits until the proxy no longer sends to it, pauses.
+
+* add: t0 just before the etcd put; end = the first response through the proxy whose ``X-Backend`` is
+  the new backend (the new backend sorts first, so a fresh worker's round robin picks it first);
+* remove: t0 just before the delete; end = the first response of the first run of three answered by
+  ``base`` (with two backends round robin alternates, so three in a row means the new config serves).
+
+Stages come from the same clock: *published* when the bench's watch sees the new config generation in
+etcd, *applied* when it sees the agent's status for it (the agent reports after nginx / HAProxy has
+forked the new worker, i.e. after the reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+from bench.harness import (
+    KEYS,
+    Backends,
+    Kind,
+    KeyLog,
+    Options,
+    Procs,
+    ProxyRig,
+    Stack,
+    Stamp,
+    decode_agent,
+    decode_published,
+    etcd_client,
+    fetch,
+    now,
+    probe_until,
+    proxy_spec,
+    put_json,
+)
+from bench.report import Target, WorkloadResult
+from fleetop.etcd import Etcd
+from fleetop.etcdserver import free_port
+
+TARGET = Target.of(("median", "<=", 20.0), ("p99", "<=", 55.0))
+CONFD = "confd -watch: key → request p50 20 ms, p99 54 ms"
+
+
+async def _series_until_run(port: int, base: str, run: int, timeout: float) -> float:
+    """Probe until ``run`` consecutive responses come from ``base``; the time of the run's first."""
+    deadline = now() + timeout
+    first: float | None = None
+    streak = 0
+    while True:
+        try:
+            status, who = await asyncio.to_thread(fetch, port)
+        except OSError:
+            status, who = 0, ""
+        at = now()
+        if status == 200 and who == base:
+            streak += 1
+            first = at if streak == 1 else first
+            if streak >= run and first is not None:
+                return first
+        else:
+            streak, first = 0, None
+        if at > deadline:
+            raise TimeoutError(f"the removed backend still served through {port} after {timeout:g} s")
+        await asyncio.sleep(0.001)
+
+
+async def measure_kind(
+    etcd: Etcd, stack: Stack, kind: Kind, backends: list[str], base: str, cycles: int, result: WorkloadResult
+) -> None:
+    name = f"reg-{kind}"
+    service = f"svc-{kind}"
+    rig = ProxyRig.start(stack, name, kind)
+    try:
+        await put_json(etcd, KEYS.desired("proxies", name), proxy_spec(kind, rig.port, [{"service": service}]))
+        await etcd.put(f"/services/{service}/base", base)
+        await probe_until(rig.port, lambda s, w: s == 200 and w == base, 60)
+        config_key = KEYS.proxy_config(name)
+        agent_prefix = KEYS.agent_status(name, "")
+        adds: list[float] = []
+        removes: list[float] = []
+        published: list[float] = []
+        applied: list[float] = []
+        async with KeyLog(etcd, config_key) as configs, KeyLog(etcd, agent_prefix) as agents:
+            await asyncio.sleep(0.5)
+            for i in range(cycles):
+                address = backends[i % len(backends)]
+                key = f"/services/{service}/b{i % len(backends)}"
+                for op in ("add", "remove"):
+                    before = decode_published(configs.items.get(config_key))
+                    gen0 = before.generation if before is not None else 0
+                    t0 = now()
+                    if op == "add":
+                        await etcd.put(key, address)
+                        end = await probe_until(rig.port, lambda s, w, a=address: s == 200 and w == a, 10)
+                        adds.append((end - t0) * 1000)
+                    else:
+                        await etcd.delete(key)
+                        end = await _series_until_run(rig.port, base, 3, 10)
+                        removes.append((end - t0) * 1000)
+                    # the agent may report after the first request was already served: wait for it
+                    pub = await _stamp(configs, t0, lambda s, g=gen0: s.key == config_key and _gen(s) > g)
+                    app = await _stamp(agents, t0, lambda s, g=gen0: _applied(s) > g)
+                    if pub is not None:
+                        published.append((pub - t0) * 1000)
+                    if app is not None:
+                        applied.append((app - t0) * 1000)
+                    await asyncio.sleep(random.uniform(0.15, 0.3))
+        result.add(f"{kind}: key put → request served by it", "ms", adds, TARGET)
+        result.add(f"{kind}: key deleted → requests stop reaching it", "ms", removes, TARGET)
+        result.add(f"{kind}: key change → config published (watch)", "ms", published)
+        result.add(f"{kind}: key change → agent applied + reloaded (watch)", "ms", applied)
+        result.raw[kind] = {"addMs": adds, "removeMs": removes, "publishedMs": published, "appliedMs": applied}
+    finally:
+        rig.stop(stack.procs)
+
+
+async def _stamp(log: KeyLog, since: float, match: Callable[[Stamp], bool]) -> float | None:
+    try:
+        return await log.wait_for(lambda: log.first_after(since, match), 5, "a stage")
+    except TimeoutError:
+        return None
+
+
+def _gen(stamp: Stamp) -> int:
+    config = decode_published(stamp.value)
+    return config.generation if config is not None else 0
+
+
+def _applied(stamp: Stamp) -> int:
+    status = decode_agent(stamp.value)
+    return status.applied_generation if status is not None and status.error is None else 0
+
+
+async def run(opts: Options) -> WorkloadResult:
+    result = WorkloadResult("registration")
+    cycles = opts.count(100, 5)
+    procs = Procs(opts.base / "registration")
+    procs.base.mkdir(parents=True, exist_ok=True)
+    stack = Stack(procs.base, procs)
+    try:
+        stack.start()
+        # the new backends sort before base ("127.0.0.2" < "127.0.0.99"), so round robin picks them first
+        ports = [free_port() for _ in range(5)]
+        base = f"127.0.0.99:{ports[0]}"
+        backends = [f"127.0.0.{2 + n}:{port}" for n, port in enumerate(ports[1:])]
+        Backends.start(procs, "backends", [base, *backends])
+        async with etcd_client(stack.endpoint) as etcd:
+            await asyncio.to_thread(stack.wait_leader)
+            for kind in ("nginx", "haproxy"):
+                await measure_kind(etcd, stack, kind, backends, base, cycles, result)  # type: ignore[arg-type]
+        result.notes.append(
+            f"{cycles} add/remove cycles per proxy, 0.15–0.3 s apart, default wait (50 ms / 1 s); "
+            f"one HTTP request at a time through the proxy, 1 ms apart. Reference: {CONFD}."
+        )
+    finally:
+        procs.stop_all()
+        stack.stop()
+    return result
