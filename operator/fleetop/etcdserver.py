@@ -51,6 +51,17 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to someone else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class EtcdTLS:
     """Server-side TLS files. With ``client_cert_auth`` the server requires client certificates."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetop.errors import ConfigError, FleetopError
-from fleetop.etcdserver import EtcdServer, free_port, port_is_free
+from fleetop.etcdserver import EtcdServer, free_port, pid_alive, port_is_free
 
 DEFAULT_ETCD_PORT = 2379
 STACK_FILE = "up.json"
@@ -222,16 +222,6 @@ def read_record(state_dir: Path) -> dict[str, object] | None:
 
 def remove_record(state_dir: Path) -> None:
     (state_dir / STACK_FILE).unlink(missing_ok=True)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop_detached(state_dir: Path, timeout: float = 60.0) -> bool:

@@ -94,3 +94,33 @@ def test_render_table_and_diff_are_plain_text() -> None:
     )
     assert format_diff("/k", "a: 1\n", "a: 1\n") == ""
     assert "-a: 1" in format_diff("/k", "a: 1\n", "a: 2\n")
+
+
+def _status(generation: int, **conditions: tuple[str, str]) -> ServiceStatus:
+    return ServiceStatus(
+        observed_generation=generation,
+        replicas=ReplicaCounts(desired=3, launched=3, running=3, ready=3, updated=3),
+        conditions=[Condition(type=k, status=v[0], reason=v[1]) for k, v in conditions.items()],  # type: ignore[arg-type]
+    )
+
+
+def test_wait_progress_decides_from_status() -> None:
+    from fleetop.cli.wait import progress
+
+    assert not progress("services", "web", 7, None).done
+    assert not progress("services", "web", 7, _status(6, Available=("True", "x"))).done
+    done = progress(
+        "services",
+        "web",
+        7,
+        _status(7, Available=("True", "M"), Progressing=("True", "NewReplicaSetAvailable")),
+    )
+    assert done.done and done.failed is None and "3/3 ready" in done.line
+    rolling = progress(
+        "services", "web", 7, _status(7, Available=("True", "M"), Progressing=("True", "ReplicaSetUpdated"))
+    )
+    assert not rolling.done
+    stalled = progress("services", "web", 7, _status(7, Progressing=("False", "ProgressDeadlineExceeded")))
+    assert stalled.failed and "ProgressDeadlineExceeded" in stalled.failed
+    invalid = progress("services", "web", 7, _status(7, Invalid=("True", "SpecInvalid")))
+    assert invalid.failed and "invalid" in invalid.failed

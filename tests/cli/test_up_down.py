@@ -87,6 +87,21 @@ def test_up_status_down(tmp_path: Path) -> None:
         found = subprocess.run(pgrep, capture_output=True, text=True, check=False).stdout.split()
         unit_pids = [int(p) for p in found]
         assert len(unit_pids) == 2
+
+        good = state.parent / "api.yaml"
+        good.write_text(f"kind: Service\nname: api\nspec: {{replicas: 1, unit: {{execStart: '{marker}'}}}}\n")
+        applied = fleetop("apply", "-f", str(good), "--wait", "--timeout", "90", env=env)
+        assert applied.returncode == 0, applied.stderr
+        assert "service/api created" in applied.stdout and "1/1 ready" in applied.stderr
+        stuck = state.parent / "stuck.yaml"
+        stuck.write_text(
+            "kind: Service\nname: stuck\nspec: {replicas: 1, unit: {execStart: /bin/true},"
+            " placement: {machineMetadata: {role: [gpu]}}, rollout: {progressDeadlineSeconds: 2}}\n"
+        )
+        stalled = fleetop("apply", "-f", str(stuck), "--wait", "--timeout", "90", env=env)
+        assert stalled.returncode == 1 and "ProgressDeadlineExceeded" in stalled.stderr, stalled.stderr
+        found = subprocess.run(pgrep, capture_output=True, text=True, check=False).stdout.split()
+        unit_pids = [int(p) for p in found]
     finally:
         down = fleetop("down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fleetop.controller.executor import same_status, status_bytes
 from fleetop.controller.proxystatus import (
     AgentSummary,
     BackendSet,
@@ -11,8 +12,6 @@ from fleetop.controller.proxystatus import (
     describe_invalid,
     invalid_status,
     published_hash,
-    same_json,
-    status_json,
     summarize_agents,
 )
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
@@ -71,7 +70,7 @@ def test_status_conditions_and_stable_transition_times() -> None:
         ("Degraded", "False"),
     ]
     again = build_status(view, first, 5000.0)
-    assert same_json(status_json(first), again)  # nothing changed: nothing to write
+    assert same_status(status_bytes(first), again)  # nothing changed: nothing to write
 
     broken = ProxyView(
         8, CONFIG, BackendSet(), AgentSummary(1, 0, ["agent m1: check failed"]), [], "render failed: x"

@@ -126,3 +126,39 @@ async def test_debouncer_retries_a_failed_callback() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert calls == 2
+
+
+def test_a_burst_seen_by_slow_passes_renders_once_then_at_its_end() -> None:
+    """Changes 10 ms apart for 1.3 s, seen by passes 60 ms apart: the first renders at once, the rest
+    wait for the burst's quiet end (or max), however far apart the passes that saw them were."""
+    from fleetop.controller.informers import burst_of
+
+    rule = Quiescence(0.05, 1.0)
+    arrivals: list[float] = []
+    renders = []
+    t = 0.0
+    while t < 1.3:
+        arrivals.append(t)
+        if round(t * 100) % 6 == 0:  # a pass every 60 ms
+            last, start = burst_of(arrivals, 0.05) or (t, t)
+            rule.changed(last, burst_start=start)
+            if rule.ready(t):
+                rule.rendered(t)
+                renders.append(t)
+        t = round(t + 0.01, 2)
+    for extra in (1.35, 1.4):  # after the burst: the pass the trailing edge asked for
+        if rule.ready(extra):
+            rule.rendered(extra)
+            renders.append(extra)
+    assert renders[0] == 0.0
+    assert len(renders) <= 3, renders
+    assert not rule.pending
+
+
+def test_burst_of() -> None:
+    from fleetop.controller.informers import burst_of
+
+    assert burst_of([], 0.05) is None
+    assert burst_of([1.0], 0.05) == (1.0, 1.0)
+    assert burst_of([1.0, 2.0, 2.01, 2.02], 0.05) == (2.02, 2.0)
+    assert burst_of([2.0, 2.01], 0.05, full=True) == (2.01, float("-inf"))

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from fleetop.cli.common import cli_context, echo, open_store, run
 from fleetop.cli.documents import Document, load_documents
 from fleetop.cli.output import OutputFormat, format_describe, format_diff, format_get, spec_yaml
 from fleetop.cli.patching import PatchType, apply_patch
+from fleetop.cli.wait import wait_for
 from fleetop.errors import Conflict, InputError, NotFound, SpecInvalid
 from fleetop.models.parse import encode_spec, spec_document
 from fleetop.schemas import schema_documents, write_schemas
@@ -57,7 +59,8 @@ def live_yaml(entry: Entry | None) -> str:
     return entry.raw.decode("utf-8", "replace") + "\n"
 
 
-async def _apply_one(store: Store, document: Document, dry_run: bool) -> str:
+async def _apply_one(store: Store, document: Document, dry_run: bool) -> tuple[str, int]:
+    """Apply one document: (what happened, the key's revision afterwards; 0 for a dry run)."""
     current = await store.get(document.kind, document.name)
     label = f"{KIND_NAMES[document.kind].lower()}/{document.name}"
     proposed = spec_yaml(spec_document(document.spec))
@@ -66,32 +69,41 @@ async def _apply_one(store: Store, document: Document, dry_run: bool) -> str:
         and current.spec is not None
         and encode_spec(current.spec) == encode_spec(document.spec)
     ):
-        return f"{label} unchanged\n"
+        return f"{label} unchanged\n", current.mod_revision
     if dry_run:
         diff = format_diff(store.keys.desired(document.kind, document.name), live_yaml(current), proposed)
-        return diff + f"{label} {'configured' if current else 'created'} (dry run)\n"
+        return diff + f"{label} {'configured' if current else 'created'} (dry run)\n", 0
     try:
-        await store.put(
+        revision = await store.put(
             document.name, document.spec, prev_mod_revision=current.mod_revision if current else 0
         )
     except Conflict:
         raise Conflict(f"{label} changed while it was being applied") from None
-    return f"{label} {'configured' if current else 'created'}\n"
+    return f"{label} {'configured' if current else 'created'}\n", revision
 
 
 def apply(
     ctx: typer.Context,
     filename: Annotated[str, typer.Option("--filename", "-f", help="JSON or YAML file, or - for stdin")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the diff, write nothing")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="wait until available; exit 1 on ProgressDeadlineExceeded")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")] = 600.0,
 ) -> None:
-    """Create or update services and proxies from a file (kind: Service|Proxy, name, spec fields)."""
+    """Create or update services and proxies from a file (kind: Service|Proxy, name, spec)."""
     cli = cli_context(ctx)
     documents = run_load(filename)
 
     async def body() -> None:
         async with open_store(cli) as store:
+            targets = []
             for document in documents:
-                echo(await _apply_one(store, document, dry_run))
+                text, revision = await _apply_one(store, document, dry_run)
+                echo(text)
+                targets.append((document.kind, document.name, revision))
+            if wait and not dry_run:
+                await wait_for(store, targets, timeout, Console(stderr=True))
 
     run(body)
 

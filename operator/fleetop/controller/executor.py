@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from pydantic import BaseModel
+
 from fleetop.controller.metrics import OperatorMetrics
 from fleetop.controller.unitrender import owned_by
 from fleetop.controller.world import Action, CreateUnit, DestroyUnit, SetDesiredState
@@ -67,11 +69,12 @@ def rfc3339(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def status_bytes(status: ServiceStatus) -> bytes:
+def status_bytes(status: BaseModel) -> bytes:
+    """Status as written to etcd: compact camelCase JSON."""
     return json.dumps(status.model_dump(mode="json", by_alias=True), separators=(",", ":")).encode()
 
 
-def same_status(stored: bytes | None, status: ServiceStatus) -> bool:
+def same_status(stored: bytes | None, status: BaseModel) -> bool:
     """True when ``stored`` already says ``status`` (compared as decoded JSON, not bytes)."""
     if stored is None:
         return False

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ ChangeHandler = Callable[[set[str]], None]
 """Called with the full etcd keys that changed (put or deleted) in one snapshot or batch."""
 
 PROXY_ROLES = frozenset({"proxy", "agent"})
+ARRIVALS_KEPT = 256
 
 
 class PrefixCache:
@@ -53,6 +55,9 @@ class PrefixCache:
         self.revision = 0
         self.synced = asyncio.Event()
         self._on_change = on_change
+        # When changes arrived (monotonic), newest last: render coalescing judges a burst by when its
+        # changes happened, not by when a (possibly busy) reconcile pass got to see them.
+        self.arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)
 
     async def run(self) -> None:
         """Follow the prefix until cancelled. The first snapshot marks the cache synced."""
@@ -62,6 +67,7 @@ class PrefixCache:
                 changed = self._apply(update)
                 self.synced.set()
                 if changed:
+                    self.arrivals.append(time.monotonic())
                     self._on_change(changed)
 
     def _apply(self, update: Snapshot | Events) -> set[str]:
@@ -93,8 +99,25 @@ class PrefixCache:
     def get(self, key: str) -> KeyValue | None:
         return self.items.get(key)
 
+    def burst(self, gap: float) -> tuple[float, float] | None:
+        """(when the latest change arrived, when its burst began): a burst is a run of changes less
+        than ``gap`` apart. None before any change; a burst longer than the history began at -inf."""
+        return burst_of(list(self.arrivals), gap, full=len(self.arrivals) == self.arrivals.maxlen)
+
     def under(self, prefix: str) -> list[KeyValue]:
         return [kv for key, kv in sorted(self.items.items()) if key.startswith(prefix)]
+
+
+def burst_of(arrivals: list[float], gap: float, *, full: bool = False) -> tuple[float, float] | None:
+    """Pure: the latest arrival and the start of the run of arrivals less than ``gap`` apart ending at it.
+    ``full`` says older arrivals were dropped, so a run reaching the oldest kept one began earlier."""
+    if not arrivals:
+        return None
+    index = len(arrivals) - 1
+    while index > 0 and arrivals[index] - arrivals[index - 1] < gap:
+        index -= 1
+    start = float("-inf") if index == 0 and full else arrivals[index]
+    return arrivals[-1], start
 
 
 def _differs(old: KeyValue | None, new: KeyValue | None) -> bool:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fleetop.controller.executor import Executor
+from fleetop.controller.executor import Executor, same_status, status_bytes
 from fleetop.controller.informers import Informers
 from fleetop.controller.proxycache import ProxyCaches
 from fleetop.controller.proxyplan import UnitPlan, plan_units
@@ -39,8 +39,6 @@ from fleetop.controller.proxystatus import (
     describe_invalid,
     invalid_status,
     published_hash,
-    same_json,
-    status_json,
     summarize_agents,
 )
 from fleetop.controller.proxyunits import DesiredUnit, ProxyLayout, desired_units
@@ -174,8 +172,15 @@ class ProxyReconciler:
         until then the pass asks to come back at the due time (the burst's trailing edge)."""
         now = self.monotonic()
         if inputs != memory.seen:
+            spec_changed = memory.seen is None or memory.seen[0] != inputs[0]
             memory.seen = inputs
-            memory.quiet.changed(now)
+            burst = (
+                None if spec_changed else self._burst([prefix for prefix, _ in inputs[1]], memory.quiet.min)
+            )
+            if burst is None:
+                memory.quiet.changed(now)
+            else:
+                memory.quiet.changed(burst[0], burst_start=burst[1])
         if not memory.quiet.pending:
             return False, None
         if memory.quiet.ready(now):
@@ -184,6 +189,18 @@ class ProxyReconciler:
             return True, None
         due = memory.quiet.due()
         return False, max(0.001, (due if due is not None else now) - now)
+
+    def _burst(self, prefixes: list[str], gap: float) -> tuple[float, float] | None:
+        """When the routed registrations last changed and when that burst began, across prefixes."""
+        found = []
+        for prefix in prefixes:
+            cache = self.informers.registrations.cache(prefix)
+            burst = cache.burst(gap) if cache is not None else None
+            if burst is not None:
+                found.append(burst)
+        if not found:
+            return None
+        return max(last for last, _ in found), max(start for _, start in found)
 
     @staticmethod
     def _must_render(memory: ProxyMemory, published: PublishedConfig | None) -> bool:
@@ -288,9 +305,9 @@ class ProxyReconciler:
         return kv.value if kv is not None else None
 
     async def _write_status(self, name: str, status: ProxyStatus) -> None:
-        if same_json(self._stored_bytes(name), status):
+        if same_status(self._stored_bytes(name), status):
             return
-        body = status_json(status)
+        body = status_bytes(status)
         revision = await self.executor.etcd.put(
             self.executor.keys.status("proxies", name), body, fence=self.executor.fence()
         )

@@ -206,16 +206,3 @@ def invalid_status(generation: int, message: str, stored: ProxyStatus | None, no
     return base.model_copy(
         update={"observed_generation": generation, "conditions": [*kept, condition], "last_error": message}
     )
-
-
-def status_json(status: ProxyStatus) -> bytes:
-    return json.dumps(status.model_dump(mode="json", by_alias=True), separators=(",", ":")).encode()
-
-
-def same_json(stored: bytes | None, status: ProxyStatus) -> bool:
-    if stored is None:
-        return False
-    try:
-        return bool(json.loads(stored) == status.model_dump(mode="json", by_alias=True))
-    except ValueError:
-        return False

@@ -155,16 +155,18 @@ class ServiceReconciler:
         if entry is not None and entry.error is not None:
             return await self._invalid(name, entry, entry.error, stored)
         spec = entry.spec if entry is not None and isinstance(entry.spec, ServiceSpec) else None
+        snapshot = informers.fleet.snapshot
+        if spec is None and name not in snapshot.owners and stored is None:
+            # Registrations under a prefix no spec claims (registrator, a proxy route to a service with no
+            # spec): nothing to run or report, and nothing worth parsing on every change.
+            self._forget(name)
+            return None
         prefix = informers.registration_prefix(name)
         cache = informers.registrations.cache(prefix)
         if spec is not None and cache is None:
             return SYNC_WAIT
         items = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
         registered, backends, invalid = registrations_of(items, prefix)
-        snapshot = informers.fleet.snapshot
-        if spec is None and name not in snapshot.owners and stored is None:
-            self._forget(name)
-            return None
         memory = self.memory.get(name) or seed_memory(stored, snapshot)
         observed = observe(snapshot)
         now = self.clock()

@@ -14,6 +14,7 @@ so the same backend written two ways is recognised as one.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -192,8 +193,13 @@ def parse_value(value: bytes | str) -> tuple[str, int]:
     return parse_host_port(text)
 
 
+@functools.lru_cache(maxsize=200_000)
 def parse_registration(key: str, value: bytes | str) -> Registration | InvalidRegistration:
-    """One key and its value → a :class:`Registration` or an :class:`InvalidRegistration`."""
+    """One key and its value → a :class:`Registration` or an :class:`InvalidRegistration`.
+
+    Pure and answered from a cache: the operator re-reads every registration of a service on each
+    pass (level-triggered), so in a burst the same (key, value) pairs are parsed again and again. The
+    results are frozen, so sharing them is safe."""
     try:
         host, port = parse_value(value)
     except AddressError as exc:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from fleetop.errors import ProxyError
+from fleetop.etcdserver import pid_alive
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import PublishedConfig
 from fleetop.proxy.render import RenderPaths, render
@@ -198,16 +199,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_pid(pid_file: Path) -> int:
     """The live pid in ``pid_file``; ApplyError when the file is missing, garbage or stale."""
     try:
@@ -257,7 +248,7 @@ async def _signal_reload(reload: SignalReload, timeout: float) -> None:
         await asyncio.sleep(0.01)
         now = children(pid)
         if now is None:
-            if _alive(pid):
+            if pid_alive(pid):
                 continue
             raise ApplyError("reload", f"the proxy (pid {pid}) exited during the reload", installed=True)
         if now - before:
