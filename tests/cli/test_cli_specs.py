@@ -265,3 +265,58 @@ def test_unreachable_etcd_is_a_clear_error(cli: Cli) -> None:
     cli.env["ETCDCTL_DIAL_TIMEOUT"] = "1s"
     code, _, err = cli("get", "services")
     assert code == 1 and "etcd" in err and "Traceback" not in err
+
+
+def test_events_are_listed_oldest_first(cli: Cli) -> None:
+    for key, reason, time in (
+        ("b", "Destroyed", "2026-11-21T10:00:05Z"),
+        ("a", "Created", "2026-11-21T10:00:01Z"),
+    ):
+        event = {
+            "kind": "Service",
+            "name": "web",
+            "type": "Normal",
+            "reason": reason,
+            "message": f"{reason} web@8001.service",
+            "time": time,
+        }
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/{key}", json.dumps(event))
+    cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/c", "{garbage")
+    code, out, err = cli("events", "--service", "web")
+    assert code == 0, err
+    rows = [line.split()[:3] for line in out.splitlines()[1:]]
+    assert rows == [["Normal", "Created", "service/web"], ["Normal", "Destroyed", "service/web"]]
+    code, out, _ = cli("events", "--service", "api")
+    assert (code, out) == (0, "Events: <none>\n")
+
+
+def test_events_follow_prints_new_events_as_they_come(cli: Cli) -> None:
+    import os
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetop.cli.main", "events", "--follow", "--service", "web"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **cli.env},
+    )
+    try:
+        import time
+
+        time.sleep(1.5)  # let it list and start watching; an event written earlier is listed anyway
+        event = {
+            "kind": "Service",
+            "name": "web",
+            "type": "Warning",
+            "reason": "FleetAPIError",
+            "message": "fleet answered 409",
+            "time": "2026-11-21T10:00:09Z",
+        }
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/z", json.dumps(event))
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.split()[:3] == ["Warning", "FleetAPIError", "service/web"], line
+    finally:
+        proc.terminate()
+        proc.wait(10)

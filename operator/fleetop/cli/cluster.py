@@ -7,6 +7,7 @@ shown as unreachable with the reason — the status screen is most needed exactl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from fleetop.cli.common import CliContext, cli_context, echo, open_store, run
-from fleetop.cli.output import format_events, render_table
+from fleetop.cli.output import format_event_line, format_events
 from fleetop.cli.statusview import (
     Health,
     Report,
@@ -25,9 +26,11 @@ from fleetop.cli.statusview import (
     now_utc,
 )
 from fleetop.errors import FleetopError
+from fleetop.etcd import Events, Snapshot
 from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.http import Timeouts
+from fleetop.models import Event
 from fleetop.store import Store
 
 
@@ -142,26 +145,32 @@ def events(
 
     async def body() -> None:
         async with open_store(cli) as store:
-            recorded = await store.events(service)
-            echo(format_events(recorded) if recorded or not follow else "")
             if not follow:
+                echo(format_events(await store.events(service)))
                 return
-            seen = {(e.time, e.name, e.reason, e.message) for e in recorded}
-            while True:
-                await asyncio.sleep(1.0)
-                for event in await store.events(service):
-                    key = (event.time, event.name, event.reason, event.message)
-                    if key not in seen:
-                        seen.add(key)
-                        echo(
-                            render_table(
-                                ["TYPE", "REASON", "OBJECT", "TIME", "MESSAGE"],
-                                [[event.type, event.reason, event.name, event.time, event.message]],
-                            ).splitlines()[1]
-                            + "\n"
-                        )
+            stream = store.etcd.list_watch(store.keys.events(service or ""))
+            async with contextlib.aclosing(stream):
+                async for update in stream:
+                    for event in _new_events(update):
+                        echo(format_event_line(event))
 
     run(body)
+
+
+def _new_events(update: Snapshot | Events) -> list[Event]:
+    """Events in a list-watch update, oldest first; values that do not parse are skipped."""
+    values = (
+        [kv.value for kv in update.items]
+        if isinstance(update, Snapshot)
+        else [e.value for e in update.events if e.type == "put"]
+    )
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(Event.model_validate_json(value))
+        except ValueError:
+            continue
+    return sorted(parsed, key=lambda e: e.time)
 
 
 def register(app: typer.Typer) -> None:

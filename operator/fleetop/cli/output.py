@@ -206,8 +206,28 @@ def spec_yaml(document: dict[str, Any] | None) -> str:
 def format_events(events: Sequence[Event]) -> str:
     if not events:
         return "Events: <none>\n"
-    rows = [[e.type, e.reason, e.time, f"x{e.count}" if e.count > 1 else "", e.message] for e in events]
-    return render_table(["TYPE", "REASON", "TIME", "", "MESSAGE"], rows)
+    rows = [
+        [
+            e.type,
+            e.reason,
+            f"{e.kind.lower()}/{e.name}",
+            e.time,
+            f"x{e.count}" if e.count > 1 else "",
+            e.message,
+        ]
+        for e in events
+    ]
+    return render_table(["TYPE", "REASON", "OBJECT", "TIME", "", "MESSAGE"], rows)
+
+
+def _count(event: Event) -> str:
+    return f"x{event.count}" if event.count > 1 else ""
+
+
+def format_event_line(event: Event) -> str:
+    """One event as ``events --follow`` prints it as it arrives (fixed columns, no header)."""
+    obj = f"{event.kind.lower()}/{event.name}"
+    return f"{event.type:<8} {event.reason:<22} {obj:<24} {event.time}  {_count(event):<4} {event.message}\n"
 
 
 def format_conditions(conditions: Sequence[Any]) -> str:
