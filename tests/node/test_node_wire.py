@@ -3,6 +3,7 @@ parsing, stable machine ids, and the registry's atomic, private persistence."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,42 @@ def test_registry_refuses_a_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / "registry.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable node registry"):
         Registry(tmp_path).load()
+
+
+def test_registry_keeps_one_private_file_per_unit(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.load()
+    unit = StoredUnit("web@8001.service", (UnitOption("Service", "ExecStart", "/bin/true"),), "launched")
+    registry.put_unit(unit)
+    registry.set_placements({"web@8001.service": "m1"})
+    record = tmp_path / "units" / "web@8001.service.json"
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "units").stat().st_mode & 0o777 == 0o700
+    again = Registry(tmp_path)
+    again.load()
+    assert again.units == {unit.name: unit} and again.placements == {unit.name: "m1"}
+    assert again.delete_unit(unit.name) and not record.exists()
+
+
+def test_registry_converts_the_single_file_format(tmp_path: Path) -> None:
+    old = {
+        "version": 1,
+        "units": [
+            {
+                "name": "a.service",
+                "desiredState": "launched",
+                "options": [["Service", "ExecStart", "/bin/true"]],
+            }
+        ],
+        "placements": {"a.service": "m2"},
+        "metadataOverrides": {"m1": {"role": "db"}},
+        "stoppedMachines": ["m3"],
+    }
+    (tmp_path / "registry.json").write_text(json.dumps(old))
+    registry = Registry(tmp_path)
+    registry.load()
+    assert registry.placements == {"a.service": "m2"} and registry.stopped_machines == {"m3"}
+    again = Registry(tmp_path)
+    again.load()
+    assert list(again.units) == ["a.service"] and again.placements == {"a.service": "m2"}
+    assert json.loads((tmp_path / "registry.json").read_text())["version"] == 2

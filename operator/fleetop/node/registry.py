@@ -1,10 +1,12 @@
 """The node's durable state, playing the part fleet gives etcd: units (name, options, desired state),
 where each unit is scheduled, machine metadata overrides, and which machines are stopped.
 
-It lives in one JSON file under the state directory, rewritten atomically on every change (temporary
-file, fsync, rename, fsync of the directory), so a node killed at any moment restarts from either the
-old or the new state and never from half a file. Files are 0600 and directories 0700: unit options can
-hold secrets. Writes are small and rare enough to be done synchronously.
+Each unit is one JSON file under ``units/`` (its options, desired state and machine), and the machine
+state is ``registry.json``; every file is rewritten atomically (temporary file, fsync, rename, fsync
+of the directory), so a node killed at any moment restarts from either the old or the new state of
+each file and never from half a file. A change writes only what it changed: with thousands of units,
+rewriting everything on every change would make creating them quadratic. Files are 0600 and
+directories 0700: unit options can hold secrets.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from typing import Any
 from fleetop.errors import ConfigError
 from fleetop.fleet.units import UnitOption, unit_hash
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REGISTRY_FILE = "registry.json"
+UNITS_DIR = "units"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +82,12 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 class Registry:
-    """In-memory state with write-through persistence. Every mutator saves before returning."""
+    """In-memory state with write-through persistence. Every mutator saves what it changed."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / REGISTRY_FILE
+        self.units_dir = state_dir / UNITS_DIR
         self.units: dict[str, StoredUnit] = {}
         self.placements: dict[str, str] = {}
         self.metadata_overrides: dict[str, dict[str, str | None]] = {}
@@ -92,40 +96,69 @@ class Registry:
     # -- persistence -------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the registry file if there is one; a missing file is an empty registry."""
+        """Read the registry; a missing one is empty. A version-1 registry (one file) is converted."""
         ensure_private_dir(self.state_dir)
+        ensure_private_dir(self.units_dir)
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
+            self.save()
             return
         try:
             data = json.loads(raw)
-            if data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unsupported format version {data.get('version')!r}")
-            units = [StoredUnit.from_json(u) for u in data.get("units", [])]
-            placements = {str(k): str(v) for k, v in data.get("placements", {}).items()}
-            overrides = {
+            version = data.get("version")
+            if version not in (1, FORMAT_VERSION):
+                raise ValueError(f"unsupported format version {version!r}")
+            self.metadata_overrides = {
                 str(m): {str(k): (None if v is None else str(v)) for k, v in keys.items()}
                 for m, keys in data.get("metadataOverrides", {}).items()
             }
-            stopped = {str(m) for m in data.get("stoppedMachines", [])}
+            self.stopped_machines = {str(m) for m in data.get("stoppedMachines", [])}
+            if version == 1:
+                self._convert(data)
+                return
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{self.path}: unreadable node registry: {exc}") from exc
+        for path in sorted(self.units_dir.glob("*.json")):
+            self._load_unit(path)
+
+    def _load_unit(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_bytes())
+            unit = StoredUnit.from_json(data)
+            machine = data.get("machine")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path}: unreadable unit record: {exc}") from exc
+        self.units[unit.name] = unit
+        if machine:
+            self.placements[unit.name] = str(machine)
+
+    def _convert(self, data: Mapping[str, Any]) -> None:
+        units = [StoredUnit.from_json(u) for u in data.get("units", [])]
         self.units = {u.name: u for u in units}
-        self.placements = placements
-        self.metadata_overrides = overrides
-        self.stopped_machines = stopped
+        self.placements = {str(k): str(v) for k, v in data.get("placements", {}).items()}
+        for unit in units:
+            self._save_unit(unit.name)
+        self.save()
 
     def save(self) -> None:
+        """The machine part (metadata overrides, stopped machines)."""
         data = {
             "version": FORMAT_VERSION,
-            "units": [self.units[name].to_json() for name in sorted(self.units)],
-            "placements": dict(sorted(self.placements.items())),
             "metadataOverrides": self.metadata_overrides,
             "stoppedMachines": sorted(self.stopped_machines),
         }
         ensure_private_dir(self.state_dir)
         atomic_write(self.path, json.dumps(data, indent=1, sort_keys=False).encode("utf-8") + b"\n")
+
+    def _unit_path(self, name: str) -> Path:
+        # Unit names are [A-Za-z0-9:_.@-] (checked before they get here): safe as file names.
+        return self.units_dir / f"{name}.json"
+
+    def _save_unit(self, name: str) -> None:
+        record = {**self.units[name].to_json(), "machine": self.placements.get(name)}
+        ensure_private_dir(self.units_dir)
+        atomic_write(self._unit_path(name), json.dumps(record, separators=(",", ":")).encode("utf-8"))
 
     # -- units -------------------------------------------------------------------------------------
 
@@ -137,25 +170,32 @@ class Registry:
 
     def put_unit(self, unit: StoredUnit) -> None:
         self.units[unit.name] = unit
-        self.save()
+        self._save_unit(unit.name)
 
     def set_desired_state(self, name: str, state: str) -> None:
         unit = self.units[name]
         self.units[name] = StoredUnit(unit.name, unit.options, state)
-        self.save()
+        self._save_unit(name)
 
     def delete_unit(self, name: str) -> bool:
         if self.units.pop(name, None) is None:
             return False
         self.placements.pop(name, None)
-        self.save()
+        with contextlib.suppress(FileNotFoundError):
+            self._unit_path(name).unlink()
         return True
 
     def set_placements(self, placements: Mapping[str, str]) -> None:
-        """Replace the schedule; saves only when it changed."""
-        if dict(placements) != self.placements:
-            self.placements = dict(placements)
-            self.save()
+        """Replace the schedule; saves the units whose machine changed."""
+        changed = {
+            n
+            for n in self.placements.keys() | placements.keys()
+            if self.placements.get(n) != placements.get(n)
+        }
+        self.placements = dict(placements)
+        for name in sorted(changed):
+            if name in self.units:
+                self._save_unit(name)
 
     # -- machines ----------------------------------------------------------------------------------
 
