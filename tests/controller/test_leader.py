@@ -126,3 +126,36 @@ def test_timings_must_leave_room_to_step_down() -> None:
         LeaderTimings(10, 10, 2).check()
     with pytest.raises(ConfigError):
         LeaderTimings(15, 10, 10).check()
+
+
+async def test_a_leader_cut_off_by_an_etcd_outage_resumes_when_etcd_is_back(tmp_path: object) -> None:
+    """It steps down during the outage (it cannot renew), and takes leadership back as soon as etcd
+    returns — its key and lease are still there — instead of waiting out a 30 s lease."""
+    from pathlib import Path
+
+    server = EtcdServer(Path(str(tmp_path)) / "data")
+    server.start()
+    timings = LeaderTimings(lease_duration=30.0, renew_deadline=2.0, retry_period=0.5)
+    settings = EtcdSettings(endpoints=(server.endpoint,), dial_timeout=1.0, command_timeout=1.0)
+    try:
+        async with await Etcd.connect(settings) as client:
+            elector = LeaderElector(client, Keys(), "solo", timings)
+            task = asyncio.create_task(elector.run())
+            try:
+                await wait_for_leader([elector], 10)
+                server.stop()
+                deadline = time.monotonic() + 20
+                while elector.is_leader and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert not elector.is_leader, "a leader that cannot renew must step down"
+                server.start()
+                back = time.monotonic()
+                await wait_for_leader([elector], 15)
+                assert time.monotonic() - back < timings.lease_duration / 2
+                assert elector.transitions == 3  # led, stepped down, led again
+            finally:
+                await elector.resign()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        server.stop()

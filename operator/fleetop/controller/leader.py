@@ -14,6 +14,9 @@ controller-runtime's leaderelection (lease 15 s, renew deadline 10 s, retry peri
   identity)``), so a stale leader that somehow keeps running is refused by etcd itself.
 * resign: on SIGTERM the leader deletes the key if it still holds its identity and revokes the lease;
   standbys watch the key, so one takes over within about a second instead of a lease duration.
+* resume: a leader that stepped down because etcd was unreachable finds, when etcd is back, the key
+  still holding its identity on a live lease (etcd restores leases on restart); it takes leadership
+  back at once rather than waiting for its own lease to expire.
 """
 
 from __future__ import annotations
@@ -121,6 +124,8 @@ class LeaderElector:
 
     async def _try_acquire(self) -> bool:
         current = await self.etcd.get(self.key)
+        if current is not None and current.value == self.value and current.lease:
+            return await self._resume(current.lease)
         if current is not None:
             self.observed_leader = holder_of(current.value)
             return False
@@ -136,6 +141,20 @@ class LeaderElector:
         self._lease = lease
         self.observed_leader = self.identity
         log.info("became the leader (%s, lease %x)", self.identity, lease)
+        return True
+
+    async def _resume(self, lease: int) -> bool:
+        """The key still holds our identity: we stepped down while etcd was unreachable, and etcd kept
+        (or restored) our lease. Nobody else can have led meanwhile — the key was ours all along — so
+        take leadership back now instead of waiting a lease duration for it to expire."""
+        if await self.etcd.keepalive_once(lease) <= 0:
+            return False
+        current = await self.etcd.get(self.key)
+        if current is None or current.value != self.value or current.lease != lease:
+            return False
+        self._lease = lease
+        self.observed_leader = self.identity
+        log.info("resumed leadership (%s, lease %x): the leader key is still ours", self.identity, lease)
         return True
 
     async def _lead(self) -> None:
