@@ -232,27 +232,36 @@ def children(pid: int) -> set[int] | None:
     return found
 
 
+# When each master's last reload produced its new worker (loop time), so a following reload can wait
+# for the master to settle first: a per-process memo of the proxy this agent drives, not shared state.
+_LAST_RELOAD: dict[int, float] = {}
+
+
 async def _signal_reload(reload: SignalReload, timeout: float) -> None:
     """Signal the master and wait for a new worker, signalling again every ``RESEND_AFTER`` seconds:
     a master that is still starting up from the previous reload drops the signal (HAProxy 2.6), and
-    reloading twice is harmless because every reload reads the file installed now."""
+    reloading twice is harmless because every reload reads the file installed now. ``settle`` is kept
+    between two reloads of one master; a reload after a quiet spell is not delayed by it."""
     pid = read_pid(reload.pid_file)
+    loop = asyncio.get_running_loop()
+    last = _LAST_RELOAD.get(pid)
+    if reload.settle and last is not None and loop.time() < last + reload.settle:
+        await asyncio.sleep(last + reload.settle - loop.time())
     before = children(pid) if reload.wait else None
     os.kill(pid, reload.signal)
     if before is None:
         return
-    loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     resend = loop.time() + RESEND_AFTER
     while loop.time() < deadline:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.002)
         now = children(pid)
         if now is None:
             if pid_alive(pid):
                 continue
             raise ApplyError("reload", f"the proxy (pid {pid}) exited during the reload", installed=True)
         if now - before:
-            await asyncio.sleep(reload.settle)  # let the master finish starting up before another signal
+            _LAST_RELOAD[pid] = loop.time()
             return
         if loop.time() >= resend:
             log.info("no new worker yet from pid %d: signalling it again", pid)
