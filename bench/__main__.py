@@ -19,15 +19,16 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import burst, recovery, registration, report, scale, spec_to_running, steady
 from bench.harness import Options, machine_info
 from bench.report import WorkloadResult
 
-Workload = Callable[[Options], Awaitable[WorkloadResult]]
+Workload = Callable[[Options], Coroutine[Any, Any, WorkloadResult]]
 WORKLOADS: dict[str, Workload] = {
     "registration": registration.run,
     "burst": burst.run,
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.monotonic() - clock
     machine = machine_info()
-    mode = ("quick" if args.quick else "full") + ("" if args.chosen == list(WORKLOADS) else f" ({','.join(args.chosen)})")
+    mode = ("quick" if args.quick else "full") + (
+        "" if args.chosen == list(WORKLOADS) else f" ({','.join(args.chosen)})"
+    )
     doc = report.document(results, started=started, seconds=seconds, machine=machine, mode=mode)
     text = report.markdown(results, started=started, seconds=seconds, machine=machine, mode=mode)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from fleetop.etcd import Etcd
 
 SIZE = 500
 WAIT_MAX_MS = 1000.0
-CONFD = "confd -watch: 21–26 reloads per 500 changes, final file 6–15 ms after the last put"
+CONFD = "confd -watch: 21-26 reloads per 500 changes, final file 6-15 ms after the last put"
 
 
 def _servers(raw: bytes | None) -> int | None:
@@ -107,13 +107,19 @@ async def run(opts: Options) -> WorkloadResult:
             await asyncio.to_thread(stack.wait_leader)
             rig = ProxyRig.start(stack, "burst", "nginx")
             service = "bulk"
-            await put_json(etcd, KEYS.desired("proxies", rig.name), proxy_spec("nginx", rig.port, [{"service": service}]))
+            await put_json(
+                etcd, KEYS.desired("proxies", rig.name), proxy_spec("nginx", rig.port, [{"service": service}])
+            )
             async with (
                 KeyLog(etcd, KEYS.proxy_config(rig.name)) as configs,
                 KeyLog(etcd, KEYS.agent_status(rig.name, "")) as agents,
             ):
-                await configs.wait_for(lambda: configs.items.get(KEYS.proxy_config(rig.name)), 60, "a first config")
-                await agents.wait_for(lambda: any(_applied(v) for v in agents.items.values()), 60, "the agent")
+                await configs.wait_for(
+                    lambda: configs.items.get(KEYS.proxy_config(rig.name)), 60, "a first config"
+                )
+                await agents.wait_for(
+                    lambda: any(_applied(v) for v in agents.items.values()), 60, "the agent"
+                )
                 await asyncio.sleep(1.5)
                 for _ in range(rounds):
                     for delete in (False, True):
@@ -131,7 +137,9 @@ async def run(opts: Options) -> WorkloadResult:
     for label, group in (("500 puts", puts), ("500 deletes", deletes)):
         result.add(f"{label}: reloads", "count", [r["reloads"] for r in group], reload_target)
         result.add(f"{label}: renders published", "count", [r["renders"] for r in group])
-        result.add(f"{label}: last write → final config serving", "ms", [r["finalMs"] for r in group], final_target)
+        result.add(
+            f"{label}: last write → final config serving", "ms", [r["finalMs"] for r in group], final_target
+        )
         result.add(f"{label}: time to write them", "s", [r["writeSeconds"] for r in group])
     result.raw["bursts"] = rows
     result.notes.append(

@@ -350,6 +350,12 @@ class KeyLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
 
+    async def wait_stamp(
+        self, since: float, match: Callable[[Stamp], bool], timeout: float, what: str
+    ) -> float:
+        """The time of the first change at or after ``since`` that ``match``es, waiting for it."""
+        return await self.wait_for(lambda: self.first_after(since, match), timeout, what)
+
     def first_after(self, since: float, match: Callable[[Stamp], bool]) -> float | None:
         for stamp in self.stamps:
             if stamp.at >= since and match(stamp):
@@ -499,9 +505,7 @@ class Backends:
     @classmethod
     def start(cls, procs: Procs, name: str, addresses: list[str]) -> Backends:
         child = procs.spawn(name, [sys.executable, str(BACKEND_SCRIPT), *addresses])
-        wait_until(
-            lambda: "ready" in procs.tail(name, 100) or not child.alive(), 30, f"backends {name}"
-        )
+        wait_until(lambda: "ready" in procs.tail(name, 100) or not child.alive(), 30, f"backends {name}")
         if not child.alive():
             raise RuntimeError(f"backends {name} exited: {procs.tail(name)}")
         return cls(child, addresses)
@@ -535,7 +539,11 @@ class ProxyRig:
         paths = RenderPaths(str(runtime))
         config = runtime / f"{kind}.conf"
         config.write_text(initial_config(name, kind, f"127.0.0.1:{port}", paths))
-        proxy = start_proxy(kind, config, paths, listen=("127.0.0.1", port), log_file=stack.base / f"{name}.log")
+        proxy = start_proxy(
+            kind, config, paths, listen=("127.0.0.1", port), log_file=stack.base / f"{name}.log"
+        )
+        # tracked like every other child, so stop_all() ends it by its PID even if the caller forgets
+        stack.procs.children.append(Child(f"{kind}-{name}", proxy.process, stack.base / f"{name}.log"))
         argv = fleetop_argv("proxy-agent", "--proxy", name, "--machine", "bench")
         argv += ["--runtime-dir", str(runtime), "--config-path", str(config), "--endpoints", stack.endpoint]
         try:
@@ -551,6 +559,8 @@ class ProxyRig:
 
     def stop(self, procs: Procs) -> None:
         procs.stop(self.agent)
+        for child in [c for c in procs.children if c.process is self.proxy.process]:
+            procs.stop(child)
         self.proxy.stop()
 
 
@@ -640,3 +650,36 @@ class Options:
         if self.reps is not None:
             return self.reps
         return quick if self.quick else full
+
+
+def generation_of(raw: bytes | None) -> int:
+    """The generation of a published config value (0 when absent)."""
+    config = decode_published(raw)
+    return config.generation if config is not None else 0
+
+
+def applied_of(raw: bytes | None) -> int:
+    """The generation an agent status value reports applied without error (0 otherwise)."""
+    status = decode_agent(raw)
+    return status.applied_generation if status is not None and status.error is None else 0
+
+
+def answered_by(address: str) -> Callable[[int, str], bool]:
+    """A :func:`probe_until` condition: a 200 from the backend at ``address``."""
+    return lambda status, who: status == 200 and who == address
+
+
+def status_is(code: int) -> Callable[[int, str], bool]:
+    return lambda status, _who: status == code
+
+
+def config_newer(key: str, generation: int) -> Callable[[Stamp], bool]:
+    """A stamp of ``key`` holding a config newer than ``generation``."""
+    return lambda stamp: stamp.key == key and generation_of(stamp.value) > generation
+
+
+def applied_newer(generation: int, at_least: bool = False) -> Callable[[Stamp], bool]:
+    """A stamp of an agent status that applied a generation newer than (or ``at_least``) ``generation``."""
+    if at_least:
+        return lambda stamp: applied_of(stamp.value) >= generation
+    return lambda stamp: applied_of(stamp.value) > generation

@@ -23,14 +23,16 @@ from collections.abc import Callable
 from bench.harness import (
     KEYS,
     Backends,
-    Kind,
     KeyLog,
+    Kind,
     Options,
     Procs,
     ProxyRig,
     Stack,
     Stamp,
-    decode_agent,
+    answered_by,
+    applied_newer,
+    config_newer,
     decode_published,
     etcd_client,
     fetch,
@@ -43,6 +45,7 @@ from bench.report import Target, WorkloadResult
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import free_port
 
+KINDS: tuple[Kind, ...] = ("nginx", "haproxy")
 TARGET = Target.of(("median", "<=", 20.0), ("p99", "<=", 55.0))
 CONFD = "confd -watch: key → request p50 20 ms, p99 54 ms"
 
@@ -77,9 +80,11 @@ async def measure_kind(
     service = f"svc-{kind}"
     rig = ProxyRig.start(stack, name, kind)
     try:
-        await put_json(etcd, KEYS.desired("proxies", name), proxy_spec(kind, rig.port, [{"service": service}]))
+        await put_json(
+            etcd, KEYS.desired("proxies", name), proxy_spec(kind, rig.port, [{"service": service}])
+        )
         await etcd.put(f"/services/{service}/base", base)
-        await probe_until(rig.port, lambda s, w: s == 200 and w == base, 60)
+        await probe_until(rig.port, answered_by(base), 60)
         config_key = KEYS.proxy_config(name)
         agent_prefix = KEYS.agent_status(name, "")
         adds: list[float] = []
@@ -97,15 +102,15 @@ async def measure_kind(
                     t0 = now()
                     if op == "add":
                         await etcd.put(key, address)
-                        end = await probe_until(rig.port, lambda s, w, a=address: s == 200 and w == a, 10)
+                        end = await probe_until(rig.port, answered_by(address), 10)
                         adds.append((end - t0) * 1000)
                     else:
                         await etcd.delete(key)
                         end = await _series_until_run(rig.port, base, 3, 10)
                         removes.append((end - t0) * 1000)
                     # the agent may report after the first request was already served: wait for it
-                    pub = await _stamp(configs, t0, lambda s, g=gen0: s.key == config_key and _gen(s) > g)
-                    app = await _stamp(agents, t0, lambda s, g=gen0: _applied(s) > g)
+                    pub = await _stamp(configs, t0, config_newer(config_key, gen0))
+                    app = await _stamp(agents, t0, applied_newer(gen0))
                     if pub is not None:
                         published.append((pub - t0) * 1000)
                     if app is not None:
@@ -115,26 +120,21 @@ async def measure_kind(
         result.add(f"{kind}: key deleted → requests stop reaching it", "ms", removes, TARGET)
         result.add(f"{kind}: key change → config published (watch)", "ms", published)
         result.add(f"{kind}: key change → agent applied + reloaded (watch)", "ms", applied)
-        result.raw[kind] = {"addMs": adds, "removeMs": removes, "publishedMs": published, "appliedMs": applied}
+        result.raw[kind] = {
+            "addMs": adds,
+            "removeMs": removes,
+            "publishedMs": published,
+            "appliedMs": applied,
+        }
     finally:
         rig.stop(stack.procs)
 
 
 async def _stamp(log: KeyLog, since: float, match: Callable[[Stamp], bool]) -> float | None:
     try:
-        return await log.wait_for(lambda: log.first_after(since, match), 5, "a stage")
+        return await log.wait_stamp(since, match, 5, "a stage")
     except TimeoutError:
         return None
-
-
-def _gen(stamp: Stamp) -> int:
-    config = decode_published(stamp.value)
-    return config.generation if config is not None else 0
-
-
-def _applied(stamp: Stamp) -> int:
-    status = decode_agent(stamp.value)
-    return status.applied_generation if status is not None and status.error is None else 0
 
 
 async def run(opts: Options) -> WorkloadResult:
@@ -152,10 +152,10 @@ async def run(opts: Options) -> WorkloadResult:
         Backends.start(procs, "backends", [base, *backends])
         async with etcd_client(stack.endpoint) as etcd:
             await asyncio.to_thread(stack.wait_leader)
-            for kind in ("nginx", "haproxy"):
-                await measure_kind(etcd, stack, kind, backends, base, cycles, result)  # type: ignore[arg-type]
+            for kind in KINDS:
+                await measure_kind(etcd, stack, kind, backends, base, cycles, result)
         result.notes.append(
-            f"{cycles} add/remove cycles per proxy, 0.15–0.3 s apart, default wait (50 ms / 1 s); "
+            f"{cycles} add/remove cycles per proxy, 0.15-0.3 s apart, default wait (50 ms / 1 s); "
             f"one HTTP request at a time through the proxy, 1 ms apart. Reference: {CONFD}."
         )
     finally:

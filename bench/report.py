@@ -92,7 +92,8 @@ class Check:
 
     def describe(self, unit: str) -> str:
         label = _LABEL[self.field]
-        return f"{label + ' ' if label else ''}{self.op.replace('<=', '≤').replace('>=', '≥')} {_fmt(self.limit)}{_unit(unit)}"
+        op = self.op.replace("<=", "≤").replace(">=", "≥")
+        return f"{label + ' ' if label else ''}{op} {_fmt(self.limit)}{_unit(unit)}"
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,9 @@ class Row:
                 label = _LABEL[check.field] or "value"
                 over = value - check.limit
                 ratio = f", {value / check.limit:.1f}x" if check.limit and check.op == "<=" else ""
-                missed.append(f"{label} {_fmt(value)}{_unit(self.unit)} ({over:+.3g}{_unit(self.unit)}{ratio})")
+                missed.append(
+                    f"{label} {_fmt(value)}{_unit(self.unit)} ({over:+.3g}{_unit(self.unit)}{ratio})"
+                )
         return (not missed), "; ".join(missed)
 
     def to_json(self) -> dict[str, Any]:
@@ -215,7 +218,7 @@ def _unit(unit: str) -> str:
 
 
 def _cell(value: float | None, unit: str) -> str:
-    return "–" if value is None else f"{_fmt(value)}{_unit(unit)}"
+    return "-" if value is None else f"{_fmt(value)}{_unit(unit)}"
 
 
 def _result(met: bool | None, off: str) -> str:
@@ -238,7 +241,7 @@ def markdown_table(results: Sequence[WorkloadResult]) -> str:
             met, off = row.verdict()
             metric = row.metric + (f" ({row.note})" if row.note else "")
             if summary is None:
-                cells = ["0", "–", "–", "–", "–"]
+                cells = ["0", "-", "-", "-", "-"]
             elif row.single:
                 cells = [str(summary.n), _cell(summary.median, row.unit), "", "", ""]
             else:
@@ -300,7 +303,8 @@ def markdown(
         f"# fleetop benchmark, {started}",
         "",
         f"Machine: {machine.get('cpus', '?')} CPU(s), {machine.get('memoryMB', '?')} MB RAM, "
-        f"{machine.get('kernel', '?')}; Python {machine.get('python', '?')}, etcd {machine.get('etcd', '?')}, "
+        f"{machine.get('kernel', '?')}; Python {machine.get('python', '?')}, "
+        f"etcd {machine.get('etcd', '?')}, "
         f"nginx {machine.get('nginx', '?')}, HAProxy {machine.get('haproxy', '?')}. "
         f"Mode: {mode}; run took {seconds / 60:.1f} min. Targets: {met} met, {missed} missed"
         + (f", {failed} workload(s) failed" if failed else "")

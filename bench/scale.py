@@ -27,10 +27,13 @@ from bench.harness import (
     Procs,
     ProxyRig,
     Stack,
+    applied_newer,
+    config_newer,
     cpu_seconds,
     decode_agent,
     decode_published,
     etcd_client,
+    generation_of,
     memory_mb,
     now,
     probe_until,
@@ -135,15 +138,10 @@ async def operator_scale(opts: Options, result: WorkloadResult) -> None:
                     await put_json(
                         etcd, KEYS.desired("proxies", rig.name), spec_body(services, rig.port, rep % 2 == 1)
                     )
-                    await configs.wait_for(
-                        lambda g=gen0: _generation(configs.items.get(config_key)) > g, 120, "a full render"
-                    )
-                    t_pub = configs.stamps[-1].at
+                    t_pub = await configs.wait_stamp(t0, config_newer(config_key, gen0), 120, "a full render")
                     cpu1 = cpu_seconds(op.pid)
-                    gen = _generation(configs.items.get(config_key))
-                    t_app = await agents.wait_for(
-                        lambda g=gen: agents.first_after(t0, lambda s: _applied(s.value) >= g), 120, "apply"
-                    )
+                    gen = generation_of(configs.items.get(config_key))
+                    t_app = await agents.wait_stamp(t0, applied_newer(gen, at_least=True), 120, "apply")
                     if rep == 0:
                         first_ms = (t_pub - t0) * 1000  # includes 1,001 registration watches starting
                     else:

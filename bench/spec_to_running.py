@@ -47,7 +47,11 @@ def spec(replicas: int, base: int, version: str) -> dict[str, Any]:
             "execStart": f"{sys.executable} {BACKEND_SCRIPT} ${{COREOS_PRIVATE_IPV4}}:%i",
             "environment": {"BENCH_VERSION": version},
         },
-        "discovery": {"sidekick": True, "check": {"http": "/", "interval": "1s", "timeout": "1s"}, "ttl": "10s"},
+        "discovery": {
+            "sidekick": True,
+            "check": {"http": "/", "interval": "1s", "timeout": "1s"},
+            "ttl": "10s",
+        },
     }
 
 
@@ -58,17 +62,16 @@ def free_base(count: int) -> int:
     raise RuntimeError("no free port range")
 
 
-async def running(fleet: FleetClient, replicas: int, version_hash: set[str] | None = None) -> int:
+async def running(fleet: FleetClient) -> int:
+    """Main units of the service that fleet reports active."""
     states = await fleet.list_states()
-    return sum(
-        1 for s in states if s.name.startswith(f"{NAME}@") and s.active_state == "active"
-    ) if version_hash is None else 0
+    return sum(1 for s in states if s.name.startswith(f"{NAME}@") and s.active_state == "active")
 
 
 async def wait_running(fleet: FleetClient, replicas: int, timeout: float) -> float:
     deadline = now() + timeout
     while True:
-        count = await running(fleet, replicas)
+        count = await running(fleet)
         if count >= replicas:
             return now()
         if now() > deadline:
@@ -93,9 +96,9 @@ async def stage_change(
     t0 = now()
     await asyncio.to_thread(etcdctl, endpoint, "put", KEYS.desired("services", NAME), json.dumps(body))
     revision = int(
-        json.loads(await asyncio.to_thread(etcdctl, endpoint, "get", KEYS.desired("services", NAME), "-w", "json"))[
-            "kvs"
-        ][0]["mod_revision"]
+        json.loads(
+            await asyncio.to_thread(etcdctl, endpoint, "get", KEYS.desired("services", NAME), "-w", "json")
+        )["kvs"][0]["mod_revision"]
     )
     out: dict[str, float] = {}
     if not rollout:
@@ -110,7 +113,11 @@ async def stage_change(
         if status is None or status.observed_generation < revision:
             return None
         counts = status.replicas
-        if counts.ready >= replicas and (not rollout or counts.updated >= replicas) and counts.desired == replicas:
+        if (
+            counts.ready >= replicas
+            and (not rollout or counts.updated >= replicas)
+            and counts.desired == replicas
+        ):
             return now()
         return None
 
@@ -125,9 +132,15 @@ async def one_round(stack: Stack, base: int) -> dict[str, dict[str, float]]:
             KeyLog(etcd, KEYS.status("services", NAME)) as statuses,
         ):
             stages = {
-                "create10": await stage_change(stack.endpoint, fleet, regs, statuses, spec(10, base, "1"), 10, False),
-                "scale20": await stage_change(stack.endpoint, fleet, regs, statuses, spec(20, base, "1"), 20, False),
-                "template": await stage_change(stack.endpoint, fleet, regs, statuses, spec(20, base, "2"), 20, True),
+                "create10": await stage_change(
+                    stack.endpoint, fleet, regs, statuses, spec(10, base, "1"), 10, False
+                ),
+                "scale20": await stage_change(
+                    stack.endpoint, fleet, regs, statuses, spec(20, base, "1"), 20, False
+                ),
+                "template": await stage_change(
+                    stack.endpoint, fleet, regs, statuses, spec(20, base, "2"), 20, True
+                ),
             }
         await etcd.delete(KEYS.desired("services", NAME))
         deadline = now() + 120
@@ -170,6 +183,7 @@ async def run(opts: Options) -> WorkloadResult:
     result.raw["rounds"] = all_rounds
     result.notes.append(
         f"{rounds} round(s) on fleetop node --machines 3; units run bench/backend.py, sidekick HTTP check "
-        "every 1 s, default rollout (maxSurge 1, maxUnavailable 0). No target in the issue: reported per stage."
+        "every 1 s, default rollout (maxSurge 1, maxUnavailable 0). "
+        "No target in the issue: reported per stage."
     )
     return result
