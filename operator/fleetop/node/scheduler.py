@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 
 from fleetop.fleet.units import UnitOption, parse_unit_name
 
@@ -262,6 +263,8 @@ class _Cluster:
         self.on: dict[str, set[str]] = {m.id: set() for m in machines}
         self.global_on: dict[str, set[str]] = {m.id: set() for m in machines}
         self.placement: dict[str, str] = {}
+        # Units that can object to a neighbour (Conflicts or Replaces of their own).
+        self.constrained = frozenset(u for u, r in reqs.items() if r.conflicts or r.replaces)
 
     def place(self, unit: str, machine: str) -> None:
         self.placement[unit] = machine
@@ -272,8 +275,17 @@ class _Cluster:
         if machine is not None:
             self.on[machine].discard(unit)
 
-    def conflicts(self, unit: str, others: Iterable[str]) -> bool:
+    def conflicts(self, unit: str, machine: str) -> bool:
+        """Whether ``unit`` conflicts with anything on ``machine``, in either direction.
+
+        Only units with Conflicts or Replaces of their own can object to a neighbour, so a unit without
+        them is checked against those few only: with thousands of plain units per machine, checking
+        every pair on every pass would make scheduling quadratic."""
         mine = self.reqs[unit]
+        if mine.conflicts:
+            others: Iterable[str] = chain(self.on[machine], self.global_on[machine])
+        else:
+            others = (o for o in self.constrained if self._is_on(o, machine))
         for other in others:
             if other == unit:
                 continue
@@ -285,6 +297,9 @@ class _Cluster:
                 return True
         return False
 
+    def _is_on(self, unit: str, machine: str) -> bool:
+        return unit in self.on[machine] or unit in self.global_on[machine]
+
     def able(self, unit: str, machine: str) -> bool:
         """fleet's ``AbleToRun`` minus Replaces: pin, metadata, peers, conflicts (both ways)."""
         req = self.reqs[unit]
@@ -295,7 +310,7 @@ class _Cluster:
             return False
         if any(peer not in self.on[machine] or peer == unit for peer in req.peers):
             return False
-        return not self.conflicts(unit, self.on[machine] | self.global_on[machine])
+        return not self.conflicts(unit, machine)
 
     def replaced_on(self, unit: str, machine: str) -> list[str]:
         patterns = self.reqs[unit].replaces
