@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetop.controller.proxyunits import ROLE_AGENT, ROLE_PROXY, DesiredUnit
+from fleetop.controller.report import unit_status
 from fleetop.controller.unitrender import owned_by
 from fleetop.controller.world import (
     LAUNCHED,
@@ -103,18 +104,9 @@ def _unit_status(unit: ObservedUnit, states: Mapping[str, list[ObservedState]]) 
     state = _current_state(unit, states)
     instance = unit.name.rpartition("@")[2].removesuffix(".service")
     running = state is not None and state.active_state == "active" and state.sub_state == "running"
-    return UnitStatus(
-        name=unit.name,
-        role=owner.role if owner is not None else "",
-        instance=instance,
-        machine=unit.machine_id,
-        desired_state=unit.desired_state,
-        current_state=unit.current_state,
-        load_state=state.load_state if state else None,
-        active_state=state.active_state if state else None,
-        sub_state=state.sub_state if state else None,
-        template=owner.template if owner is not None else "",
-        ready=running and unit.desired_state == LAUNCHED,
+    role, template = (owner.role, owner.template) if owner is not None else ("", "")
+    return unit_status(
+        unit, state, role, instance, template, ready=running and unit.desired_state == LAUNCHED
     )
 
 

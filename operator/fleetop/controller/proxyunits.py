@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from fleetop.controller.unitrender import (
     INSTANCE_SPECIFIER,
     SIDEKICK_ENVIRONMENT_FILES,
+    companion_placement,
     finish_unit,
     placement_options,
     systemd_quote,
@@ -128,14 +129,7 @@ def _agent_body(proxy: str, spec: ProxySpec, layout: ProxyLayout, instance: int 
         UnitOption("Unit", "After", main),
     ]
     out += _service_lines(agent_command(proxy, layout))
-    if spec.placement.global_:
-        # as for a global service's sidekick: global too, tied to the proxy on each machine by BindsTo
-        out.append(UnitOption("X-Fleet", "Global", "true"))
-        for key, values in spec.placement.machine_metadata.items():
-            out.extend(UnitOption("X-Fleet", "MachineMetadata", f"{key}={value}") for value in values)
-    else:
-        out.append(UnitOption("X-Fleet", "MachineOf", main))
-    return out
+    return out + companion_placement(spec.placement, main)
 
 
 def render_proxy_unit(proxy: str, spec: ProxySpec, layout: ProxyLayout) -> list[UnitOption]:

@@ -21,7 +21,7 @@ from fleetop.controller.instances import UNSCHEDULED_GRACE, Desired, Instance, S
 from fleetop.controller.readiness import Health, assess, placement_problems
 from fleetop.controller.rollout import Limits
 from fleetop.controller.unitrender import ROLE_DISCOVERY
-from fleetop.controller.world import ObservedUnit, PlanMemory, Progress, Seen
+from fleetop.controller.world import ObservedState, ObservedUnit, PlanMemory, Progress, Seen
 from fleetop.fleet.units import unit_hash
 from fleetop.models.status import ReplicaCounts, ServiceStatus, UnitStatus
 
@@ -88,7 +88,19 @@ def _trouble(
 
 
 def _unit_status(unit: ObservedUnit, role: str, instance: str, health: Health, template: str) -> UnitStatus:
-    state = health.state
+    return unit_status(unit, health.state, role, instance, template)
+
+
+def unit_status(
+    unit: ObservedUnit,
+    state: ObservedState | None,
+    role: str,
+    instance: str,
+    template: str,
+    *,
+    ready: bool = False,
+) -> UnitStatus:
+    """A unit as status reports it: fleet's view and systemd's states."""
     return UnitStatus(
         name=unit.name,
         role=role,
@@ -100,6 +112,7 @@ def _unit_status(unit: ObservedUnit, role: str, instance: str, health: Health, t
         active_state=state.active_state if state else None,
         sub_state=state.sub_state if state else None,
         template=template,
+        ready=ready,
     )
 
 

@@ -174,14 +174,19 @@ def _sidekick_body(spec: ServiceSpec, service: str, instance: int | str, root: s
         UnitOption("Service", "Restart", "always"),
         UnitOption("Service", "RestartSec", "1"),
     ]
-    if spec.placement.global_:
-        # A global unit has no machine of its own, so MachineOf could never be met: the sidekick is
-        # global too, on the same machines, and BindsTo ties it to the main unit on each of them.
-        out.append(UnitOption("X-Fleet", "Global", "true"))
-        for key, values in spec.placement.machine_metadata.items():
-            out.extend(UnitOption("X-Fleet", "MachineMetadata", f"{key}={value}") for value in values)
-    else:
-        out.append(UnitOption("X-Fleet", "MachineOf", main))
+    return out + companion_placement(spec.placement, main)
+
+
+def companion_placement(placement: Placement, main: str) -> list[UnitOption]:
+    """``[X-Fleet]`` of a unit that must run beside ``main`` (a sidekick, a proxy's agent).
+
+    A global unit has no machine of its own, so MachineOf could never be met: the companion is global
+    too, on the same machines, and BindsTo ties it to the main unit on each of them."""
+    if not placement.global_:
+        return [UnitOption("X-Fleet", "MachineOf", main)]
+    out = [UnitOption("X-Fleet", "Global", "true")]
+    for key, values in placement.machine_metadata.items():
+        out.extend(UnitOption("X-Fleet", "MachineMetadata", f"{key}={value}") for value in values)
     return out
 
 
