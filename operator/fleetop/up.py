@@ -21,8 +21,10 @@ from pathlib import Path
 
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcdserver import EtcdServer, free_port, pid_alive, port_is_free
+from fleetop.node import procgroups
 
 DEFAULT_ETCD_PORT = 2379
+NODE_STOP_TIMEOUT = 120.0  # the node stops every unit first (each within its TimeoutStopSec)
 STACK_FILE = "up.json"
 LOG = Callable[[str], None]
 
@@ -178,10 +180,17 @@ class Stack:
         raise FleetopError(f"{what} was not ready within {timeout:.0f} s")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Operator first (it resigns), then the node (it stops its units in order), then etcd."""
+        """Operator first (it resigns), then the node (it stops its units in order), then etcd.
+
+        Units run in their own process groups, so a node that had to be killed would leave them behind:
+        its records of them are then used to stop them too."""
         for child in reversed(self.children):
             self.log(f"stopping {child.name} (pid {child.pid})")
-            child.stop(timeout)
+            child.stop(NODE_STOP_TIMEOUT if child.name == "node" else timeout)
+            if child.name == "node":
+                left = procgroups.cleanup_orphans(self.config.state_dir / "node" / "supervisor" / "run", ())
+                if left:
+                    self.log(f"stopped {left} unit process group(s) the node left behind")
         if self.etcd is not None:
             self.log(f"stopping etcd (pid {self.etcd.process.pid if self.etcd.process else '-'})")
             self.etcd.stop()
@@ -224,7 +233,7 @@ def remove_record(state_dir: Path) -> None:
     (state_dir / STACK_FILE).unlink(missing_ok=True)
 
 
-def stop_detached(state_dir: Path, timeout: float = 60.0) -> bool:
+def stop_detached(state_dir: Path, timeout: float = 300.0) -> bool:
     """``fleetop down``: SIGTERM the detached ``fleetop up`` (it stops everything in order) and wait."""
     record = read_record(state_dir)
     if record is None:

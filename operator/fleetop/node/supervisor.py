@@ -31,6 +31,9 @@ __all__ = ["DEFAULT_PATH", "MachineContext", "RuntimeState", "Supervisor", "with
 log = logging.getLogger(__name__)
 
 
+SHUTDOWN_CONCURRENCY = 32
+
+
 class Supervisor:
     """Every unit loaded on every modelled machine of this node, keyed by (unit, machine id).
 
@@ -111,10 +114,19 @@ class Supervisor:
         names = [unit for unit, machine in self._units if machine == machine_id]
         await asyncio.gather(*(self.unload(unit, machine_id) for unit in names))
 
-    async def shutdown(self) -> None:
-        """Stop and unload everything, most recently started first, leaving no process behind."""
-        for current in sorted(self._units.values(), key=lambda u: u.seq, reverse=True):
-            await self.unload(current.unit, current.machine.machine_id)
+    async def shutdown(self, concurrency: int = SHUTDOWN_CONCURRENCY) -> None:
+        """Stop and unload everything, most recently started first, leaving no process behind.
+
+        Stops run ``concurrency`` at a time (started in that order): one at a time, a node with
+        thousands of units would take longer to stop than anyone waits for it."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def unload(current: Service) -> None:
+            async with gate:
+                await self.unload(current.unit, current.machine.machine_id)
+
+        ordered = sorted(self._units.values(), key=lambda u: u.seq, reverse=True)
+        await asyncio.gather(*(unload(current) for current in ordered))
 
     def journal_path(self, unit: str, machine_id: str | None = None) -> Path:
         """The journal file of ``unit`` on ``machine_id``; without a machine, of the machine it is
