@@ -13,6 +13,7 @@ from fleetop.config import EtcdSettings, settings_from
 from fleetop.errors import Conflict, EtcdUnavailable, InputError, NotLeader
 from fleetop.etcd import Compare, Etcd, LeaseKeeper, Op
 from fleetop.etcdserver import EtcdServer, free_port
+from waiting import eventually
 
 
 def settings_for(endpoints: str, prefix: str = "", **flags: str) -> EtcdSettings:
@@ -34,20 +35,6 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.stop()
-
-
-async def eventually(check: object, timeout: float = 15.0) -> None:
-    """Wait until ``check()`` (sync or async) is true, or fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()  # type: ignore[operator]
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 async def test_put_get_delete(etcd: Etcd) -> None:
@@ -194,7 +181,7 @@ async def test_key_disappears_when_lease_expires(etcd: Etcd) -> None:
     await etcd.put("/ephemeral", "x", lease=lease)
     kv = await etcd.get("/ephemeral")
     assert kv is not None and kv.lease == lease
-    await eventually(lambda: _absent(etcd, "/ephemeral"))
+    await eventually(lambda: _absent(etcd, "/ephemeral"), 15.0)
     assert await etcd.keepalive_once(lease) <= 0
 
 

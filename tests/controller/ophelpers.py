@@ -6,14 +6,12 @@ real etcd; units are real ``/bin/sleep`` processes that the node supervises.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -149,21 +147,6 @@ class Operator:
     async def metrics(self) -> str:
         async with HttpSession(f"http://127.0.0.1:{self.metrics_port}", timeouts=Timeouts.uniform(5.0)) as s:
             return (await s.request("GET", "/metrics")).text
-
-
-async def eventually(
-    check: Callable[[], Awaitable[T | None]], timeout: float, what: str, every: float = 0.2
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(every)
 
 
 def owned_mains(units: list[Unit], service: str) -> list[Unit]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from ophelpers import Node, Operator, eventually, owned_mains, running_mains, spec
+from ophelpers import Node, Operator, owned_mains, running_mains, spec
 
 from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
@@ -14,6 +14,7 @@ from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
 from fleetop.models import ServiceStatus
+from waiting import eventually
 
 KEYS = Keys()
 

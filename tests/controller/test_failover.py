@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, eventually, owned_mains, running_mains, spec
+from ophelpers import Node, Operator, owned_mains, running_mains, spec
 
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import holder_of
@@ -24,21 +24,12 @@ from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
 from fleetop.models import ServiceStatus
+from waiting import eventually
 
 PREFIX = f"/t/failover-{os.getpid()}"
 KEYS = Keys()
 LEASE = 3.0
 FAILOVERS = 20
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    running = Node(tmp_path_factory.mktemp("node"), machines=3)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 class Fleet:

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from ophelpers import Node, Operator, eventually, owned_mains, running_mains, spec
+from ophelpers import Node, Operator, owned_mains, running_mains, spec
 
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
@@ -25,20 +25,11 @@ from fleetop.fleet.units import UnitOption
 from fleetop.http import HttpSession, Timeouts
 from fleetop.keys import Keys
 from fleetop.models import ServiceStatus
+from waiting import eventually
 
 PREFIX = f"/t/integration-{os.getpid()}"
 KEYS = Keys()
 CONVERGE = 40.0
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    running = Node(tmp_path_factory.mktemp("node"), machines=3)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

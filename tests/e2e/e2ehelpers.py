@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 
-from ophelpers import NODE_MAIN, eventually, stop_process
+from ophelpers import NODE_MAIN, stop_process
 
 from fleetop.etcdserver import EtcdServer
+from waiting import eventually
 
 
 def child_env() -> dict[str, str]:

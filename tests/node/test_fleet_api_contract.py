@@ -8,7 +8,7 @@ import asyncio
 import json
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from fleetop.fleet.model import MetadataOp
 from fleetop.fleet.units import UnitOption, unit_hash
 from fleetop.http import HttpResponse, raw_request
 from fleetop.node.main import NodeConfig, run_node
+from waiting import eventually
 
 SLEEP = [UnitOption("Service", "ExecStart", "/bin/sleep 1000")]
 HELLO = [UnitOption("Unit", "Description", "hello"), *SLEEP]
@@ -84,16 +85,6 @@ async def node(shared_node: Node) -> AsyncIterator[Node]:
         return not await client.list_states()
 
     await eventually(drained)
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def error_json(code: int, message: str) -> bytes:

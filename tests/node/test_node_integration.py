@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,12 @@ from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.fleet.model import UnitState
 from fleetop.fleet.units import UnitOption
 from fleetop.node.cli import node_app
+from waiting import eventually
 
 PATIENT = RetryPolicy(attempts=400, initial=0.02, maximum=0.1, jitter=0.0, total=30.0)
+
+
+WAIT = 45.0  # units start and stop on a loaded machine
 
 
 def marker_processes(marker: str) -> dict[int, str]:
@@ -110,16 +114,6 @@ async def started(node: NodeProcess) -> AsyncIterator[FleetClient]:
         yield client
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 45.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
 def sleeper(marker: str, *xfleet: tuple[str, str]) -> list[UnitOption]:
     options = [UnitOption("Service", "ExecStart", f"/bin/sleep {marker}")]
     return options + [UnitOption("X-Fleet", name, value) for name, value in xfleet]
@@ -153,7 +147,7 @@ async def test_units_run_spread_and_move_when_a_machine_stops(node_proc: NodePro
         ]
         await client.create_unit("echo.service", echo, "launched")
         names.add("echo.service")
-        states = await eventually(lambda: running_states(client, names))
+        states = await eventually(lambda: running_states(client, names), WAIT)
         assert len({states[n].machine_id for n in ("a.service", "b.service", "c.service")}) == 3
         assert states["a-side.service"].machine_id == states["a.service"].machine_id
         assert len(marker_processes(marker)) >= 5
@@ -173,7 +167,7 @@ async def test_units_run_spread_and_move_when_a_machine_stops(node_proc: NodePro
             now = await running_states(client, names)
             return now if now and now["a.service"].machine_id != lost else None
 
-        states = await eventually(moved)
+        states = await eventually(moved, WAIT)
         assert states["a-side.service"].machine_id == states["a.service"].machine_id
         assert lost not in {s.machine_id for s in await client.list_states()}
 
@@ -189,7 +183,7 @@ async def test_units_run_spread_and_move_when_a_machine_stops(node_proc: NodePro
             )
             return out if "hello-journal" in out.output else None
 
-        await eventually(journal_has_line)
+        await eventually(journal_has_line, WAIT)
         bad = await asyncio.to_thread(cli, "--state-dir", str(node_proc.state_dir), "machine", "stop", "zzz")
         assert bad.exit_code == 1
     node_proc.signal(signal.SIGTERM)
@@ -208,7 +202,7 @@ async def test_restarts_bring_units_back_and_sigkill_leaves_no_orphans(node_proc
         for name in sorted(names):
             await client.create_unit(name, sleeper(marker), "launched")
         await client.create_unit("idle.service", sleeper(marker), "loaded")
-        before = await eventually(lambda: running_states(client, names))
+        before = await eventually(lambda: running_states(client, names), WAIT)
     first_pids = set(marker_processes(marker))
     assert len(first_pids) == 2
 
@@ -217,7 +211,7 @@ async def test_restarts_bring_units_back_and_sigkill_leaves_no_orphans(node_proc
     assert await eventually(lambda: _none_left(marker), timeout=15)
 
     async with started(node_proc) as client:
-        after = await eventually(lambda: running_states(client, names))
+        after = await eventually(lambda: running_states(client, names), WAIT)
         assert {n: s.machine_id for n, s in after.items()} == {n: s.machine_id for n, s in before.items()}
         idle = await client.get_unit("idle.service")
         assert idle is not None and idle.desired_state == "loaded"
@@ -229,7 +223,7 @@ async def test_restarts_bring_units_back_and_sigkill_leaves_no_orphans(node_proc
     assert set(marker_processes(marker)) == second_pids  # orphaned by the kill
 
     async with started(node_proc) as client:
-        await eventually(lambda: running_states(client, names))
+        await eventually(lambda: running_states(client, names), WAIT)
         third_pids = set(marker_processes(marker))
         assert len(third_pids) == 2 and not third_pids & second_pids
     node_proc.signal(signal.SIGTERM)

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import http.client
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from backends import http_backends
 from fleetop.config import settings_from
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
@@ -44,44 +44,11 @@ def fetch_handler(port: int) -> tuple[int, str]:
         conn.close()
 
 
-def wait_port(host: str, port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"nothing listens on {host}:{port}")
-
-
 @pytest.fixture
 def backends(tmp_path: Path) -> Iterator[list[Registration]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        regs = []
-        for i, host in enumerate(("127.0.0.4", "127.0.0.5")):
-            port = free_port(host)
-            argv = [
-                sys.executable,
-                "-m",
-                "http.server",
-                "--bind",
-                host,
-                "--directory",
-                str(tmp_path),
-                str(port),
-            ]
-            procs.append(
-                subprocess.Popen(
-                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-                )
-            )
-            wait_port(host, port)
-            regs.append(Registration(f"/services/web/{i}", host, port))
+    """Two HTTP servers on 127.0.0.4, 127.0.0.5 (python's http.server, separate processes)."""
+    with http_backends(("127.0.0.4", "127.0.0.5"), tmp_path) as regs:
         yield regs
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
 
 
 class Site:

@@ -9,8 +9,6 @@ import asyncio
 import hashlib
 import http.client
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from typing import Literal
 
 import pytest
 
+from backends import http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcdserver import free_port
 from fleetop.models import ProxySpec, PublishedConfig
@@ -50,49 +49,11 @@ def fetch(port: int, path: str = "/", host: str | None = None) -> tuple[int, str
         conn.close()
 
 
-def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise AssertionError(f"nothing listens on {host}:{port}")
-
-
 @pytest.fixture
 def backends(tmp_path: Path) -> Iterator[list[Registration]]:
-    """Two HTTP servers on 127.0.0.2 and 127.0.0.3 (python's http.server, separate processes)."""
-    procs: list[subprocess.Popen[bytes]] = []
-    regs: list[Registration] = []
-    try:
-        for i, host in enumerate(("127.0.0.2", "127.0.0.3")):
-            port = free_port(host)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "http.server",
-                        "--bind",
-                        host,
-                        "--directory",
-                        str(tmp_path),
-                        str(port),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
-            wait_port(host, port)
-            regs.append(Registration(f"/services/web/{i}", host, port))
+    """Two HTTP servers on 127.0.0.2, 127.0.0.3 (python's http.server, separate processes)."""
+    with http_backends(("127.0.0.2", "127.0.0.3"), tmp_path) as regs:
         yield regs
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
 
 
 @dataclass

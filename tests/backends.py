@@ -1,0 +1,56 @@
+"""Real HTTP backends for proxy tests: python's http.server processes on loopback, stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from fleetop.discovery.addresses import Registration
+from fleetop.etcdserver import free_port
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+@contextlib.contextmanager
+def http_backends(hosts: Sequence[str], directory: Path) -> Iterator[list[Registration]]:
+    """One ``http.server`` per host on a free port, as registrations ``/services/web/<i>``."""
+    procs: list[subprocess.Popen[bytes]] = []
+    regs: list[Registration] = []
+    try:
+        for i, host in enumerate(hosts):
+            port = free_port(host)
+            argv = [
+                sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                host,
+                "--directory",
+                str(directory),
+                str(port),
+            ]
+            procs.append(
+                subprocess.Popen(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+                )
+            )
+            wait_port(host, port)
+            regs.append(Registration(f"/services/web/{i}", host, port))
+        yield regs
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
