@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import subprocess
 import sys
@@ -54,3 +55,15 @@ def http_backends(hosts: Sequence[str], directory: Path) -> Iterator[list[Regist
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+
+
+def fetch(port: int, path: str = "/", host: str | None = None, timeout: float = 5.0) -> tuple[int, str]:
+    """GET through a proxy on 127.0.0.1 on a fresh connection: (status, X-Handler header or '')."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host or f"127.0.0.1:{port}", "Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Handler") or ""
+    finally:
+        conn.close()

@@ -7,7 +7,6 @@ Everything is a real process on loopback. Waits use generous deadlines, never ti
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import pytest
 from e2ehelpers import Stack, eventually
 from typer.testing import CliRunner
 
+from backends import fetch
 from fleetop.cli.main import app
 from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
@@ -97,17 +97,6 @@ async def proxy_status(etcd: Etcd, proxy: str) -> ProxyStatus | None:
 async def agents(etcd: Etcd, proxy: str) -> list[AgentStatus]:
     items, _ = await etcd.list(KEYS.agent_status(proxy, ""))
     return [AgentStatus.model_validate_json(kv.value) for kv in items]
-
-
-def fetch(port: int, timeout: float = 5.0) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"})
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Handler") or ""
-    finally:
-        conn.close()
 
 
 async def handlers(port: int, requests: int = 30) -> set[str] | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import http.client
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import http_backends
+from backends import fetch, http_backends
 from fleetop.config import settings_from
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
@@ -31,17 +30,6 @@ from fleetop.proxy.render import RenderPaths, render
 
 PROXY = "edge"
 MACHINE = "m1"
-
-
-def fetch_handler(port: int) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"})
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Handler") or ""
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -117,7 +105,7 @@ async def wait_status(etcd: Etcd, done: Callable[[AgentStatus], bool], timeout: 
 async def handlers(port: int, want: set[str]) -> set[str]:
     seen: set[str] = set()
     for _ in range(200):
-        status, handler = await asyncio.to_thread(fetch_handler, port)
+        status, handler = await asyncio.to_thread(fetch, port)
         if status == 200:
             seen.add(handler)
         if want <= seen:
@@ -131,7 +119,7 @@ async def settled(port: int, only: set[str], run: int = 20) -> bool:
     reload, so the first answers may still come from the previous config)."""
     streak = 0
     for _ in range(500):
-        status, handler = await asyncio.to_thread(fetch_handler, port)
+        status, handler = await asyncio.to_thread(fetch, port)
         streak = streak + 1 if status == 200 and handler in only else 0
         if streak >= run:
             return True

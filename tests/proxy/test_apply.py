@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.client
 import socket
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Literal
 
 import pytest
 
-from backends import http_backends
+from backends import fetch, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcdserver import free_port
 from fleetop.models import ProxySpec, PublishedConfig
@@ -35,18 +34,6 @@ from fleetop.proxy.apply import (
 from fleetop.proxy.render import RenderPaths, render
 
 Kind = Literal["nginx", "haproxy"]
-
-
-def fetch(port: int, path: str = "/", host: str | None = None) -> tuple[int, str]:
-    """GET through the proxy on a fresh connection: (status, X-Handler header or '')."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path, headers={"Host": host or f"127.0.0.1:{port}", "Connection": "close"})
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Handler") or ""
-    finally:
-        conn.close()
 
 
 @pytest.fixture
