@@ -6,7 +6,9 @@ Every process is started by a fixture here and stopped by its PID in a finally b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import http.client
 import socket
 import threading
 import time
@@ -310,3 +312,76 @@ async def test_a_reload_that_nginx_cannot_load_is_reported(tmp_path: Path) -> No
         assert (await asyncio.to_thread(fetch, proxy.port))[0] == 404  # the old config still serves
     finally:
         proxy.process.stop()
+
+
+@contextlib.contextmanager
+def hang_up_backend(host: str, received: list[bytes]) -> Iterator[Registration]:
+    """A backend that reads each request (the request line goes to ``received``) and closes the
+    connection without answering, like a server stopped mid-request."""
+    listener = socket.create_server((host, 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    received.append(conn.recv(65536).split(b"\r\n", 1)[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield Registration("/services/web/hang-up", host, listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+async def one_worker_left(proxy: Proxy, timeout: float = 30.0) -> None:
+    """Wait until the master has only its new worker: nginx signals the old one 100 ms after starting
+    the new one, HAProxy's old worker finishes its connections first."""
+    children = Path(f"/proc/{proxy.process.pid}/task/{proxy.process.pid}/children")
+    deadline = time.monotonic() + timeout
+    while len(children.read_text().split()) != 1:
+        assert time.monotonic() < deadline, f"{proxy.kind} still has old workers"
+        await asyncio.sleep(0.02)
+
+
+def request(port: int, method: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, "/", body=b"x" if method == "POST" else None, headers={"Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+async def test_a_backend_hanging_up_is_retried_for_safe_methods_only(
+    proxy: Proxy, backends: list[Registration]
+) -> None:
+    """A backend that dies with a request in flight: GETs go to another server (nginx's default
+    proxy_next_upstream, HAProxy's retry-on), a POST is never sent twice."""
+    received: list[bytes] = []
+    with hang_up_backend("127.0.0.4", received) as hang_up:
+        cfg = proxy.published([backends[0], hang_up], handler=False)
+        await apply_config(cfg, proxy.target, check=None, reload=None, timeout=30)
+        assert await handlers_seen(proxy.port, {""})
+        await one_worker_left(proxy)  # the old one still answers 404 (no route) for a while
+        gets = [await asyncio.to_thread(request, proxy.port, "GET") for _ in range(20)]
+        assert gets == [200] * 20
+        assert any(line.startswith(b"GET ") for line in received)  # so some GETs were retried
+        # http.server answers POST with 501; the hang-up backend with nothing, so the proxy says 502.
+        # (nginx may have marked the hang-up backend failed already: max_fails=1 by default.)
+        posts = [await asyncio.to_thread(request, proxy.port, "POST") for _ in range(20)]
+        assert set(posts) <= {501, 502}, posts
+        assert posts.count(502) == sum(line.startswith(b"POST ") for line in received)
+        if proxy.kind == "haproxy":
+            assert 502 in posts
