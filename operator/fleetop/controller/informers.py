@@ -271,10 +271,23 @@ class FleetInformer:
         self._hurry_until = 0.0
         self._wake = asyncio.Event()
         self._polled = asyncio.Event()
+        self._expecting: dict[str, float] = {}
 
     def hurry(self, seconds: float = 30.0) -> None:
         """Poll every ``fast`` seconds for the next ``seconds`` (something is converging)."""
         self._hurry_until = max(self._hurry_until, time.monotonic() + seconds)
+
+    def expect(self, key: str) -> None:
+        """``key`` just changed fleet: until a poll that began after now has completed, the snapshot
+        cannot show it (:meth:`fresh_for` is False); that poll reports ``key`` as changed. The
+        operator's form of client-go's expectations: a worker never waits for fleet, and a pass
+        never plans from a snapshot older than its own last writes."""
+        self._expecting[key] = time.monotonic()
+        self._wake.set()
+
+    def fresh_for(self, key: str) -> bool:
+        since = self._expecting.get(key)
+        return since is None or self.snapshot.started >= since
 
     @property
     def interval(self) -> float:
@@ -297,6 +310,7 @@ class FleetInformer:
         failures = 0
         while True:
             self._wake.clear()
+            began = time.monotonic()
             try:
                 await self.poll_once()
                 failures = 0
@@ -306,9 +320,15 @@ class FleetInformer:
                 self.last_error = str(exc)
                 delay = min(self.slow, self.fast * 2**failures)
                 log.warning("polling fleet failed: %s (retry in %.1fs)", exc, delay)
+            ended = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
+            # At least as long idle as the poll took, however often it is woken: on a large cluster
+            # polling takes at most half of the operator's time, on a small one this is nothing.
+            idle = time.monotonic() - ended
+            if idle < ended - began:
+                await asyncio.sleep(ended - began - idle)
 
     async def poll_once(self) -> None:
         started = time.monotonic()
@@ -322,6 +342,10 @@ class FleetInformer:
         self.synced.set()
         self._polled.set()
         keys = set(new.owners) if first else changed_owners(old, new)
+        met = [key for key, since in self._expecting.items() if since <= started]
+        for key in met:
+            del self._expecting[key]
+        keys.update(met)
         machines_changed = first or old.machines != new.machines
         if keys or machines_changed:
             self._on_change(keys, machines_changed)

@@ -37,13 +37,13 @@ Semantics chosen where the design is silent:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from fleetop.controller.conditions import invalid_condition
 from fleetop.controller.instances import (
     UNSCHEDULED_GRACE,
     Desired,
+    FleetView,
     Instance,
     Ownership,
     Scene,
@@ -70,7 +70,7 @@ from fleetop.fleet.units import unit_hash
 from fleetop.models.service import ServiceSpec
 from fleetop.models.status import ServiceStatus
 
-__all__ = ["UNSCHEDULED_GRACE", "plan"]
+__all__ = ["UNSCHEDULED_GRACE", "plan", "plan_view"]
 
 
 def plan(
@@ -92,11 +92,24 @@ def plan(
     ``units`` are all of fleet's units (owned or not: names taken by others matter), ``states`` all
     UnitStates, ``registrations`` maps an instance ("8001") to whether it is registered.
     """
-    by_state: dict[str, list[ObservedState]] = defaultdict(list)
-    for state in states:
-        by_state[state.name].append(state)
-    ownership = read_ownership(name, units)
-    world = Scene(name, {u.name: u for u in units}, by_state, registrations, machines, ownership, now)
+    view = FleetView.index(units, states, machines)
+    return plan_view(name, spec, generation, view, registrations, now, memory, root=root)
+
+
+def plan_view(
+    name: str,
+    spec: ServiceSpec | None,
+    generation: int,
+    view: FleetView,
+    registrations: Mapping[str, bool],
+    now: float,
+    memory: PlanMemory,
+    *,
+    root: str = "",
+) -> Plan:
+    """:func:`plan` over fleet as indexed once per poll: what the operator calls on every pass."""
+    ownership = read_ownership(name, view.claimed.get(name, ()))
+    world = Scene(name, view.units, view.states, registrations, view.machines, ownership, now)
     if spec is None:
         return Plan(_destroy_everything(ownership), None, PlanMemory(), None)
     try:

@@ -26,8 +26,9 @@ from typing import Protocol
 
 from fleetop.controller.executor import Executor, rfc3339
 from fleetop.controller.informers import FleetSnapshot, Informers
+from fleetop.controller.instances import FleetView
 from fleetop.controller.metrics import OperatorMetrics
-from fleetop.controller.planner import plan
+from fleetop.controller.planner import plan_view
 from fleetop.controller.world import (
     ObservedMachine,
     ObservedState,
@@ -136,6 +137,14 @@ class ServiceReconciler:
         self.memory: dict[str, PlanMemory] = {}
         self._invalid_reported: dict[str, int] = {}
         self._unconverged_since: dict[str, float] = {}
+        self._view: tuple[FleetSnapshot, FleetView] | None = None
+
+    def view(self, snapshot: FleetSnapshot) -> FleetView:
+        """The planner's index of ``snapshot``, built once per poll and shared by every pass."""
+        if self._view is None or self._view[0] is not snapshot:
+            observed = observe(snapshot)
+            self._view = (snapshot, FleetView.index(observed.units, observed.states, observed.machines))
+        return self._view[1]
 
     def stored_status(self, name: str) -> tuple[ServiceStatus | None, bytes | None]:
         kv = self.informers.statuses.get(self.informers.keys.status("services", name))
@@ -155,6 +164,8 @@ class ServiceReconciler:
         if entry is not None and entry.error is not None:
             return await self._invalid(name, entry, entry.error, stored)
         spec = entry.spec if entry is not None and isinstance(entry.spec, ServiceSpec) else None
+        if not informers.fleet.fresh_for(f"services/{name}"):
+            return None  # the poll that shows this service's last actions queues it again
         snapshot = informers.fleet.snapshot
         if spec is None and name not in snapshot.owners and stored is None:
             # Registrations under a prefix no spec claims (registrator, a proxy route to a service with no
@@ -168,21 +179,10 @@ class ServiceReconciler:
         items = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
         registered, backends, invalid = registrations_of(items, prefix)
         memory = self.memory.get(name) or seed_memory(stored, snapshot)
-        observed = observe(snapshot)
         now = self.clock()
         generation = entry.mod_revision if entry is not None else 0
-        result = plan(
-            name,
-            spec,
-            generation,
-            observed.units,
-            observed.states,
-            registered,
-            observed.machines,
-            now,
-            memory,
-            root=self.root,
-        )
+        view = self.view(snapshot)
+        result = plan_view(name, spec, generation, view, registered, now, memory, root=self.root)
         self.memory[name] = result.memory
         status = result.status
         if status is not None:
@@ -193,7 +193,7 @@ class ServiceReconciler:
         await self.executor.write_status(name, status, self._stored_kv(name))
         if result.actions:
             informers.fleet.hurry(CONVERGING_POLL)
-            await informers.fleet.refresh()
+            informers.fleet.expect(f"services/{name}")
         if spec is None and not result.actions:
             self._forget(name)
         self._track_lag(name, status, bool(result.actions), now)

@@ -147,8 +147,8 @@ class FleetAPI:
             page = page_from_query(request.query_params.getlist("nextPageToken"))
         except WireError as exc:
             return error(400, str(exc))
-        units = [self.unit_entity(u, listed=True).to_json() for u in self.registry.sorted_units()]
-        items, token = paginate(units, page)
+        units, token = paginate(self.registry.sorted_units(), page)
+        items = [self.unit_entity(u, listed=True).to_json() for u in units]
         return json_response(200, page_body("units", items, token))
 
     async def unit_item(self, request: Request, name: str) -> Response:
@@ -229,12 +229,12 @@ class FleetAPI:
             return error(400, str(exc))
         machine_id, unit_name = query.get("machineID", ""), query.get("unitName", "")
         states = [
-            s.to_json()
+            s
             for s in self.engine.states()
             if (not machine_id or s.machine_id == machine_id) and (not unit_name or s.name == unit_name)
         ]
-        items, token = paginate(states, page)
-        return json_response(200, page_body("states", items, token))
+        chosen, token = paginate(states, page)
+        return json_response(200, page_body("states", [s.to_json() for s in chosen], token))
 
     def get_state(self, name: str) -> Response:
         """The undocumented single-state read; fleet panics when there is none, this answers 404."""

@@ -1,0 +1,96 @@
+"""The fleet informer against a real ``fleetop node``: expectations instead of waiting for a poll."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from ophelpers import Node
+
+from fleetop.controller.informers import FleetInformer
+from fleetop.fleet.client import FleetClient
+from fleetop.fleet.model import Unit
+
+KEY = "services/web"
+
+
+class GatedClient:
+    """The real client, with ``list_units`` held at a gate the test opens."""
+
+    def __init__(self, client: FleetClient) -> None:
+        self.client = client
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+
+    async def list_units(self) -> list[Unit]:
+        self.entered.set()
+        await self.gate.wait()
+        return await self.client.list_units()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+async def gated(node: Node) -> AsyncIterator[GatedClient]:
+    async with FleetClient(node.endpoint) as client:
+        yield GatedClient(client)
+
+
+async def test_an_expectation_is_met_only_by_a_poll_that_began_after_it(gated: GatedClient) -> None:
+    reported: list[set[str]] = []
+    informer = FleetInformer(gated, lambda keys, _: reported.append(keys), fast=0.05, slow=0.05)  # type: ignore[arg-type]
+    task = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 30)
+        assert informer.fresh_for(KEY)  # nothing expected yet
+
+        gated.gate.clear()
+        gated.entered.clear()
+        await asyncio.wait_for(gated.entered.wait(), 30)  # a poll has begun and is held
+        informer.expect(KEY)
+        assert not informer.fresh_for(KEY)
+        gated.entered.clear()
+        gated.gate.set()
+        await asyncio.wait_for(gated.entered.wait(), 30)  # that poll ended; the next one began
+        assert not informer.fresh_for(KEY), "a poll that began before expect() cannot show its writes"
+        assert not any(KEY in keys for keys in reported)
+
+        for _ in range(600):
+            if informer.fresh_for(KEY):
+                break
+            await asyncio.sleep(0.05)
+        assert informer.fresh_for(KEY)
+        assert any(KEY in keys for keys in reported), "the poll that met it queues the key again"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_poll_leaves_at_least_its_own_duration_idle(gated: GatedClient) -> None:
+    """Woken on every action, the informer still polls at most half of the time."""
+    informer = FleetInformer(gated, lambda keys, _: None, fast=0.0, slow=0.0)  # type: ignore[arg-type]
+    starts: list[float] = []
+    real = gated.list_units
+
+    async def slow_list() -> list[Unit]:
+        loop = asyncio.get_running_loop()
+        starts.append(loop.time())
+        await asyncio.sleep(0.2)  # a poll that takes 0.2 s
+        return await real()
+
+    gated.list_units = slow_list  # type: ignore[method-assign]
+    task = asyncio.create_task(informer.run())
+    try:
+        while len(starts) < 4:
+            informer.expect(KEY)
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(gap >= 0.4 for gap in gaps), gaps
