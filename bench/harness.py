@@ -35,6 +35,7 @@ from fleetop.etcd import Etcd, Snapshot
 from fleetop.etcdserver import EtcdServer, find_etcd_binary, free_port
 from fleetop.keys import Keys
 from fleetop.models import AgentStatus, PublishedConfig
+from fleetop.node import procgroups
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
 from fleetop.proxy.render import RenderPaths
 
@@ -488,6 +489,11 @@ class Stack:
             self.procs.stop(op.child)
         if self.node is not None:
             self.procs.stop(self.node)
+            # a node that had to be killed leaves its units (own process groups) behind: its records
+            # of them say which to stop
+            left = procgroups.cleanup_orphans(self.base / "node" / "supervisor" / "run", ())
+            if left:
+                print(f"bench: stopped {left} unit process group(s) the node left behind", file=sys.stderr)
         if self.etcd is not None:
             self.etcd.stop()
 

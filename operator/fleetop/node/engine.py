@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from fleetop.node.supervisor import MachineContext, RuntimeState
 log = logging.getLogger(__name__)
 RESYNC_INTERVAL = 5.0
 RETRY_DELAY = 1.0
+MAX_PASS_GAP = 0.5
+"""The longest pause after a pass before the next (a pass that took longer is paused for this)."""
 
 
 class SupervisorLike(Protocol):
@@ -171,6 +174,7 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.resync_interval)
             self._wake.clear()
+            began = time.monotonic()
             try:
                 await self.reconcile_once()
             except Exception:
@@ -179,6 +183,9 @@ class Engine:
             if self._failed:
                 await asyncio.sleep(RETRY_DELAY)
                 self._wake.set()
+            # A pass reads every unit. Under a stream of API writes, leave the API at least as much
+            # time as the pass took: the changes meanwhile are picked up together by the next pass.
+            await asyncio.sleep(min(time.monotonic() - began, MAX_PASS_GAP))
 
     async def reconcile_once(self) -> None:
         async with self._lock:
@@ -232,8 +239,10 @@ class Engine:
     async def _bring_up(self, unit: StoredUnit, machine_id: str) -> None:
         """One machine's part of a unit towards its desired state (loaded or launched)."""
         key = (unit.name, machine_id)
-        ctx = self.machines[machine_id].context()
         agent = self._agents.get(key)
+        if agent is not None and (agent.state == "launched") == (unit.desired_state == "launched"):
+            return  # already where it should be: the usual case, on every pass, for every unit
+        ctx = self.machines[machine_id].context()
         if agent is None:
             load = self.supervisor.load(unit.name, unit.options, ctx, unit.hash)
             if not await self._call(f"load {unit.name} on {machine_id}", load):

@@ -54,6 +54,12 @@ def has_members(pgid: int, since: int = 0) -> bool:
     leader = proc_stat(pgid)
     if leader is not None and leader.pgrp == pgid and leader.state != "Z" and leader.starttime >= since:
         return True
+    try:
+        os.killpg(pgid, 0)  # no process at all in the group (the usual answer): no need to read /proc
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's processes are in it: look closer
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             stat = proc_stat(int(entry.name))

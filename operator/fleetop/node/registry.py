@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,11 @@ class StoredUnit:
     name: str
     options: tuple[UnitOption, ...]
     desired_state: str
+    hash: str = field(init=False, compare=False, repr=False)
+    """SHA-1 of the serialized unit file, computed once: every engine pass reads it for every unit."""
 
-    @property
-    def hash(self) -> str:
-        return unit_hash(self.options)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hash", unit_hash(self.options))
 
     def to_json(self) -> dict[str, Any]:
         return {

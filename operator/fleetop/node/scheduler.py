@@ -245,6 +245,13 @@ def _schedulable(unit: SchedUnit) -> Requirements | None:
     """Requirements of a unit that wants a machine; None for inactive, templates and invalid units."""
     if unit.desired_state not in SCHEDULED_STATES:
         return None
+    return _requirements_of(unit.name, unit.options)
+
+
+@lru_cache(maxsize=1 << 16)
+def _requirements_of(name: str, options: tuple[UnitOption, ...]) -> Requirements | None:
+    """Parsed once per unit file rather than on every pass: a pass reads every unit."""
+    unit = SchedUnit(name, options, "launched")
     try:
         if parse_unit_name(unit.name).is_template:
             return None
@@ -377,8 +384,9 @@ def schedule(
     cluster = _Cluster(reqs, sorted(machines, key=lambda m: m.id))
     regular = sorted(name for name, r in reqs.items() if not r.is_global)
     globals_ = sorted(name for name, r in reqs.items() if r.is_global)
+    placeable = set(regular)
     for unit, machine in sorted((current or {}).items()):
-        if unit in regular and machine in cluster.machines:
+        if unit in placeable and machine in cluster.machines:
             cluster.place(unit, machine)
     global_placements: dict[str, tuple[str, ...]] = {}
     for _ in range(2 * len(regular) + 2):
