@@ -172,6 +172,11 @@ class OpResult:
     deleted: int = 0
 
 
+RECONNECT_CAP = 0.5
+"""Seconds: the longest pause between two attempts to reach an unreachable etcd. An attempt costs one
+failed connection, and etcd's return is noticed within this."""
+
+
 class Backoff:
     """Capped exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to
     ``cap``. ``reset()`` after a success so the next failure starts small again."""

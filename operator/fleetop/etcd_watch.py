@@ -26,7 +26,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from fleetop.errors import Compacted, EtcdUnavailable
-from fleetop.etcd_types import Backoff, Events, Snapshot, WatchBatch
+from fleetop.etcd_types import RECONNECT_CAP, Backoff, Events, Snapshot, WatchBatch
 
 if TYPE_CHECKING:
     from fleetop.etcd import Etcd
@@ -48,7 +48,7 @@ async def resume_watch(
     next is gone) and EtcdDenied; every EtcdUnavailable is retried.
     """
     next_revision = start_revision
-    delays = backoff or Backoff(initial=0.1, cap=5.0)
+    delays = backoff or Backoff(initial=0.1, cap=RECONNECT_CAP)
     while True:
         try:
             stream = etcd.watch_stream(prefix, next_revision, progress_notify=progress_notify)
@@ -86,7 +86,7 @@ async def reflect(
     """List ``prefix`` at one revision, yield it as a Snapshot, then yield Events from the next
     revision on; after a compaction list again and yield a new Snapshot. etcd outages are retried
     with capped, jittered backoff; the only errors that end it are permanent (EtcdDenied)."""
-    delays = backoff or Backoff(initial=0.1, cap=10.0)
+    delays = backoff or Backoff(initial=0.1, cap=RECONNECT_CAP)
     while True:
         try:
             items, revision = await etcd.list(prefix, page_size=page_size)

@@ -200,3 +200,22 @@ async def test_http_check(short_dir: Path) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_unchanged_pages_are_not_parsed_again(short_dir: Path) -> None:
+    """A quiet cluster polled again: the same (immutable) objects come back for unchanged pages, new
+    ones where the page changed, and the result is always what fleet holds now."""
+    async with running_node(short_dir / "state") as endpoint, FleetClient(endpoint) as client:
+        for n in range(150):  # two pages of units (fleet serves 100 per page)
+            await client.create_unit(f"p{n:03d}.service", SLEEP, "inactive")
+        first = await client.list_units()
+        second = await client.list_units()
+        names = [f"p{n:03d}.service" for n in range(150)]
+        assert [u.name for u in first] == [u.name for u in second] == names
+        assert all(a is b for a, b in zip(first, second, strict=True))
+
+        await client.set_desired_state("p120.service", "loaded")  # on the second page only
+        third = await client.list_units()
+        assert all(a is b for a, b in zip(first[:100], third[:100], strict=True))
+        assert third[120].desired_state == "loaded" and third[120] is not first[120]
+        assert third[0] is first[0] and third[149] is not first[149]  # the whole page was read anew

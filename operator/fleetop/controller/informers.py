@@ -190,6 +190,8 @@ class FleetSnapshot:
     machines: Mapping[str, Machine] = field(default_factory=dict)
     owners: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Queue key (``services/web``) -> names of the units it owns."""
+    owner_of: Mapping[str, str] = field(default_factory=dict)
+    """Unit name -> queue key of its owner (owned units only)."""
     started: float = 0.0
     """``time.monotonic()`` when the poll began: a change made before it is visible in it."""
 
@@ -210,21 +212,32 @@ def owner_key(unit: Unit) -> str | None:
 
 
 def build_snapshot(
-    units: list[Unit], states: list[UnitState], machines: list[Machine], started: float
+    units: list[Unit],
+    states: list[UnitState],
+    machines: list[Machine],
+    started: float,
+    previous: FleetSnapshot | None = None,
 ) -> FleetSnapshot:
+    """Index one poll. A unit that is the very object ``previous`` held (the client reuses what it
+    parsed from an unchanged page) keeps its owner without its options being read again."""
     by_state: dict[str, list[UnitState]] = {}
     for state in states:
         by_state.setdefault(state.name, []).append(state)
     owners: dict[str, set[str]] = {}
+    owner_of: dict[str, str] = {}
+    old_units = previous.units if previous is not None else {}
+    old_owner_of = previous.owner_of if previous is not None else {}
     for unit in units:
-        key = owner_key(unit)
+        key = old_owner_of.get(unit.name) if old_units.get(unit.name) is unit else owner_key(unit)
         if key is not None:
             owners.setdefault(key, set()).add(unit.name)
+            owner_of[unit.name] = key
     return FleetSnapshot(
         units={u.name: u for u in units},
         states={name: tuple(found) for name, found in by_state.items()},
         machines={m.id: m for m in machines},
         owners={k: frozenset(v) for k, v in owners.items()},
+        owner_of=owner_of,
         started=started,
     )
 
@@ -335,7 +348,7 @@ class FleetInformer:
         units = await self.client.list_units()
         states = await self.client.list_states()
         machines = await self.client.list_machines()
-        new = build_snapshot(units, states, machines, started)
+        new = build_snapshot(units, states, machines, started, self.snapshot)
         old, self.snapshot = self.snapshot, new
         self.last_error = None
         first = not self.synced.is_set()

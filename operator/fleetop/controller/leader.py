@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from fleetop.errors import ConfigError, Conflict, FleetopError, NotLeader
 from fleetop.etcd import Etcd
+from fleetop.etcd_types import RECONNECT_CAP, Backoff
 from fleetop.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -109,16 +110,22 @@ class LeaderElector:
 
     async def run(self) -> None:
         """Campaign, lead, step down, campaign again... until cancelled or :meth:`resign` is called."""
+        # etcd unreachable: ask again soon (each attempt is one cheap request), so that leadership is
+        # back within a fraction of a second of etcd's return rather than a retry period later
+        delays = Backoff(initial=0.1, cap=min(RECONNECT_CAP, self.timings.retry_period))
         try:
             while not self._resigned:
                 try:
                     if await self._try_acquire():
+                        delays.reset()
                         await self._lead()
                     else:
+                        delays.reset()
                         await self._wait_for_vacancy()
                 except FleetopError as exc:
-                    log.warning("leader election: %s (retrying in %.1fs)", exc, self.timings.retry_period)
-                    await asyncio.sleep(self.timings.retry_period)
+                    delay = delays.next()
+                    log.warning("leader election: %s (retrying in %.2fs)", exc, delay)
+                    await asyncio.sleep(delay)
         finally:
             self._set_leader(False)
 

@@ -36,7 +36,10 @@ from fleetop.http import HttpResponse, HttpSession, Timeouts, json_body
 DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
 API_PREFIX = "/fleet/v1"
 MAX_PAGES = 10_000
+MAX_MEMO_PAGES = 1_000
+"""Pages remembered for re-reading unchanged bodies (100 items each; cleared when full)."""
 T = TypeVar("T")
+_PageKey = tuple[str, tuple[tuple[str, str], ...]]
 WriteResult = Literal["created", "updated", "unchanged"]
 
 
@@ -115,6 +118,9 @@ class FleetClient:
             lambda: HttpSession(self.endpoint, timeouts=timeouts, headers={"User-Agent": "fleetop"})
         )
         self._session = factory()
+        self._page_memo: dict[
+            tuple[str, tuple[tuple[str, str], ...]], tuple[bytes, list[Any], str | None]
+        ] = {}
 
     async def aclose(self) -> None:
         await self._session.aclose()
@@ -186,25 +192,47 @@ class FleetClient:
         return await self._retrying(once)
 
     async def _pages(
-        self, operation: str, path: str, key: str, params: Sequence[tuple[str, str]] = ()
-    ) -> list[Any]:
-        """Every item of a paginated collection. Stops on a missing token or an empty page."""
-        items: list[Any] = []
+        self,
+        operation: str,
+        path: str,
+        key: str,
+        parse: Callable[[Any], T],
+        params: Sequence[tuple[str, str]] = (),
+    ) -> list[T]:
+        """Every item of a paginated collection, parsed. Stops on a missing token or an empty page.
+
+        A page whose body is byte for byte the one this client read last time under the same request
+        is not decoded again: its parsed (immutable) items are reused. Polling a large, quiet cluster
+        then costs the requests and little else."""
+        items: list[T] = []
         token: str | None = None
         for _ in range(MAX_PAGES):
             page_params = [*params, ("nextPageToken", token)] if token else list(params)
             resp = await self._request(operation, "GET", path, params=page_params)
-            page = self._decode(resp, path)
-            if not isinstance(page, dict):
-                raise FleetUnavailable(f"GET {path}: expected a JSON object page")
-            batch = page.get(key) or []
-            if not isinstance(batch, list):
-                raise FleetUnavailable(f"GET {path}: {key!r} is not a list")
+            memo_key = (path, tuple(page_params))
+            seen = self._page_memo.get(memo_key)
+            if seen is not None and seen[0] == resp.body:
+                batch, token = seen[1], seen[2]
+            else:
+                batch, token = self._parse_page(resp, path, key, parse)
+                if len(self._page_memo) >= MAX_MEMO_PAGES:
+                    self._page_memo.clear()
+                self._page_memo[memo_key] = (resp.body, batch, token)
             items.extend(batch)
-            token = page.get("nextPageToken") or None
             if not token or not batch:
                 return items
         raise FleetUnavailable(f"GET {path}: more than {MAX_PAGES} pages")
+
+    def _parse_page(
+        self, resp: HttpResponse, path: str, key: str, parse: Callable[[Any], T]
+    ) -> tuple[list[T], str | None]:
+        page = self._decode(resp, path)
+        if not isinstance(page, dict):
+            raise FleetUnavailable(f"GET {path}: expected a JSON object page")
+        raw = page.get(key) or []
+        if not isinstance(raw, list):
+            raise FleetUnavailable(f"GET {path}: {key!r} is not a list")
+        return [parse(item) for item in raw], page.get("nextPageToken") or None
 
     @staticmethod
     def _decode(resp: HttpResponse, path: str) -> Any:
@@ -217,7 +245,7 @@ class FleetClient:
 
     async def list_units(self) -> list[Unit]:
         """Every unit, sorted by name as fleet serves them."""
-        return [Unit.from_json(u) for u in await self._pages("list_units", "/units", "units")]
+        return await self._pages("list_units", "/units", "units", Unit.from_json)
 
     async def get_unit(self, name: str) -> Unit | None:
         """One unit, or None if fleet does not know it."""
@@ -277,12 +305,11 @@ class FleetClient:
             params.append(("machineID", machine_id))
         if unit_name:
             params.append(("unitName", unit_name))
-        raw = await self._pages("list_states", "/state", "states", params)
-        return [UnitState.from_json(s) for s in raw]
+        return await self._pages("list_states", "/state", "states", UnitState.from_json, params)
 
     async def list_machines(self) -> list[Machine]:
         """Live machines, sorted by id."""
-        return [Machine.from_json(m) for m in await self._pages("list_machines", "/machines", "machines")]
+        return await self._pages("list_machines", "/machines", "machines", Machine.from_json)
 
     async def patch_machine_metadata(self, ops: Sequence[MetadataOp]) -> None:
         """Add, replace or remove machine metadata keys, in the wire form fleet really accepts."""
