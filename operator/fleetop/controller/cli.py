@@ -61,7 +61,11 @@ def run_command(
         str | None, typer.Option(help="leader identity (FLEETOP_IDENTITY, default hostname-pid-random)")
     ] = None,
     resync_period: Annotated[
-        float | None, typer.Option(help="seconds between full resyncs (FLEETOP_RESYNC_PERIOD, default 60)")
+        float | None,
+        typer.Option(
+            help="seconds between full resyncs, a safety net: fleet polls and etcd watches already queue"
+            " every change (FLEETOP_RESYNC_PERIOD, default 600)"
+        ),
     ] = None,
     proxy_root: Annotated[
         str | None,

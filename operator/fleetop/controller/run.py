@@ -57,7 +57,7 @@ class RunConfig:
     log_format: LogFormat = "human"
     log_level: str = "INFO"
     identity: str = field(default_factory=default_identity)
-    resync_period: float = 60.0
+    resync_period: float = 600.0
     fleet_poll_fast: float = 0.5
     fleet_poll_slow: float = 5.0
     event_ttl: int = 3600
@@ -100,7 +100,7 @@ class RunConfig:
             log_format="json" if log_format == "json" else "human",
             log_level=str(pick("log_level", "FLEETOP_LOG_LEVEL", "INFO")).upper(),
             identity=str(pick("identity", "FLEETOP_IDENTITY", "") or default_identity()),
-            resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 60.0), "--resync-period"),
+            resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 600.0), "--resync-period"),
             proxy_root=_proxy_root(str(pick("proxy_root", "FLEETOP_PROXY_ROOT", DEFAULT_PROXY_ROOT))),
         )
 
