@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from ophelpers import Node
 
-from fleetop.controller.informers import FleetInformer
+from fleetop.controller.informers import QUIET_POLL_SHARE, FleetInformer
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit
 
@@ -94,3 +95,27 @@ async def test_a_poll_leaves_at_least_its_own_duration_idle(gated: GatedClient) 
         await asyncio.gather(task, return_exceptions=True)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= 0.4 for gap in gaps), gaps
+
+
+async def test_quiet_polls_are_spaced_by_their_cpu_cost(gated: GatedClient) -> None:
+    """A poll that costs 50 ms of CPU may run at most every 5 s when quiet (1 % of a core), while
+    converging every ``fast`` seconds."""
+    informer = FleetInformer(gated, lambda keys, _: None, fast=0.1, slow=0.2)  # type: ignore[arg-type]
+    real = gated.list_units
+
+    async def costly_list() -> list[Unit]:
+        began = time.thread_time()
+        while time.thread_time() - began < 0.05:  # 50 ms of CPU on the operator's thread
+            pass
+        return await real()
+
+    gated.list_units = costly_list  # type: ignore[method-assign]
+    task = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 30)
+        assert informer.interval >= 0.05 / QUIET_POLL_SHARE
+        informer.hurry(30)
+        assert informer.interval == 0.1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -263,6 +263,11 @@ def changed_owners(old: FleetSnapshot, new: FleetSnapshot) -> set[str]:
     return changed
 
 
+QUIET_POLL_SHARE = 0.01
+"""The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
+operator's thread, sets how far apart quiet polls must be; 3,000 units: about 25 s)."""
+
+
 class FleetInformer:
     """Polls fleet; ``on_change(keys, machines_changed)`` reports owners whose world changed."""
 
@@ -285,6 +290,7 @@ class FleetInformer:
         self._wake = asyncio.Event()
         self._polled = asyncio.Event()
         self._expecting: dict[str, float] = {}
+        self._poll_cpu = 0.0
 
     def hurry(self, seconds: float = 30.0) -> None:
         """Poll every ``fast`` seconds for the next ``seconds`` (something is converging)."""
@@ -304,7 +310,11 @@ class FleetInformer:
 
     @property
     def interval(self) -> float:
-        return self.fast if time.monotonic() < self._hurry_until else self.slow
+        """``fast`` while something converges; otherwise ``slow``, stretched on a cluster so large that
+        polling every ``slow`` seconds would take more than QUIET_POLL_SHARE of a core."""
+        if time.monotonic() < self._hurry_until:
+            return self.fast
+        return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
 
     async def refresh(self, timeout: float = 10.0) -> bool:
         """Poll now and wait for a snapshot that began after this call; False on timeout."""
@@ -323,9 +333,10 @@ class FleetInformer:
         failures = 0
         while True:
             self._wake.clear()
-            began = time.monotonic()
+            began, cpu = time.monotonic(), time.thread_time()
             try:
                 await self.poll_once()
+                self._poll_cpu = time.thread_time() - cpu
                 failures = 0
                 delay = self.interval
             except FleetopError as exc:
