@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import socket
@@ -67,3 +68,17 @@ def fetch(port: int, path: str = "/", host: str | None = None, timeout: float = 
         return response.status, response.getheader("X-Handler") or ""
     finally:
         conn.close()
+
+
+async def handlers_seen(port: int, want: set[str], attempts: int = 200) -> set[str]:
+    """Request through the proxy on ``port`` until every handler in ``want`` answered (a reload takes
+    effect asynchronously); the handlers seen."""
+    seen: set[str] = set()
+    for _ in range(attempts):
+        status, handler = await asyncio.to_thread(fetch, port)
+        if status == 200:
+            seen.add(handler)
+        if want <= seen:
+            break
+        await asyncio.sleep(0.01)
+    return seen

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from ophelpers import Node
+
+from fleetop.fleet.client import FleetClient
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +19,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+async def fleet(node: Node) -> AsyncIterator[FleetClient]:
+    """A fleet client on the module's node."""
+    async with FleetClient(node.endpoint) as client:
+        yield client

@@ -74,12 +74,6 @@ async def etcd(etcd_server: EtcdServer) -> AsyncIterator[Etcd]:
         yield client
 
 
-@pytest.fixture
-async def fleet(node: Node) -> AsyncIterator[FleetClient]:
-    async with FleetClient(node.endpoint) as client:
-        yield client
-
-
 async def leader_identity(etcd: Etcd) -> str | None:
     kv = await etcd.get(KEYS.leader())
     return None if kv is None else holder_of(kv.value)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ophelpers import Node
 
 from fleetop.controller.informers import QUIET_POLL_SHARE, FleetInformer
 from fleetop.fleet.client import FleetClient
@@ -37,9 +35,8 @@ class GatedClient:
 
 
 @pytest.fixture
-async def gated(node: Node) -> AsyncIterator[GatedClient]:
-    async with FleetClient(node.endpoint) as client:
-        yield GatedClient(client)
+def gated(fleet: FleetClient) -> GatedClient:
+    return GatedClient(fleet)
 
 
 async def test_an_expectation_is_met_only_by_a_poll_that_began_after_it(gated: GatedClient) -> None:

@@ -50,12 +50,6 @@ async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etc
         yield client
 
 
-@pytest.fixture
-async def fleet(node: Node) -> AsyncIterator[FleetClient]:
-    async with FleetClient(node.endpoint) as client:
-        yield client
-
-
 async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
     kv = await etcd.get(KEYS.status("services", name))
     return None if kv is None else ServiceStatus.model_validate_json(kv.value)

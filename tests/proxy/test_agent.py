@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import fetch, http_backends
+from backends import fetch, handlers_seen, http_backends
 from fleetop.config import settings_from
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
@@ -102,18 +102,6 @@ async def wait_status(etcd: Etcd, done: Callable[[AgentStatus], bool], timeout: 
     raise AssertionError(f"status never got there; last: {status}")
 
 
-async def handlers(port: int, want: set[str]) -> set[str]:
-    seen: set[str] = set()
-    for _ in range(200):
-        status, handler = await asyncio.to_thread(fetch, port)
-        if status == 200:
-            seen.add(handler)
-        if want <= seen:
-            break
-        await asyncio.sleep(0.01)
-    return seen
-
-
 async def settled(port: int, only: set[str], run: int = 20) -> bool:
     """True once ``run`` requests in a row were answered by ``only`` (old workers finish after a
     reload, so the first answers may still come from the previous config)."""
@@ -153,7 +141,7 @@ async def test_agent_applies_published_configs_and_reports(
         status = await wait_status(etcd, lambda s: s.applied_hash == good.hash)
         assert status.applied_generation == 1 and status.reloads == 1 and status.applied_at
         want = {b.address for b in backends}
-        assert await handlers(site.port, want) == want
+        assert await handlers_seen(site.port, want) == want
         assert site.target.read_text() == good.body
 
         broken = site.config(backends[:1], generation=2, extra="\nnot_a_directive on;\n")
@@ -162,7 +150,7 @@ async def test_agent_applies_published_configs_and_reports(
         assert status.applied_hash == good.hash and status.applied_generation == 1
         assert status.error is not None and "not_a_directive" in status.error
         assert site.target.read_text() == good.body
-        assert await handlers(site.port, want) == want  # the old config still serves
+        assert await handlers_seen(site.port, want) == want  # the old config still serves
 
         await publish(etcd, "{not json")
         status = await wait_status(etcd, lambda s: s.error is not None and "not valid" in s.error)
@@ -228,7 +216,7 @@ async def test_the_command_runs_the_agent_and_stops_on_sigterm(
         status = await wait_status(etcd, lambda s: s.applied_hash == cfg.hash)
         assert status.applied_generation == 7
         want = {b.address for b in backends}
-        assert await handlers(site.port, want) == want
+        assert await handlers_seen(site.port, want) == want
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 20) == 0, log_path.read_text()
         assert await etcd.get(Keys().agent_status(PROXY, MACHINE)) is None

@@ -19,7 +19,7 @@ from typing import Literal
 
 import pytest
 
-from backends import fetch, http_backends
+from backends import fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcdserver import free_port
 from fleetop.models import ProxySpec, PublishedConfig
@@ -85,19 +85,6 @@ def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxy]:
         yield running
     finally:
         running.process.stop()
-
-
-async def handlers_seen(port: int, want: set[str], attempts: int = 200) -> set[str]:
-    """Request until every handler in ``want`` answered (a reload takes effect asynchronously)."""
-    seen: set[str] = set()
-    for _ in range(attempts):
-        status, handler = await asyncio.to_thread(fetch, port)
-        if status == 200:
-            seen.add(handler)
-        if want <= seen:
-            break
-        await asyncio.sleep(0.01)
-    return seen
 
 
 async def test_the_initial_config_serves_404(proxy: Proxy) -> None:

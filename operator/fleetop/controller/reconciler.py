@@ -40,6 +40,7 @@ from fleetop.controller.world import (
 from fleetop.discovery.addresses import Registration, parse_registration
 from fleetop.errors import SpecInvalid, TemporaryError
 from fleetop.etcd import KeyValue
+from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
 from fleetop.store import Entry
@@ -65,19 +66,36 @@ class _Observed:
     machines: list[ObservedMachine]
 
 
+def _unit(u: Unit) -> ObservedUnit:
+    return ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id)
+
+
+def _state(s: UnitState) -> ObservedState:
+    return ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
+
+
+def _machines(snapshot: FleetSnapshot) -> list[ObservedMachine]:
+    return [ObservedMachine(m.id, m.primary_ip, dict(m.metadata)) for m in snapshot.machines.values()]
+
+
 def observe(snapshot: FleetSnapshot) -> _Observed:
     """fleet's entities as the planner's input values (all units: names taken by others matter)."""
-    units = [
-        ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id)
-        for u in snapshot.units.values()
-    ]
-    states = [
-        ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
-        for found in snapshot.states.values()
-        for s in found
-    ]
-    machines = [ObservedMachine(m.id, m.primary_ip, dict(m.metadata)) for m in snapshot.machines.values()]
-    return _Observed(units, states, machines)
+    units = [_unit(u) for u in snapshot.units.values()]
+    states = [_state(s) for found in snapshot.states.values() for s in found]
+    return _Observed(units, states, _machines(snapshot))
+
+
+def view_of(snapshot: FleetSnapshot) -> FleetView:
+    """The planner's index of one poll, from the grouping and the owners the snapshot already holds
+    (no unit's options are read again)."""
+    units = {name: _unit(u) for name, u in snapshot.units.items()}
+    states = {name: tuple(_state(s) for s in found) for name, found in snapshot.states.items()}
+    claimed = {
+        key.partition("/")[2]: [units[n] for n in sorted(names)]
+        for key, names in snapshot.owners.items()
+        if key.startswith("services/")
+    }
+    return FleetView(units, states, tuple(_machines(snapshot)), claimed)
 
 
 def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMemory:
@@ -142,8 +160,7 @@ class ServiceReconciler:
     def view(self, snapshot: FleetSnapshot) -> FleetView:
         """The planner's index of ``snapshot``, built once per poll and shared by every pass."""
         if self._view is None or self._view[0] is not snapshot:
-            observed = observe(snapshot)
-            self._view = (snapshot, FleetView.index(observed.units, observed.states, observed.machines))
+            self._view = (snapshot, view_of(snapshot))
         return self._view[1]
 
     def stored_status(self, name: str) -> tuple[ServiceStatus | None, bytes | None]:

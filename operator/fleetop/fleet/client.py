@@ -118,9 +118,7 @@ class FleetClient:
             lambda: HttpSession(self.endpoint, timeouts=timeouts, headers={"User-Agent": "fleetop"})
         )
         self._session = factory()
-        self._page_memo: dict[
-            tuple[str, tuple[tuple[str, str], ...]], tuple[bytes, list[Any], str | None]
-        ] = {}
+        self._page_memo: dict[_PageKey, tuple[bytes, list[Any], str | None]] = {}
 
     async def aclose(self) -> None:
         await self._session.aclose()

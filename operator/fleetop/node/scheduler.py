@@ -251,14 +251,13 @@ def _schedulable(unit: SchedUnit) -> Requirements | None:
 @lru_cache(maxsize=1 << 16)
 def _requirements_of(name: str, options: tuple[UnitOption, ...]) -> Requirements | None:
     """Parsed once per unit file rather than on every pass: a pass reads every unit."""
-    unit = SchedUnit(name, options, "launched")
     try:
-        if parse_unit_name(unit.name).is_template:
+        if parse_unit_name(name).is_template:
             return None
-        validate_requirements(unit.name, unit.options)
+        validate_requirements(name, options)
     except ValueError:
         return None
-    return requirements(unit.name, unit.options)
+    return requirements(name, options)
 
 
 class _Cluster:
