@@ -53,11 +53,9 @@ def now() -> float:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of every child: no etcdctl/fleetctl/fleetop settings leak in from the caller,
-    the venv's bin first on PATH (units run ``fleetop register`` / ``fleetop proxy-agent`` by name)."""
+    """The environment of every child: no etcdctl/fleetctl/fleetop settings leak in from the caller.
+    (Units need nothing on PATH: the operator names fleetop by its absolute path.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "FLEETCTL_", "FLEETOP_"))}
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

@@ -13,7 +13,7 @@ from fleetop.controller.proxyunits import (
     desired_units,
     proxy_unit_name,
 )
-from fleetop.controller.unitrender import owned_by
+from fleetop.controller.unitrender import DEFAULT_FLEETOP, UnitSettings, owned_by
 from fleetop.controller.world import CreateUnit, DestroyUnit, ObservedState, ObservedUnit, SetDesiredState
 from fleetop.fleet.units import UnitOption, option_values, unit_hash
 from fleetop.models import ProxySpec
@@ -53,11 +53,12 @@ def test_units_say_what_runs_where() -> None:
     proxy, agent = units["edge@1.service"].options, units["edge-agent@1.service"].options
     assert option_values(proxy, "X-Fleet", "Conflicts") == ["edge@*.service"]
     assert (
-        "fleetop proxy-instance --proxy edge --kind nginx" in option_values(proxy, "Service", "ExecStart")[0]
+        f"{DEFAULT_FLEETOP} proxy-instance --proxy edge --kind nginx"
+        in option_values(proxy, "Service", "ExecStart")[0]
     )
     assert "/run/fleetop/edge/nginx.conf" in option_values(proxy, "Service", "ExecStart")[0]
     start = option_values(agent, "Service", "ExecStart")[0]
-    assert start.startswith("fleetop proxy-agent --proxy edge --machine %m")
+    assert start.startswith(f"{DEFAULT_FLEETOP} proxy-agent --proxy edge --machine %m")
     assert option_values(agent, "X-Fleet", "MachineOf") == ["edge@1.service"]
     assert option_values(agent, "Unit", "BindsTo") == ["edge@1.service"]
     assert owned_by(proxy) is not None and owned_by(proxy).role == "proxy"  # type: ignore[union-attr]
@@ -151,9 +152,26 @@ def test_stopped_unit_is_launched_again() -> None:
 def test_an_installation_root_reaches_the_agent_and_the_bootstrap() -> None:
     s = spec(replicas=1)
     plain = desired_units(P, s, ProxyLayout.of(P, s, "/run/fleetop"))
-    rooted = desired_units(P, s, ProxyLayout.of(P, s, "/run/fleetop", key_root="/team-a"))
+    rooted = desired_units(P, s, ProxyLayout.of(P, s, "/run/fleetop", UnitSettings(key_root="/team-a")))
     for unit in rooted:
         [command] = option_values(unit.options, "Service", "ExecStart")
         assert command.endswith("--prefix /team-a")
     for unit in plain:
         assert "--prefix" not in option_values(unit.options, "Service", "ExecStart")[0]
+
+
+def test_proxy_units_name_fleetop_by_its_path_and_a_new_path_is_a_new_template() -> None:
+    s = spec(replicas=1)
+    before = desired_units(P, s, ProxyLayout.of(P, s, "/run/fleetop", UnitSettings("/opt/a/bin/fleetop")))
+    after = desired_units(P, s, ProxyLayout.of(P, s, "/run/fleetop", UnitSettings("/opt/b/bin/fleetop")))
+    for unit in before:
+        [command] = option_values(unit.options, "Service", "ExecStart")
+        assert command.split()[0] == "/opt/a/bin/fleetop"
+    for old, new in zip(before, after, strict=True):
+        assert old.name == new.name
+        assert owned_by(old.options).template != owned_by(new.options).template  # type: ignore[union-attr]
+    # like any changed spec: the old units go, and new ones come on a later pass
+    units, states = observed(before)
+    plan = plan_units(P, after, units, states)
+    assert _names(plan.actions, DestroyUnit) == ["edge-agent@1.service", "edge@1.service"]
+    assert {a.reason for a in plan.actions if isinstance(a, DestroyUnit)} >= {"spec changed"}

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from fleetop.controller.unitrender import (
+    DEFAULT_FLEETOP,
     OWNER_SECTION,
     Owner,
     RenderError,
+    UnitSettings,
     environment_assignment,
     main_template,
     main_unit_name,
@@ -345,7 +347,7 @@ SIDEKICK_CASES: list[tuple[str, dict[str, Any], list[str], list[str]]] = [
 def test_sidekick_exec_start(fields: dict[str, Any], present: list[str], absent: list[str]) -> None:
     options = render_sidekick(spec_of(**fields), "web", 8001)
     (exec_start,) = [o.value for o in options if o.name == "ExecStart"]
-    assert exec_start.startswith("fleetop register --service web --instance %i --address ")
+    assert exec_start.startswith(f"{DEFAULT_FLEETOP} register --service web --instance %i --address ")
     for fragment in present:
         assert fragment in exec_start + " ", (fragment, exec_start)
     for fragment in absent:
@@ -489,8 +491,55 @@ def test_a_sidekick_needs_ports() -> None:
 def test_an_installation_root_reaches_the_sidekick() -> None:
     spec = spec_of(ports={"base": 8001}, discovery={"sidekick": True, "check": {"http": "/"}})
     plain = render_sidekick(spec, "web", 8001)
-    rooted = render_sidekick(spec, "web", 8001, "/team-a")
+    rooted = render_sidekick(spec, "web", 8001, UnitSettings(key_root="/team-a"))
     [command] = [o.value for o in rooted if o.name == "ExecStart"]
     assert command.endswith("--root /team-a")
     assert not any("--root" in o.value for o in plain)
     assert owned_by(rooted) != owned_by(plain)
+
+
+# -- fleetop's path ----------------------------------------------------------------------------------------
+
+
+SIDEKICK_SPEC: dict[str, Any] = {"ports": {"base": 8001}, "discovery": {"sidekick": True}}
+
+
+def test_the_sidekick_names_fleetop_by_its_absolute_path() -> None:
+    settings = UnitSettings("/srv/tools/fleetop-1.2/bin/fleetop")
+    options = render_sidekick(spec_of(**SIDEKICK_SPEC), "web", 8001, settings)
+    [command] = [o.value for o in options if o.name == "ExecStart"]
+    assert command.split()[:2] == ["/srv/tools/fleetop-1.2/bin/fleetop", "register"]
+    assert parse_unit_file(serialize(options)) == options
+
+
+def test_a_new_fleetop_path_is_a_new_sidekick_template() -> None:
+    spec = spec_of(**SIDEKICK_SPEC)
+    before, after = UnitSettings("/opt/fleetop/bin/fleetop"), UnitSettings("/opt/fleetop2/bin/fleetop")
+    assert sidekick_template(spec, "web", before) != sidekick_template(spec, "web", after)
+    assert owned_by(render_sidekick(spec, "web", 8001, before)) != owned_by(
+        render_sidekick(spec, "web", 8001, after)
+    )
+    same = UnitSettings(before.fleetop)
+    assert sidekick_template(spec, "web", before) == sidekick_template(spec, "web", same)
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("fleetop", "absolute path"),
+        ("bin/fleetop", "absolute path"),
+        ("", "absolute path"),
+        ("/opt/my fleetop/bin/fleetop", "' '"),
+        ("/opt/fleetop/bin/fleetop\nExecStartPre=/bin/evil", r"'\n'"),
+        ("/opt/fleetop/bin/fleetop\\x", r"'\\'"),
+        ("/opt/%i/fleetop", "'%'"),
+        ("/opt/${HOME}/fleetop", "'$'"),
+        ('/opt/"x"/fleetop', "'\"'"),
+        ("/opt/fleetop/bin/", "name a file"),
+        ("/opt/fleetop/../bin/fleetop", "'..'"),
+        ("/" + "x" * 5000, "longer than"),
+    ],
+)
+def test_a_fleetop_path_that_cannot_be_written_into_a_unit_is_refused(path: str, problem: str) -> None:
+    with pytest.raises(RenderError, match=re.escape(problem)):
+        UnitSettings(path)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +74,12 @@ def start_node(base: Path, etcd_endpoint: str, machines: int = 3) -> tuple[subpr
 
 
 def start_operator(
-    base: Path, etcd_endpoint: str, fleet_endpoint: str, proxy_root: Path
+    base: Path, etcd_endpoint: str, fleet_endpoint: str, proxy_root: Path, extra: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "fleetop.controller.cli", "run", "--endpoints", etcd_endpoint]
     args += ["--fleet-endpoint", fleet_endpoint, "--identity", "e2e", "--proxy-root", str(proxy_root)]
     args += ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.5"]
-    args += ["--metrics-address", "off", "--resync-period", "20", "--log-level", "INFO"]
+    args += ["--metrics-address", "off", "--resync-period", "20", "--log-level", "INFO", *extra]
     return spawn(args, base / "operator.log")
 
 

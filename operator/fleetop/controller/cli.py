@@ -74,6 +74,13 @@ def run_command(
             " (FLEETOP_PROXY_ROOT, default /var/lib/fleetop/proxies)"
         ),
     ] = None,
+    fleetop_path: Annotated[
+        str | None,
+        typer.Option(
+            help="absolute path of fleetop on every machine, run by the sidekicks and proxy units the"
+            " operator writes (FLEETOP_PATH, default the fleetop running this command)"
+        ),
+    ] = None,
 ) -> None:
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
     from fleetop.controller.run import RunConfig, run_operator, setup_logging
@@ -93,6 +100,7 @@ def run_command(
         "identity": identity,
         "resync_period": resync_period,
         "proxy_root": proxy_root,
+        "fleetop_path": fleetop_path,
     }
     flags.update({k: v for k, v in given.items() if v is not None})
     try:

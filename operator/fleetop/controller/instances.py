@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 from fleetop.controller.readiness import Health, assess
 from fleetop.controller.unitrender import (
+    DEFAULT_UNITS,
     ROLE_DISCOVERY,
     ROLE_MAIN,
     Owner,
+    UnitSettings,
     main_template,
     needs_sidekick,
     owned_by,
@@ -138,32 +140,32 @@ class Desired:
     start: int
     global_: bool
     expects_registration: bool
-    root: str = ""
+    settings: UnitSettings = DEFAULT_UNITS
 
     @classmethod
-    def build(cls, spec: ServiceSpec, service: str, root: str = "") -> Desired:
-        """Render once; raises RenderError when the spec cannot become a unit file. ``root`` is the
-        installation's key root, which sidekicks need to register under it."""
+    def build(cls, spec: ServiceSpec, service: str, settings: UnitSettings = DEFAULT_UNITS) -> Desired:
+        """Render once; raises RenderError when the spec cannot become a unit file. ``settings`` are the
+        installation's (fleetop's path, the key root sidekicks register under)."""
         start = spec.ports.base if spec.ports is not None else 1
         options = tuple(render_main(spec, service, start))
         sidekick = needs_sidekick(spec)
         if sidekick:
-            render_sidekick(spec, service, start, root)
+            render_sidekick(spec, service, start, settings)
         return cls(
             service=service,
             spec=spec,
             main_options=options,
             main_hash=unit_hash(options),
             main_template=main_template(spec, service),
-            sidekick_template=sidekick_template(spec, service, root) if sidekick else None,
+            sidekick_template=sidekick_template(spec, service, settings) if sidekick else None,
             start=start,
             global_=spec.placement.global_,
             expects_registration=sidekick or spec.discovery.prefix is not None,
-            root=root,
+            settings=settings,
         )
 
     def sidekick_options(self, slot: int) -> tuple[UnitOption, ...]:
-        return tuple(render_sidekick(self.spec, self.service, slot, self.root))
+        return tuple(render_sidekick(self.spec, self.service, slot, self.settings))
 
     def slots(self) -> range:
         """Slot numbers to try, lowest first. A global service has exactly one."""

@@ -70,10 +70,10 @@ class Manager:
             executor = Executor(
                 client, etcd, keys, lambda: leader.fence, metrics=self.metrics, event_ttl=config.event_ttl
             )
-            services = ServiceReconciler(informers, executor, self.metrics, root=config.etcd.prefix)
+            services = ServiceReconciler(informers, executor, self.metrics, settings=config.unit_settings)
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
             proxies = ProxyReconciler(
-                informers, proxy_caches, executor, proxy_root=config.proxy_root, key_root=config.etcd.prefix
+                informers, proxy_caches, executor, proxy_root=config.proxy_root, settings=config.unit_settings
             )
             reconciler = Reconciler({"services": services, "proxies": proxies})
             sources = self.metrics.sources

@@ -53,7 +53,13 @@ from fleetop.controller.instances import (
 from fleetop.controller.readiness import eligible_machines, free_machines
 from fleetop.controller.report import build_report
 from fleetop.controller.rollout import Decision, Limits, Member, decide
-from fleetop.controller.unitrender import RenderError, main_unit_name, sidekick_unit_name
+from fleetop.controller.unitrender import (
+    DEFAULT_UNITS,
+    RenderError,
+    UnitSettings,
+    main_unit_name,
+    sidekick_unit_name,
+)
 from fleetop.controller.world import (
     LAUNCHED,
     Action,
@@ -84,16 +90,16 @@ def plan(
     now: float,
     memory: PlanMemory,
     *,
-    root: str = "",
+    settings: UnitSettings = DEFAULT_UNITS,
 ) -> Plan:
     """Decide one reconcile pass for service ``name``. ``spec`` None means the service was deleted.
-    ``root`` is the installation's key root (``--prefix``), which the sidekicks it writes register under.
+    ``settings`` are the installation's settings the units it writes carry (fleetop's path, key root).
 
     ``units`` are all of fleet's units (owned or not: names taken by others matter), ``states`` all
     UnitStates, ``registrations`` maps an instance ("8001") to whether it is registered.
     """
     view = FleetView.index(units, states, machines)
-    return plan_view(name, spec, generation, view, registrations, now, memory, root=root)
+    return plan_view(name, spec, generation, view, registrations, now, memory, settings=settings)
 
 
 def plan_view(
@@ -105,7 +111,7 @@ def plan_view(
     now: float,
     memory: PlanMemory,
     *,
-    root: str = "",
+    settings: UnitSettings = DEFAULT_UNITS,
 ) -> Plan:
     """:func:`plan` over fleet as indexed once per poll: what the operator calls on every pass."""
     ownership = read_ownership(name, view.claimed.get(name, ()))
@@ -113,7 +119,7 @@ def plan_view(
     if spec is None:
         return Plan(_destroy_everything(ownership), None, PlanMemory(), None)
     try:
-        desired = Desired.build(spec, name, root)
+        desired = Desired.build(spec, name, settings)
     except RenderError as exc:
         return _invalid(world, generation, str(exc), memory)
     return _plan_service(world, desired, generation, memory)

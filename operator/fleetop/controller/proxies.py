@@ -43,6 +43,7 @@ from fleetop.controller.proxystatus import (
 )
 from fleetop.controller.proxyunits import DesiredUnit, ProxyLayout, desired_units
 from fleetop.controller.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
+from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.unitrender import RenderError as UnitRenderError
 from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig
@@ -83,7 +84,7 @@ class ProxyReconciler:
         executor: Executor,
         *,
         proxy_root: str = DEFAULT_PROXY_ROOT,
-        key_root: str = "",
+        settings: UnitSettings = DEFAULT_UNITS,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -91,7 +92,7 @@ class ProxyReconciler:
         self.caches = caches
         self.executor = executor
         self.proxy_root = proxy_root
-        self.key_root = key_root
+        self.settings = settings
         self.clock = clock
         self.monotonic = monotonic
         self.memory: dict[str, ProxyMemory] = {}
@@ -111,7 +112,7 @@ class ProxyReconciler:
         if inputs is None:
             return SYNC_WAIT
         memory = self._memory(name, spec)
-        layout = ProxyLayout.of(name, spec, self.proxy_root, self.key_root)
+        layout = ProxyLayout.of(name, spec, self.proxy_root, self.settings)
         due, wait = self._coalesce(memory, inputs)
         published = self._published(name, memory)
         if due or (wait is None and self._must_render(memory, published)):

@@ -16,7 +16,8 @@ the same address, so instances always conflict with each other (``Conflicts=<pro
 at most one per machine, which also makes the directory unique per machine. (``fleetop node`` models
 its machines on one host, sharing one filesystem and one network: there, run one instance per proxy.)
 
-Units carry the same ``[X-Fleetop]`` ownership section as service units (``Role=proxy|agent``).
+Units carry the same ``[X-Fleetop]`` ownership section as service units (``Role=proxy|agent``), and
+name fleetop by the same absolute path (:class:`~fleetop.controller.unitrender.UnitSettings`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetop.controller.unitrender import (
+    DEFAULT_UNITS,
     INSTANCE_SPECIFIER,
     SIDEKICK_ENVIRONMENT_FILES,
+    UnitSettings,
     companion_placement,
     finish_unit,
     placement_options,
@@ -38,24 +41,27 @@ from fleetop.proxy.render import DEFAULT_PROXY_ROOT, default_runtime_dir
 
 ROLE_PROXY = "proxy"
 ROLE_AGENT = "agent"
-FLEETOP_COMMAND = "fleetop"
-"""The program the units run, found on the unit's PATH like the service sidekick's ``fleetop register``."""
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyLayout:
-    """Where a proxy keeps its files on every machine that runs it."""
+    """Where a proxy keeps its files on every machine that runs it, and the installation's settings
+    (fleetop's path, the key root the agent and the bootstrap read under)."""
 
     runtime_dir: str
     config_path: str
-    key_root: str = ""  # the installation's --prefix, which the agent and the bootstrap read under
+    settings: UnitSettings = DEFAULT_UNITS
 
     @classmethod
     def of(
-        cls, proxy: str, spec: ProxySpec, root: str = DEFAULT_PROXY_ROOT, key_root: str = ""
+        cls,
+        proxy: str,
+        spec: ProxySpec,
+        root: str = DEFAULT_PROXY_ROOT,
+        settings: UnitSettings = DEFAULT_UNITS,
     ) -> ProxyLayout:
         runtime = default_runtime_dir(proxy, root)
-        return cls(runtime, spec.config_path or f"{runtime}/{spec.kind}.conf", key_root)
+        return cls(runtime, spec.config_path or f"{runtime}/{spec.kind}.conf", settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,7 @@ def agent_unit_name(proxy: str, instance: int | str) -> str:
 
 def instance_command(proxy: str, spec: ProxySpec, layout: ProxyLayout) -> str:
     """The proxy unit's ``ExecStart``: bootstrap a valid config, then become nginx / HAProxy."""
-    args = [FLEETOP_COMMAND, "proxy-instance", "--proxy", proxy, "--kind", spec.kind]
+    args = [layout.settings.command("proxy-instance"), "--proxy", proxy, "--kind", spec.kind]
     args += ["--listen", systemd_quote(str(spec.listen))]
     args += [
         "--runtime-dir",
@@ -86,18 +92,18 @@ def instance_command(proxy: str, spec: ProxySpec, layout: ProxyLayout) -> str:
         "--config",
         systemd_quote(layout.config_path),
     ]
-    if layout.key_root:
-        args += ["--prefix", systemd_quote(layout.key_root)]
+    if layout.settings.key_root:
+        args += ["--prefix", systemd_quote(layout.settings.key_root)]
     return " ".join(args)
 
 
 def agent_command(proxy: str, layout: ProxyLayout) -> str:
     """The agent's ``ExecStart``: follow the published config, install it where the proxy reads it."""
-    args = [FLEETOP_COMMAND, "proxy-agent", "--proxy", proxy, "--machine", "%m"]
+    args = [layout.settings.command("proxy-agent"), "--proxy", proxy, "--machine", "%m"]
     args += ["--runtime-dir", systemd_quote(layout.runtime_dir)]
     args += ["--config-path", systemd_quote(layout.config_path)]
-    if layout.key_root:
-        args += ["--prefix", systemd_quote(layout.key_root)]
+    if layout.settings.key_root:
+        args += ["--prefix", systemd_quote(layout.settings.key_root)]
     return " ".join(args)
 
 

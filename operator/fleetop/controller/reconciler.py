@@ -29,6 +29,7 @@ from fleetop.controller.informers import FleetSnapshot, Informers
 from fleetop.controller.instances import FleetView
 from fleetop.controller.metrics import OperatorMetrics
 from fleetop.controller.planner import plan_view
+from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import (
     ObservedMachine,
     ObservedState,
@@ -145,13 +146,13 @@ class ServiceReconciler:
         metrics: OperatorMetrics | None = None,
         clock: Callable[[], float] = time.time,
         *,
-        root: str = "",
+        settings: UnitSettings = DEFAULT_UNITS,
     ) -> None:
         self.informers = informers
         self.executor = executor
         self.metrics = metrics
         self.clock = clock
-        self.root = root  # the installation's --prefix; sidekicks register under it
+        self.settings = settings  # fleetop's path and the key root, in every unit it writes
         self.memory: dict[str, PlanMemory] = {}
         self._invalid_reported: dict[str, int] = {}
         self._unconverged_since: dict[str, float] = {}
@@ -199,7 +200,7 @@ class ServiceReconciler:
         now = self.clock()
         generation = entry.mod_revision if entry is not None else 0
         view = self.view(snapshot)
-        result = plan_view(name, spec, generation, view, registered, now, memory, root=self.root)
+        result = plan_view(name, spec, generation, view, registered, now, memory, settings=self.settings)
         self.memory[name] = result.memory
         status = result.status
         if status is not None:

@@ -11,6 +11,11 @@ SIGTERM and SIGINT resign leadership at once (so a standby takes over within abo
 shut the manager down; a second signal is ignored while the resignation is in flight. Logs are
 human-readable lines by default, JSON lines with ``--log-format json``; settings are logged through
 their ``describe()``, which never includes the password.
+
+The units the operator writes run fleetop too (sidekicks, managed proxies and their agents), and
+systemd finds a bare program name only in its own fixed PATH, so they name it by an absolute path:
+``--fleetop-path`` / ``FLEETOP_PATH``, else the fleetop running this operator (:func:`own_fleetop`).
+Installing fleetop at the same path on every machine is the deployment's part (README, ``manifests/``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -30,6 +36,8 @@ from typing import Any, Literal
 
 from fleetop.config import EtcdSettings, settings_from
 from fleetop.controller.leader import LeaderTimings
+from fleetop.controller.unitrender import RenderError as UnitRenderError
+from fleetop.controller.unitrender import UnitSettings
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths
 
@@ -38,6 +46,47 @@ log = logging.getLogger(__name__)
 LogFormat = Literal["human", "json"]
 DEFAULT_FLEET_ENDPOINT = "unix:///var/run/fleet.sock"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+
+
+def own_fleetop(argv0: str | None = None, executable: str | None = None) -> str:
+    """The absolute path of the ``fleetop`` program that runs this process; raises ConfigError.
+
+    In order: ``argv[0]`` when it is the console script itself (``/opt/fleetop/bin/fleetop run``);
+    the console script next to the interpreter (a virtualenv's ``bin/``: also right for ``python -m``
+    and for an operator running inside another Python program, such as the tests); ``fleetop`` on this
+    process's PATH. Symbolic links are kept, not resolved: a link such as ``/usr/local/bin/fleetop``
+    is a stable name across upgrades, and the unit should keep naming it.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    executable = sys.executable if executable is None else executable
+    candidates = []
+    if os.path.basename(argv0) == "fleetop":
+        candidates.append(argv0)
+    if executable:
+        candidates.append(os.path.join(os.path.dirname(executable), "fleetop"))
+    candidates.append(shutil.which("fleetop") or "")
+    for candidate in candidates:
+        if candidate and _is_executable(candidate):
+            return os.path.abspath(candidate)
+    raise ConfigError(
+        "cannot find the fleetop program to name in the units the operator writes;"
+        " give its absolute path on the machines with --fleetop-path or FLEETOP_PATH"
+    )
+
+
+def _is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def fleetop_path_problem(path: str) -> str | None:
+    """What is wrong with ``path`` on this machine (missing, not executable), or None. Not an error:
+    the operator may run where the fleetop of the fleet machines is not, but the units it writes will
+    fail with 203/EXEC on every machine that lacks it."""
+    if not os.path.exists(path):
+        return f"--fleetop-path {path} does not exist on this machine"
+    if not _is_executable(path):
+        return f"--fleetop-path {path} is not an executable file on this machine"
+    return None
 
 
 def default_identity() -> str:
@@ -63,6 +112,19 @@ class RunConfig:
     event_ttl: int = 3600
     proxy_root: str = DEFAULT_PROXY_ROOT
     """Directory under which each managed proxy keeps its config and runtime files (``<root>/<proxy>``)."""
+    fleetop_path: str = field(default_factory=own_fleetop)
+    """Absolute path of fleetop on the machines, named by every unit the operator writes."""
+
+    def __post_init__(self) -> None:
+        self.unit_settings  # noqa: B018 - refuse a path that cannot be written into a unit, at construction
+
+    @property
+    def unit_settings(self) -> UnitSettings:
+        """What the units the operator writes take from this installation (fleetop's path, key root)."""
+        try:
+            return UnitSettings(self.fleetop_path, self.etcd.prefix)
+        except UnitRenderError as exc:
+            raise ConfigError(f"--fleetop-path: {exc}") from None
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
@@ -102,6 +164,7 @@ class RunConfig:
             identity=str(pick("identity", "FLEETOP_IDENTITY", "") or default_identity()),
             resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 600.0), "--resync-period"),
             proxy_root=_proxy_root(str(pick("proxy_root", "FLEETOP_PROXY_ROOT", DEFAULT_PROXY_ROOT))),
+            fleetop_path=str(pick("fleetop_path", "FLEETOP_PATH", "") or own_fleetop()),
         )
 
 
@@ -178,6 +241,11 @@ async def run_operator(config: RunConfig, *, handle_signals: bool = True) -> Non
         config.fleet_endpoint,
         config.workers,
     )
+    problem = fleetop_path_problem(config.fleetop_path)
+    if problem is not None:
+        log.warning("%s: units that run fleetop fail with 203/EXEC on machines without it", problem)
+    else:
+        log.info("units run %s", config.fleetop_path)
     manager = Manager(config)
     loop = asyncio.get_running_loop()
     stopping = False

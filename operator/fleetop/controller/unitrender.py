@@ -8,6 +8,12 @@ instance is PUT with its full options. Two units per instance, as in the article
 - the sidekick ``<svc>-discovery@<instance>.service`` runs ``fleetop register``; it is bound to its
   main unit (``BindsTo``/``After``) and scheduled next to it (``MachineOf``).
 
+What the units take from the installation rather than from a spec is one :class:`UnitSettings`:
+fleetop's absolute path on the machines and the key root. systemd looks a bare program name up only
+in its own fixed search path, so a unit that says ``fleetop register`` fails with 203/EXEC wherever
+fleetop lives in a virtualenv; the sidekick names fleetop by its path instead. The settings are
+rendered into the units like everything else, so changing them is a new template (a rolling update).
+
 Every unit carries an ``[X-Fleetop]`` section (``Service=``, ``Role=``, ``Template=``). systemd
 ignores ``X-`` sections; fleetop changes and destroys only units that carry one naming the service.
 ``Template=`` is a short sha256 of the unit's options without that section and with the instance
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from fleetop.fleet.units import UnitOption, check_option_values, regroup, serialize
@@ -37,14 +44,61 @@ INSTANCE_SPECIFIER = "%i"
 TEMPLATE_LENGTH = 12
 """Hex digits of sha256 kept in ``Template=``: short enough to read in ``fleetctl cat``, and a
 collision between two specs of one service is negligible."""
-REGISTER_COMMAND = "fleetop register"
-"""The sidekick's program. Older systemd (before v239) wants an absolute path in ``ExecStart``."""
+DEFAULT_FLEETOP = "/opt/fleetop/bin/fleetop"
+"""The fleetop the renderers name when nothing else is said (the README's install, a virtualenv in
+``/opt/fleetop``). ``fleetop run`` always says: the fleetop that runs it, or ``--fleetop-path``."""
 SIDEKICK_ENVIRONMENT_FILES = ("-/etc/environment", "-/etc/etcd.environment")
 _BARE_ARG = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=,@%+")
+_PROGRAM_PATH = _BARE_ARG - {"%", ":", "=", ","}
+"""Characters of a program path written bare as the first word of ``ExecStart``: nothing systemd
+would split on, unquote, or expand (``%`` specifiers, ``$`` variables)."""
+PROGRAM_PATH_MAX = 4095
 
 
 class RenderError(ValueError):
     """A spec that cannot be written as a unit file (a line too long, a forbidden character)."""
+
+
+def program_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name the program of an ``ExecStart``, or None when it can."""
+    if not path.startswith("/"):
+        return "must be an absolute path (systemd looks a bare name up only in its own fixed PATH)"
+    if len(path) > PROGRAM_PATH_MAX:
+        return f"longer than {PROGRAM_PATH_MAX} characters"
+    bad = sorted({c for c in path if c not in _PROGRAM_PATH})
+    if bad:
+        return "must not contain " + " ".join(repr(c) for c in bad)
+    if path.endswith("/") or "/../" in f"{path}/" or "/./" in f"{path}/":
+        return "must name a file, without '.' or '..' components"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSettings:
+    """What every unit the operator writes takes from the installation rather than from a spec.
+
+    Both values are rendered into the units (the sidekicks' and the managed proxies'), so changing one
+    changes their ``Template=``: the operator replaces what it wrote before with a rolling update.
+    Raises :class:`RenderError` for a path that cannot be written into a unit.
+    """
+
+    fleetop: str = DEFAULT_FLEETOP
+    """Absolute path of the fleetop program, the same on every machine (``fleetop run --fleetop-path``,
+    ``FLEETOP_PATH``; by default the fleetop that runs the operator)."""
+    key_root: str = ""
+    """The installation's key root (``--prefix``): sidekicks register under it, agents read under it."""
+
+    def __post_init__(self) -> None:
+        problem = program_path_problem(self.fleetop)
+        if problem is not None:
+            raise RenderError(f"fleetop path {self.fleetop!r}: {problem}")
+
+    def command(self, verb: str) -> str:
+        """The start of an ``ExecStart`` running ``fleetop <verb>``."""
+        return f"{self.fleetop} {verb}"
+
+
+DEFAULT_UNITS = UnitSettings()
 
 
 class Owner(NamedTuple):
@@ -129,10 +183,11 @@ def _main_body(spec: ServiceSpec, service: str) -> list[UnitOption]:
     return out
 
 
-def register_command(spec: ServiceSpec, service: str, instance: int | str, root: str = "") -> str:
-    """The sidekick's ``ExecStart``: ``fleetop register`` with the instance's address and check.
-
-    ``root`` is the installation's key root (``--prefix``): the sidekick registers under it too.
+def register_command(
+    spec: ServiceSpec, service: str, instance: int | str, settings: UnitSettings = DEFAULT_UNITS
+) -> str:
+    """The sidekick's ``ExecStart``: ``fleetop register`` (by its absolute path) with the instance's
+    address and check, under the installation's key root (``--prefix``) when there is one.
 
     The port is the instance, so a sidekick needs ``ports.base``: without it the instance number is
     not a port and there is nothing to register (:class:`RenderError`, reported as ``Invalid``).
@@ -145,7 +200,8 @@ def register_command(spec: ServiceSpec, service: str, instance: int | str, root:
     discovery = spec.discovery
     check = discovery.check
     address = f"${{COREOS_PRIVATE_IPV4}}:{instance}"
-    args = [REGISTER_COMMAND, "--service", service, "--instance", INSTANCE_SPECIFIER, "--address", address]
+    args = [settings.command("register"), "--service", service, "--instance", INSTANCE_SPECIFIER]
+    args += ["--address", address]
     if check.http is not None:
         args += ["--http", systemd_quote(check.http)]
     elif check.tcp:
@@ -156,12 +212,14 @@ def register_command(spec: ServiceSpec, service: str, instance: int | str, root:
     args += ["--ttl", _seconds(discovery.ttl)]
     if discovery.prefix:
         args += ["--prefix", systemd_quote(discovery.prefix)]
-    if root:
-        args += ["--root", systemd_quote(root)]
+    if settings.key_root:
+        args += ["--root", systemd_quote(settings.key_root)]
     return " ".join(args)
 
 
-def _sidekick_body(spec: ServiceSpec, service: str, instance: int | str, root: str = "") -> list[UnitOption]:
+def _sidekick_body(
+    spec: ServiceSpec, service: str, instance: int | str, settings: UnitSettings
+) -> list[UnitOption]:
     main = main_unit_name(service, instance)
     out = [
         UnitOption("Unit", "Description", f"{service} instance {INSTANCE_SPECIFIER} registration (fleetop)"),
@@ -170,7 +228,7 @@ def _sidekick_body(spec: ServiceSpec, service: str, instance: int | str, root: s
     ]
     out.extend(UnitOption("Service", "EnvironmentFile", f) for f in SIDEKICK_ENVIRONMENT_FILES)
     out += [
-        UnitOption("Service", "ExecStart", register_command(spec, service, instance, root)),
+        UnitOption("Service", "ExecStart", register_command(spec, service, instance, settings)),
         UnitOption("Service", "Restart", "always"),
         UnitOption("Service", "RestartSec", "1"),
     ]
@@ -211,9 +269,9 @@ def main_template(spec: ServiceSpec, service: str) -> str:
     return template_hash(_main_body(spec, service))
 
 
-def sidekick_template(spec: ServiceSpec, service: str, root: str = "") -> str:
+def sidekick_template(spec: ServiceSpec, service: str, settings: UnitSettings = DEFAULT_UNITS) -> str:
     """The template hash every sidekick of this spec carries (computed with the instance as ``%i``)."""
-    return template_hash(_sidekick_body(spec, service, INSTANCE_SPECIFIER, root))
+    return template_hash(_sidekick_body(spec, service, INSTANCE_SPECIFIER, settings))
 
 
 def render_main(spec: ServiceSpec, service: str, instance: int | str) -> list[UnitOption]:
@@ -225,11 +283,12 @@ def render_main(spec: ServiceSpec, service: str, instance: int | str) -> list[Un
     return finish_unit(_main_body(spec, service), service, ROLE_MAIN, main_template(spec, service))
 
 
-def render_sidekick(spec: ServiceSpec, service: str, instance: int | str, root: str = "") -> list[UnitOption]:
-    """All options of ``<svc>-discovery@<instance>.service``, in the order fleet stores them.
-    ``root`` is the installation's key root (``--prefix``), passed on to ``fleetop register``."""
-    body = _sidekick_body(spec, service, instance, root)
-    return finish_unit(body, service, ROLE_DISCOVERY, sidekick_template(spec, service, root))
+def render_sidekick(
+    spec: ServiceSpec, service: str, instance: int | str, settings: UnitSettings = DEFAULT_UNITS
+) -> list[UnitOption]:
+    """All options of ``<svc>-discovery@<instance>.service``, in the order fleet stores them."""
+    body = _sidekick_body(spec, service, instance, settings)
+    return finish_unit(body, service, ROLE_DISCOVERY, sidekick_template(spec, service, settings))
 
 
 def owned_by(options: Iterable[UnitOption]) -> Owner | None:

@@ -4,6 +4,10 @@ and executable, on the modelled machine they belong to.
 One node models several fleet machines, so a host path in a unit (``EnvironmentFile=/etc/environment``,
 ``WorkingDirectory=``) means that machine's file, found through ``MachineContext.path_map``. The
 environment is built the way systemd builds it, and ``EnvironmentFile=`` is read again at every spawn.
+
+The search path is systemd's fixed default (:data:`DEFAULT_PATH`), never the node's own: a unit that
+names a program outside it by a bare name fails with 203/EXEC here as on a real machine, so the model
+cannot hide a unit that only works where fleetop happens to be on PATH.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +23,7 @@ from fleetop.node.systemd import ServiceConfig
 from fleetop.node.unitparse import parse_environment_file
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def with_own_bin(path: str) -> str:
-    """``path`` with the directory of this installation's ``fleetop`` appended when it is missing, so
-    units the operator writes (``fleetop register``, ``fleetop proxy-agent``) find the same fleetop as
-    the node that runs them, also when the node was started from an unactivated virtualenv."""
-    own = os.path.dirname(sys.executable)
-    if not own or not os.access(os.path.join(own, "fleetop"), os.X_OK) or own in path.split(os.pathsep):
-        return path
-    return f"{path}{os.pathsep}{own}" if path else own
+"""The PATH systemd gives every unit (its compiled-in default for the system manager)."""
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from pathlib import Path
 from fleetop.errors import NotFound
 from fleetop.fleet.units import UnitOption
 from fleetop.node import procgroups
-from fleetop.node.execenv import DEFAULT_PATH, MachineContext, with_own_bin
+from fleetop.node.execenv import DEFAULT_PATH, MachineContext
 from fleetop.node.service import RuntimeState, Service
 from fleetop.node.systemd import SpecifierContext, load_service
 
-__all__ = ["DEFAULT_PATH", "MachineContext", "RuntimeState", "Supervisor", "with_own_bin"]
+__all__ = ["DEFAULT_PATH", "MachineContext", "RuntimeState", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ class Supervisor:
         self.run_dir = self.state_dir / "run"
         self.journal_dir = self.state_dir / "journal"
         self.on_change = on_change
-        if base_env is None:
-            base_env = {k: os.environ[k] for k in ("PATH", "LANG", "HOME") if k in os.environ}
-            base_env["PATH"] = with_own_bin(base_env.get("PATH", DEFAULT_PATH))
+        if base_env is None:  # systemd's fixed PATH, not the node's own (see execenv)
+            base_env = {k: os.environ[k] for k in ("LANG", "HOME") if k in os.environ}
+            base_env["PATH"] = DEFAULT_PATH
         self.base_env: dict[str, str] = dict(base_env)
         self.base_env.setdefault("PATH", DEFAULT_PATH)
         self.sequence = itertools.count(1)
