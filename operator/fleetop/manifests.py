@@ -3,7 +3,14 @@
 The unit files run fleetop itself on a real fleet cluster (the operator as a fleet unit, agents for
 hand-run proxies, the etcd drop-in that writes ``/etc/etcd.environment``); the specs are the articles'
 examples as apply documents. Values are merged over ``manifests/values.yaml`` and checked before
-rendering: a value with a newline would split a unit file, so it is refused with its path.
+rendering: a value with a newline would split a unit file, so it is refused with its path, and so are
+paths that would not survive an ``ExecStart`` line.
+
+The operator's candidates are one unit file each (``fleetop@1.service``, ``fleetop@2.service``), not
+one template: each gets its own metrics address (the port of ``operator.metricsAddress`` plus the
+candidate's number minus one), so two candidates never share an address, whichever machines they run
+on. ``install.path`` reaches the operator as ``--fleetop-path``: the units the operator writes name
+the same fleetop.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from typing import Any
 import jinja2
 import yaml
 
+from fleetop.controller.unitrender import program_path_problem
 from fleetop.errors import InputError
+from fleetop.proxy.render import RenderError, RenderPaths
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
 
@@ -43,6 +52,32 @@ def check_values(value: Any, path: str = "$") -> None:
         raise InputError("must not contain newlines", where="values", path=path)
 
 
+def check_paths(values: dict[str, Any]) -> None:
+    """Refuse paths that would not survive the unit line they are written into."""
+    problem = program_path_problem(str(values["install"]["path"]))
+    if problem is not None:
+        raise InputError(problem, where="values", path="$.install.path")
+    try:
+        RenderPaths(str(values["managedProxies"]["root"]))
+    except RenderError as exc:
+        raise InputError(str(exc), where="values", path="$.managedProxies.root") from None
+
+
+def metrics_addresses(value: str, candidates: int) -> list[str]:
+    """The metrics address of candidates 1..``candidates``: ``host:port``, ``host:port+1``, ...
+    (``off`` for all when the server is off). Raises InputError."""
+    if value.lower() in ("off", "none", ""):
+        return ["off"] * candidates
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65536 - candidates:
+        raise InputError(
+            f"{value!r} must be host:port with room for {candidates} consecutive ports",
+            where="values",
+            path="$.operator.metricsAddress",
+        )
+    return [f"{host}:{int(port) + index}" for index in range(candidates)]
+
+
 def load_values(source: Path, override: Path | None) -> dict[str, Any]:
     values = yaml.safe_load((source / "values.yaml").read_text())
     if override is not None:
@@ -54,6 +89,7 @@ def load_values(source: Path, override: Path | None) -> dict[str, Any]:
             raise InputError("values must be a mapping", where=str(override))
         values = merge(values, extra)
     check_values(values)
+    check_paths(values)
     return dict(values)
 
 
@@ -95,12 +131,13 @@ def render(values: dict[str, Any], source: Path = MANIFESTS_DIR) -> list[Rendere
             "units/etcd-environment.conf", env.get_template("units/etcd-environment.conf.j2").render(context)
         )
     ]
-    operator_unit = env.get_template("units/fleetop@.service.j2").render(context)
-    out.append(Rendered("units/fleetop@.service", operator_unit))
-    out += [
-        Rendered(f"units/fleetop@{i}.service", operator_unit)
-        for i in range(1, values["operator"]["replicas"] + 1)
-    ]
+    candidates = int(values["operator"]["replicas"])
+    operator_unit = env.get_template("units/fleetop@.service.j2")
+    for number, address in enumerate(
+        metrics_addresses(str(values["operator"]["metricsAddress"]), candidates)
+    ):
+        text = operator_unit.render({**context, "metrics_address": address})
+        out.append(Rendered(f"units/fleetop@{number + 1}.service", text))
     for given in values.get("unmanagedProxies") or []:
         proxy = {"configPath": "/etc/nginx/nginx.conf", "machineMetadata": {}, **given}
         text = env.get_template("units/proxy-agent.service.j2").render({**context, "proxy": proxy})
