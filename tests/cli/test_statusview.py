@@ -225,7 +225,8 @@ def test_etcd_unreachable_is_said_plainly_and_fleet_is_still_shown() -> None:
     report.etcd = Health(
         "127.0.0.1:2379",
         False,
-        "cannot reach etcd at 127.0.0.1:2379 within 5 s: ...: Failed to connect to remote host: Connection refused",
+        "cannot reach etcd at 127.0.0.1:2379 within 5 s: ...: Failed to connect to remote host:"
+        " Connection refused",
     )
     report.leader, report.services, report.proxies = None, [], []
     text = format_status(report)
