@@ -346,12 +346,15 @@ class FleetInformer:
         return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
 
     async def refresh(self, timeout: float = 10.0) -> bool:
-        """Poll now and wait for a snapshot that began after this call; False on timeout."""
+        """Poll now and wait for a snapshot that began after this call; False on timeout or while
+        fleet does not answer."""
         asked = time.monotonic()
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while self.snapshot.started < asked:
+                    if self.loss is not None:
+                        return False
                     self._polled.clear()
                     await self._polled.wait()
                 return True
