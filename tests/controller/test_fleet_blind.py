@@ -142,7 +142,7 @@ async def test_fails_over_then_changes_nothing_while_fleet_is_frozen(
         available = status.condition("Available")
         assert available is not None
         lost = calendar.timegm(time.strptime(available.last_transition_time, "%Y-%m-%dT%H:%M:%SZ"))
-        assert stopped_at - 2 <= lost <= time.time()  # since when fleet stopped answering
+        assert stopped_at - 5 <= lost <= time.time()  # since when fleet stopped answering (whole seconds)
         assert "fleet has not answered since" in available.message
         assert node.endpoint in available.message and dead_endpoint in available.message
         assert "last known: True (MinimumReplicasAvailable)" in available.message

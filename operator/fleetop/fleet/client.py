@@ -14,7 +14,9 @@ failover: a request that cannot reach its endpoint (refused, dropped, timed out)
 next one, and the client sticks to the endpoint that answered. An answer, even 4xx or 5xx, is fleet
 speaking: every fleetd serves the same etcd-backed registry, so another machine would say the same,
 and the answer is returned (or retried) as it is, not failed over. When no endpoint answers, the
-error names each endpoint tried and why.
+error names each endpoint tried and why. A write that timed out may still land later at the endpoint
+that did not answer (a frozen machine that resumes; HTTP cannot take a request back): every write is
+idempotent, and the operator, level-triggered, undoes on its next pass whatever it does not want.
 """
 
 from __future__ import annotations
