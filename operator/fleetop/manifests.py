@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from fleetop.config import parse_fleet_endpoints
 from fleetop.errors import InputError
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[2] / "manifests"
@@ -60,7 +61,9 @@ def load_values(source: Path, override: Path | None) -> dict[str, Any]:
 def env_lines(values: dict[str, Any]) -> list[str]:
     """``Environment=`` values the units get (never the password: that stays in the secrets file)."""
     etcd = values["etcd"]
-    lines = [f"FLEETCTL_ENDPOINT={values['fleet']['endpoint']}"]
+    fleet = values["fleet"]["endpoint"]
+    given = ",".join(str(e) for e in fleet) if isinstance(fleet, list) else str(fleet)
+    lines = [f"FLEETCTL_ENDPOINT={','.join(parse_fleet_endpoints(given, 'values fleet.endpoint'))}"]
     if etcd.get("endpoints"):
         lines.append(f"ETCDCTL_ENDPOINTS={','.join(etcd['endpoints'])}")
     for key, variable in (
