@@ -10,6 +10,10 @@ sidekicks. So fleetop reads exactly those, in this order, with command-line flag
 (``FLEETOP_ETCD_ENV_FILE``, default ``/etc/etcd.environment`` when it exists, read like systemd's
 ``EnvironmentFile=``), 5. ``127.0.0.1:2379``.
 
+fleet is found the way fleetctl finds it: ``--fleet-endpoint``, else ``FLEETCTL_ENDPOINT``, else
+``unix:///var/run/fleet.sock``; unlike fleetctl, which uses the first entry of a comma-separated list,
+fleetop keeps every entry and fails over between them (:func:`fleet_endpoints_from`).
+
 The precedence is explicit code rather than a settings framework because one variable may come from a
 file and the error must name the exact variable (or flag) that was wrong. The password is a
 ``SecretStr``: it never appears in ``repr()``, ``str()`` or logs.
@@ -23,12 +27,14 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fleetop.errors import ConfigError
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
+DEFAULT_FLEET_ENDPOINT = "unix:///var/run/fleet.sock"
 DEFAULT_ENV_FILE = Path("/etc/etcd.environment")
 ENV_FILE_VAR = "FLEETOP_ETCD_ENV_FILE"
 
@@ -166,6 +172,53 @@ def _is_dns_name(host: str) -> bool:
     if not host or len(host) > 253 or host.replace(".", "").isdigit():
         return False
     return all(_DNS_LABEL.match(label) for label in host.rstrip(".").split("."))
+
+
+def parse_fleet_endpoint(item: str, source: str) -> str:
+    """One fleet endpoint as fleetctl takes it: ``unix:///path`` (or ``file:///path``) or
+    ``http(s)://host[:port][/prefix]``. Returns it stripped; raises ConfigError naming it."""
+    text = item.strip()
+    expected = "expected unix:///path or http://host:port"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{source}: {text!r} is not a fleet endpoint ({expected})") from None
+    if parts.scheme in ("unix", "file"):
+        if not (parts.netloc + parts.path):
+            raise ConfigError(f"{source}: {text!r}: the unix socket path is empty")
+        return text
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{source}: {text!r} is not a fleet endpoint ({expected})")
+    host = parts.hostname
+    if not (_is_ip(host, 4) or _is_ip(host, 6) or _is_dns_name(host)) or port == 0:
+        raise ConfigError(f"{source}: {text!r} is not a fleet endpoint ({expected})")
+    return text.rstrip("/")
+
+
+def parse_fleet_endpoints(value: str, source: str) -> tuple[str, ...]:
+    """``"unix:///a.sock,http://10.0.0.2:49153"`` → each endpoint, in order (the client fails over
+    between them). An empty entry or a bad endpoint is a ConfigError naming it and ``source``."""
+    items = value.split(",")
+    if not value.strip():
+        raise ConfigError(f"{source}: no fleet endpoint given")
+    found: list[str] = []
+    for position, item in enumerate(items, start=1):
+        if not item.strip():
+            raise ConfigError(f"{source}: entry {position} of {value!r} is empty")
+        endpoint = parse_fleet_endpoint(item, source)
+        if endpoint not in found:
+            found.append(endpoint)
+    return tuple(found)
+
+
+def fleet_endpoints_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, ...]:
+    """fleet's endpoints from ``--fleet-endpoint`` (flag name ``fleet_endpoint``), else
+    ``FLEETCTL_ENDPOINT``, else ``unix:///var/run/fleet.sock``; validated (ConfigError names the bad one)."""
+    found = _Lookup(flags, environ).get("fleet_endpoint", "FLEETCTL_ENDPOINT")
+    if found is None:
+        return (DEFAULT_FLEET_ENDPOINT,)
+    return parse_fleet_endpoints(*found)
 
 
 def parse_duration(value: str, source: str) -> float:

@@ -10,7 +10,10 @@ it; they are translated at the boundary::
         └── raised as fleetop.errors.ConfigError
 
 Endpoints are written the way ``FLEETCTL_ENDPOINT`` takes them: ``unix:///var/run/fleet.sock`` or
-``http(s)://host:port``. Like fleetctl, a comma-separated list uses its first entry.
+``http(s)://host:port``. A session talks to one endpoint (given a comma-separated list, its first
+entry, as fleetctl does); failing over between several is the fleet client's job, which keeps one
+session per endpoint. Tests inject an ``httpx`` transport (``MockTransport``) through
+:class:`HttpSession`'s ``transport`` instead of patching anything.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class HttpSession:
     """An HTTP/1.1 session to one endpoint. Use as ``async with`` or call ``aclose()``.
 
     ``unavailable`` is the TemporaryError subclass raised on transport failures (FleetUnavailable by
-    default, since the fleet client is the main user).
+    default, since the fleet client is the main user). ``transport`` replaces the network (tests).
     """
 
     def __init__(
@@ -117,11 +120,13 @@ class HttpSession:
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
         unavailable: type[TemporaryError] = FleetUnavailable,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.endpoint = parse_endpoint(endpoint)
         self._unavailable = unavailable
         t = timeouts or Timeouts()
-        transport = httpx.AsyncHTTPTransport(uds=self.endpoint.socket_path, retries=0)
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport(uds=self.endpoint.socket_path, retries=0)
         self._client = httpx.AsyncClient(
             base_url=self.endpoint.base_url,
             transport=transport,

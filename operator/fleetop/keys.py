@@ -46,6 +46,10 @@ class Keys:
     def leader(self) -> str:
         return f"{self.root}/fleetop/leader"
 
+    def observed(self) -> str:
+        """The leader's account of how fresh its view is (``fleetop status`` reads it)."""
+        return f"{self.root}/fleetop/observed"
+
     def events(self, name: str = "") -> str:
         return f"{self.root}/fleetop/events/{name}/" if name else f"{self.root}/fleetop/events/"
 

@@ -23,6 +23,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from fleetop.config import parse_fleet_endpoints
 from fleetop.controller.unitrender import program_path_problem
 from fleetop.errors import InputError
 from fleetop.proxy.render import RenderError, RenderPaths
@@ -96,7 +97,9 @@ def load_values(source: Path, override: Path | None) -> dict[str, Any]:
 def env_lines(values: dict[str, Any]) -> list[str]:
     """``Environment=`` values the units get (never the password: that stays in the secrets file)."""
     etcd = values["etcd"]
-    lines = [f"FLEETCTL_ENDPOINT={values['fleet']['endpoint']}"]
+    fleet = values["fleet"]["endpoint"]
+    given = ",".join(str(e) for e in fleet) if isinstance(fleet, list) else str(fleet)
+    lines = [f"FLEETCTL_ENDPOINT={','.join(parse_fleet_endpoints(given, 'values fleet.endpoint'))}"]
     if etcd.get("endpoints"):
         lines.append(f"ETCDCTL_ENDPOINTS={','.join(etcd['endpoints'])}")
     for key, variable in (

@@ -18,6 +18,7 @@ from fleetop.errors import SpecInvalid
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.fleet.units import UnitOption
 from fleetop.models import ProxyStatus, ServiceStatus
+from fleetop.models.observed import FleetObservation, OperatorObservation
 from fleetop.models.parse import encode_spec, parse_proxy, parse_service
 from fleetop.models.status import AgentCount, Condition, ReplicaCounts
 from fleetop.store import Entry, StatusEntry
@@ -83,8 +84,8 @@ def test_one_screen() -> None:
     assert text.startswith("leader    host-1-abc")
     assert "etcd      127.0.0.1:2379  healthy" in text
     lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
-    assert lines["web"] == ["web", "3", "3", "2", "3", "Available,Degraded(Unschedulable)", "30s"]
-    assert lines["bad"][-2] == "Invalid($.replicas)"
+    assert lines["web"] == ["web", "3", "3", "2", "3", "Available,Degraded(Unschedulable)", "30s", "-"]
+    assert lines["bad"][-3] == "Invalid($.replicas)"
     assert lines["edge"][:5] == ["edge", "nginx", "*:8080", "1/1", "web=3"]
     assert ["aaaaaaaa...", "127.0.1.1", "region=sfo1", "web@8001.service", "(active/running)"] in [
         line.split() for line in text.splitlines()
@@ -132,3 +133,109 @@ def test_age() -> None:
     assert age("2026-11-21T11:00:00Z", NOW) == "60m"
     assert age("2026-11-19T12:00:00Z", NOW) == "2d"
     assert age("", NOW) == "-"
+
+
+def _seen(reachable: bool = True, written: str = "2026-11-21T11:59:58Z") -> OperatorObservation:
+    fleet = FleetObservation(
+        endpoints=["unix:///a.sock", "http://127.0.0.1:49153"],
+        endpoint="http://127.0.0.1:49153",
+        reachable=reachable,
+        last_seen="2026-11-21T11:59:57Z" if reachable else "2026-11-21T11:58:00Z",
+        lost_since="" if reachable else "2026-11-21T11:58:05Z",
+        error="" if reachable else "GET /fleet/v1/units: timed out (ReadTimeout)",
+        tried=[] if reachable else ["unix:///a.sock", "http://127.0.0.1:49153"],
+    )
+    return OperatorObservation(identity="host-1-abc", time=written, heartbeat=10.0, fleet=fleet)
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+
+
+def test_the_age_of_the_operators_view_is_shown() -> None:
+    report = _report()
+    report.observed = _seen()
+    text = format_status(report)
+    assert "operator  host-1-abc: fleet seen 3s ago through http://127.0.0.1:49153" in text
+    assert _rows(text)["web"][-1] == "3s"
+    assert "Available" in _rows(text)["web"][5]
+    data = json.loads(format_status_data(report, "json"))
+    assert data["operator"]["fleet"]["lastSeen"] == "2026-11-21T11:59:57Z"
+    assert data["conditionsJudged"] is True
+
+    report.observed = _seen(written="2026-11-21T11:50:00Z")  # nobody rewrote it for 10 minutes
+    text = format_status(report)
+    assert "record not rewritten for 10m (is `fleetop run` leading?); fleet seen 3s ago" in text
+
+
+def test_a_blind_operator_and_its_unknown_conditions_are_shown_as_such() -> None:
+    report = _report()
+    report.observed = _seen(reachable=False)
+    stored = report.service_status["web"]
+    assert isinstance(stored.status, ServiceStatus)
+    unknown = [
+        Condition(
+            type=kind,
+            status="Unknown",
+            reason="FleetUnreachable",
+            last_transition_time="2026-11-21T11:58:05Z",
+        )
+        for kind in ("Available", "Progressing", "Degraded")
+    ]
+    status = stored.status.model_copy(update={"conditions": unknown})
+    report.service_status["web"] = StatusEntry("web", status, None, 10)
+    text = format_status(report)
+    assert (
+        "operator  host-1-abc: fleet UNREACHABLE for 1m (tried unix:///a.sock, http://127.0.0.1:49153):"
+        " GET /fleet/v1/units: timed out (ReadTimeout); last seen 2m ago" in text
+    )
+    assert _rows(text)["web"][5:] == ["Unknown(FleetUnreachable)", "1m", "2m"]
+    assert "the operator does not see fleet — services' conditions cannot be judged" in text
+
+
+def test_fleet_unreachable_says_what_was_tried_and_never_shows_available() -> None:
+    report = _report()
+    report.fleet = Health(
+        "unix:///a.sock,http://127.0.0.1:49153",
+        False,
+        "no fleet endpoint answered (...)",
+        {"unix:///a.sock": "[Errno 111] Connection refused", "http://127.0.0.1:49153": "timed out"},
+    )
+    report.machines, report.units, report.states = [], [], []
+    text = format_status(report)
+    assert "fleet     unix:///a.sock,http://127.0.0.1:49153  UNREACHABLE\n" in text
+    assert "          tried unix:///a.sock: [Errno 111] Connection refused\n" in text
+    assert "          tried http://127.0.0.1:49153: timed out\n" in text
+    assert (
+        "fleet: UNREACHABLE (tried unix:///a.sock, http://127.0.0.1:49153) — services' conditions"
+        " cannot be judged (shown as Unknown)" in text
+    )
+    assert _rows(text)["web"][5] == "Unknown(FleetUnreachable)"
+    assert "Available" not in text
+    assert text.endswith("MACHINES\n  (unknown: fleet unreachable)\n")
+
+    report.observed = _seen()  # the operator still sees fleet through another endpoint: trust its status
+    text = format_status(report)
+    assert _rows(text)["web"][5] == "Available,Degraded(Unschedulable)"
+    assert "cannot be judged" not in text
+
+
+def test_etcd_unreachable_is_said_plainly_and_fleet_is_still_shown() -> None:
+    report = _report()
+    report.etcd = Health(
+        "127.0.0.1:2379",
+        False,
+        "cannot reach etcd at 127.0.0.1:2379 within 5 s: ...: Failed to connect to remote host:"
+        " Connection refused",
+    )
+    report.leader, report.services, report.proxies = None, [], []
+    text = format_status(report)
+    assert text.startswith("leader    unknown (etcd unreachable)\n")
+    assert (
+        "etcd: UNREACHABLE at 127.0.0.1:2379 (connection refused) — cannot show leader, services, proxies"
+        in text
+    )
+    assert "SERVICES\n  (unknown: etcd unreachable)" in text
+    assert "PROXIES\n  (unknown: etcd unreachable)" in text
+    assert "(none)" not in text and "is `fleetop run` running" not in text
+    assert "web@8001.service" in text  # what fleet shows

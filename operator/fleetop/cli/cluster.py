@@ -25,28 +25,34 @@ from fleetop.cli.statusview import (
     format_units,
     now_utc,
 )
+from fleetop.config import fleet_endpoints_from
 from fleetop.errors import FleetopError
 from fleetop.etcd import Events, Snapshot
 from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.http import Timeouts
 from fleetop.models import Event
+from fleetop.models.observed import OperatorObservation
 from fleetop.store import Store
 
 
 def fleet_endpoint(flag: str | None) -> str:
-    return flag or os.environ.get("FLEETCTL_ENDPOINT") or "unix:///var/run/fleet.sock"
+    """The validated endpoint list, comma-separated (ConfigError names a bad entry and its source)."""
+    return ",".join(fleet_endpoints_from({"fleet_endpoint": flag}, os.environ))
 
 
 async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit], list[UnitState]]:
-    try:
-        async with FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0)) as fleet:
-            machines, units, states = await asyncio.gather(
-                fleet.list_machines(), fleet.list_units(), fleet.list_states()
-            )
-    except FleetopError as exc:
-        return Health(endpoint, False, str(exc)), [], [], []
-    return Health(endpoint, True, f"{len(machines)} machines"), machines, units, states
+    """One look at fleet, failing over between the endpoints (each tried once, sequentially, so the
+    client stays on the one that answered)."""
+    fleet = FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0))
+    async with fleet:
+        try:
+            machines = await fleet.list_machines()
+            units, states = await asyncio.gather(fleet.list_units(), fleet.list_states())
+        except FleetopError as exc:
+            return Health(endpoint, False, str(exc), dict(fleet.unreachable)), [], [], []
+    detail = f"{len(machines)} machines" + (f", through {fleet.endpoint}" if len(fleet.endpoints) > 1 else "")
+    return Health(endpoint, True, detail), machines, units, states
 
 
 async def gather_etcd(store: Store, report: Report) -> None:
@@ -60,6 +66,10 @@ async def gather_etcd(store: Store, report: Report) -> None:
     report.service_status = await store.statuses("services")
     report.proxies, _ = await store.list("proxies")
     report.proxy_status = await store.statuses("proxies")
+    observed = await store.etcd.get(store.keys.observed())
+    if observed is not None:
+        with contextlib.suppress(ValueError):
+            report.observed = OperatorObservation.model_validate_json(observed.value)
 
 
 async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
@@ -72,6 +82,7 @@ async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
             await gather_etcd(store, report)
     except FleetopError as exc:
         report.etcd = Health(",".join(settings.endpoints), False, str(exc))
+        report.leader, report.services, report.proxies, report.observed = None, [], [], None
     report.fleet, report.machines, report.units, report.states = await fleet_task
     return report
 

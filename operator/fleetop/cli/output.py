@@ -74,6 +74,9 @@ def _service_state(entry: Entry, status: ServiceStatus | None) -> str:
         return "Pending"
     if status.observed_generation != entry.mod_revision:
         return "Pending"
+    lost = next((c for c in status.conditions if c.status == "Unknown" and c.reason != "Paused"), None)
+    if lost is not None:  # the operator cannot see what it judges from (fleet unreachable)
+        return f"Unknown: {lost.reason}"
     for kind in ("Invalid", "Degraded"):
         cond = status.condition(kind)
         if cond is not None and cond.status == "True":

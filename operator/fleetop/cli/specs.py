@@ -124,7 +124,11 @@ def get(
     name: Annotated[str | None, typer.Argument(help="one name; all when omitted")] = None,
     output: Annotated[Output, typer.Option("--output", "-o")] = Output.table,
     fleet_endpoint: Annotated[
-        str | None, typer.Option("--fleet-endpoint", help="fleet API for units|machines (FLEETCTL_ENDPOINT)")
+        str | None,
+        typer.Option(
+            "--fleet-endpoint",
+            help="fleet API for units|machines, several comma-separated for failover (FLEETCTL_ENDPOINT)",
+        ),
     ] = None,
 ) -> None:
     """List services or proxies with their status (like kubectl get), or fleet's units and machines

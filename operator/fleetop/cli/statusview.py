@@ -2,6 +2,13 @@
 
 Gathering (etcd, fleet) lives in ``cluster.py``; this module only turns a :class:`Report` into text or
 data, so the one-screen view is tested without any server.
+
+The screen is most needed when something is down, so it says what it cannot see rather than showing
+an empty or stale cluster: without etcd there is no leader, service or proxy to show (it says so and
+still shows fleet's machines and units); without fleet it names the endpoints tried, and a service's
+conditions that nobody can judge any more read ``Unknown(FleetUnreachable)``, never ``Available``. How
+old each observation is comes from the leader's record (:mod:`fleetop.models.observed`): the SEEN
+column is how long ago the fleet view behind each status was taken.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Any
 from fleetop.cli.output import render_table, to_json, to_yaml
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.models import ProxyStatus, ServiceStatus
+from fleetop.models.observed import OperatorObservation
 from fleetop.store import Entry, StatusEntry
 
 
@@ -21,6 +29,8 @@ class Health:
     endpoint: str
     healthy: bool
     detail: str = ""
+    tried: dict[str, str] = field(default_factory=dict)
+    """Unreachable endpoints and why (several fleet endpoints: each one tried)."""
 
 
 @dataclass
@@ -38,6 +48,46 @@ class Report:
     machines: list[Machine] = field(default_factory=list)
     units: list[Unit] = field(default_factory=list)
     states: list[UnitState] = field(default_factory=list)
+    observed: OperatorObservation | None = None
+    """The leader's record of how fresh its view is (None: none found, or etcd unreachable)."""
+
+
+STALE_HEARTBEATS = 3
+"""A leader's record older than this many heartbeats (plus a little) has nobody writing it."""
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def record_is_stale(observed: OperatorObservation, now: datetime) -> bool:
+    """No operator has rewritten its record for several heartbeats: nobody is leading."""
+    written = _parse_time(observed.time)
+    if written is None:
+        return True
+    return (now - written).total_seconds() > STALE_HEARTBEATS * max(observed.heartbeat, 1.0) + 5
+
+
+def operator_sees_fleet(report: Report) -> bool:
+    """The leader's record is fresh and says fleet answers it."""
+    observed = report.observed
+    return observed is not None and observed.fleet.reachable and not record_is_stale(observed, report.now)
+
+
+def fleet_judged(report: Report) -> bool:
+    """Can the services' conditions be trusted? Yes while the leader sees fleet, or (no fresh record)
+    while this command does; a status written before fleet was lost is otherwise out of date."""
+    if report.observed is not None and not record_is_stale(report.observed, report.now):
+        return report.observed.fleet.reachable
+    return report.fleet.healthy
+
+
+def seen_age(report: Report) -> str:
+    """How old the fleet view behind the statuses is: since the leader last saw fleet."""
+    return age(report.observed.fleet.last_seen, report.now) if report.observed is not None else "-"
 
 
 def age(since: str, now: datetime) -> str:
@@ -60,7 +110,11 @@ def _conditions(status: ServiceStatus | ProxyStatus | None) -> str:
         return "Pending"
     parts = []
     for cond in status.conditions:
-        if cond.type in ("Available", "Published"):
+        if cond.status == "Unknown" and cond.reason != "Paused":
+            text = f"Unknown({cond.reason})"
+            if text not in parts:
+                parts.append(text)
+        elif cond.type in ("Available", "Published"):
             parts.append(cond.type if cond.status == "True" else f"Not{cond.type}")
         elif cond.status == "True" and cond.type in ("Degraded", "Invalid"):
             parts.append(f"{cond.type}({cond.reason})")
@@ -85,14 +139,18 @@ def short_machine(machine_id: str | None, machines: dict[str, Machine]) -> str:
 
 def service_rows(report: Report) -> list[list[str]]:
     rows = []
+    judged = fleet_judged(report)
     for entry in report.services:
         st = report.service_status.get(entry.name)
         status = st.status if st and isinstance(st.status, ServiceStatus) else None
         if entry.error is not None:
-            rows.append([entry.name, "-", "-", "-", "-", f"Invalid({entry.error.path})", "-"])
+            rows.append([entry.name, "-", "-", "-", "-", f"Invalid({entry.error.path})", "-", "-"])
             continue
         r = status.replicas if status else None
         desired = str(getattr(entry.spec, "replicas", "-"))
+        conditions = _conditions(status)
+        if not judged and status is not None and "Unknown(FleetUnreachable)" not in conditions:
+            conditions = "Unknown(FleetUnreachable)"
         rows.append(
             [
                 entry.name,
@@ -100,8 +158,9 @@ def service_rows(report: Report) -> list[list[str]]:
                 str(r.running) if r else "-",
                 str(r.ready) if r else "-",
                 str(r.updated) if r else "-",
-                _conditions(status),
+                conditions,
                 _last_change(status, report.now),
+                seen_age(report) if status is not None else "-",
             ]
         )
     return rows
@@ -144,13 +203,82 @@ def machine_rows(report: Report) -> list[list[str]]:
 
 def _health(label: str, health: Health) -> str:
     state = "healthy" if health.healthy else f"UNREACHABLE ({health.detail})"
+    if not health.healthy and health.tried:
+        state = "UNREACHABLE"
     extra = f" ({health.detail})" if health.healthy and health.detail else ""
-    return f"{label:<9} {health.endpoint}  {state}{extra}\n"
+    lines = [f"{label:<9} {health.endpoint}  {state}{extra}\n"]
+    if not health.healthy and health.tried:
+        lines += [f"{'':<9} tried {where}: {why}\n" for where, why in health.tried.items()]
+    return "".join(lines)
+
+
+def _operator_line(report: Report) -> str:
+    """What the leader's record says about fleet, and how old that is."""
+    observed = report.observed
+    if observed is None:
+        return "" if not report.etcd.healthy else f"{'operator':<9} no record of its view yet\n"
+    fleet = observed.fleet
+    if record_is_stale(observed, report.now):
+        head = f"record not rewritten for {age(observed.time, report.now)} (is `fleetop run` leading?);"
+    else:
+        head = f"{observed.identity}:"
+    if fleet.reachable:
+        where = f" through {fleet.endpoint}" if fleet.endpoint else ""
+        return f"{'operator':<9} {head} fleet seen {age(fleet.last_seen, report.now)} ago{where}\n"
+    tried = f" (tried {', '.join(fleet.tried)})" if fleet.tried else ""
+    return (
+        f"{'operator':<9} {head} fleet UNREACHABLE for {age(fleet.lost_since, report.now)}{tried}:"
+        f" {fleet.error}; last seen {age(fleet.last_seen, report.now)} ago\n"
+    )
+
+
+_BRIEF = (
+    ("connection refused", "connection refused"),
+    ("no such file", "no such socket"),
+    ("timed out", "timed out"),
+    ("deadline", "timed out"),
+    ("within", "timed out"),
+    ("permission denied", "permission denied"),
+)
+
+
+def brief(detail: str) -> str:
+    """The gist of a long transport error (``connection refused``, ``timed out``...), else the text."""
+    lowered = detail.lower()
+    return next((gist for needle, gist in _BRIEF if needle in lowered), detail)
+
+
+def _notes(report: Report) -> str:
+    """Plain sentences for what cannot be shown, right under the header."""
+    notes = []
+    if not report.etcd.healthy:
+        notes.append(
+            f"etcd: UNREACHABLE at {report.etcd.endpoint} ({brief(report.etcd.detail)})"
+            " — cannot show leader, services, proxies"
+        )
+    if report.etcd.healthy and not fleet_judged(report):
+        if report.fleet.healthy:
+            who = "the operator does not see fleet"
+        else:
+            tried = ", ".join(report.fleet.tried or [report.fleet.endpoint])
+            who = f"fleet: UNREACHABLE (tried {tried})" + (
+                ", and the operator does not see it either" if report.observed is not None else ""
+            )
+        notes.append(f"{who} — services' conditions cannot be judged (shown as Unknown)")
+    return "".join(f"{note}\n" for note in notes)
+
+
+def _section(title: str, report: Report, table: str, present: bool) -> str:
+    if not report.etcd.healthy:
+        return f"{title}\n  (unknown: etcd unreachable)\n"
+    return f"{title}\n" + (table if present else "  (none)\n")
 
 
 def format_status(report: Report) -> str:
     leader = report.leader
-    if leader:
+    if not report.etcd.healthy:
+        leader_text = "unknown (etcd unreachable)"
+    elif leader:
         identity = leader.get("holderIdentity") or leader.get("identity") or "?"
         leader_text = str(identity)
     else:
@@ -159,28 +287,27 @@ def format_status(report: Report) -> str:
         f"{'leader':<9} {leader_text}\n",
         _health("etcd", report.etcd),
         _health("fleet", report.fleet),
+        _operator_line(report),
         "\n",
     ]
-    out.append("SERVICES\n")
+    notes = _notes(report)
+    if notes:
+        out += [notes, "\n"]
+    services = ["NAME", "DESIRED", "RUNNING", "READY", "UPDATED", "CONDITIONS", "CHANGED", "SEEN"]
     out.append(
-        render_table(
-            ["NAME", "DESIRED", "RUNNING", "READY", "UPDATED", "CONDITIONS", "CHANGED"], service_rows(report)
-        )
-        if report.services
-        else "  (none)\n"
+        _section("SERVICES", report, render_table(services, service_rows(report)), bool(report.services))
     )
-    out.append("\nPROXIES\n")
-    out.append(
-        render_table(["NAME", "KIND", "LISTEN", "AGENTS", "BACKENDS", "STATUS"], proxy_rows(report))
-        if report.proxies
-        else "  (none)\n"
-    )
+    proxies = render_table(["NAME", "KIND", "LISTEN", "AGENTS", "BACKENDS", "STATUS"], proxy_rows(report))
+    out.append("\n" + _section("PROXIES", report, proxies, bool(report.proxies)))
     out.append("\nMACHINES\n")
-    out.append(
-        render_table(["MACHINE", "IP", "METADATA", "UNITS"], machine_rows(report))
-        if report.machines
-        else "  (none)\n"
-    )
+    if not report.fleet.healthy:
+        out.append("  (unknown: fleet unreachable)\n")
+    else:
+        out.append(
+            render_table(["MACHINE", "IP", "METADATA", "UNITS"], machine_rows(report))
+            if report.machines
+            else "  (none)\n"
+        )
     return "".join(out)
 
 
@@ -197,6 +324,8 @@ def status_data(report: Report) -> dict[str, Any]:
         "leader": report.leader,
         "etcd": vars(report.etcd),
         "fleet": vars(report.fleet),
+        "operator": report.observed.model_dump(mode="json", by_alias=True) if report.observed else None,
+        "conditionsJudged": fleet_judged(report),
         "services": [
             {
                 "name": e.name,

@@ -31,7 +31,10 @@ def run_command(
     ] = None,
     fleet_endpoint: Annotated[
         str | None,
-        typer.Option(help="fleet API: unix:///var/run/fleet.sock or http://host:port (FLEETCTL_ENDPOINT)"),
+        typer.Option(
+            help="fleet API: unix:///var/run/fleet.sock or http://host:port, several comma-separated"
+            " for failover (FLEETCTL_ENDPOINT)"
+        ),
     ] = None,
     lease_duration: Annotated[
         float | None, typer.Option(help="leader lease TTL in seconds (FLEETOP_LEASE_DURATION, default 15)")

@@ -9,7 +9,7 @@ the executor has nothing to write.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -172,3 +172,54 @@ def invalid_condition(
         last_transition_time=transition.time,
     )
     return condition, transition
+
+
+SOURCE_JUDGED: tuple[ConditionType, ...] = ("Available", "Progressing", "Degraded")
+"""The conditions judged from what fleet reports (``Invalid`` is judged from the spec alone)."""
+
+
+def source_lost_message(source: str, since: str, error: str, tried: Sequence[str]) -> str:
+    """``fleet has not answered since <since> (tried A, B): <error>``: the one message of an outage."""
+    where = f" (tried {', '.join(tried)})" if tried else ""
+    return f"{source} has not answered since {since}{where}: {error}"
+
+
+def unknown_conditions(
+    conditions: Sequence[Condition],
+    *,
+    reason: str,
+    message: str,
+    since: str,
+    judged: Sequence[ConditionType] = SOURCE_JUDGED,
+) -> list[Condition]:
+    """The conditions once the source they are judged from is lost (pure).
+
+    Each type in ``judged`` becomes ``Unknown`` with ``reason``, ``message`` (plus what it said last)
+    and ``lastTransitionTime`` = ``since``, when the source was lost; one already ``Unknown`` for this
+    ``reason`` is kept as it is, so every pass of an outage yields the same status. A judged type that
+    is missing is added; the others (``Invalid``) are kept. Order: as given, added ones last.
+    """
+    result: list[Condition] = []
+    for condition in conditions:
+        if condition.type not in judged or (condition.status == "Unknown" and condition.reason == reason):
+            result.append(condition)
+            continue
+        last = f"{condition.status}" + (f" ({condition.reason})" if condition.reason else "")
+        result.append(
+            Condition(
+                type=condition.type,
+                status="Unknown",
+                reason=reason,
+                message=f"{message}; last known: {last}",
+                last_transition_time=since,
+            )
+        )
+    present = {c.type for c in conditions}
+    for kind in judged:
+        if kind not in present:
+            result.append(
+                Condition(
+                    type=kind, status="Unknown", reason=reason, message=message, last_transition_time=since
+                )
+            )
+    return result

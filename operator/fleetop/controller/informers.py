@@ -14,6 +14,10 @@ deltas.
   and reports the owners (from each unit's ``[X-Fleetop]`` section) whose units or states changed.
   :meth:`FleetInformer.refresh` gives the reconciler read-your-writes: after the executor changed
   units, the next plan for that service waits for a poll that started after the change.
+  When fleet stops answering (a poll fails, or one has hung for ``stall_after`` seconds) the informer
+  keeps its last snapshot but says it is blind (:attr:`FleetInformer.loss`: since when, why, which
+  endpoints were tried) and reports every owner, so each is re-judged without acting; the first poll
+  that succeeds again reports every owner once more.
 """
 
 from __future__ import annotations
@@ -263,6 +267,22 @@ def changed_owners(old: FleetSnapshot, new: FleetSnapshot) -> set[str]:
     return changed
 
 
+@dataclass(frozen=True)
+class FleetLoss:
+    """fleet stopped answering: since when (UNIX time the first unanswered poll began), why, and the
+    endpoints that were tried. Fixed for the whole outage, so a status built from it is stable."""
+
+    since: float
+    error: str
+    endpoints: tuple[str, ...]
+    last_seen: float | None
+    """UNIX time of the last poll that fleet answered (None: never, in this process)."""
+
+
+STALL_AFTER = 20.0
+"""Seconds a poll may run before fleet counts as not answering: longer than one request's read timeout,
+so that a failover to a second endpoint completes first."""
+
 QUIET_POLL_SHARE = 0.01
 """The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
 operator's thread, sets how far apart quiet polls must be; 3,000 units: about 25 s)."""
@@ -278,13 +298,22 @@ class FleetInformer:
         *,
         fast: float = 0.5,
         slow: float = 5.0,
+        stall_after: float = STALL_AFTER,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.fast = fast
         self.slow = slow
+        self.stall_after = stall_after
+        self.clock = clock
         self.snapshot = FleetSnapshot()
         self.synced = asyncio.Event()
+        """Set once fleet's state is known: a first snapshot, or that fleet cannot be seen (``loss``)."""
         self.last_error: str | None = None
+        self.loss: FleetLoss | None = None
+        """Set while fleet does not answer: nothing may be planned from ``snapshot`` then."""
+        self.seen_at: float | None = None
+        """UNIX time the last answered poll began: how old ``snapshot`` is."""
         self._on_change = on_change
         self._hurry_until = 0.0
         self._wake = asyncio.Event()
@@ -317,31 +346,36 @@ class FleetInformer:
         return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
 
     async def refresh(self, timeout: float = 10.0) -> bool:
-        """Poll now and wait for a snapshot that began after this call; False on timeout."""
+        """Poll now and wait for a snapshot that began after this call; False on timeout or while
+        fleet does not answer."""
         asked = time.monotonic()
         self._wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while self.snapshot.started < asked:
+                    if self.loss is not None:
+                        return False
                     self._polled.clear()
                     await self._polled.wait()
                 return True
         return False
 
     async def run(self) -> None:
-        """Poll until cancelled. Failed polls keep the last snapshot and back off (up to ``slow``)."""
+        """Poll until cancelled. Failed polls keep the last snapshot, mark fleet lost and back off (up
+        to ``slow``); a poll that hangs past ``stall_after`` marks it lost while it goes on waiting."""
         failures = 0
         while True:
             self._wake.clear()
-            began, cpu = time.monotonic(), time.thread_time()
+            began, cpu, wall = time.monotonic(), time.thread_time(), self.clock()
             try:
-                await self.poll_once()
+                await self._poll_watched(wall)
                 self._poll_cpu = time.thread_time() - cpu
                 failures = 0
                 delay = self.interval
             except FleetopError as exc:
                 failures += 1
                 self.last_error = str(exc)
+                self._lost(wall, str(exc))
                 delay = min(self.slow, self.fast * 2**failures)
                 log.warning("polling fleet failed: %s (retry in %.1fs)", exc, delay)
             ended = time.monotonic()
@@ -354,18 +388,48 @@ class FleetInformer:
             if idle < ended - began:
                 await asyncio.sleep(ended - began - idle)
 
-    async def poll_once(self) -> None:
+    async def _poll_watched(self, wall: float) -> None:
+        """One poll; if it has not finished after ``stall_after`` seconds, fleet counts as lost (since
+        the poll began) while the poll goes on."""
+        poll = asyncio.create_task(self.poll_once(wall), name="fleet poll")
+        try:
+            done, _ = await asyncio.wait({poll}, timeout=self.stall_after)
+            if not done:
+                self._lost(wall, f"no answer within {self.stall_after:g}s")
+            await poll
+        finally:
+            if not poll.done():
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
+
+    def _lost(self, since: float, error: str) -> None:
+        """Record the start of an outage (once) and have every owner judged again."""
+        if self.loss is not None:
+            return
+        tried = tuple(self.client.unreachable) or tuple(self.client.endpoints)
+        self.loss = FleetLoss(since, error, tried, self.seen_at)
+        log.warning("fleet is unreachable (%s): acting on nothing until it answers", error)
+        self.synced.set()
+        self._polled.set()
+        self._on_change(set(self.snapshot.owners), True)
+
+    async def poll_once(self, wall: float | None = None) -> None:
         started = time.monotonic()
+        wall = self.clock() if wall is None else wall
         units = await self.client.list_units()
         states = await self.client.list_states()
         machines = await self.client.list_machines()
         new = build_snapshot(units, states, machines, started, self.snapshot)
         old, self.snapshot = self.snapshot, new
         self.last_error = None
-        first = not self.synced.is_set()
+        self.seen_at = wall
+        recovered, self.loss = self.loss is not None, None
+        if recovered:
+            log.info("fleet answers again: reconciling resumes")
+        first = not self.synced.is_set() or recovered
         self.synced.set()
         self._polled.set()
-        keys = set(new.owners) if first else changed_owners(old, new)
+        keys = set(new.owners) | set(old.owners) if first else changed_owners(old, new)
         met = [key for key, since in self._expecting.items() if since <= started]
         for key in met:
             del self._expecting[key]

@@ -25,6 +25,7 @@ from fleetop.controller.health import HealthApp, HealthServer, parse_address
 from fleetop.controller.informers import Informers
 from fleetop.controller.leader import LeaderElector
 from fleetop.controller.metrics import OperatorMetrics
+from fleetop.controller.observed import ObservationWriter
 from fleetop.controller.proxies import ProxyReconciler
 from fleetop.controller.proxycache import ProxyCaches
 from fleetop.controller.queue import WorkQueue, run_resync, run_workers
@@ -81,6 +82,9 @@ class Manager:
             sources.is_leader, sources.synced = (lambda: leader.is_leader), informers.synced
             self.etcd, self.informers, self.leader, self.services = etcd, informers, leader, services
             self.proxy_caches, self.proxies = proxy_caches, proxies
+            self.observed = ObservationWriter(
+                etcd, keys, informers.fleet, config.identity, lambda: leader.fence
+            )
             await self._run_components(reconciler)
 
     async def _run_components(self, reconciler: Reconciler) -> None:
@@ -135,13 +139,14 @@ class Manager:
                 )
             )
             resync = asyncio.create_task(run_resync(self.queue, self.config.resync_period, self._known_keys))
+            observed = asyncio.create_task(self.observed.run(), name="observed")
             deposed = asyncio.create_task(self.leader.deposed.wait())
             try:
                 await asyncio.wait({workers, deposed}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (workers, resync, deposed):
+                for task in (workers, resync, observed, deposed):
                     task.cancel()
-                await asyncio.gather(workers, resync, deposed, return_exceptions=True)
+                await asyncio.gather(workers, resync, observed, deposed, return_exceptions=True)
             log.info("not leading any more: workers stopped")
 
     def _known_keys(self) -> set[str]:

@@ -102,15 +102,20 @@ class _LiveCollector(Collector):
         retries = CounterMetricFamily(
             "fleetop_fleet_api_retries", "fleet API requests retried by the client."
         )
+        failovers = CounterMetricFamily(
+            "fleetop_fleet_api_failovers", "Switches to another fleet endpoint after one did not answer."
+        )
         if stats is not None:
             for operation, count in sorted(stats.calls.items()):
                 calls.add_metric([operation], count)
             for kind, count in sorted(stats.errors.items()):
                 errors.add_metric([kind], count)
             retries.add_metric([], stats.retries)
+            failovers.add_metric([], stats.failovers)
         else:
             retries.add_metric([], 0)
-        yield from (calls, errors, retries)
+            failovers.add_metric([], 0)
+        yield from (calls, errors, retries, failovers)
 
 
 class OperatorMetrics:

@@ -16,6 +16,9 @@ process published and wrote last (the caches lag its own writes by one watch eve
   (``Degraded``, ``lastError``) and once as an event.
 * An invalid spec: ``Invalid=True`` in status, nothing published, its units left as they are.
 * A deleted spec: its units are destroyed, its published config and status deleted.
+* While fleet does not answer, nothing is changed in fleet: the units are neither planned nor
+  destroyed (the status keeps the units last seen), and a deleted proxy waits; configs are still
+  rendered and published, since they come from etcd and keep the proxies serving.
 """
 
 from __future__ import annotations
@@ -274,6 +277,9 @@ class ProxyReconciler:
                 desired = desired_units(name, spec, layout)
             except UnitRenderError as exc:
                 return UnitPlan([], []), f"cannot write the proxy's units: {exc}"
+        if self.informers.fleet.loss is not None:
+            stored = self._stored(name)
+            return UnitPlan([], list(stored.units) if stored is not None else []), None
         observed = observe(self.informers.fleet.snapshot)
         plan = plan_units(name, desired, observed.units, observed.states)
         if not plan.actions:
@@ -327,7 +333,10 @@ class ProxyReconciler:
         return None
 
     async def _deleted(self, name: str) -> float | None:
-        """Destroy the units, then delete the published config and the status (fenced)."""
+        """Destroy the units, then delete the published config and the status (fenced). While fleet
+        is lost: nothing (the poll that succeeds again queues this proxy)."""
+        if self.informers.fleet.loss is not None:
+            return None
         plan, _ = await self._units(name, None, None)
         fence = self.executor.fence
         keys = self.executor.keys

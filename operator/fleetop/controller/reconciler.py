@@ -14,18 +14,26 @@ Two things the planner cannot see are kept here:
   ``minReadySeconds`` for them).
 * An invalid spec: the service gets ``Invalid=True`` with the JSON path and reason in its status, one
   event per generation, and nothing in the cluster changes for it. Other services are unaffected.
+
+While fleet does not answer (:attr:`FleetInformer.loss`) a pass plans nothing and changes nothing in
+fleet: the last snapshot is stale, and a create or destroy decided from it could undo what fleet did
+meanwhile (reschedule, restart) or pile up behind a frozen endpoint and land later. It only writes the
+status with every condition judged from fleet ``Unknown`` (``FleetUnreachable``, since when fleet was
+lost), the last known replica counts and units kept. The poll that succeeds again queues every service.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from fleetop.controller.conditions import source_lost_message, unknown_conditions
 from fleetop.controller.executor import Executor, rfc3339
-from fleetop.controller.informers import FleetSnapshot, Informers
+from fleetop.controller.informers import FleetLoss, FleetSnapshot, Informers
 from fleetop.controller.instances import FleetView
 from fleetop.controller.metrics import OperatorMetrics
 from fleetop.controller.planner import plan_view
@@ -44,6 +52,7 @@ from fleetop.etcd import KeyValue
 from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
+from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
 
 log = logging.getLogger(__name__)
@@ -182,6 +191,8 @@ class ServiceReconciler:
         if entry is not None and entry.error is not None:
             return await self._invalid(name, entry, entry.error, stored)
         spec = entry.spec if entry is not None and isinstance(entry.spec, ServiceSpec) else None
+        if informers.fleet.loss is not None:
+            return await self._blind(name, spec, stored, informers.fleet.loss)
         if not informers.fleet.fresh_for(f"services/{name}"):
             return None  # the poll that shows this service's last actions queues it again
         snapshot = informers.fleet.snapshot
@@ -218,6 +229,29 @@ class ServiceReconciler:
         if isinstance(outcome.error, TemporaryError):
             raise outcome.error
         return result.requeue_after
+
+    async def _blind(
+        self, name: str, spec: ServiceSpec | None, stored: ServiceStatus | None, loss: FleetLoss
+    ) -> float | None:
+        """fleet is lost: change nothing in it; mark what cannot be judged ``Unknown`` (the poll that
+        succeeds again queues this service)."""
+        if stored is None and spec is None:
+            return None
+        since = rfc3339(loss.since)
+        message = source_lost_message("fleet", since, loss.error, loss.endpoints)
+        base = stored or ServiceStatus(replicas=ReplicaCounts(desired=spec.replicas if spec else 0))
+        conditions = unknown_conditions(
+            base.conditions, reason="FleetUnreachable", message=message, since=since
+        )
+        memory = self.memory.get(name)
+        if memory is not None:  # so that the first judgement after the outage is a new transition
+            moved: dict[str, Transition] = {
+                c.type: Transition(c.status, c.last_transition_time) for c in conditions
+            }
+            self.memory[name] = dataclasses.replace(memory, transitions={**memory.transitions, **moved})
+        status = base.model_copy(update={"conditions": conditions})
+        await self.executor.write_status(name, status, self._stored_kv(name))
+        return None
 
     def _stored_kv(self, name: str) -> KeyValue | None:
         return self.informers.statuses.get(self.informers.keys.status("services", name))

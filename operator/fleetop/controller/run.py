@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fleetop.config import EtcdSettings, settings_from
+from fleetop.config import DEFAULT_FLEET_ENDPOINT, EtcdSettings, fleet_endpoints_from, settings_from
 from fleetop.controller.leader import LeaderTimings
 from fleetop.controller.unitrender import RenderError as UnitRenderError
 from fleetop.controller.unitrender import UnitSettings
@@ -44,7 +44,6 @@ from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths
 log = logging.getLogger(__name__)
 
 LogFormat = Literal["human", "json"]
-DEFAULT_FLEET_ENDPOINT = "unix:///var/run/fleet.sock"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 
 
@@ -100,6 +99,7 @@ class RunConfig:
 
     etcd: EtcdSettings = field(default_factory=EtcdSettings)
     fleet_endpoint: str = DEFAULT_FLEET_ENDPOINT
+    """One fleet endpoint or several, comma-separated (validated): the client fails over between them."""
     leader: LeaderTimings = field(default_factory=LeaderTimings)
     workers: int = 4
     metrics_address: str | None = DEFAULT_METRICS_ADDRESS
@@ -155,7 +155,7 @@ class RunConfig:
         metrics = str(pick("metrics_address", "FLEETOP_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS))
         return cls(
             etcd=settings_from(flags, environ),
-            fleet_endpoint=str(pick("fleet_endpoint", "FLEETCTL_ENDPOINT", DEFAULT_FLEET_ENDPOINT)),
+            fleet_endpoint=",".join(fleet_endpoints_from(flags, environ)),
             leader=timings,
             workers=workers,
             metrics_address=None if metrics.lower() in ("off", "none", "") else metrics,

@@ -8,11 +8,21 @@ a global unit's missing ``currentState`` reads as None, a missing ``machineID`` 
 
 Errors: a 4xx error entity raises FleetAPIError (permanent); 5xx, timeouts, refused or dropped
 connections raise FleetUnavailable (temporary) after a few retries with jittered exponential backoff.
+
+Several endpoints (``unix:///var/run/fleet.sock,http://10.0.0.2:49153``, one per fleet machine) give
+failover: a request that cannot reach its endpoint (refused, dropped, timed out) goes at once to the
+next one, and the client sticks to the endpoint that answered. An answer, even 4xx or 5xx, is fleet
+speaking: every fleetd serves the same etcd-backed registry, so another machine would say the same,
+and the answer is returned (or retried) as it is, not failed over. When no endpoint answers, the
+error names each endpoint tried and why. A write that timed out may still land later at the endpoint
+that did not answer (a frozen machine that resumes; HTTP cannot take a request back): every write is
+idempotent, and the operator, level-triggered, undoes on its next pass whatever it does not want.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -28,12 +38,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from fleetop.config import DEFAULT_FLEET_ENDPOINT, parse_fleet_endpoints
 from fleetop.errors import FleetAPIError, FleetUnavailable, InputError
 from fleetop.fleet.model import Machine, MetadataOp, Unit, UnitState, is_desired_state
 from fleetop.fleet.units import UnitOption, check_option_values, parse_unit_name
 from fleetop.http import HttpResponse, HttpSession, Timeouts, json_body
 
-DEFAULT_ENDPOINT = "unix:///var/run/fleet.sock"
+DEFAULT_ENDPOINT = DEFAULT_FLEET_ENDPOINT
 API_PREFIX = "/fleet/v1"
 MAX_PAGES = 10_000
 MAX_MEMO_PAGES = 1_000
@@ -41,6 +52,7 @@ MAX_MEMO_PAGES = 1_000
 T = TypeVar("T")
 _PageKey = tuple[str, tuple[tuple[str, str], ...]]
 WriteResult = Literal["created", "updated", "unchanged"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +78,15 @@ class ClientStats:
     calls: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    failovers: int = 0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"calls": dict(self.calls), "errors": dict(self.errors), "retries": self.retries}
+        return {
+            "calls": dict(self.calls),
+            "errors": dict(self.errors),
+            "retries": self.retries,
+            "failovers": self.failovers,
+        }
 
 
 def _error_message(resp: HttpResponse) -> str:
@@ -99,29 +117,53 @@ def _check_name(name: str) -> str:
 
 
 class FleetClient:
-    """fleet API v1 over a unix socket or HTTP. Use ``async with FleetClient(...)`` or ``aclose()``."""
+    """fleet API v1 over a unix socket or HTTP. Use ``async with FleetClient(...)`` or ``aclose()``.
+
+    ``endpoint`` is one endpoint, a comma-separated list, or a sequence (default: ``FLEETCTL_ENDPOINT``,
+    else ``unix:///var/run/fleet.sock``); a bad one raises ConfigError naming it. ``session_factory``
+    makes the session of one endpoint (tests pass one with an injected transport).
+    """
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: str | Sequence[str] | None = None,
         *,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        session_factory: Callable[[], HttpSession] | None = None,
+        session_factory: Callable[[str], HttpSession] | None = None,
         stats: ClientStats | None = None,
     ) -> None:
-        self.endpoint = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
+        given = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
+        text = given if isinstance(given, str) else ",".join(given)
+        self.endpoints = parse_fleet_endpoints(text, "fleet endpoint")
         self.retry = retry or RetryPolicy()
         self.stats = stats or ClientStats()
         timeouts = timeouts or Timeouts(connect=3.0, read=15.0, write=15.0, pool=3.0)
-        factory = session_factory or (
-            lambda: HttpSession(self.endpoint, timeouts=timeouts, headers={"User-Agent": "fleetop"})
+        self._factory = session_factory or (
+            lambda where: HttpSession(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
         )
-        self._session = factory()
+        self._sessions: dict[int, HttpSession] = {}
+        self._current = 0
+        self.unreachable: dict[str, str] = {}
+        """Endpoint -> why it could not be reached, from the latest request that found none answering
+        (empty once one answers)."""
         self._page_memo: dict[_PageKey, tuple[bytes, list[Any], str | None]] = {}
 
+    @property
+    def endpoint(self) -> str:
+        """The endpoint requests go to first: the one that answered last."""
+        return self.endpoints[self._current]
+
+    def _session(self, index: int) -> HttpSession:
+        session = self._sessions.get(index)
+        if session is None:
+            session = self._sessions[index] = self._factory(self.endpoints[index])
+        return session
+
     async def aclose(self) -> None:
-        await self._session.aclose()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.aclose()
 
     async def __aenter__(self) -> FleetClient:
         return self
@@ -167,17 +209,7 @@ class FleetClient:
             if body is not None:
                 headers["Content-Type"] = "application/json"
                 content = json_body(body)
-            try:
-                resp = await self._session.request(
-                    method,
-                    API_PREFIX + path,
-                    params=[("alt", "json"), *params],
-                    content=content,
-                    headers=headers,
-                )
-            except FleetUnavailable:
-                self.stats.errors["unavailable"] += 1
-                raise
+            resp = await self._send(method, API_PREFIX + path, [("alt", "json"), *params], content, headers)
             if 200 <= resp.status < 300 or resp.status in accepted:
                 return resp
             message = _error_message(resp)
@@ -188,6 +220,43 @@ class FleetClient:
             raise FleetAPIError(resp.status, message, method=method, path=API_PREFIX + path)
 
         return await self._retrying(once)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]],
+        content: bytes | None,
+        headers: dict[str, str],
+    ) -> HttpResponse:
+        """Send to the current endpoint; on a transport failure, to each next one in turn. The first
+        that answers becomes current. FleetUnavailable naming every endpoint when none answers."""
+        failures: dict[str, str] = {}
+        last: FleetUnavailable | None = None
+        count = len(self.endpoints)
+        for step in range(count):
+            index = (self._current + step) % count
+            where = self.endpoints[index]
+            try:
+                resp = await self._session(index).request(
+                    method, path, params=params, content=content, headers=headers
+                )
+            except FleetUnavailable as exc:
+                self.stats.errors["unavailable"] += 1
+                failures[where], last = str(exc), exc
+                continue
+            if index != self._current:
+                self.stats.failovers += 1
+                log.warning("fleet: %s unreachable, using %s", self.endpoint, where)
+                self._current = index
+            self.unreachable = {}
+            return resp
+        self.unreachable = failures
+        assert last is not None
+        if count == 1:
+            raise last
+        tried = "; ".join(f"{where}: {why}" for where, why in failures.items())
+        raise FleetUnavailable(f"no fleet endpoint answered ({tried})") from last
 
     async def _pages(
         self,
