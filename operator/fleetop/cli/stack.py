@@ -47,45 +47,42 @@ def up(
     demo: Annotated[bool, typer.Option("--demo", help="also deploy and narrate the hello demo")] = False,
     etcd_port: Annotated[int, typer.Option("--etcd-port", help="preferred etcd client port")] = 2379,
 ) -> None:
-    """Start an embedded etcd, fleetop node and the operator on this host; Ctrl-C stops them in order."""
+    """Start an embedded etcd, fleetop node and the operator on this host, and start again any of them
+    that exits; Ctrl-C (or ``fleetop down`` after ``--detach``) stops them in order."""
     state_dir = (state_dir or default_state_dir()).expanduser().resolve()
     if detach:
         _detach(machines, state_dir, demo, etcd_port)
         return
     config = UpConfig(state_dir=state_dir, machines=machines, etcd_port=etcd_port)
     stack = Stack(config, log=lambda text: print(f"fleetop up: {text}", flush=True))
-    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        stopping.set()
+        stack.stopping.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    supervisor = threading.Thread(target=stack.supervise, name="fleetop-up-supervisor", daemon=True)
     try:
         stack.start()
         print(format_summary(stack.record()), end="", flush=True)
+        supervisor.start()  # from here on, a part that exits is started again
         if demo:
             from fleetop.demo import run_demo
 
-            run_demo(stack.environment(), stopping, print)
+            run_demo(stack.environment(), stack.stopping, print)
         print(
             "Stop with Ctrl-C" + (" or `fleetop down`." if os.environ.get("FLEETOP_DETACHED") else "."),
             flush=True,
         )
-        while not stopping.wait(0.5):
-            failed = stack.failed_child()
-            if failed is not None:
-                print(
-                    f"fleetop up: {failed.name} exited (status {failed.process.returncode}); see "
-                    f"{failed.log_path}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                raise typer.Exit(1)
+        while not stack.stopping.wait(1.0):
+            pass
     except FleetopError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise typer.Exit(1) from None
     finally:
+        stack.stopping.set()
+        if supervisor.is_alive():
+            supervisor.join()
         stack.stop()
         print("fleetop up: stopped", flush=True)
 
