@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetop.errors import ConfigError, FleetopError
-from fleetop.etcdserver import EtcdServer, free_port, pid_alive, port_is_free
+from fleetop.etcdserver import EtcdServer, free_port, port_is_free
 from fleetop.node import procgroups
 
 DEFAULT_ETCD_PORT = 2379
@@ -192,6 +192,7 @@ class Stack:
 
     def start(self) -> None:
         state = self.config.state_dir
+        refuse_if_running(state)
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
         (state / "logs").mkdir(exist_ok=True)
@@ -371,23 +372,91 @@ def remove_record(state_dir: Path) -> None:
 
 
 def stop_detached(state_dir: Path, timeout: float = 300.0) -> bool:
-    """``fleetop down``: SIGTERM the detached ``fleetop up`` (it stops everything in order) and wait."""
+    """``fleetop down``: SIGTERM the detached ``fleetop up`` (it stops everything in order) and wait.
+    When ``up`` itself is gone (killed) but its parts still run, they are stopped here, in order."""
     record = read_record(state_dir)
     if record is None:
         return False
-    pid = record.get("pid")
-    if not isinstance(pid, int) or not pid_alive(pid) or not _is_fleetop(pid):
+    pid = running_up(state_dir)
+    if pid is None:
+        stopped = stop_parts(state_dir, record)
         remove_record(state_dir)
+        if stopped:
+            return True
         raise ConfigError(
             f"the stack recorded in {state_dir / STACK_FILE} is not running (stale record removed)"
         )
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.1)
-    if pid_alive(pid):
+    if not _terminate(pid, timeout, kill=False):
         raise FleetopError(f"fleetop up (pid {pid}) did not stop within {timeout:.0f} s")
     return True
+
+
+def running_up(state_dir: Path) -> int | None:
+    """The PID of the ``fleetop up`` recorded in ``state_dir``, while it runs (zombies do not)."""
+    record = read_record(state_dir) or {}
+    pid = record.get("pid")
+    return pid if isinstance(pid, int) and _alive(pid) and _is_fleetop(pid) else None
+
+
+def refuse_if_running(state_dir: Path) -> None:
+    """A second etcd on the same data dir, or a second node on the same units, must never start:
+    raise when a part recorded in ``state_dir`` still runs from it (``up`` itself may be gone)."""
+    record = read_record(state_dir) or {}
+    processes = record.get("processes")
+    pids = processes if isinstance(processes, dict) else {}
+    left = [name for name, pid in pids.items() if isinstance(pid, int) and _runs_from(pid, state_dir)]
+    if left:
+        raise FleetopError(
+            f"{', '.join(left)} of an earlier stack still run from {state_dir}; `fleetop down` first"
+        )
+
+
+def stop_parts(state_dir: Path, record: dict[str, object]) -> int:
+    """Stop the parts a killed ``fleetop up`` left running, operator first, each by its recorded PID
+    and only while that PID still runs from this state dir; then what a killed node left. Returns how
+    many processes were stopped."""
+    processes = record.get("processes")
+    pids = processes if isinstance(processes, dict) else {}
+    stopped = 0
+    for name in ("operator", "node", "etcd"):
+        pid = pids.get(name)
+        if isinstance(pid, int) and _runs_from(pid, state_dir):
+            _terminate(pid, NODE_STOP_TIMEOUT if name == "node" else STOP_TIMEOUT)
+            stopped += 1
+    return stopped + procgroups.cleanup_orphans(state_dir / "node" / "supervisor" / "run", ())
+
+
+def _runs_from(pid: int, state_dir: Path) -> bool:
+    """A live (not zombie) process whose command line names a path inside ``state_dir`` (as every
+    part's does): never a recycled PID, never another stack's part."""
+    if not _alive(pid):
+        return False
+    try:
+        return f"{state_dir}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, timeout: float, *, kill: bool = True) -> bool:
+    """SIGTERM ``pid`` (not our child) and wait up to ``timeout`` until it is gone; then SIGKILL it
+    when ``kill``. True when it is gone."""
+    steps = [(signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)] if kill else [(signal.SIGTERM, timeout)]
+    for sig, wait in steps:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return True
+            time.sleep(0.1)
+    return not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    stat = procgroups.proc_stat(pid)
+    return stat is not None and stat.state != "Z"
 
 
 def _is_fleetop(pid: int) -> bool:

@@ -310,7 +310,8 @@ async def test_the_stack_survives_its_operator(tmp_path: Path) -> None:
 
 async def test_the_stack_starts_etcd_and_the_node_again(tmp_path: Path) -> None:
     """kill -9 of etcd, then of the node: ``up`` starts each again, the operator reconnects, the new
-    node brings the unit back (it kills what the old one left); ``down`` stops everything."""
+    node brings the unit back (it kills what the old one left). kill -9 of ``up`` itself leaves the
+    stack running, and ``down`` still stops everything."""
     state = tmp_path / "state"
     marker = f"/bin/sleep {200000 + random.randrange(10**5)}"
     up = await asyncio.to_thread(
@@ -355,6 +356,84 @@ async def test_the_stack_starts_etcd_and_the_node_again(tmp_path: Path) -> None:
         await eventually(lambda: service_ready(env, "web", 1), 120, "web ready again")
         restarts = stack_record(state)["restarts"]
         assert (restarts["etcd"], restarts["node"], restarts["operator"]) == (1, 1, 0)
+
+        os.kill(record["pid"], signal.SIGKILL)  # ``up`` itself: its parts run on, and ``down`` stops them
+        await eventually(lambda: not alive(record["pid"]), 30, "fleetop up gone")
+        assert all(alive(pid) for pid in stack_record(state)["processes"].values())
+        again = await asyncio.to_thread(fleetop, "up", "--detach", "--state-dir", str(state))
+        assert again.returncode == 1 and "still run from" in again.stderr, again.stderr  # no second etcd
     finally:
+        pids |= unit_processes(state)
+        await down_leaves_nothing(state, pids)
+
+
+CHATTY = """
+import http.server, sys
+
+class Chatty(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        sys.stderr.write(("%s %s " % (self.address_string(), format % args)).ljust(4095, ".") + "\\n")
+
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Chatty).serve_forever()
+"""
+
+
+async def test_a_stopped_node_costs_no_request(tmp_path: Path) -> None:
+    """The node SIGSTOPped for 30 s under traffic through nginx, with instances that log 4 KiB per
+    request (a pipe's worth every 16 requests): no request fails, and the journal has the output."""
+    state = tmp_path / "state"
+    record = await up_detached(state, machines=2)
+    env = {"ETCDCTL_ENDPOINTS": record["etcdEndpoint"], "FLEETCTL_ENDPOINT": record["fleetEndpoint"]}
+    pids = {*record["processes"].values(), record["pid"]}
+    loads: list[Load] = []
+    node = record["processes"]["node"]
+    try:
+        script = tmp_path / "chatty.py"
+        script.write_text(CHATTY)
+        base, proxy_port = free_base_port(["127.0.1.1", "127.0.1.2"], 3), free_port()
+        chatty = {
+            "replicas": 2,
+            "ports": {"base": base},
+            "unit": {"execStart": f"{sys.executable} {script} ${{COREOS_PRIVATE_IPV4}} %i"},
+            "discovery": {
+                "sidekick": True,
+                "check": {"http": "/", "interval": "1s", "timeout": "2s"},
+                "ttl": "5s",
+            },
+        }
+        edge = {"kind": "nginx", "listen": f"127.0.0.1:{proxy_port}", "routes": [{"service": "chatty"}]}
+        edge["headers"] = {"handler": True}
+        documents = tmp_path / "stack.yaml"
+        documents.write_text(
+            f"kind: Service\nname: chatty\nspec: {json.dumps(chatty)}\n---\n"
+            f"kind: Proxy\nname: edge\nspec: {json.dumps(edge)}\n"
+        )
+        applied = await asyncio.to_thread(fleetop, "apply", "-f", str(documents), env=env)
+        assert applied.returncode == 0, applied.stderr
+        await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
+
+        loads = [Load(proxy_port), Load(proxy_port)]
+        os.kill(node, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(30)  # the scenario: a node frozen for half a minute under traffic
+        finally:
+            os.kill(node, signal.SIGCONT)
+
+        async def journal_has_requests() -> bool:
+            unit = f"chatty@{base}.service"
+            out = await asyncio.to_thread(
+                fleetop, "node", "--state-dir", str(state / "node"), "journal", unit
+            )
+            return out.returncode == 0 and '"GET / HTTP/1.0" 200' in out.stdout  # proxied, not a check
+
+        await eventually(journal_has_requests, 60, "the instance's request log in its journal")
+        for load in loads:
+            load.stop()
+        sent, failures = sum(load.sent for load in loads), [f for load in loads for f in load.failures]
+        print(f"\nrequests through nginx with the node stopped for 30 s: {sent}, failed {len(failures)}")
+        assert sent > 200 and failures == [], (sent, failures[:10])
+    finally:
+        for load in loads:
+            load.stop()
         pids |= unit_processes(state)
         await down_leaves_nothing(state, pids)

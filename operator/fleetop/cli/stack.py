@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 
 from fleetop.errors import FleetopError
-from fleetop.up import Stack, UpConfig, default_state_dir, fleetop_command, read_record, stop_detached
+from fleetop.up import (
+    Stack,
+    UpConfig,
+    default_state_dir,
+    fleetop_command,
+    read_record,
+    refuse_if_running,
+    running_up,
+    stop_detached,
+)
 
 
 def format_summary(record: dict[str, object]) -> str:
@@ -89,16 +98,18 @@ def up(
 
 def _detach(machines: int, state_dir: Path, demo: bool, etcd_port: int) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    existing = read_record(state_dir)
-    if existing is not None and isinstance(existing.get("pid"), int):
-        pid = existing["pid"]
-        assert isinstance(pid, int)
-        if Path(f"/proc/{pid}").exists():
-            print(
-                f"error: a stack is already running from {state_dir} (pid {pid}); `fleetop down` first",
-                file=sys.stderr,
-            )
-            raise typer.Exit(1)
+    pid = running_up(state_dir)
+    if pid is not None:
+        print(
+            f"error: a stack is already running from {state_dir} (pid {pid}); `fleetop down` first",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+    try:
+        refuse_if_running(state_dir)
+    except FleetopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
     args = ["up", "--machines", str(machines), "--state-dir", str(state_dir), "--etcd-port", str(etcd_port)]
     if demo:
         args.append("--demo")
