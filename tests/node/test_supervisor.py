@@ -18,6 +18,7 @@ import pytest
 
 from fleetop.fleet.units import UnitOption
 from fleetop.node import journal
+from fleetop.node import supervisor as supervisor_module
 from fleetop.node.supervisor import MachineContext, RuntimeState, Supervisor
 
 M1 = "1" * 32
@@ -527,6 +528,31 @@ def test_journal_rotation_keeps_writers_that_hold_the_file(tmp_path: Path) -> No
     for file in (path, journal.rotated_path(path)):
         assert file.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_unit_writing_its_journal_directly_is_kept_within_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "DEFAULT_MAX_BYTES", 64 * 1024)
+    monkeypatch.setattr(supervisor_module, "JOURNAL_CHECK_INTERVAL", 0.05)
+    sup = Supervisor(tmp_path / "state")
+    try:
+        options = svc(("ExecStart", "/bin/sh -c 'yes 0123456789abcdef | head -n 100000; exec sleep 1000'"))
+        await sup.start("chatty.service", options, machine(tmp_path), "h")
+        path = sup.journal_path("chatty.service", M1)
+
+        def rotated_and_bounded() -> bool:
+            rotated = journal.rotated_path(path)
+            return (
+                rotated.exists()
+                and path.stat().st_size <= 64 * 1024
+                and "0123456789abcdef" in rotated.read_text()
+            )
+
+        await wait_until(rotated_and_bounded, "the journal rotated and within its bound")
+        assert (await wait_for(sup, "chatty.service", "active", "running")).sub_state == "running"
+    finally:
+        await sup.shutdown()
 
 
 def test_journal_path_for_unknown_unit(tmp_path: Path) -> None:

@@ -58,23 +58,28 @@ def open_append(path: Path) -> int:
 
 
 def copy_truncate(path: Path, fd: int) -> None:
-    """Rotate ``path``, open as ``fd`` by its writers: copy it to ``<name>.1``, then truncate it."""
+    """Rotate ``path``, open as ``fd`` by its writers: copy it to ``<name>.1``, then truncate it.
+    The copy is completed right before the truncation, so only what is written between those two
+    system calls is lost."""
     target = rotated_path(path)
     temp = target.with_name(f".{target.name}.tmp")
     source = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
-            while os.sendfile(out, source, None, 1 << 30):
-                pass
+            _copy_rest(source, out)
             os.replace(temp, target)  # readers that see the truncation find this generation's copy
+            _copy_rest(source, out)  # what came in meanwhile
             os.ftruncate(fd, 0)
-            while os.sendfile(out, source, None, 1 << 30):  # what came in before the truncation
-                pass
         finally:
             os.close(out)
     finally:
         os.close(source)
+
+
+def _copy_rest(source: int, out: int) -> None:
+    while os.sendfile(out, source, None, 1 << 30):
+        pass
 
 
 class JournalFile:
@@ -86,12 +91,12 @@ class JournalFile:
         path: Path,
         *,
         host: str,
-        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.host = host
-        self.max_bytes = max_bytes
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
         self._clock = clock
         self._fd: int | None = None
 
