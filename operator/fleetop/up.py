@@ -287,6 +287,8 @@ class Stack:
         child.restart_at = None
         child.restarts += 1
         try:
+            if child.name == "operator":
+                self._keep_metrics_port(child)
             child.spawn()
         except OSError as exc:
             child.restart_at = now + child.backoff.next(0.0)
@@ -294,6 +296,18 @@ class Stack:
             return False
         self.log(f"{child.name} started again (pid {child.pid}, restart {child.restarts})")
         return True
+
+    def _keep_metrics_port(self, operator: Child) -> None:
+        """The operator's metrics port may have been taken while it was away (it would not start):
+        then it gets the next free one."""
+        if port_is_free(int(self.metrics_address.rpartition(":")[2])):
+            return
+        taken, self.metrics_address = (
+            self.metrics_address,
+            f"127.0.0.1:{next_free_port(self.config.metrics_port)}",
+        )
+        operator.argv[operator.argv.index("--metrics-address") + 1] = self.metrics_address
+        self.log(f"{taken} is taken; the operator serves its metrics on {self.metrics_address}")
 
     # ---- stopping ------------------------------------------------------------------------------------
 

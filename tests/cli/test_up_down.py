@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 from backends import fetch
 from fleetop.etcdserver import find_etcd_binary, free_port, port_is_free
-from fleetop.up import Backoff, describe_exit
+from fleetop.up import Backoff, Child, Stack, UpConfig, describe_exit
 from waiting import eventually
 
 
@@ -131,6 +132,23 @@ def test_backoff_doubles_to_its_cap_and_resets_after_a_long_run() -> None:
     assert backoff.next(61.0) == 1.0  # it ran for a while: start over
     assert backoff.next(0.5) == 2.0
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "status 3"
+
+
+def test_an_operator_started_again_gets_a_free_metrics_port(tmp_path: Path) -> None:
+    """While the operator was away, something else took its metrics port: it would not start there."""
+    said: list[str] = []
+    stack = Stack(UpConfig(state_dir=tmp_path, metrics_port=free_port()), said.append)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = f"127.0.0.1:{squatter.getsockname()[1]}"
+        stack.metrics_address = taken
+        operator = Child("operator", ["fleetop", "run", "--metrics-address", taken], tmp_path / "op.log")
+        stack._keep_metrics_port(operator)
+    assert stack.metrics_address != taken and operator.argv[-1] == stack.metrics_address
+    assert said == [f"{taken} is taken; the operator serves its metrics on {stack.metrics_address}"]
+    stack._keep_metrics_port(operator)  # a free port is kept
+    assert operator.argv[-1] == stack.metrics_address and len(said) == 1
 
 
 class Load:
