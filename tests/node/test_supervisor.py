@@ -18,6 +18,7 @@ import pytest
 
 from fleetop.fleet.units import UnitOption
 from fleetop.node import journal
+from fleetop.node import supervisor as supervisor_module
 from fleetop.node.supervisor import MachineContext, RuntimeState, Supervisor
 
 M1 = "1" * 32
@@ -119,7 +120,8 @@ async def test_web_instance_answers_on_its_machine_address(sup: Supervisor, tmp_
             await asyncio.sleep(0.1)
     path = sup.journal_path(unit, M1)
     await wait_until(lambda: any('"GET / HTTP/1.1" 200' in line for line in journal.tail(path, 50)), "log")
-    assert any("python3[" in line and "GET /" in line for line in journal.tail(path, 50))
+    assert any(" m1 fleetop-node[" in line and "Started" in line for line in journal.tail(path, 50))
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
     await sup.stop(unit, M1)
     assert sup.state(unit, M1) == RuntimeState(unit, M1, "h1", "loaded", "inactive", "dead")
 
@@ -352,11 +354,8 @@ async def test_same_unit_on_two_machines(sup: Supervisor, tmp_path: Path) -> Non
     await wait_for(sup, "glob.service", "active", "running", M2)
     assert [(s.unit, s.machine_id) for s in sup.states()] == [("glob.service", M1), ("glob.service", M2)]
     path2 = sup.journal_path("glob.service", M2)
-    await wait_until(
-        lambda: any(" sh[" in line and line.endswith(": on m2") for line in journal.tail(path2, 10)),
-        "output on m2",
-    )
-    assert not any(line.endswith(": on m1") for line in journal.tail(path2, 10))
+    await wait_until(lambda: "on m2" in journal.tail(path2, 10), "output on m2")
+    assert "on m1" not in journal.tail(path2, 10)
     await sup.stop_machine(M2)
     assert [s.machine_id for s in sup.states()] == [M1]
 
@@ -442,23 +441,19 @@ def test_cleanup_orphans_never_kills_a_reused_pid(tmp_path: Path) -> None:
 async def test_journal_lines_and_tail(sup: Supervisor, tmp_path: Path) -> None:
     options = svc(
         ("Type", "oneshot"),
-        ("ExecStart", "/bin/sh -c 'for i in 1 2 3 4 5; do echo line$i; done; echo err >&2'"),
+        ("ExecStart", "/bin/sh -c 'for i in 1 2 3 4 5; do echo line$i; done; echo err >&2; printf tail'"),
     )
     await sup.start("log.service", options, machine(tmp_path), "h")
     await wait_for(sup, "log.service", "inactive", "dead")
     path = sup.journal_path("log.service")
     assert path == sup.journal_path("log.service", M1)
     lines = path.read_text().splitlines()
-    outputs = [line for line in lines if " sh[" in line]
-    assert [line.rpartition(": ")[2] for line in outputs] == [
-        "line1",
-        "line2",
-        "line3",
-        "line4",
-        "line5",
-        "err",
-    ]
-    assert outputs[0].split()[3] == "m1"  # "Nov 21 11:09:03 m1 sh[1234]: line1"
+    notes = [line for line in lines if " fleetop-node[" in line]
+    outputs = [line for line in lines if line not in notes]
+    # the unit's output as it wrote it, an unterminated last line kept apart from the next note
+    assert outputs == ["line1", "line2", "line3", "line4", "line5", "err", "tail"]
+    assert notes[0].split()[3] == "m1"  # "Nov 21 11:09:03 m1 fleetop-node[1234]: Starting log.service..."
+    assert notes[-1].endswith("Deactivated successfully.")
     assert journal.tail(path, 2) == lines[-2:]
     assert journal.tail(path, 1000) == lines
 
@@ -507,15 +502,57 @@ async def test_journal_follow_sees_new_lines_and_rotation(tmp_path: Path) -> Non
     assert [s for s in seen if s.startswith("after")] == [f"after {i}" for i in range(10)]
 
 
-async def test_pump_splits_long_and_unterminated_lines() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"one\r\ntwo\n" + b"x" * (journal.LINE_MAX + 5) + b"\ntail")
-    reader.feed_eof()
-    got: list[str] = []
-    await journal.pump(reader, got.append)
-    assert got[:2] == ["one", "two"]
-    assert [len(s) for s in got[2:4]] == [journal.LINE_MAX, 5]
-    assert got[-1] == "tail"
+def test_journal_rotation_keeps_writers_that_hold_the_file(tmp_path: Path) -> None:
+    """A unit holds the journal open (O_APPEND): rotation copies and truncates in place, so the unit
+    goes on writing to the current file, and a reader at an old offset finds the rest in ``.1``."""
+    path = tmp_path / "j" / "u.log"
+    log = journal.JournalFile(path, host="h", max_bytes=1000)
+    log.write("x", None, "first")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; [print(f'out {i:03d}') for i in range(200)]"],
+        stdout=log.fd(),
+        stderr=log.fd(),
+    )
+    assert writer.wait(30) == 0
+    reader_offset = path.stat().st_size - 16  # a follower that has not read the last two lines
+    log.bound()
+    assert path.stat().st_size == 0 and journal.rotated_path(path).stat().st_size > 1000
+    data, end = journal.read_from(path, reader_offset, 1 << 20)
+    assert data == b"out 198\nout 199\n" and end == 0
+    again = subprocess.Popen([sys.executable, "-c", "print('after rotation')"], stdout=log.fd())
+    assert again.wait(30) == 0
+    log.close()
+    assert journal.tail(path, 3) == ["out 198", "out 199", "after rotation"]
+    assert journal.read_from(path, 0, 1 << 20) == (b"after rotation\n", 15)
+    assert journal.read_from(path, 5, 4) == (b"ion\n", 15)  # at most the last ``limit`` bytes
+    for file in (path, journal.rotated_path(path)):
+        assert file.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+
+
+async def test_a_unit_writing_its_journal_directly_is_kept_within_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "DEFAULT_MAX_BYTES", 64 * 1024)
+    monkeypatch.setattr(supervisor_module, "JOURNAL_CHECK_INTERVAL", 0.05)
+    sup = Supervisor(tmp_path / "state")
+    try:
+        options = svc(("ExecStart", "/bin/sh -c 'yes 0123456789abcdef | head -n 100000; exec sleep 1000'"))
+        await sup.start("chatty.service", options, machine(tmp_path), "h")
+        path = sup.journal_path("chatty.service", M1)
+
+        def rotated_and_bounded() -> bool:
+            rotated = journal.rotated_path(path)
+            return (
+                rotated.exists()
+                and path.stat().st_size <= 64 * 1024
+                and "0123456789abcdef" in rotated.read_text()
+            )
+
+        await wait_until(rotated_and_bounded, "the journal rotated and within its bound")
+        assert (await wait_for(sup, "chatty.service", "active", "running")).sub_state == "running"
+    finally:
+        await sup.shutdown()
 
 
 def test_journal_path_for_unknown_unit(tmp_path: Path) -> None:

@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 
 from fleetop.errors import FleetopError
-from fleetop.up import Stack, UpConfig, default_state_dir, fleetop_command, read_record, stop_detached
+from fleetop.up import (
+    Stack,
+    UpConfig,
+    default_state_dir,
+    fleetop_command,
+    read_record,
+    refuse_if_running,
+    running_up,
+    stop_detached,
+)
 
 
 def format_summary(record: dict[str, object]) -> str:
@@ -47,61 +56,60 @@ def up(
     demo: Annotated[bool, typer.Option("--demo", help="also deploy and narrate the hello demo")] = False,
     etcd_port: Annotated[int, typer.Option("--etcd-port", help="preferred etcd client port")] = 2379,
 ) -> None:
-    """Start an embedded etcd, fleetop node and the operator on this host; Ctrl-C stops them in order."""
+    """Start an embedded etcd, fleetop node and the operator on this host, and start again any of them
+    that exits; Ctrl-C (or ``fleetop down`` after ``--detach``) stops them in order."""
     state_dir = (state_dir or default_state_dir()).expanduser().resolve()
     if detach:
         _detach(machines, state_dir, demo, etcd_port)
         return
     config = UpConfig(state_dir=state_dir, machines=machines, etcd_port=etcd_port)
     stack = Stack(config, log=lambda text: print(f"fleetop up: {text}", flush=True))
-    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        stopping.set()
+        stack.stopping.set()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    supervisor = threading.Thread(target=stack.supervise, name="fleetop-up-supervisor", daemon=True)
     try:
         stack.start()
         print(format_summary(stack.record()), end="", flush=True)
+        supervisor.start()  # from here on, a part that exits is started again
         if demo:
             from fleetop.demo import run_demo
 
-            run_demo(stack.environment(), stopping, print)
+            run_demo(stack.environment(), stack.stopping, print)
         print(
             "Stop with Ctrl-C" + (" or `fleetop down`." if os.environ.get("FLEETOP_DETACHED") else "."),
             flush=True,
         )
-        while not stopping.wait(0.5):
-            failed = stack.failed_child()
-            if failed is not None:
-                print(
-                    f"fleetop up: {failed.name} exited (status {failed.process.returncode}); see "
-                    f"{failed.log_path}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                raise typer.Exit(1)
+        while not stack.stopping.wait(1.0):
+            pass
     except FleetopError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise typer.Exit(1) from None
     finally:
+        stack.stopping.set()
+        if supervisor.is_alive():
+            supervisor.join()
         stack.stop()
         print("fleetop up: stopped", flush=True)
 
 
 def _detach(machines: int, state_dir: Path, demo: bool, etcd_port: int) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    existing = read_record(state_dir)
-    if existing is not None and isinstance(existing.get("pid"), int):
-        pid = existing["pid"]
-        assert isinstance(pid, int)
-        if Path(f"/proc/{pid}").exists():
-            print(
-                f"error: a stack is already running from {state_dir} (pid {pid}); `fleetop down` first",
-                file=sys.stderr,
-            )
-            raise typer.Exit(1)
+    pid = running_up(state_dir)
+    if pid is not None:
+        print(
+            f"error: a stack is already running from {state_dir} (pid {pid}); `fleetop down` first",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+    try:
+        refuse_if_running(state_dir)
+    except FleetopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
     args = ["up", "--machines", str(machines), "--state-dir", str(state_dir), "--etcd-port", str(etcd_port)]
     if demo:
         args.append("--demo")

@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from fleetop.errors import NotFound
+from fleetop.node import journal
 from fleetop.node.wire import error_body, go_json
 
 if TYPE_CHECKING:
@@ -37,17 +36,6 @@ def tail_lines(data: bytes, count: int) -> bytes:
         return data
     lines = data.splitlines(keepends=True)
     return b"".join(lines[-count:])
-
-
-def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
-    with path.open("rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if offset > size:  # the journal was rotated or truncated: start again
-            offset = 0
-        offset = max(offset, size - MAX_JOURNAL_BYTES)
-        handle.seek(offset)
-        data = handle.read(size - offset)
-    return data, offset + len(data)
 
 
 def _int_param(request: Request, name: str, default: int) -> int | None:
@@ -71,7 +59,7 @@ async def _journal(engine: Engine, request: Request, unit: str) -> Response:
         if machine is None:
             return _error(404, "machine does not exist")
     try:
-        data, end = _read_from(engine.journal_path(unit, machine), max(offset, 0))
+        data, end = journal.read_from(engine.journal_path(unit, machine), max(offset, 0), MAX_JOURNAL_BYTES)
     except (FileNotFoundError, NotFound):
         return _error(404, "no journal for this unit")
     if offset < 0:

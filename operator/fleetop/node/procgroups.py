@@ -27,7 +27,7 @@ from fleetop.node.execenv import RunUser
 POLL = 0.05
 _EXIT_NAMES = {0: "SUCCESS", 1: "FAILURE", 2: "INVALIDARGUMENT", 3: "NOTIMPLEMENTED", 4: "NOPERMISSION",
                5: "NOTINSTALLED", 6: "NOTCONFIGURED", 7: "NOTRUNNING", 200: "CHDIR", 203: "EXEC",
-               217: "USER"}  # fmt: skip
+               209: "STDOUT", 217: "USER"}  # fmt: skip
 
 
 # ---- processes and process groups, read from /proc -------------------------------------------------
@@ -129,38 +129,33 @@ class SpawnFailed(Exception):
 
 @dataclass(frozen=True)
 class Started:
-    """A group leader just started. ``output`` is the read end of its stdout/stderr pipe, which the
-    caller now owns; ``starttime`` is the leader's start time when ``exact``, else a lower bound."""
+    """A group leader just started; ``starttime`` is its start time when ``exact``, else a lower bound."""
 
     process: asyncio.subprocess.Process
-    output: int
     starttime: int
     exact: bool
 
 
 async def start_group(
-    argv: Sequence[str], exe: str, cwd: str, env: Mapping[str, str], user: RunUser | None
+    argv: Sequence[str], exe: str, cwd: str, env: Mapping[str, str], user: RunUser | None, output: int
 ) -> Started:
     """Start ``argv`` in a new session, so as the leader of a new process group, as ``user`` when it
-    must be switched to. Raises ``SpawnFailed`` when the process could not be started."""
+    must be switched to, with ``output`` (a descriptor the caller keeps) as its stdout and stderr.
+    Nothing here reads what it writes. Raises ``SpawnFailed`` when the process could not be started."""
     switch = user is not None and user.switch
     since = boot_ticks()
-    read_fd, write_fd = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, executable=exe, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd, stderr=write_fd,
+            *argv, executable=exe, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
             cwd=cwd, env=env, start_new_session=True,
             user=user.uid if user and switch else None, group=user.gid if user and switch else None,
             extra_groups=os.getgrouplist(user.name, user.gid) if user and switch else None,
         )  # fmt: skip
     except OSError as exc:
-        os.close(read_fd)
         raise SpawnFailed(exc) from exc
-    finally:
-        os.close(write_fd)
     stat = proc_stat(process.pid)
     exact = stat is not None and stat.pgrp == process.pid
-    return Started(process, read_fd, stat.starttime if stat and exact else since, exact)
+    return Started(process, stat.starttime if stat and exact else since, exact)
 
 
 # ---- waiting -------------------------------------------------------------------------------------------

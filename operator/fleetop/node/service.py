@@ -132,7 +132,6 @@ class Service:
         self.main_exit: Exit | None = None
         self.main_noted = True
         self.groups: dict[int, Proc] = {}
-        self.pumps: set[asyncio.Task[None]] = set()
         self.limit = _RateLimit()
         self.restarts, self.seq, self.invocation = 0, 0, ""
 
@@ -209,7 +208,7 @@ class Service:
         await self.idle.wait()
 
     async def close(self) -> None:
-        """Stop, then make sure nothing of the unit is left: leftover groups, output pumps, journal."""
+        """Stop, then make sure nothing of the unit is left: leftover groups, the journal's descriptor."""
         await self.stop()
         if self.task is not None:
             await asyncio.wait([self.task])
@@ -224,12 +223,10 @@ class Service:
                     signal_group(pgid, signal.SIGKILL)
                 await wait_until(self._groups_gone, deadline_after(5.0))
         leftovers = [p.waiter for p in self.groups.values() if p.alive]
-        if self.pumps:
-            await asyncio.wait(self.pumps, timeout=1.0)
-        for task in [*self.pumps, *leftovers]:
+        for task in leftovers:
             task.cancel()
-        if self.pumps or leftovers:
-            await asyncio.wait([*self.pumps, *leftovers])
+        if leftovers:
+            await asyncio.wait(leftovers)
         self.journal.close()
 
     # ---- the state machine -----------------------------------------------------------------------------
@@ -473,8 +470,9 @@ class Service:
     # ---- spawning ----------------------------------------------------------------------------------------
 
     async def _spawn(self, cmd: ExecCommand, extra: Mapping[str, str]) -> tuple[Proc | None, Exit | None]:
-        """Start one Exec process in a new session, its output going to the journal. A process that
-        cannot be started comes back as an exit status, as systemd reports it (203/EXEC, 200/CHDIR)."""
+        """Start one Exec process in a new session, its output appended to the unit's journal file. A
+        process that cannot be started comes back as an exit status, as systemd reports it (203/EXEC,
+        200/CHDIR, 209/STDOUT)."""
         try:
             env = exec_environment(
                 self.sup.base_env, self.cfg, self.machine, self.user, self.invocation, extra
@@ -490,16 +488,17 @@ class Service:
             self.note(f"{self.unit}: Failed to {what}: No such file or directory")
             return None, Exit("exited", 203 if exe is None else 200)
         try:
-            started = await start_group(argv, exe, cwd, env, self.user)
+            output = self.journal.fd()
+        except OSError as exc:
+            log.warning("%s: cannot open its journal %s: %s", self.unit, self.journal.path, exc)
+            return None, Exit("exited", 209)
+        try:
+            started = await start_group(argv, exe, cwd, env, self.user, output)
         except SpawnFailed as exc:
             self.note(f"{self.unit}: Failed to execute {exe}: {exc}")
             return None, Exit("exited", 203)
-        process, read_fd = started.process, started.output
+        process = started.process
         self.sup.record_group(process.pid, started.starttime, started.exact, self)
         proc = Proc(process.pid, exe, asyncio.create_task(process.wait()))
         self.groups[process.pid] = proc
-        ident, pid = Path(exe).name, process.pid
-        pump = asyncio.create_task(journal.pump_fd(read_fd, lambda s: self.journal.write(ident, pid, s)))
-        self.pumps.add(pump)
-        pump.add_done_callback(self.pumps.discard)
         return proc, None

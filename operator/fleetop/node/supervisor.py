@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 SHUTDOWN_CONCURRENCY = 32
+JOURNAL_CHECK_INTERVAL = 2.0  # how often journal sizes are checked (units write to them directly)
 
 
 class Supervisor:
@@ -59,6 +60,7 @@ class Supervisor:
         self.base_env.setdefault("PATH", DEFAULT_PATH)
         self.sequence = itertools.count(1)
         self._units: dict[tuple[str, str], Service] = {}
+        self._journal_keeper: asyncio.Task[None] | None = None
 
     # ---- the engine's interface --------------------------------------------------------------------------
 
@@ -74,6 +76,7 @@ class Supervisor:
         loaded = load_service(unit, options, SpecifierContext(unit, machine.machine_id, machine.hostname))
         if current is None:
             current = self._units[key] = Service(self, unit, machine)
+            self._keep_journals_bounded()
         current.machine = machine
         current.apply(loaded, unit_hash)
         self.changed()
@@ -127,6 +130,10 @@ class Supervisor:
 
         ordered = sorted(self._units.values(), key=lambda u: u.seq, reverse=True)
         await asyncio.gather(*(unload(current) for current in ordered))
+        if self._journal_keeper is not None:
+            self._journal_keeper.cancel()
+            await asyncio.wait([self._journal_keeper])
+            self._journal_keeper = None
 
     def journal_path(self, unit: str, machine_id: str | None = None) -> Path:
         """The journal file of ``unit`` on ``machine_id``; without a machine, of the machine it is
@@ -149,6 +156,17 @@ class Supervisor:
         exists, and return how many. A record whose PGID now belongs to another process is dropped."""
         tracked = {pgid for current in self._units.values() for pgid in current.groups}
         return procgroups.cleanup_orphans(self.run_dir, tracked)
+
+    def _keep_journals_bounded(self) -> None:
+        if self._journal_keeper is None or self._journal_keeper.done():
+            self._journal_keeper = asyncio.create_task(self._bound_journals(), name="fleetop-node-journals")
+
+    async def _bound_journals(self) -> None:
+        """Units write their journals directly, so sizes are checked here, every few seconds."""
+        while True:
+            await asyncio.sleep(JOURNAL_CHECK_INTERVAL)
+            for current in list(self._units.values()):
+                current.journal.bound()
 
     # ---- for the units ---------------------------------------------------------------------------------
 
