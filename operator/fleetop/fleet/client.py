@@ -8,6 +8,10 @@ a global unit's missing ``currentState`` reads as None, a missing ``machineID`` 
 
 Errors: a 4xx error entity raises FleetAPIError (permanent); 5xx, timeouts, refused or dropped
 connections raise FleetUnavailable (temporary) after a few retries with jittered exponential backoff.
+
+fleet cannot fence a write on leadership, so a leader passes ``write_guard`` (it raises NotLeader
+when the leader's lease may have lapsed): it runs before *every attempt* of a write, so a retry sent
+after a pause past the lease is refused like the first try.
 """
 
 from __future__ import annotations
@@ -109,10 +113,12 @@ class FleetClient:
         retry: RetryPolicy | None = None,
         session_factory: Callable[[], HttpSession] | None = None,
         stats: ClientStats | None = None,
+        write_guard: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         self.retry = retry or RetryPolicy()
         self.stats = stats or ClientStats()
+        self.write_guard = write_guard
         timeouts = timeouts or Timeouts(connect=3.0, read=15.0, write=15.0, pool=3.0)
         factory = session_factory or (
             lambda: HttpSession(self.endpoint, timeouts=timeouts, headers={"User-Agent": "fleetop"})
@@ -161,6 +167,8 @@ class FleetClient:
         accepted = set(accept)
 
         async def once() -> HttpResponse:
+            if method != "GET" and self.write_guard is not None:
+                self.write_guard()
             self.stats.calls[operation] += 1
             headers: dict[str, str] = {}
             content = None

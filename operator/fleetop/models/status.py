@@ -86,6 +86,8 @@ class ProxyStatus(ObservedModel):
     config_hash: str = ""
     generation: int = 0
     backends: dict[str, int] = Field(default_factory=dict)
+    skipped_registrations: int = 0
+    """Registrations left out of the config: not an address, or an instance the operator does not run."""
     agents: AgentCount = Field(default_factory=AgentCount)
     conditions: list[Condition] = Field(default_factory=list)
     units: list[UnitStatus] = Field(default_factory=list)
