@@ -1,6 +1,7 @@
-"""The leader's guard on fleet writes, with a stepped clock: fleet cannot compare the leader key, so
+"""The executor's writes, with stepped clocks. Fleet writes: fleet cannot compare the leader key, so
 the executor (and the fleet client, before each retry) asks the elector whether its lease is known
-fresh by its own monotonic clock. Real etcd, a real ``fleetop node``; only the clock is stepped.
+fresh by its own monotonic clock. Status writes: they carry when their generation was first
+reported. Real etcd, a real ``fleetop node``; only the clocks are stepped.
 """
 
 from __future__ import annotations
@@ -165,3 +166,38 @@ async def test_the_fleet_client_checks_the_guard_before_each_retry_of_a_write(tm
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_status_carries_when_its_generation_was_first_reported(etcd: Etcd, fleet: FleetClient) -> None:
+    """A scale moves no condition; the status still says when the spec last changed (CHANGED)."""
+    from fleetop.models import ServiceStatus
+
+    wall = SteppedClock()
+    wall.now = 1_790_000_000.0
+    key = Keys().status("services", "stamped")
+    async with leading(etcd, SteppedClock()) as elector:
+        executor = Executor(fleet, etcd, Keys(), lambda: elector.fence, clock=wall)
+
+        async def write(generation: int, ready: int) -> ServiceStatus:
+            status = ServiceStatus.model_validate(
+                {"observedGeneration": generation, "replicas": {"ready": ready}}
+            )
+            await executor.write_status("stamped", status, await etcd.get(key))
+            stored = await etcd.get(key)
+            assert stored is not None
+            return ServiceStatus.model_validate_json(stored.value)
+
+        first = await write(7, 1)
+        assert first.observed_generation_time == "2026-09-21T14:13:20Z"
+        wall.step(60)
+        assert (await write(7, 2)).observed_generation_time == first.observed_generation_time
+        assert (
+            await executor.write_status(
+                "stamped",
+                ServiceStatus.model_validate({"observedGeneration": 7, "replicas": {"ready": 2}}),
+                await etcd.get(key),
+            )
+            == "unchanged"
+        )
+        scaled = await write(9, 2)  # the replicas changed in the spec: a new generation
+        assert scaled.observed_generation_time == "2026-09-21T14:14:20Z"

@@ -16,7 +16,9 @@ The planner decides; this module only performs, in a safe order, and reports wha
   few loop iterations before its elector notices and cancels the pass. (The fleet client runs the
   same guard before each retry of a write.) What cannot be fenced is a request already sent.
 * status is written only when it differs from what is stored (a write on every pass would trigger
-  its own reconcile), and is fenced on the leader key, as every event is.
+  its own reconcile), and is fenced on the leader key, as every event is. It carries the time the
+  current generation was first reported (``observedGenerationTime``): kept from the stored status
+  while the generation is the same, now when the spec changed (``fleetop status``'s CHANGED).
 * events: at most one per action or failed attempt, under ``keys.events(service)`` as
   ``<ts>-<id>`` keys on a shared lease of about an hour that is granted again when it has expired.
   The same failure repeated bumps ``count`` on the previous event instead of adding keys.
@@ -202,16 +204,36 @@ class Executor:
                     return "unchanged"
                 await self.etcd.delete(key, fence=self.fence())
                 result: StatusResult = "deleted"
-            elif same_status(stored.value if stored else None, status):
-                result = "unchanged"
             else:
-                await self.etcd.put(key, status_bytes(status), fence=self.fence())
-                result = "written"
+                status = self._stamped(status, stored)
+                if same_status(stored.value if stored else None, status):
+                    result = "unchanged"
+                else:
+                    await self.etcd.put(key, status_bytes(status), fence=self.fence())
+                    result = "written"
         except NotLeader:
             self._count_status("fenced")
             raise
         self._count_status(result)
         return result
+
+    def _stamped(self, status: ServiceStatus, stored: KeyValue | None) -> ServiceStatus:
+        """``status`` with the time its generation was first reported: the stored one's if it reported
+        the same generation, else now."""
+        since: object = None
+        if stored is not None:
+            try:
+                previous = json.loads(stored.value)
+            except ValueError:
+                previous = None
+            if (
+                isinstance(previous, dict)
+                and previous.get("observedGeneration") == status.observed_generation
+            ):
+                since = previous.get("observedGenerationTime")
+        if not isinstance(since, str) or not since:
+            since = rfc3339(self.clock())
+        return status.model_copy(update={"observed_generation_time": since})
 
     def _count_status(self, result: str) -> None:
         if self.metrics is not None:

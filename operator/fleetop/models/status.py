@@ -64,6 +64,9 @@ class Backend(ObservedModel):
 
 class ServiceStatus(ObservedModel):
     observed_generation: int = 0
+    observed_generation_time: str = ""
+    """When the operator first reported on ``observed_generation`` (RFC 3339): the spec's last change
+    as the operator saw it, a scale included, which moves no condition."""
     replicas: ReplicaCounts = Field(default_factory=ReplicaCounts)
     conditions: list[Condition] = Field(default_factory=list)
     units: list[UnitStatus] = Field(default_factory=list)
