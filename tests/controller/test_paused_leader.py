@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,6 +61,14 @@ async def not_leading(operator: Operator) -> bool:
         return False
 
 
+async def unit_reads(operator: Operator) -> float:
+    """How many single-unit reads (the GET before each create) the operator has sent."""
+    match = re.search(
+        r'^fleetop_fleet_api_calls_total\{operation="get_unit"\} ([0-9.e+]+)$', await operator.metrics(), re.M
+    )
+    return float(match.group(1)) if match else 0.0
+
+
 def signal_child(proc: Operator | Node, sig: signal.Signals) -> None:
     assert proc.proc is not None and proc.proc.poll() is None
     os.kill(proc.proc.pid, sig)
@@ -81,10 +90,16 @@ async def test_a_leader_resumed_after_its_lease_sends_no_fleet_write(
 
         await eventually(warm, 30, "the operator to act")
         await asyncio.sleep(1.0)
+        reads = await unit_reads(operator)
         signal_child(node, signal.SIGSTOP)
         stopped.append(node)
         await etcd.put(KEYS.desired("services", "paused"), spec(REPLICAS))
-        await asyncio.sleep(1.0)  # the pass's first fleet request is on the stopped node's socket
+
+        async def reading() -> bool:  # the pass's first fleet request is on the stopped node's socket
+            return await unit_reads(operator) > reads
+
+        await eventually(reading, 30, "the pass to ask fleet for its first unit")
+        await asyncio.sleep(0.2)
         signal_child(operator, signal.SIGSTOP)
         stopped.insert(0, operator)
 
