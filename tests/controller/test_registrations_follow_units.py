@@ -10,12 +10,13 @@ registration, as registrator's are trusted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import re
+import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,9 +108,10 @@ async def registered(etcd: Etcd, service: str) -> dict[str, str]:
 
 
 async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
-    etcd: Etcd, fleet: FleetClient, operator: Operator, tmp_path: Path
+    etcd: Etcd, fleet: FleetClient, operator: Operator, etcd_server: EtcdServer
 ) -> None:
     service, proxy = "regs", "regs-edge"
+    etcd_endpoint = etcd_server.endpoint
     try:
         await etcd.put(KEYS.desired("services", service), web(3))
         await etcd.put(KEYS.desired("proxies", proxy), edge(service))
@@ -133,6 +135,11 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
         kept = first[str(BASE)]
         assert await published(etcd, proxy) == {kept}
 
+        async def deregistered() -> bool:  # the stopped sidekicks' own deletes are done
+            return await registered(etcd, service) == {str(BASE): kept}
+
+        await eventually(deregistered, 60, "the stopped sidekicks to deregister")
+
         # what a lost delete or a restored lease leaves behind, and a key for an instance never run
         stale = {str(BASE + 2): first[str(BASE + 2)], str(BASE + 7): f"127.0.1.1:{BASE + 7}"}
         for instance, address in stale.items():
@@ -149,6 +156,11 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
         bodies = [json.loads(kv.value) for kv in events]
         skipped = [e for e in bodies if e["reason"] == "UnlaunchedRegistrations"]
         assert skipped and f"/services/{service}/{BASE + 7}" in skipped[-1]["message"], bodies
+        env = {**os.environ, "ETCDCTL_ENDPOINTS": etcd_endpoint, "FLEETOP_PREFIX": PREFIX}
+        cli = [sys.executable, "-m", "fleetop.cli.main", "describe", "proxy", proxy]
+        described = await asyncio.create_subprocess_exec(*cli, stdout=asyncio.subprocess.PIPE, env=env)
+        out, _ = await described.communicate()
+        assert described.returncode == 0 and b"Skipped:              2 registration(s)" in out, out.decode()
 
         # scaled up again: the config follows the instances the operator runs now, and only those
         await etcd.put(KEYS.desired("services", service), web(3))
