@@ -149,11 +149,21 @@ class Store:
         assert isinstance(status, ServiceStatus | ProxyStatus)
         return StatusEntry(name, status, None, kv.mod_revision)
 
-    async def events(self, name: str | None = None, *, limit: int | None = None) -> builtins.list[Event]:
-        """Recorded events, oldest first; those that do not parse are skipped."""
+    async def events(
+        self, name: str | None = None, *, limit: int | None = None, since_revision: int = 0
+    ) -> builtins.list[Event]:
+        """Recorded events, oldest first; those that do not parse are skipped.
+
+        ``since_revision``: only events first written after that etcd revision. Events outlive their
+        object by up to an hour, so a spec's ``create_revision`` keeps a deleted object's events
+        (one of the same name, deleted and declared again) out of the new one's history; a repeated
+        event keeps its key, and with it the revision it was first written at.
+        """
         items, _ = await self.etcd.list(self.keys.events(name or ""))
         events: builtins.list[Event] = []
         for kv in items:
+            if kv.create_revision <= since_revision:
+                continue
             try:
                 events.append(Event.model_validate_json(kv.value))
             except ValidationError:

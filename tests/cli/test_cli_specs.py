@@ -290,6 +290,30 @@ def test_events_are_listed_oldest_first(cli: Cli) -> None:
     assert (code, out) == (0, "Events: <none>\n")
 
 
+def test_describe_lists_no_event_of_an_earlier_service_of_the_same_name(cli: Cli) -> None:
+    def event(key: str, message: str) -> None:
+        body = {"kind": "Service", "name": "web", "type": "Normal", "reason": "Created", "message": message}
+        body["time"] = "2026-11-21T10:00:01Z"
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/{key}", json.dumps(body))
+
+    spec = json.dumps({"replicas": 1, "unit": {"execStart": "/bin/sleep 1000"}})
+    cli.etcdctl("put", f"{cli.prefix}/desired/services/web", spec)
+    event("a", "Created web@1.service of the first web")
+    code, out, err = cli("describe", "service", "web")
+    assert code == 0 and "of the first web" in out, err
+    assert cli("delete", "service", "web")[0] == 0
+    cli.etcdctl("put", f"{cli.prefix}/desired/services/web", spec)  # declared again: a new object
+    code, out, err = cli("describe", "service", "web")
+    assert code == 0 and "of the first web" not in out and "Events: <none>" in out, out
+    event("b", "Created web@1.service of the second web")
+    event("a", "Created web@1.service of the first web, again")  # a repeat keeps its first revision
+    cli.etcdctl("put", f"{cli.prefix}/desired/services/web", spec.replace("1000", "1001"))  # an update
+    code, out, err = cli("describe", "service", "web")
+    assert code == 0 and "of the second web" in out and "of the first web" not in out, out
+    code, out, _ = cli("events", "--service", "web")  # the hour's log still has both
+    assert "of the first web" in out and "of the second web" in out
+
+
 def test_events_follow_prints_new_events_as_they_come(cli: Cli) -> None:
     import os
     import sys

@@ -239,3 +239,23 @@ def test_etcd_unreachable_is_said_plainly_and_fleet_is_still_shown() -> None:
     assert "PROXIES\n  (unknown: etcd unreachable)" in text
     assert "(none)" not in text and "is `fleetop run` running" not in text
     assert "web@8001.service" in text  # what fleet shows
+
+
+def test_changed_counts_a_scale_change_that_moved_no_condition() -> None:
+    report = _report()
+    entry = report.service_status["web"]
+    assert entry.status is not None
+    scaled = entry.status.model_copy(
+        update={"observed_generation": 12, "observed_generation_time": "2026-11-21T11:59:50Z"}
+    )
+    report.service_status["web"] = StatusEntry("web", scaled, None, 13)
+    lines = {line.split()[0]: line.split() for line in format_status(report).splitlines() if line}
+    assert lines["web"][-2] == "10s", "the scale 10 s ago is the last change"
+    older = scaled.model_copy(update={"observed_generation_time": "2026-11-21T10:00:00Z"})
+    report.service_status["web"] = StatusEntry("web", older, None, 14)
+    lines = {line.split()[0]: line.split() for line in format_status(report).splitlines() if line}
+    assert lines["web"][-2] == "30s", "a later condition transition is the last change"
+    bare = ServiceStatus(observed_generation=3, observed_generation_time="2026-11-21T11:58:00Z")
+    report.service_status["web"] = StatusEntry("web", bare, None, 15)
+    lines = {line.split()[0]: line.split() for line in format_status(report).splitlines() if line}
+    assert lines["web"][-2] == "2m"

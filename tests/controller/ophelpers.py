@@ -52,6 +52,8 @@ class Node:
     base: Path
     machines: int = 3
     proc: subprocess.Popen[bytes] | None = None
+    etcd_endpoint: str | None = None
+    """Published to units in ``/etc/etcd.environment`` (sidekicks need it); else the node's default."""
 
     @property
     def endpoint(self) -> str:
@@ -62,6 +64,8 @@ class Node:
         log = open(self.base / "node.log", "ab")  # noqa: SIM115 - the child keeps it
         args = [sys.executable, "-c", NODE_MAIN, "--machines", str(self.machines)]
         args += ["--state-dir", str(self.base / "state"), "--listen", self.endpoint]
+        if self.etcd_endpoint:
+            args += ["--etcd-endpoints", self.etcd_endpoint]
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )

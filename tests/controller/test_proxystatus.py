@@ -10,7 +10,9 @@ from fleetop.controller.proxystatus import (
     build_status,
     collect_backends,
     describe_invalid,
+    describe_unlaunched,
     invalid_status,
+    launched_instances,
     published_hash,
     summarize_agents,
 )
@@ -39,6 +41,64 @@ def test_backends_are_parsed_strictly_and_only_directly_under_the_prefix() -> No
     assert found.valid["api"] == []
     assert found.invalid_count == 1
     assert "/services/web/evil" in describe_invalid(found)
+
+
+WEB = [
+    ("/services/web/8001", b"10.0.0.1:8001"),
+    ("/services/web/8002", b"10.0.0.2:8002"),
+    ("/services/web/8006", b"10.0.0.6:8006"),
+    ("/services/web/junk", b"not an address"),
+]
+
+
+def test_launched_instances_are_main_units_fleet_holds_as_launched() -> None:
+    units = [
+        ("web@8001.service", "launched"),
+        ("web-discovery@8001.service", "launched"),
+        ("web@8002.service", "loaded"),  # created but not (yet, or any more) to be launched
+        ("web@8003.service", "launched"),
+        ("webby@8004.service", "launched"),
+        ("web@8005.timer", "launched"),
+    ]
+    assert launched_instances("web", units) == {"8001", "8003"}
+    assert launched_instances("web", []) == frozenset()
+
+
+def test_registrations_of_instances_the_operator_does_not_run_are_left_out() -> None:
+    found = collect_backends({"web": ("/services/web/", WEB)}, {"web": frozenset({"8001", "8002"})})
+    assert [r.address for r in found.valid["web"]] == ["10.0.0.1:8001", "10.0.0.2:8002"]
+    assert [r.key for r in found.unlaunched["web"]] == ["/services/web/8006"]
+    assert found.invalid_count == 1 and found.skipped_count == 2
+    assert found.unlaunched_keys() == {"/services/web/8006"}
+    message = describe_unlaunched(found)
+    assert message.startswith(
+        "1 registration(s) skipped: /services/web/8006 (instance 8006 is not a launched"
+    )
+    assert "/services/web/junk" in describe_invalid(found) and "8006" not in describe_invalid(found)
+
+
+def test_a_sidekick_service_with_no_launched_unit_has_no_backend() -> None:
+    found = collect_backends({"web": ("/services/web/", WEB)}, {"web": frozenset()})
+    assert found.valid["web"] == [] and found.skipped_count == 4
+
+
+def test_services_without_a_sidekick_are_trusted_as_they_register() -> None:
+    items = {
+        "web": ("/services/web/", WEB),
+        "api": ("/services/api/", [("/services/api/h:c:80", b"10.0.1.1:80")]),
+    }
+    found = collect_backends(items, {"web": frozenset({"8001"})})
+    assert [r.address for r in found.valid["api"]] == ["10.0.1.1:80"]
+    assert [r.address for r in found.valid["web"]] == ["10.0.0.1:8001"]
+    trusted = collect_backends(items)
+    assert len(trusted.valid["web"]) == 3 and not trusted.unlaunched
+
+
+def test_the_status_counts_every_skipped_registration() -> None:
+    found = collect_backends({"web": ("/services/web/", WEB)}, {"web": frozenset({"8001"})})
+    status = build_status(ProxyView(7, CONFIG, found, AgentSummary(1, 1, []), []), None, 1000.0)
+    assert status.backends == {"web": 1}
+    assert status.skipped_registrations == 3
 
 
 def test_published_hash_folds_in_commands_only_when_set() -> None:

@@ -289,6 +289,8 @@ def _describe_status(status: StatusEntry | None, revision: int) -> str:
         out.append(_field("Config", f"{st.config_hash[:12] or '-'} (generation {st.generation})"))
         out.append(_field("Agents", f"{st.agents.on_newest}/{st.agents.total} on the newest config"))
         out.append(_field("Backends", ", ".join(f"{k}={v}" for k, v in sorted(st.backends.items())) or "-"))
+        if st.skipped_registrations:
+            out.append(_field("Skipped", f"{st.skipped_registrations} registration(s) (see the events)"))
     if st.last_error:
         out.append(_field("Last error", st.last_error))
     out.append(format_conditions(st.conditions))

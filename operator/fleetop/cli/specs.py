@@ -176,7 +176,8 @@ def describe(
         async with open_store(cli) as store:
             entry = await store.require(kind, name)
             status = await store.status(kind, name)
-            events = await store.events(name, limit=20)
+            # this spec's own events, not those of an earlier, deleted one of the same name
+            events = await store.events(name, limit=20, since_revision=entry.create_revision)
         return format_describe(entry, status, events)
 
     echo(run(body))

@@ -124,9 +124,14 @@ def _conditions(status: ServiceStatus | ProxyStatus | None) -> str:
 
 
 def _last_change(status: ServiceStatus | ProxyStatus | None, now: datetime) -> str:
-    if status is None or not status.conditions:
+    """The latest of a condition's transition and (services) the spec's last change, a scale included."""
+    if status is None:
         return "-"
-    return age(max(c.last_transition_time for c in status.conditions), now)
+    times = [c.last_transition_time for c in status.conditions]
+    if isinstance(status, ServiceStatus):
+        times.append(status.observed_generation_time)
+    times = [t for t in times if t]
+    return age(max(times), now) if times else "-"
 
 
 def short_machine(machine_id: str | None, machines: dict[str, Machine]) -> str:

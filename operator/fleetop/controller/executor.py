@@ -9,8 +9,16 @@ The planner decides; this module only performs, in a safe order, and reports wha
   on a unit that vanished (409) is left to the next pass; a create never replaces a unit that fleet
   holds under that name without our ``[X-Fleetop]`` section naming this service (fleet would replace
   its content), whatever the cache said.
+* fencing: fleet's API cannot compare the leader key, so before each fleet write the executor calls
+  ``guard`` (the elector's :meth:`~fleetop.controller.leader.LeaderElector.check_leading`), which
+  raises NotLeader once this process's own monotonic clock says the lease was not renewed within
+  the renew deadline. A leader paused past its lease and resumed stops before writing, even in the
+  few loop iterations before its elector notices and cancels the pass. (The fleet client runs the
+  same guard before each retry of a write.) What cannot be fenced is a request already sent.
 * status is written only when it differs from what is stored (a write on every pass would trigger
-  its own reconcile), and is fenced on the leader key, as every event is.
+  its own reconcile), and is fenced on the leader key, as every event is. It carries the time the
+  current generation was first reported (``observedGenerationTime``): kept from the stored status
+  while the generation is the same, now when the spec changed (``fleetop status``'s CHANGED).
 * events: at most one per action or failed attempt, under ``keys.events(service)`` as
   ``<ts>-<id>`` keys on a shared lease of about an hour that is granted again when it has expired.
   The same failure repeated bumps ``count`` on the previous event instead of adding keys.
@@ -45,6 +53,8 @@ from fleetop.models import Event, ServiceStatus
 log = logging.getLogger(__name__)
 
 Fence = Callable[[], tuple[str, bytes]]
+Guard = Callable[[], None]
+"""Raises NotLeader when this process may no longer write to fleet."""
 StatusResult = Literal["written", "unchanged", "deleted"]
 _ORDER = {CreateUnit: 0, SetDesiredState: 1, DestroyUnit: 2}
 LEASE_MARGIN = 120.0
@@ -97,6 +107,7 @@ class Executor:
         metrics: OperatorMetrics | None = None,
         event_ttl: int = 3600,
         clock: Callable[[], float] = time.time,
+        guard: Guard | None = None,
     ) -> None:
         self.client = client
         self.etcd = etcd
@@ -105,6 +116,7 @@ class Executor:
         self.metrics = metrics
         self.event_ttl = event_ttl
         self.clock = clock
+        self.guard = guard
         self._lease = 0
         self._lease_expires = 0.0
         self._last_event: dict[str, tuple[str, Event]] = {}
@@ -135,9 +147,11 @@ class Executor:
         if isinstance(action, CreateUnit):
             return await self._create(service, action)
         if isinstance(action, DestroyUnit):
+            self._check_guard()
             existed = await self.client.destroy_unit(action.name)
             return f"Destroyed {action.name} ({action.reason})" if existed else None
         try:
+            self._check_guard()
             await self.client.set_desired_state(action.name, action.state)
         except FleetAPIError as exc:
             if exc.code in (404, 409):
@@ -159,12 +173,24 @@ class Executor:
                 return None
             if existing.desired_state == action.desired_state:
                 return None
+            self._check_guard()
             await self.client.set_desired_state(action.name, action.desired_state)
             return f"SetDesiredState {action.name} to {action.desired_state}"
+        self._check_guard()
         result = await self.client.create_unit(action.name, action.options, action.desired_state)
         if result == "created":
             return f"Created {action.name}"
         return None
+
+    def _check_guard(self) -> None:
+        """Right before a fleet write: NotLeader unless the lease is known fresh (by our own clock)."""
+        if self.guard is None:
+            return
+        try:
+            self.guard()
+        except NotLeader as exc:
+            log.warning("fleet write refused: %s", exc)
+            raise
 
     # -- status ---------------------------------------------------------------------------------------
     async def write_status(
@@ -178,16 +204,36 @@ class Executor:
                     return "unchanged"
                 await self.etcd.delete(key, fence=self.fence())
                 result: StatusResult = "deleted"
-            elif same_status(stored.value if stored else None, status):
-                result = "unchanged"
             else:
-                await self.etcd.put(key, status_bytes(status), fence=self.fence())
-                result = "written"
+                status = self._stamped(status, stored)
+                if same_status(stored.value if stored else None, status):
+                    result = "unchanged"
+                else:
+                    await self.etcd.put(key, status_bytes(status), fence=self.fence())
+                    result = "written"
         except NotLeader:
             self._count_status("fenced")
             raise
         self._count_status(result)
         return result
+
+    def _stamped(self, status: ServiceStatus, stored: KeyValue | None) -> ServiceStatus:
+        """``status`` with the time its generation was first reported: the stored one's if it reported
+        the same generation, else now."""
+        since: object = None
+        if stored is not None:
+            try:
+                previous = json.loads(stored.value)
+            except ValueError:
+                previous = None
+            if (
+                isinstance(previous, dict)
+                and previous.get("observedGeneration") == status.observed_generation
+            ):
+                since = previous.get("observedGenerationTime")
+        if not isinstance(since, str) or not since:
+            since = rfc3339(self.clock())
+        return status.model_copy(update={"observed_generation_time": since})
 
     def _count_status(self, result: str) -> None:
         if self.metrics is not None:

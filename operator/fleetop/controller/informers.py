@@ -454,7 +454,8 @@ class Informers:
 
     ``enqueue`` receives ``services/<name>`` and ``proxies/<name>`` keys. A service's registrations
     concern the service and every proxy that routes to it; a machine joining or leaving concerns every
-    service (placement); fleet changes concern the owners of the units that changed.
+    service (placement); fleet changes concern the owners of the units that changed, and a service's
+    units also concern the proxies that route to it (their backends follow its launched units).
     """
 
     def __init__(
@@ -544,6 +545,9 @@ class Informers:
     def _fleet_changed(self, owners: set[str], machines_changed: bool) -> None:
         for key in sorted(owners):
             self.enqueue(key)
+            kind, _, service = key.partition("/")
+            for proxy in self._routes.get(service, ()) if kind == "services" else ():
+                self.enqueue(f"proxies/{proxy}")  # its backends follow the service's launched units
         if machines_changed:
             for name in self.entries["services"]:
                 self.enqueue(f"services/{name}")

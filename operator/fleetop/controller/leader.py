@@ -12,6 +12,13 @@ controller-runtime's leaderelection (lease 15 s, renew deadline 10 s, retry peri
   and before anyone else can become leader.
 * fence: the identity bytes are what status and event writes compare (``fence=(keys.leader(),
   identity)``), so a stale leader that somehow keeps running is refused by etcd itself.
+* guard: fleet writes cannot be fenced by etcd, so before each one the executor asks
+  :meth:`LeaderElector.check_leading` (client-go's guard). It answers from this process's own
+  monotonic clock alone: leading, and the last successful renewal was *sent* less than
+  ``renew_deadline`` ago. A leader paused (SIGSTOP, a long GC, a swapped-out VM) past its lease and
+  resumed is refused before its first write, whichever task the event loop happens to run first;
+  nobody else can have taken the lease while the check passes, since ``renew_deadline <
+  lease_duration``. The clock is injectable so tests step it instead of sleeping.
 * resign: on SIGTERM the leader deletes the key if it still holds its identity and revokes the lease;
   standbys watch the key, so one takes over within about a second instead of a lease duration.
 * resume: a leader that stepped down because etcd was unreachable finds, when etcd is back, the key
@@ -83,6 +90,7 @@ class LeaderElector:
         timings: LeaderTimings | None = None,
         *,
         on_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.etcd = etcd
         self.key = keys.leader()
@@ -96,12 +104,28 @@ class LeaderElector:
         self.observed_leader: str | None = None
         self.transitions = 0
         self._on_change = on_change
+        self.clock = clock
+        self.renewed_at: float | None = None
+        """By :attr:`clock`: when the last successful acquisition or renewal was sent; None unless leading."""
         self._lease = 0
         self._resigned = False
 
     @property
     def is_leader(self) -> bool:
         return self.elected.is_set()
+
+    def check_leading(self) -> None:
+        """Raise NotLeader unless this process leads and renewed its lease within the renew deadline,
+        by its own clock. Called right before every write that etcd cannot fence (fleet's API)."""
+        renewed = self.renewed_at
+        if not self.is_leader or renewed is None:
+            raise NotLeader(f"{self.identity} is not the leader")
+        age = self.clock() - renewed
+        if age >= self.timings.renew_deadline:
+            raise NotLeader(
+                f"{self.identity} last renewed its leadership {age:.1f}s ago, past the "
+                f"{self.timings.renew_deadline:g}s renew deadline: not writing"
+            )
 
     @property
     def fence(self) -> tuple[str, bytes]:
@@ -136,6 +160,7 @@ class LeaderElector:
         if current is not None:
             self.observed_leader = holder_of(current.value)
             return False
+        sent = self.clock()
         lease = await self.etcd.grant(max(1, round(self.timings.lease_duration)))
         try:
             await self.etcd.put(self.key, self.value, lease=lease, prev_mod_revision=0)
@@ -146,6 +171,7 @@ class LeaderElector:
             await self._revoke(lease)
             raise
         self._lease = lease
+        self.renewed_at = sent
         self.observed_leader = self.identity
         log.info("became the leader (%s, lease %x)", self.identity, lease)
         return True
@@ -154,12 +180,14 @@ class LeaderElector:
         """The key still holds our identity: we stepped down while etcd was unreachable, and etcd kept
         (or restored) our lease. Nobody else can have led meanwhile — the key was ours all along — so
         take leadership back now instead of waiting a lease duration for it to expire."""
+        sent = self.clock()
         if await self.etcd.keepalive_once(lease) <= 0:
             return False
         current = await self.etcd.get(self.key)
         if current is None or current.value != self.value or current.lease != lease:
             return False
         self._lease = lease
+        self.renewed_at = sent
         self.observed_leader = self.identity
         log.info("resumed leadership (%s, lease %x): the leader key is still ours", self.identity, lease)
         return True
@@ -167,28 +195,38 @@ class LeaderElector:
     async def _lead(self) -> None:
         """Renew until the renew deadline passes without success or the key is no longer ours."""
         self._set_leader(True)
-        last_renewed = time.monotonic()
         try:
             while not self._resigned:
                 await asyncio.sleep(self.timings.retry_period)
-                sent = time.monotonic()
-                budget = last_renewed + self.timings.renew_deadline - sent
-                if budget <= 0:
-                    log.error("could not renew leadership for %.1fs: stepping down", sent - last_renewed)
+                if not await self._renew_within_deadline():
                     return
-                try:
-                    async with asyncio.timeout(budget):
-                        if not await self._renew_once():
-                            return
-                    last_renewed = sent
-                except (FleetopError, TimeoutError) as exc:
-                    log.warning("renewing leadership failed: %s", exc or "timed out")
         finally:
+            self.renewed_at = None
             if self.is_leader:
                 self._set_leader(False)
                 lease, self._lease = self._lease, 0
                 if lease and not self._resigned:
                     await self._revoke(lease)
+
+    async def _renew_within_deadline(self) -> bool:
+        """One renewal attempt; False (step down now) when the deadline passed or the lease is lost."""
+        sent = self.clock()
+        renewed = self.renewed_at if self.renewed_at is not None else sent
+        budget = renewed + self.timings.renew_deadline - sent
+        if budget <= 0:
+            log.error("could not renew leadership for %.1fs: stepping down", sent - renewed)
+            return False
+        try:
+            async with asyncio.timeout(budget):
+                if not await self._renew_once():
+                    return False
+            self.renewed_at = sent
+        except (FleetopError, TimeoutError) as exc:
+            log.warning("renewing leadership failed: %s", exc or "timed out")
+            if self.clock() - renewed >= self.timings.renew_deadline:
+                log.error("could not renew leadership within %gs: stepping down", self.timings.renew_deadline)
+                return False
+        return True
 
     async def _renew_once(self) -> bool:
         """Refresh the lease; False (lost) when it expired or the key holds someone else."""

@@ -68,8 +68,15 @@ class Manager:
                 etcd, keys, client, self.queue.add, fast=config.fleet_poll_fast, slow=config.fleet_poll_slow
             )
             leader = LeaderElector(etcd, keys, config.identity, config.leader, on_change=self._leader_changed)
+            client.write_guard = leader.check_leading  # every attempt of a fleet write, retries too
             executor = Executor(
-                client, etcd, keys, lambda: leader.fence, metrics=self.metrics, event_ttl=config.event_ttl
+                client,
+                etcd,
+                keys,
+                lambda: leader.fence,
+                metrics=self.metrics,
+                event_ttl=config.event_ttl,
+                guard=leader.check_leading,
             )
             services = ServiceReconciler(informers, executor, self.metrics, settings=config.unit_settings)
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)

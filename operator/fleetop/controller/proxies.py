@@ -14,6 +14,11 @@ process published and wrote last (the caches lag its own writes by one watch eve
   differs from the published one, with the next generation, fenced on the leader key. A render that
   fails (a broken custom template) leaves the published config alone and is reported in status
   (``Degraded``, ``lastError``) and once as an event.
+* Registrations of a routed service that registers through fleetop's sidekick are kept only for
+  instances whose main unit fleet holds as launched (:func:`~fleetop.controller.proxystatus.
+  collect_backends`); that set is one of a render's inputs, so a poll that shows a new unit or loses
+  a destroyed one re-renders (the informers queue the proxies that route to a service whose units
+  changed). Others are skipped, counted in status and reported once per distinct set as an event.
 * An invalid spec: ``Invalid=True`` in status, nothing published, its units left as they are.
 * A deleted spec: its units are destroyed, its published config and status deleted.
 * While fleet does not answer, nothing is changed in fleet: the units are neither planned nor
@@ -40,7 +45,9 @@ from fleetop.controller.proxystatus import (
     collect_backends,
     decode_published,
     describe_invalid,
+    describe_unlaunched,
     invalid_status,
+    launched_instances,
     published_hash,
     summarize_agents,
 )
@@ -48,15 +55,17 @@ from fleetop.controller.proxyunits import DesiredUnit, ProxyLayout, desired_unit
 from fleetop.controller.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
 from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.unitrender import RenderError as UnitRenderError
+from fleetop.controller.unitrender import needs_sidekick
 from fleetop.errors import TemporaryError
-from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig
+from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths, render
 from fleetop.store import Entry
 
 log = logging.getLogger(__name__)
 
-Inputs = tuple[int, tuple[tuple[str, int], ...]]
+Launched = dict[str, frozenset[str]]
+Inputs = tuple[int, tuple[tuple[str, int], ...], tuple[tuple[str, tuple[str, ...]], ...]]
 
 
 @dataclass
@@ -73,6 +82,7 @@ class ProxyMemory:
     status: bytes | None = None
     status_revision: int = 0
     invalid_reported: int = 0
+    unlaunched_reported: frozenset[str] = frozenset()
     invalid_generation: int = 0
     reported: set[str] = field(default_factory=set)
 
@@ -141,10 +151,10 @@ class ProxyReconciler:
 
     # -- inputs -----------------------------------------------------------------------------------------
     def _inputs(self, generation: int, spec: ProxySpec) -> Inputs | None:
-        """What a render depends on, cheaply: the spec's revision and the revision of each routed
+        """What a render depends on, cheaply: the spec's revision, the revision of each routed
         service's registration cache (one cache per prefix, so it moves only when that prefix
-        changed). None while a cache is syncing. Parsing waits until a render is due, so the passes
-        of a burst cost next to nothing."""
+        changed) and the instances the operator runs of each sidekick service. None while a cache is
+        syncing. Parsing waits until a render is due, so the passes of a burst cost next to nothing."""
         revisions: list[tuple[str, int]] = []
         for service in sorted({route.service for route in spec.routes}):
             prefix = self.informers.registration_prefix(service)
@@ -152,7 +162,23 @@ class ProxyReconciler:
             if cache is None:
                 return None
             revisions.append((prefix, cache.revision))
-        return generation, tuple(revisions)
+        launched = tuple((s, tuple(sorted(found))) for s, found in sorted(self._launched(spec).items()))
+        return generation, tuple(revisions), launched
+
+    def _launched(self, spec: ProxySpec) -> Launched:
+        """For each routed service whose instances register through fleetop's sidekick, the instances
+        whose main unit fleet holds as launched (from the last poll). Others are not listed: trusted."""
+        snapshot = self.informers.fleet.snapshot
+        found: Launched = {}
+        for service in sorted({route.service for route in spec.routes}):
+            entry = self.informers.entries["services"].get(service)
+            if entry is None or not isinstance(entry.spec, ServiceSpec) or not needs_sidekick(entry.spec):
+                continue
+            names = snapshot.owners.get(f"services/{service}", frozenset())
+            found[service] = launched_instances(
+                service, ((n, snapshot.units[n].desired_state) for n in names)
+            )
+        return found
 
     def _backends(self, spec: ProxySpec) -> BackendSet:
         """Registrations of every routed service, parsed (caches are synced: see :meth:`_inputs`)."""
@@ -162,7 +188,7 @@ class ProxyReconciler:
             cache = self.informers.registrations.cache(prefix)
             pairs = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
             items[service] = (prefix, pairs)
-        return collect_backends(items)
+        return collect_backends(items, self._launched(spec))
 
     def _memory(self, name: str, spec: ProxySpec) -> ProxyMemory:
         memory = self.memory.get(name)
@@ -265,6 +291,12 @@ class ProxyReconciler:
         if count and count != memory.invalid_reported:
             await self.executor.record(name, "InvalidRegistrations", describe_invalid(backends), warning=True)
         memory.invalid_reported = count
+        unlaunched = backends.unlaunched_keys()
+        if unlaunched and unlaunched != memory.unlaunched_reported:
+            await self.executor.record(
+                name, "UnlaunchedRegistrations", describe_unlaunched(backends), warning=True
+            )
+        memory.unlaunched_reported = unlaunched
 
     # -- units ------------------------------------------------------------------------------------------
     async def _units(

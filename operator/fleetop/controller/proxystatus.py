@@ -4,6 +4,12 @@ Kept apart from :mod:`fleetop.controller.proxies` so they are tested with plain 
 
 * backends: the registrations directly under each routed service's prefix, parsed strictly; a value
   that is not exactly an address is counted and reported, never rendered;
+* registrations follow the operator's own knowledge: for a service whose instances register through
+  fleetop's sidekick, a registration whose instance is not one of the service's main units that fleet
+  holds with desiredState ``launched`` (destroyed, never launched: a key a lost delete or a restored
+  lease left behind) is counted and reported too, and never rendered. A unit counts from the poll that
+  first shows it, before it runs, so a new instance's registration is not held back by its unit's
+  states. Registrations of other services (registrator, hand-written) are trusted as they are;
 * the published hash: the sha256 of the rendered text, which is what agents compare. A spec's own
   ``checkCmd`` / ``reloadCmd`` / ``configPath`` travel with the config, so when one is set it is
   folded into the hash too: changing only a command is a new config for the agents to apply;
@@ -38,14 +44,24 @@ from fleetop.models.status import (
 
 @dataclass(frozen=True)
 class BackendSet:
-    """Parsed registrations per routed service, and the refused ones."""
+    """Parsed registrations per routed service, the refused ones, and the ones of instances that the
+    operator does not run (``unlaunched``: valid addresses, left out all the same)."""
 
     valid: dict[str, list[Registration]] = field(default_factory=dict)
     invalid: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
+    unlaunched: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
 
     @property
     def invalid_count(self) -> int:
         return sum(len(v) for v in self.invalid.values())
+
+    @property
+    def skipped_count(self) -> int:
+        """Registrations left out of the config, for whatever reason."""
+        return self.invalid_count + sum(len(v) for v in self.unlaunched.values())
+
+    def unlaunched_keys(self) -> frozenset[str]:
+        return frozenset(r.key for regs in self.unlaunched.values() for r in regs)
 
     def fingerprint(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """What the render depends on, comparable between passes."""
@@ -54,35 +70,70 @@ class BackendSet:
         )
 
 
-def collect_backends(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]]) -> BackendSet:
-    """``service -> (prefix, [(key, value)])`` → registrations of the keys directly under the prefix."""
+def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The instances of ``service`` whose main unit (``<service>@<instance>.service``) is among
+    ``units`` (``(name, desiredState)`` of the units fleet holds for it) with desiredState launched."""
+    found = set()
+    for name, desired_state in units:
+        prefix, _, rest = name.partition("@")
+        if prefix == service and rest.endswith(".service") and desired_state == "launched":
+            found.add(rest.removesuffix(".service"))
+    return frozenset(found)
+
+
+def collect_backends(
+    items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]],
+    launched: Mapping[str, frozenset[str]] | None = None,
+) -> BackendSet:
+    """``service -> (prefix, [(key, value)])`` → registrations of the keys directly under the prefix.
+
+    ``launched`` maps each service whose instances register through fleetop's sidekick to the
+    instances the operator runs (:func:`launched_instances`); other services' keys are all trusted.
+    """
     valid: dict[str, list[Registration]] = {}
     invalid: dict[str, list[InvalidRegistration]] = {}
+    unlaunched: dict[str, list[InvalidRegistration]] = {}
+    known = launched or {}
     for service, (prefix, pairs) in sorted(items.items()):
-        found, refused = valid.setdefault(service, []), []
+        found, refused, unknown = valid.setdefault(service, []), [], []
+        runs = known.get(service)
         for key, value in sorted(pairs):
             instance = key[len(prefix) :] if key.startswith(prefix) else ""
             if not instance or "/" in instance:
                 continue
             parsed = parse_registration(key, value)
-            if isinstance(parsed, Registration):
-                found.append(parsed)
-            else:
+            if not isinstance(parsed, Registration):
                 refused.append(parsed)
+            elif runs is not None and instance not in runs:
+                reason = f"instance {instance} is not a launched unit of service {service}"
+                unknown.append(InvalidRegistration(key, parsed.address, reason))
+            else:
+                found.append(parsed)
         if refused:
             invalid[service] = refused
-    return BackendSet(valid, invalid)
+        if unknown:
+            unlaunched[service] = unknown
+    return BackendSet(valid, invalid, unlaunched)
+
+
+def _describe(skipped: Sequence[InvalidRegistration]) -> str:
+    shown = [f"{r.key} ({r.reason})" for r in skipped[:3]]
+    more = len(skipped) - len(shown)
+    return (
+        f"{len(skipped)} registration(s) skipped: "
+        + "; ".join(shown)
+        + (f"; and {more} more" if more > 0 else "")
+    )
 
 
 def describe_invalid(backends: BackendSet) -> str:
     """One line for an event: how many were refused, and the first few reasons."""
-    shown = [f"{r.key} ({r.reason})" for regs in backends.invalid.values() for r in regs][:3]
-    more = backends.invalid_count - len(shown)
-    return (
-        f"{backends.invalid_count} registration(s) skipped: "
-        + "; ".join(shown)
-        + (f"; and {more} more" if more > 0 else "")
-    )
+    return _describe([r for regs in backends.invalid.values() for r in regs])
+
+
+def describe_unlaunched(backends: BackendSet) -> str:
+    """One line for an event: registrations of instances the operator does not run."""
+    return _describe([r for regs in backends.unlaunched.values() for r in regs])
 
 
 def published_hash(text_hash: str, spec: ProxySpec) -> str:
@@ -186,6 +237,7 @@ def build_status(view: ProxyView, stored: ProxyStatus | None, now: float) -> Pro
         config_hash=newest,
         generation=published.generation if published is not None else 0,
         backends={service: len({r.address for r in regs}) for service, regs in view.backends.valid.items()},
+        skipped_registrations=view.backends.skipped_count,
         agents=AgentCount(total=agents.total, on_newest=agents.on_newest),
         conditions=[publish, available, degraded],
         units=view.units,

@@ -17,6 +17,10 @@ and the answer is returned (or retried) as it is, not failed over. When no endpo
 error names each endpoint tried and why. A write that timed out may still land later at the endpoint
 that did not answer (a frozen machine that resumes; HTTP cannot take a request back): every write is
 idempotent, and the operator, level-triggered, undoes on its next pass whatever it does not want.
+
+fleet cannot fence a write on leadership, so a leader passes ``write_guard`` (it raises NotLeader
+when the leader's lease may have lapsed): it runs before *every attempt* of a write, on every endpoint, so a
+retry or failover sent after a pause past the lease is refused like the first try.
 """
 
 from __future__ import annotations
@@ -132,12 +136,14 @@ class FleetClient:
         retry: RetryPolicy | None = None,
         session_factory: Callable[[str], HttpSession] | None = None,
         stats: ClientStats | None = None,
+        write_guard: Callable[[], None] | None = None,
     ) -> None:
         given = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         text = given if isinstance(given, str) else ",".join(given)
         self.endpoints = parse_fleet_endpoints(text, "fleet endpoint")
         self.retry = retry or RetryPolicy()
         self.stats = stats or ClientStats()
+        self.write_guard = write_guard
         timeouts = timeouts or Timeouts(connect=3.0, read=15.0, write=15.0, pool=3.0)
         self._factory = session_factory or (
             lambda where: HttpSession(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
@@ -237,6 +243,8 @@ class FleetClient:
         for step in range(count):
             index = (self._current + step) % count
             where = self.endpoints[index]
+            if method != "GET" and self.write_guard is not None:
+                self.write_guard()  # before every attempt and every failover: a timeout may outlast the lease
             try:
                 resp = await self._session(index).request(
                     method, path, params=params, content=content, headers=headers

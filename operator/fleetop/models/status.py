@@ -64,6 +64,9 @@ class Backend(ObservedModel):
 
 class ServiceStatus(ObservedModel):
     observed_generation: int = 0
+    observed_generation_time: str = ""
+    """When the operator first reported on ``observed_generation`` (RFC 3339): the spec's last change
+    as the operator saw it, a scale included, which moves no condition."""
     replicas: ReplicaCounts = Field(default_factory=ReplicaCounts)
     conditions: list[Condition] = Field(default_factory=list)
     units: list[UnitStatus] = Field(default_factory=list)
@@ -86,6 +89,8 @@ class ProxyStatus(ObservedModel):
     config_hash: str = ""
     generation: int = 0
     backends: dict[str, int] = Field(default_factory=dict)
+    skipped_registrations: int = 0
+    """Registrations left out of the config: not an address, or an instance the operator does not run."""
     agents: AgentCount = Field(default_factory=AgentCount)
     conditions: list[Condition] = Field(default_factory=list)
     units: list[UnitStatus] = Field(default_factory=list)

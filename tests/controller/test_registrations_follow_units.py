@@ -1,0 +1,207 @@
+"""Registrations follow the operator's own knowledge, end to end: real etcd, ``fleetop node``,
+``fleetop run`` and sidekicks (``fleetop register``) in front of ``python3 -m http.server``.
+
+A registration left behind by an instance the operator destroyed (a sidekick's delete that never
+reached etcd, a lease that etcd restored) is written here by hand after a scale-down, with one for an
+instance that was never launched. Neither ever reaches the published config; the real ones do, and
+the proxy's status and events say what was skipped. A service without a sidekick keeps every
+registration, as registrator's are trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from ophelpers import Node, Operator, owned_mains
+
+from fleetop.config import EtcdSettings
+from fleetop.etcd import Etcd
+from fleetop.etcdserver import EtcdServer
+from fleetop.fleet.client import FleetClient
+from fleetop.keys import Keys
+from fleetop.models import ProxyStatus, PublishedConfig
+from waiting import eventually
+
+PREFIX = f"/t/regfollow-{os.getpid()}"
+KEYS = Keys()
+SERVER_RE = re.compile(r"^\s*server\s+(?:\S+\s+)?(\d+\.\d+\.\d+\.\d+:\d+)", re.MULTILINE)
+BASE = random.randrange(30000, 39000, 10)
+
+
+def web(replicas: int) -> bytes:
+    body: dict[str, Any] = {
+        "replicas": replicas,
+        "ports": {"base": BASE},
+        "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
+        "discovery": {
+            "sidekick": True,
+            "check": {"http": "/", "interval": "0.5s", "timeout": "1s"},
+            "ttl": "5s",
+        },
+    }
+    return json.dumps(body).encode()
+
+
+def edge(*services: str) -> bytes:
+    body = {
+        "kind": "nginx",
+        "listen": f"127.0.0.1:{BASE + 9}",
+        "managed": False,
+        "routes": [{"service": s, "path": f"/{s}/"} for s in services],
+        "wait": {"min": "0s", "max": "0s"},
+    }
+    return json.dumps(body).encode()
+
+
+@pytest.fixture(scope="module")
+def node(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A node whose units find the session's etcd (the sidekicks register there)."""
+    running = Node(tmp_path_factory.mktemp("node"), machines=3, etcd_endpoint=etcd_server.endpoint)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    node: Node, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    proc = Operator(tmp_path_factory.mktemp("operator"), "regs", etcd_server.endpoint, PREFIX, node.endpoint)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
+    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
+        yield client
+
+
+async def published(etcd: Etcd, proxy: str) -> set[str]:
+    kv = await etcd.get(KEYS.proxy_config(proxy))
+    if kv is None:
+        return set()
+    return set(SERVER_RE.findall(PublishedConfig.model_validate_json(kv.value).body))
+
+
+async def proxy_status(etcd: Etcd, proxy: str) -> ProxyStatus | None:
+    kv = await etcd.get(KEYS.status("proxies", proxy))
+    return None if kv is None else ProxyStatus.model_validate_json(kv.value)
+
+
+async def registered(etcd: Etcd, service: str) -> dict[str, str]:
+    kvs, _ = await etcd.list(f"/services/{service}/")
+    return {kv.key.rsplit("/", 1)[1]: kv.value.decode() for kv in kvs}
+
+
+async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
+    etcd: Etcd, fleet: FleetClient, operator: Operator, etcd_server: EtcdServer
+) -> None:
+    service, proxy = "regs", "regs-edge"
+    etcd_endpoint = etcd_server.endpoint
+    try:
+        await etcd.put(KEYS.desired("services", service), web(3))
+        await etcd.put(KEYS.desired("proxies", proxy), edge(service))
+
+        async def three() -> dict[str, str] | None:
+            found = await registered(etcd, service)
+            ok = len(found) == 3 and await published(etcd, proxy) == set(found.values())
+            return found if ok else None
+
+        first = await eventually(three, 90, "3 registered instances in the published config")
+
+        await etcd.put(KEYS.desired("services", service), web(1))
+
+        async def one() -> bool:
+            mains = owned_mains(await fleet.list_units(), service)
+            return [u.name for u in mains] == [f"{service}@{BASE}.service"] and len(
+                await published(etcd, proxy)
+            ) == 1
+
+        await eventually(one, 60, "the scale-down to 1 in fleet and in the config")
+        kept = first[str(BASE)]
+        assert await published(etcd, proxy) == {kept}
+
+        async def deregistered() -> bool:  # the stopped sidekicks' own deletes are done
+            return await registered(etcd, service) == {str(BASE): kept}
+
+        await eventually(deregistered, 60, "the stopped sidekicks to deregister")
+
+        # what a lost delete or a restored lease leaves behind, and a key for an instance never run
+        stale = {str(BASE + 2): first[str(BASE + 2)], str(BASE + 7): f"127.0.1.1:{BASE + 7}"}
+        for instance, address in stale.items():
+            await etcd.put(f"/services/{service}/{instance}", address.encode())
+
+        async def reported() -> ProxyStatus | None:
+            status = await proxy_status(etcd, proxy)
+            return status if status is not None and status.skipped_registrations == 2 else None
+
+        status = await eventually(reported, 30, "the proxy to report 2 skipped registrations")
+        assert status.backends == {service: 1}
+        assert await published(etcd, proxy) == {kept}, "a registration of an instance not run was published"
+        events, _ = await etcd.list(KEYS.events(proxy))
+        bodies = [json.loads(kv.value) for kv in events]
+        skipped = [e for e in bodies if e["reason"] == "UnlaunchedRegistrations"]
+        assert skipped and f"/services/{service}/{BASE + 7}" in skipped[-1]["message"], bodies
+        env = {**os.environ, "ETCDCTL_ENDPOINTS": etcd_endpoint, "FLEETOP_PREFIX": PREFIX}
+        cli = [sys.executable, "-m", "fleetop.cli.main", "describe", "proxy", proxy]
+        described = await asyncio.create_subprocess_exec(*cli, stdout=asyncio.subprocess.PIPE, env=env)
+        out, _ = await described.communicate()
+        assert described.returncode == 0 and b"Skipped:              2 registration(s)" in out, out.decode()
+
+        # scaled up again: the config follows the instances the operator runs now, and only those
+        await etcd.put(KEYS.desired("services", service), web(3))
+
+        async def back() -> set[str] | None:
+            mains = {
+                u.name.rpartition("@")[2].removesuffix(".service")
+                for u in owned_mains(await fleet.list_units(), service)
+            }
+            found = await registered(etcd, service)
+            expected = {found[i] for i in mains if i in found}
+            config = await published(etcd, proxy)
+            return config if len(mains) == len(expected) == 3 and config == expected else None
+
+        config = await eventually(back, 90, "the config to list the 3 instances run now")
+        assert not any(a.endswith(f":{BASE + 7}") for a in config), config
+    finally:
+        await etcd.delete(KEYS.desired("proxies", proxy))
+        await etcd.delete(KEYS.desired("services", service))
+        await etcd.delete_prefix(f"/services/{service}/")
+
+
+async def test_registrations_of_a_service_without_a_sidekick_are_trusted(etcd: Etcd) -> None:
+    proxy = "trusting-edge"
+    try:
+        await etcd.put(
+            KEYS.desired("services", "byhand"),
+            json.dumps({"replicas": 0, "unit": {"execStart": "/bin/true"}}).encode(),
+        )
+        await etcd.put("/services/byhand/h1:web:80", b"127.0.1.2:8080")
+        await etcd.put("/services/registrator/h1:web:80", b"127.0.1.3:8080")
+        await etcd.put(KEYS.desired("proxies", proxy), edge("byhand", "registrator"))
+
+        async def both() -> bool:
+            return await published(etcd, proxy) == {"127.0.1.2:8080", "127.0.1.3:8080"}
+
+        await eventually(both, 30, "both hand-written registrations in the config")
+        status = await proxy_status(etcd, proxy)
+        assert status is not None and status.skipped_registrations == 0
+    finally:
+        await etcd.delete(KEYS.desired("proxies", proxy))
+        await etcd.delete(KEYS.desired("services", "byhand"))
+        await etcd.delete_prefix("/services/byhand/")
+        await etcd.delete_prefix("/services/registrator/")
