@@ -53,9 +53,8 @@ from fleetop.controller.proxystatus import (
 )
 from fleetop.controller.proxyunits import DesiredUnit, ProxyLayout, desired_units
 from fleetop.controller.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
-from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings
+from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings, needs_sidekick
 from fleetop.controller.unitrender import RenderError as UnitRenderError
-from fleetop.controller.unitrender import needs_sidekick
 from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
