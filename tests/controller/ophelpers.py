@@ -62,6 +62,7 @@ class Node:
         log = open(self.base / "node.log", "ab")  # noqa: SIM115 - the child keeps it
         args = [sys.executable, "-c", NODE_MAIN, "--machines", str(self.machines)]
         args += ["--state-dir", str(self.base / "state"), "--listen", self.endpoint]
+        args += ["--pace", os.environ.get("FLEETOP_NODE_PACE", "0.1")]  # _env() drops FLEETOP_*
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )

@@ -166,7 +166,10 @@ class Engine:
         self.agent_pace = {
             m.id: pace * (1 + AGENT_STAGGER * ((m.index - 1) % AGENT_PHASES)) for m in self.machines.values()
         }
-        self._agents: dict[tuple[str, str], _Agent] = {}
+        self._loaded: dict[str, dict[str, _Agent]] = {m: {} for m in self.machines}
+        """What each machine's agent has done: machine id → unit name → hash and state."""
+        self._placed_on: dict[str, set[str]] = {m: set() for m in self.machines}
+        """The engine's last schedule, by machine (regular and global units)."""
         self._globals: dict[str, tuple[str, ...]] = {}
         self._changed: dict[str, float] = {}
         """When each unit last changed (desired state, content or placement): agents act on a unit
@@ -203,7 +206,7 @@ class Engine:
     def current_state(self, name: str) -> str:
         """fleet's currentState of a non-global unit: what the agent of its machine has done with it."""
         machine = self.placement(name)
-        agent = self._agents.get((name, machine)) if machine else None
+        agent = self._loaded[machine].get(name) if machine in self._loaded else None
         return agent.state if agent else "inactive"
 
     def states(self) -> list[UnitState]:
@@ -211,7 +214,7 @@ class Engine:
         live = set(self.live_machine_ids())
         out = []
         for rs in self.supervisor.states():
-            if rs.machine_id in live and (rs.unit, rs.machine_id) in self._agents:
+            if rs.machine_id in live and rs.unit in self._loaded.get(rs.machine_id, {}):
                 out.append(
                     UnitState(rs.unit, rs.hash, rs.machine_id, rs.load_state, rs.active_state, rs.sub_state)
                 )
@@ -274,6 +277,13 @@ class Engine:
         new_globals = dict(decision.global_placements)
         moved |= {n for n, ms in new_globals.items() if set(ms) - set(self._globals.get(n, ()))}
         self._globals = new_globals
+        placed_on: dict[str, set[str]] = {m: set() for m in self.machines}
+        for name, machine_id in decision.placements.items():
+            placed_on[machine_id].add(name)
+        for name, machine_ids in new_globals.items():
+            for machine_id in machine_ids:
+                placed_on[machine_id].add(name)
+        self._placed_on = placed_on
         now = time.monotonic()
         for name in moved:
             self._changed[name] = now
@@ -292,10 +302,8 @@ class Engine:
         """The units the engine has placed on ``machine_id`` and that still want to be there."""
         if machine_id in self.registry.stopped_machines:
             return {}
-        names = [n for n, m in self.registry.placements.items() if m == machine_id]
-        names += [n for n, ms in self._globals.items() if machine_id in ms]
         targets = {}
-        for name in names:
+        for name in self._placed_on[machine_id]:
             unit = self.registry.get(name)
             if unit is not None and unit.desired_state in ACTIVE_STATES:
                 targets[name] = unit
@@ -309,18 +317,23 @@ class Engine:
         async with self._lock:
             now = time.monotonic()
             targets = self._targets(machine_id)
-            mine = sorted(name for name, machine in self._agents if machine == machine_id)
-            for name in sorted(set(mine) | targets.keys()):
+            loaded = self._loaded[machine_id]
+            unnoticed: float | None = None
+            for name in sorted(loaded.keys() | targets.keys()):
                 changed = self._changed.get(name)
                 if changed is not None and now - changed < pace:
-                    loop.wake_at(changed + pace)
+                    unnoticed = changed if unnoticed is None else min(unnoticed, changed)
                     continue
                 unit = targets.get(name)
-                agent = self._agents.get((name, machine_id))
+                agent = loaded.get(name)
                 if agent is not None and (unit is None or unit.hash != agent.hash):
                     await self._teardown(name, machine_id, loop)
                 if unit is not None:
                     await self._bring_up(unit, machine_id, loop)
+            if unnoticed is not None:
+                # Back when the oldest change left is noticeable; under a stream of changes, not
+                # more often than four times a pace (each pass reads all of this machine's units).
+                loop.wake_at(max(unnoticed + pace, now + pace / 4))
 
     async def _call(self, what: str, coro: Awaitable[None], loop: _Loop) -> bool:
         try:
@@ -333,7 +346,8 @@ class Engine:
 
     async def _teardown(self, unit: str, machine_id: str, loop: _Loop) -> None:
         """Stop (if launched) and unload; the unit's state disappears from that machine."""
-        agent = self._agents.get((unit, machine_id))
+        loaded = self._loaded[machine_id]
+        agent = loaded.get(unit)
         if agent is None:
             return
         if agent.state == "launched":
@@ -343,12 +357,12 @@ class Engine:
                 return
             agent.state = "loaded"
         if await self._call(f"unload {unit} on {machine_id}", self.supervisor.unload(unit, machine_id), loop):
-            del self._agents[(unit, machine_id)]
+            del loaded[unit]
 
     async def _bring_up(self, unit: StoredUnit, machine_id: str, loop: _Loop) -> None:
         """One machine's part of a unit towards its desired state (loaded or launched)."""
-        key = (unit.name, machine_id)
-        agent = self._agents.get(key)
+        loaded = self._loaded[machine_id]
+        agent = loaded.get(unit.name)
         if agent is not None and (agent.state == "launched") == (unit.desired_state == "launched"):
             return  # already where it should be: the usual case, on every pass, for every unit
         ctx = self.machines[machine_id].context()
@@ -356,7 +370,7 @@ class Engine:
             load = self.supervisor.load(unit.name, unit.options, ctx, unit.hash)
             if not await self._call(f"load {unit.name} on {machine_id}", load, loop):
                 return
-            agent = self._agents[key] = _Agent(unit.hash, "loaded")
+            agent = loaded[unit.name] = _Agent(unit.hash, "loaded")
         if unit.desired_state == "launched" and agent.state != "launched":
             start = self.supervisor.start(unit.name, unit.options, ctx, unit.hash)
             if await self._call(f"start {unit.name} on {machine_id}", start, loop):
@@ -375,9 +389,8 @@ class Engine:
         self.registry.set_machine_stopped(machine_id, True)
         loop = self._agent_loops[machine_id]
         async with self._lock:
-            for unit, mid in sorted(self._agents):
-                if mid == machine_id:
-                    await self._teardown(unit, mid, loop)
+            for unit in sorted(self._loaded[machine_id]):
+                await self._teardown(unit, machine_id, loop)
             await self._call(f"stop machine {machine_id}", self.supervisor.stop_machine(machine_id), loop)
         self.notify()
 
@@ -392,4 +405,5 @@ class Engine:
         """Stop every unit the Supervisor runs (desired states stay as they are, for the next start)."""
         async with self._lock:
             await self.supervisor.shutdown()
-            self._agents.clear()
+            for loaded in self._loaded.values():
+                loaded.clear()
