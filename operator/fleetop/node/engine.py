@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from fleetop.fleet.model import Machine, UnitState
 from fleetop.fleet.units import UnitOption
 from fleetop.node.registry import Registry, StoredUnit
-from fleetop.node.scheduler import SchedMachine, SchedUnit, requirements, schedule
+from fleetop.node.scheduler import SCHEDULED_STATES, SchedMachine, SchedUnit, requirements, schedule
 from fleetop.node.supervisor import MachineContext, RuntimeState
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ AGENT_STAGGER = 0.6
 """Agents come in AGENT_PHASES phases, AGENT_STAGGER paces apart: at fleet's pace, more than the
 500 ms between two polls of fleetctl, so units launched on machines of different phases are first read
 ``launched`` in different polls (``docs/fleet-observed-notes.md``, ``cachedMachineState``)."""
-ACTIVE_STATES = frozenset({"loaded", "launched"})
 
 
 class SupervisorLike(Protocol):
@@ -305,7 +304,7 @@ class Engine:
         targets = {}
         for name in self._placed_on[machine_id]:
             unit = self.registry.get(name)
-            if unit is not None and unit.desired_state in ACTIVE_STATES:
+            if unit is not None and unit.desired_state in SCHEDULED_STATES:
                 targets[name] = unit
         return targets
 
