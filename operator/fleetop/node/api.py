@@ -287,7 +287,7 @@ class FleetAPI:
             "# HELP fleetop_node_unit_states Unit states reported by the node's agents.",
             "# TYPE fleetop_node_unit_states gauge",
             f"fleetop_node_unit_states {len(self.engine.states())}",
-            "# HELP fleetop_node_reconcile_passes_total Reconcile passes run.",
+            "# HELP fleetop_node_reconcile_passes_total Passes of the engine (scheduling) run.",
             "# TYPE fleetop_node_reconcile_passes_total counter",
             f"fleetop_node_reconcile_passes_total {self.engine.passes}",
         ]

@@ -14,7 +14,7 @@ under a loaded unit is unloaded and loaded again with the new hash, on the same 
 ``loaded`` and expects its very next GET still to read ``launched`` (``docs/fleet-observed-notes.md``).
 So the engine acts ``pace`` seconds after a change, and each agent acts on a unit only once the unit's
 last change (desired state, content, placement) is its ``agent_pace`` old. Agents of different machines
-are not in lock step, as fleet's are not: machine i's agent takes ``pace * (1 + 0.6 * ((i - 1) % 3))``.
+are not in lock step, as fleet's are not: machine i's agent takes ``pace * (1 + 0.75 * ((i - 1) % 3))``.
 ``pace=0`` gives the node's reactions at once.
 
 ``current_state`` is fleet's view (what the agent did), not systemd's: a unit that exits or fails stays
@@ -48,7 +48,7 @@ MAX_PASS_GAP = 0.5
 PACE = 1.0
 """Seconds the engine takes to notice a change, and machine 1's agent after it: fleet's (§8)."""
 AGENT_PHASES = 3
-AGENT_STAGGER = 0.6
+AGENT_STAGGER = 0.75
 """Agents come in AGENT_PHASES phases, AGENT_STAGGER paces apart: at fleet's pace, more than the
 500 ms between two polls of fleetctl, so units launched on machines of different phases are first read
 ``launched`` in different polls (``docs/fleet-observed-notes.md``, ``cachedMachineState``)."""
