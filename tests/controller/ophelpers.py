@@ -66,6 +66,7 @@ class Node:
         args += ["--state-dir", str(self.base / "state"), "--listen", self.endpoint]
         if self.etcd_endpoint:
             args += ["--etcd-endpoints", self.etcd_endpoint]
+        args += ["--pace", os.environ.get("FLEETOP_NODE_PACE", "0.1")]  # _env() drops FLEETOP_*
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )
