@@ -14,6 +14,12 @@ Rules:
   way) until a new one arrives; the error and its hash are reported while the old config serves;
 - a failure after install (no proxy running yet, reload command failed) is retried with backoff: the
   proxy may simply not have started yet;
+- HAProxy without reloads: when a new config differs from the one HAProxy loaded only in the servers of
+  its backends (:mod:`fleetop.proxy.haproxy_servers`), the file is still staged, checked and renamed,
+  but instead of a reload the servers change through HAProxy's admin socket
+  (:mod:`fleetop.proxy.haproxy_runtime`) and ``show servers state`` is checked against the file, so
+  a restart or a later reload gives the same servers. Anything else, a failed command or a
+  disagreeing state reloads the installed file; status says which way each config went;
 - status is written only when it changed, bound to a lease kept alive while the agent runs, so an
   agent that is gone stops counting; etcd restarts are ridden out by ``list_watch`` and by retrying
   the status write.
@@ -25,7 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +42,15 @@ from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
-from fleetop.proxy.apply import ApplyError, apply_config, pid_file_of
+from fleetop.proxy.apply import ApplyError, ApplyResult, apply_config, pid_file_of
+from fleetop.proxy.haproxy_runtime import (
+    DRAIN_TIMEOUT,
+    RuntimeAPI,
+    RuntimeAPIError,
+    ServerRuntime,
+    admin_socket_of,
+)
+from fleetop.proxy.haproxy_servers import ServerModel, parse_config, runtime_change
 from fleetop.proxy.render import default_runtime_dir
 
 log = logging.getLogger(__name__)
@@ -61,6 +75,9 @@ class AgentSettings:
     retry_min: float = 0.5
     retry_max: float = 30.0
     status_ttl: int = STATUS_TTL
+    runtime_api: bool = True
+    drain_timeout: float = DRAIN_TIMEOUT
+    drain_poll: float = 0.05
 
     def target(self, cfg: PublishedConfig) -> Path:
         if self.config_path is not None:
@@ -83,18 +100,29 @@ class ProxyAgent:
     """Applies the newest published config and reports status. ``run()`` until cancelled."""
 
     def __init__(
-        self, etcd: Etcd, keys: Keys, settings: AgentSettings, *, now: Callable[[], str] = utc_now
+        self,
+        etcd: Etcd,
+        keys: Keys,
+        settings: AgentSettings,
+        *,
+        now: Callable[[], str] = utc_now,
+        runtime_api: Callable[[Path, float], RuntimeAPI] = RuntimeAPI,
     ) -> None:
+        """``runtime_api`` makes the admin socket client from its path and timeout."""
         self.etcd = etcd
         self.keys = keys
         self.settings = settings
         self.status = AgentStatus(machine=settings.machine)
         self._now = now
+        self._runtime_api = runtime_api
         self._latest: bytes | None = None
         self._changed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._dirty.set()  # report presence at once
         self._given_up: str | None = None  # hash of a config that failed its check
+        self._loaded: _Loaded | None = None  # the HAProxy config the proxy runs, as this agent applied it
+        self._runtimes: dict[Path, ServerRuntime] = {}
+        self._draining = asyncio.Event()
         self.applied = asyncio.Event()  # set after every attempt (tests wait on it)
 
     async def run(self) -> None:
@@ -103,6 +131,7 @@ class ProxyAgent:
                 group.create_task(self._watch())
                 group.create_task(self._apply_loop())
                 group.create_task(self._status_loop())
+                group.create_task(self._drain_loop())
         except BaseExceptionGroup as failed:
             raise _first(failed) from None
 
@@ -156,15 +185,19 @@ class ProxyAgent:
 
     async def _apply(self, cfg: PublishedConfig) -> bool:
         settings, raw = self.settings, self._latest
+        target = settings.target(cfg)
+        model, runtime = self._runtime_step(cfg, target)
+        loaded, self._loaded = self._loaded, None  # unknown until this apply is over
         try:
             _ensure_runtime_dir(cfg)
             result = await apply_config(
                 cfg,
-                settings.target(cfg),
+                target,
                 check=cfg.check_cmd,
                 reload=cfg.reload_cmd,
                 timeout=settings.timeout,
                 superseded=lambda: self._latest != raw,
+                runtime=runtime,
             )
         except ApplyError as exc:
             log.error(
@@ -172,6 +205,8 @@ class ProxyAgent:
             )
             if exc.stage == "check":
                 self._given_up = cfg.hash
+            if not exc.installed:
+                self._loaded = loaded  # the proxy still runs what it ran
             self._report(error=str(exc), failed_hash=cfg.hash)
             return exc.stage != "check"
         except (FleetopError, OSError) as exc:  # nginx/haproxy not installed, runtime dir not writable
@@ -179,19 +214,78 @@ class ProxyAgent:
             self._report(error=str(exc), failed_hash=cfg.hash)
             return True
         if result.superseded:
+            self._loaded = loaded
             log.info("proxy %s: config %s superseded before install", settings.proxy, cfg.hash[:12])
             return False  # the newer one is already signalled
-        log.info("proxy %s: applied config %s (generation %d)", settings.proxy, cfg.hash[:12], cfg.generation)
         self._given_up = None
+        self._applied(cfg, result, model)
+        return False
+
+    def _applied(self, cfg: PublishedConfig, result: ApplyResult, model: ServerModel | None) -> None:
+        how = result.via or "installed"
+        log.info(
+            "proxy %s: applied config %s (generation %d) by %s",
+            self.settings.proxy, cfg.hash[:12], cfg.generation, how,
+        )  # fmt: skip
+        if result.via != "runtime":
+            for runtime in self._runtimes.values():
+                runtime.forget()  # a reloaded HAProxy holds only the file's servers
+        elif any(runtime.draining for runtime in self._runtimes.values()):
+            self._draining.set()
+        if cfg.kind == "haproxy" and result.via:
+            self._loaded = _Loaded(cfg.body, model if model is not None else parse_config(cfg.body))
+        status = self.status
         self._report(
             applied_hash=cfg.hash,
             applied_generation=cfg.generation,
             applied_at=self._now(),
-            reloads=self.status.reloads + (1 if result.reloaded else 0),
+            applied_via=result.via,
+            reloads=status.reloads + (1 if result.reloaded else 0),
+            runtime_applies=status.runtime_applies + (1 if result.via == "runtime" else 0),
+            runtime_fallbacks=status.runtime_fallbacks + (1 if result.fallback else 0),
+            fallback_reason=result.fallback or None,
             error=None,
             failed_hash="",
         )
-        return False
+
+    def _runtime_step(
+        self, cfg: PublishedConfig, target: Path
+    ) -> tuple[ServerModel | None, Callable[[], Awaitable[object]] | None]:
+        """The new config's server model and, when only servers changed since the config HAProxy
+        runs, the step that changes them at runtime instead of a reload."""
+        if cfg.kind != "haproxy" or not self.settings.runtime_api or cfg.reload_cmd is not None:
+            return None, None
+        model = parse_config(cfg.body)
+        socket_path = admin_socket_of(cfg.body)
+        loaded = self._loaded
+        if socket_path is None or loaded is None or not _holds(target, loaded.body):
+            return model, None  # no socket, or not known what HAProxy runs: reload
+        reason = runtime_change(loaded.model, model)
+        if reason:
+            log.info("proxy %s: config %s reloads: %s", self.settings.proxy, cfg.hash[:12], reason)
+            return model, None
+        runtime = self._runtimes.get(socket_path)
+        if runtime is None:
+            api = self._runtime_api(socket_path, min(self.settings.timeout, 5.0))
+            runtime = ServerRuntime(api, drain_timeout=self.settings.drain_timeout)
+            self._runtimes = {socket_path: runtime}
+        return model, lambda: runtime.apply(model.backends)
+
+    async def _drain_loop(self) -> None:
+        """Delete drained servers once HAProxy lets them go (see :class:`ServerRuntime`)."""
+        while True:
+            await self._draining.wait()
+            busy = False
+            for runtime in list(self._runtimes.values()):
+                try:
+                    await runtime.drain()
+                except RuntimeAPIError as exc:
+                    log.warning("proxy %s: draining servers: %s", self.settings.proxy, exc)
+                busy = busy or bool(runtime.draining)
+            if not busy:
+                self._draining.clear()
+                continue
+            await asyncio.sleep(self.settings.drain_poll)
 
     def _report(self, **changes: object) -> None:
         updated = self.status.model_copy(update=changes)
@@ -220,6 +314,21 @@ class ProxyAgent:
                 self._dirty.set()
         finally:
             await writer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    body: str
+    model: ServerModel
+
+
+def _holds(target: Path, body: str) -> bool:
+    """Whether the installed file is still the one this agent applied (a restarted managed proxy
+    may have written a newer published config there before HAProxy started)."""
+    try:
+        return target.read_text(encoding="utf-8") == body
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _ensure_runtime_dir(cfg: PublishedConfig) -> None:

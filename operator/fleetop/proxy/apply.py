@@ -33,7 +33,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -92,13 +92,18 @@ class SignalReload:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What happened. ``superseded``: a newer config arrived during the check, nothing was installed."""
+    """What happened. ``superseded``: a newer config arrived during the check, nothing was installed.
+    ``via``: how the proxy took the installed config (``runtime`` commands, a ``reload``, or nothing
+    when the reload command is empty); ``fallback``: why the runtime step failed, when it did and the
+    proxy was reloaded instead."""
 
     hash: str
     generation: int
     target: Path
     reloaded: bool
     superseded: bool = False
+    via: Literal["runtime", "reload", ""] = ""
+    fallback: str = ""
 
 
 def find_binary(name: str) -> str:
@@ -293,6 +298,7 @@ async def apply_config(
     reload: Command | SignalReload | None,
     timeout: float,
     superseded: Callable[[], bool] | None = None,
+    runtime: Callable[[], Awaitable[object]] | None = None,
 ) -> ApplyResult:
     """Stage ``cfg.body`` beside ``target``, check it, rename it over ``target``, reload the proxy.
 
@@ -300,6 +306,9 @@ async def apply_config(
     On a failed check the staged file is removed, ``target`` is untouched and :class:`ApplyError`
     (stage ``check``) carries the checker's output. ``superseded()`` is asked after the check: when it
     says a newer config is waiting, this one is dropped before install (never apply a stale config).
+    ``runtime``, when given, replaces the reload: it makes the running proxy match the installed file
+    (HAProxy's runtime API); if it raises :class:`ProxyError` the proxy is reloaded after all and the
+    result's ``fallback`` says why.
     """
     target, staged = _stage(target, cfg)
     try:
@@ -317,6 +326,15 @@ async def apply_config(
         _install(staged, target, cfg.hash)
     finally:
         _remove(staged)
+    fallback = ""
+    if runtime is not None:
+        try:
+            await runtime()
+        except ProxyError as exc:
+            fallback = str(exc)
+            log.error("config %s: runtime apply failed, reloading instead: %s", cfg.hash[:12], fallback)
+        else:
+            return ApplyResult(cfg.hash, cfg.generation, target, reloaded=False, via="runtime")
     try:
         reloaded = await _reload(reload_how, target, timeout)
     except ApplyError as exc:
@@ -324,7 +342,14 @@ async def apply_config(
         raise
     except OSError as exc:
         raise ApplyError("reload", str(exc.strerror or exc), config_hash=cfg.hash, installed=True) from None
-    return ApplyResult(hash=cfg.hash, generation=cfg.generation, target=target, reloaded=reloaded)
+    return ApplyResult(
+        hash=cfg.hash,
+        generation=cfg.generation,
+        target=target,
+        reloaded=reloaded,
+        via="reload" if reloaded else "",
+        fallback=fallback,
+    )
 
 
 def _stage(target: Path, cfg: PublishedConfig) -> tuple[Path, Path]:
