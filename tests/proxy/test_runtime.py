@@ -339,3 +339,29 @@ async def test_a_structural_change_reloads(etcd: Etcd, site: Site, pool: list[Re
             return await asyncio.to_thread(fetch, site.port) == (200, "")
 
         await eventually(no_header, 30, "answers without X-Handler from the reloaded config")
+
+
+async def test_a_config_failing_its_check_after_runtime_changes_is_undone(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    """The runtime step goes first (traffic follows without waiting for the check); a config whose
+    check then fails is never installed, and a reload from the installed file undoes its servers."""
+    a, b, c = pool
+    async with running_agent(etcd, site):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+
+        refuse = ["/bin/sh", "-c", "echo 'refused by the test' >&2; exit 1"]
+        refused = site.config([a, b]).model_copy(update={"check_cmd": refuse, "hash": "f" * 64})
+        await publish(etcd, refused)
+        status = await status_when(etcd, "the check failure", lambda s: s.failed_hash == refused.hash)
+        assert status.error is not None and "refused by the test" in status.error
+        assert "undoing its runtime changes" in status.error
+        assert status.applied_hash == first.hash and status.reloads == 2  # the first apply, the undo
+        assert site.target.read_text() == first.body
+        await holds(site, first)
+        assert await handlers_seen(site.port, {a.address}) == {a.address}
+
+        status = await change_servers(etcd, site, [a, c])  # the proxy runs the installed file again
+        assert status.reloads == 2 and status.error is None

@@ -14,12 +14,12 @@ Rules:
   way) until a new one arrives; the error and its hash are reported while the old config serves;
 - a failure after install (no proxy running yet, reload command failed) is retried with backoff: the
   proxy may simply not have started yet;
-- HAProxy without reloads: when a new config differs from the one HAProxy loaded only in the servers of
-  its backends (:mod:`fleetop.proxy.haproxy_servers`), the file is still staged, checked and renamed,
-  but instead of a reload the servers change through HAProxy's admin socket
-  (:mod:`fleetop.proxy.haproxy_runtime`) and ``show servers state`` is checked against the file, so
-  a restart or a later reload gives the same servers. Anything else, a failed command or a
-  disagreeing state reloads the installed file; status says which way each config went;
+- HAProxy without reloads: when a new config differs from the one HAProxy runs only in the servers of
+  its backends (:mod:`fleetop.proxy.haproxy_servers`), the servers change through HAProxy's admin
+  socket (:mod:`fleetop.proxy.haproxy_runtime`), ``show servers state`` is checked against the
+  config, and the file is still staged, checked and renamed, so a restart or a later reload gives
+  the same servers. Any other change reloads; so does a refused command or a disagreeing state
+  (after installing the checked file); status says which way each config went and why it fell back;
 - status is written only when it changed, bound to a lease kept alive while the agent runs, so an
   agent that is gone stops counting; etcd restarts are ridden out by ``list_watch`` and by retrying
   the status write.
@@ -207,7 +207,8 @@ class ProxyAgent:
                 self._given_up = cfg.hash
             if not exc.installed:
                 self._loaded = loaded  # the proxy still runs what it ran
-            self._report(error=str(exc), failed_hash=cfg.hash)
+            reloads = self.status.reloads + (1 if exc.reloaded else 0)
+            self._report(error=str(exc), failed_hash=cfg.hash, reloads=reloads)
             return exc.stage != "check"
         except (FleetopError, OSError) as exc:  # nginx/haproxy not installed, runtime dir not writable
             log.error("proxy %s: cannot apply %s: %s", settings.proxy, cfg.hash[:12], exc)
