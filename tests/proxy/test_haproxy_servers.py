@@ -15,6 +15,7 @@ from fleetop.proxy.haproxy_servers import (
     Server,
     mismatch,
     parse_config,
+    parse_section,
     parse_servers_state,
     plan_commands,
     runtime_change,
@@ -37,18 +38,35 @@ def body(services: dict[str, list[str]], **spec: Any) -> str:
     return render("edge", ProxySpec.model_validate(doc), backends, paths=PATHS).text
 
 
-def test_a_rendered_config_splits_into_skeleton_and_servers() -> None:
-    model = parse_config(body({"web": ["10.0.0.1:80", "10.0.0.2:80"], "api": ["[2001:db8::1]:81"]}))
-    assert model.static == ""
-    assert model.backends["svc_web"] == {
+def test_a_rendered_config_splits_into_sections_skeleton_and_servers() -> None:
+    config = parse_config(body({"web": ["10.0.0.1:80", "10.0.0.2:80"], "api": ["[2001:db8::1]:81"]}))
+    assert [(s.keyword, s.name) for s in config.sections] == [
+        ("", ""),  # the heading comments
+        ("global", ""),
+        ("defaults", ""),
+        ("frontend", "http_proxy"),
+        ("backend", "svc_api"),
+        ("backend", "svc_web"),
+        ("backend", "fleetop_not_found"),
+    ]
+    servers = config.servers()
+    assert servers["svc_web"] == {
         "10.0.0.1:80": Server("10.0.0.1:80", "10.0.0.1", 80),
         "10.0.0.2:80": Server("10.0.0.2:80", "10.0.0.2", 80),
     }
-    assert model.backends["svc_api"] == {"2001:db8::1:81": Server("2001:db8::1:81", "2001:db8::1", 81)}
-    assert model.backends["fleetop_not_found"] == {}
-    assert model.dynamic >= {"svc_web", "svc_api", "fleetop_not_found"}
-    assert not any(line.startswith("server ") for line in model.skeleton)
-    assert not any(line.startswith("#") for line in model.skeleton)
+    assert servers["svc_api"] == {"2001:db8::1:81": Server("2001:db8::1:81", "2001:db8::1", 81)}
+    assert servers["fleetop_not_found"] == {}
+    web = parse_section(config.sections[5])
+    assert web.static == "" and web.skeleton[0] == "backend svc_web"
+    assert not any(line.startswith(("server ", "#")) for line in web.skeleton)
+
+
+def test_only_the_changed_backend_is_reported() -> None:
+    old = parse_config(body({"web": ["10.0.0.1:80"], "api": ["10.0.0.9:80"]}))
+    new = parse_config(body({"web": ["10.0.0.1:80", "10.0.0.2:80"], "api": ["10.0.0.9:80"]}))
+    change = runtime_change(old, new)
+    assert change.reason == "" and set(change.backends) == {"svc_web"}
+    assert set(change.backends["svc_web"]) == {"10.0.0.1:80", "10.0.0.2:80"}
 
 
 @pytest.mark.parametrize(
@@ -63,21 +81,21 @@ def test_a_rendered_config_splits_into_skeleton_and_servers() -> None:
     ],
 )
 def test_server_only_changes_go_at_runtime(before: dict[str, list[str]], after: dict[str, list[str]]) -> None:
-    assert runtime_change(parse_config(body(before)), parse_config(body(after))) == ""
+    assert runtime_change(parse_config(body(before)), parse_config(body(after))).reason == ""
 
 
 @pytest.mark.parametrize(
     ("after", "reason"),
     [
-        (body({"web": ["10.0.0.1:80"], "api": []}), "beyond servers"),  # a route / backend added
-        (body({"web": ["10.0.0.1:80"]}, listen=8081), "bind"),  # the listen address
+        (body({"web": ["10.0.0.1:80"], "api": []}), "sections were added"),  # a route / backend added
+        (body({"web": ["10.0.0.1:80"]}, listen=8081), "frontend http_proxy changed beyond servers"),
         (body({"web": ["10.0.0.1:80"]}, headers={"handler": False}), "beyond servers"),  # an option
         (body({"web": ["db.internal:80"]}), "DNS name"),  # a runtime server would never resolve
     ],
 )
 def test_structural_changes_reload(after: str, reason: str) -> None:
     found = runtime_change(parse_config(body({"web": ["10.0.0.1:80"]})), parse_config(after))
-    assert reason in found
+    assert reason in found.reason and not found.backends
 
 
 SKELETON = """global
@@ -98,8 +116,9 @@ def custom(defaults: str = "", backend: str = "", opts: str = "", extra: str = "
 def test_a_custom_config_with_checks_adds_them_and_enables_health() -> None:
     old = parse_config(custom(opts=" check inter 2s"))
     new = parse_config(custom(opts=" check inter 2s", extra="    server s2 10.0.0.2:80 check inter 2s\n"))
-    assert runtime_change(old, new) == ""
-    plan = plan_commands(new.backends, {"b": {"s1": LiveServer("b", "s1", "10.0.0.1", 80, False)}})
+    change = runtime_change(old, new)
+    assert change.reason == ""
+    plan = plan_commands(change.backends, {"b": {"s1": LiveServer("b", "s1", "10.0.0.1", 80, False)}})
     assert [c.text for c in plan.commands] == [
         "add server b/s2 10.0.0.2:80 check inter 2s",
         "enable health b/s2",
@@ -115,9 +134,13 @@ GROWN = "    server s2 10.0.0.2:80\n"
     [
         (custom(backend="    balance source"), custom(backend="    balance source", extra=GROWN), "balances"),
         (custom(defaults=" balance static-rr"), custom(defaults=" balance static-rr", extra=GROWN), "balan"),
-        (custom(defaults=" default-server check"), custom(defaults=" default-server check"), "default-"),
-        (custom(opts=" cookie a"), custom(opts=" cookie a"), "option 'cookie'"),
-        (custom(opts=" weight"), custom(opts=" weight"), "option 'weight'"),
+        (
+            custom(defaults=" default-server check"),
+            custom(defaults=" default-server check", extra=GROWN),
+            "default-",
+        ),
+        (custom(opts=" cookie a"), custom(opts=" cookie a", extra=GROWN), "option 'cookie'"),
+        (custom(opts=" weight"), custom(opts=" weight", extra=GROWN), "option 'weight'"),
         (custom(), custom(opts=" weight 5"), "changed its options"),
         (custom(), custom(extra="    server s;x 10.0.0.2:80\n"), "runtime API cannot take"),
         (custom(), custom(extra="    server s2 unix@/run/s.sock\n"), "plain host:port"),
@@ -125,13 +148,13 @@ GROWN = "    server s2 10.0.0.2:80\n"
     ],
 )
 def test_configs_whose_servers_cannot_change_at_runtime(old: str, new: str, reason: str) -> None:
-    assert reason in runtime_change(parse_config(old), parse_config(new))
+    assert reason in runtime_change(parse_config(old), parse_config(new)).reason
 
 
 def test_hash_balancing_is_dynamic_only_with_consistent_hashing() -> None:
     new = custom(backend="    balance source\n    hash-type consistent", extra="    server s2 10.0.0.2:80\n")
     old = custom(backend="    balance source\n    hash-type consistent")
-    assert runtime_change(parse_config(old), parse_config(new)) == ""
+    assert runtime_change(parse_config(old), parse_config(new)).reason == ""
 
 
 def live(backend: str, name: str, addr: str, port: int, maint: bool = False) -> LiveServer:
@@ -216,3 +239,10 @@ def test_the_admin_socket_is_read_from_the_config() -> None:
     assert str(admin_socket_of(body({"web": []}))) == "/run/edge/admin.sock"
     assert admin_socket_of("global\n    stats socket /run/x.sock mode 600 level user\n") is None
     assert admin_socket_of("global\n    stats socket ipv4@127.0.0.1:9999 level admin\n") is None
+
+
+def test_comments_and_spacing_are_not_changes() -> None:
+    old = parse_config(custom())
+    new = parse_config(custom().replace("    mode http", "  # a note\n    mode   http"))
+    assert runtime_change(old, new) == runtime_change(old, old)
+    assert runtime_change(old, new).reason == "" and not runtime_change(old, new).backends

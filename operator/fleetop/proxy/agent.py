@@ -50,7 +50,7 @@ from fleetop.proxy.haproxy_runtime import (
     ServerRuntime,
     admin_socket_of,
 )
-from fleetop.proxy.haproxy_servers import ServerModel, parse_config, runtime_change
+from fleetop.proxy.haproxy_servers import ConfigModel, parse_config, runtime_change
 from fleetop.proxy.render import default_runtime_dir
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class ProxyAgent:
         self._applied(cfg, result, model)
         return False
 
-    def _applied(self, cfg: PublishedConfig, result: ApplyResult, model: ServerModel | None) -> None:
+    def _applied(self, cfg: PublishedConfig, result: ApplyResult, model: ConfigModel | None) -> None:
         how = result.via or "installed"
         log.info(
             "proxy %s: applied config %s (generation %d) by %s",
@@ -251,7 +251,7 @@ class ProxyAgent:
 
     def _runtime_step(
         self, cfg: PublishedConfig, target: Path
-    ) -> tuple[ServerModel | None, Callable[[], Awaitable[object]] | None]:
+    ) -> tuple[ConfigModel | None, Callable[[], Awaitable[object]] | None]:
         """The new config's server model and, when only servers changed since the config HAProxy
         runs, the step that changes them at runtime instead of a reload."""
         if cfg.kind != "haproxy" or not self.settings.runtime_api or cfg.reload_cmd is not None:
@@ -261,16 +261,17 @@ class ProxyAgent:
         loaded = self._loaded
         if socket_path is None or loaded is None or not _holds(target, loaded.body):
             return model, None  # no socket, or not known what HAProxy runs: reload
-        reason = runtime_change(loaded.model, model)
-        if reason:
-            log.info("proxy %s: config %s reloads: %s", self.settings.proxy, cfg.hash[:12], reason)
+        change = runtime_change(loaded.model, model)
+        if change.reason:
+            log.info("proxy %s: config %s reloads: %s", self.settings.proxy, cfg.hash[:12], change.reason)
             return model, None
         runtime = self._runtimes.get(socket_path)
         if runtime is None:
             api = self._runtime_api(socket_path, min(self.settings.timeout, 5.0))
-            runtime = ServerRuntime(api, drain_timeout=self.settings.drain_timeout)
+            pid_file = pid_file_of("haproxy", cfg.body)
+            runtime = ServerRuntime(api, pid_file=pid_file, drain_timeout=self.settings.drain_timeout)
             self._runtimes = {socket_path: runtime}
-        return model, lambda: runtime.apply(model.backends)
+        return model, lambda: runtime.apply(change.backends)
 
     async def _drain_loop(self) -> None:
         """Delete drained servers once HAProxy lets them go (see :class:`ServerRuntime`)."""
@@ -320,7 +321,7 @@ class ProxyAgent:
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     body: str
-    model: ServerModel
+    model: ConfigModel
 
 
 def _holds(target: Path, body: str) -> bool:

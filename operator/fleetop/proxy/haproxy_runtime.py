@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fleetop.errors import ProxyError
+from fleetop.proxy.apply import children
 from fleetop.proxy.haproxy_servers import (
     Command,
     LiveServer,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 _STATS_SOCKET_RE = re.compile(r"^\s*stats\s+socket\s+(/\S+)\s+(.*)$", re.MULTILINE)
 _ANSWER_LIMIT = 1 << 20
 DRAIN_TIMEOUT = 60.0
+WORKER_WAIT = 5.0
 DELETED = "Server deleted."
 GONE = "No such server."
 
@@ -89,23 +91,51 @@ class RuntimeAPI:
             raise RuntimeAPIError(f"'{command.text}' was refused: {answer.strip() or '(no answer)'}")
         return answer
 
-    async def servers(self) -> dict[str, dict[str, LiveServer]]:
-        answer = await self.send("show servers state")
+    async def servers(self, backend: str | None = None) -> dict[str, dict[str, LiveServer]]:
+        """``show servers state``, of one backend or of all."""
+        answer = await self.send("show servers state" + (f" {backend}" if backend else ""))
         try:
             return parse_servers_state(answer)
         except ValueError as exc:
             raise RuntimeAPIError(str(exc)) from None
 
 
+def newest_worker(master: int) -> int | None:
+    """The most recently started child of an HAProxy master (its current worker; older ones are
+    finishing their connections after a reload); None when /proc cannot tell or it has none."""
+    found: list[tuple[int, int]] = []
+    for pid in children(master) or ():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        found.append((int(stat.rpartition(b")")[2].split()[19]), pid))  # field 22: start time
+    return max(found)[1] if found else None
+
+
+def _master_pid(pid_file: Path) -> int | None:
+    try:
+        text = pid_file.read_text().split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].isdigit() else None
+
+
 class ServerRuntime:
     """The servers of one running HAProxy: apply a desired set, drain and delete removed ones.
 
     ``apply`` and ``drain`` take turns (one lock), so a server being deleted is never the one a new
-    config just made ready again."""
+    config just made ready again. Right after a reload the old worker may still answer on the admin
+    socket for a moment (the master stops it once the new one is ready), so with the master's
+    ``pid_file`` each apply first waits until ``show info`` names the newest worker."""
 
-    def __init__(self, api: RuntimeAPI, *, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+    def __init__(
+        self, api: RuntimeAPI, *, pid_file: Path | None = None, drain_timeout: float = DRAIN_TIMEOUT
+    ) -> None:
         self.api = api
+        self.pid_file = pid_file
         self.drain_timeout = drain_timeout
+        self._worker: int | None = None  # the newest worker last seen answering
         self._lock = asyncio.Lock()
         self.draining: dict[tuple[str, str], float] = {}  # (backend, server) → deadline (loop time)
         self.commands_sent = 0
@@ -119,20 +149,47 @@ class ServerRuntime:
         self.draining.clear()
 
     async def apply(self, desired: Mapping[str, Mapping[str, Server]]) -> int:
-        """Make HAProxy hold exactly ``desired`` and verify it; the number of commands sent."""
+        """Make the backends named in ``desired`` hold exactly its servers, and verify them with
+        ``show servers state``; the number of commands sent. Other backends are left alone."""
         async with self._lock:
-            live = await self.api.servers()
+            await self._newest_worker_answers()
+            live: dict[str, dict[str, LiveServer]] = {}
+            for backend in sorted(desired):
+                live.update(await self.api.servers(backend))
             plan = plan_commands(desired, live)
             for command in plan.commands:
                 await self.api.run(command)
                 self.commands_sent += 1
             deadline = self._now() + self.drain_timeout
-            self.draining = {key: self.draining.get(key, deadline) for key in plan.drain}
-            after = await self.api.servers()
+            kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
+            self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}
+            after: dict[str, dict[str, LiveServer]] = {}
+            for backend in sorted(desired):
+                after.update(await self.api.servers(backend))
             wrong = mismatch(desired, after, set(self.draining))
             if wrong:
                 raise RuntimeAPIError(f"'show servers state' disagrees with the config: {wrong}")
             return len(plan.commands)
+
+    async def _newest_worker_answers(self) -> None:
+        master = _master_pid(self.pid_file) if self.pid_file is not None else None
+        if master is None:
+            return  # no pid file (not master-worker): one process answers
+        deadline = self._now() + WORKER_WAIT
+        while True:
+            newest = newest_worker(master)
+            if newest is None or newest == self._worker:
+                return
+            answer = await self.api.send("show info")
+            pid = next((line.split()[1] for line in answer.splitlines() if line.startswith("Pid:")), "")
+            if pid == str(newest):
+                self._worker = newest
+                return
+            if self._now() > deadline:
+                raise RuntimeAPIError(
+                    f"the admin socket is answered by pid {pid or '?'}, not the newest worker {newest}"
+                )
+            await asyncio.sleep(0.005)
 
     async def drain(self) -> None:
         """Delete the drained servers HAProxy lets go; past their deadline, shut their sessions

@@ -3,11 +3,14 @@ take a running HAProxy from the servers it holds to the servers a new config nam
 
 Why: a reload costs HAProxy about 150 ms and forks a new worker; changing servers through the
 runtime API (``add server``, ``set server``, ``del server`` on the admin socket) costs one command
-each. That is only safe when nothing but servers changed, so the agent splits both configs into
+each. That is only safe when nothing but servers changed, so the agent compares the new config with
+the one HAProxy runs section by section (:func:`parse_config` only cuts the text at its section
+keywords; a section is parsed only when its text differs, so the work follows the change, not the
+size of the config). A changed section splits into
 
-- the *skeleton*: every line that is not a ``server`` line of a ``backend`` section, with comments
-  and blank lines dropped and whitespace normalised (HAProxy ignores both), and
-- the *servers*: backend → server name → :class:`Server` (address, port, options).
+- its *skeleton*: every line but the ``server`` lines of a ``backend``, with comments and blank lines
+  dropped and whitespace normalised (HAProxy ignores both), and
+- its *servers*: server name → :class:`Server` (address, port, options).
 
 Equal skeletons mean the configs differ only in servers. The server names of the built-in template
 are the backend's ``host:port``, so a server keeps its name for as long as its address is registered
@@ -15,9 +18,9 @@ and a diff is meaningful. The commands are planned against what HAProxy reports 
 servers state``), not against the previous config, so a proxy restarted from the file, or one that
 was already given part of the change, converges all the same.
 
-Some configs cannot change servers at runtime, and :func:`runtime_change` says why instead of
-planning (the agent then reloads): a server line this module does not understand (options outside a
-small known set, names with characters HAProxy's command line would split on), servers named by DNS
+Some changes cannot be made at runtime, and :func:`runtime_change` says why instead of planning
+(the agent then reloads): a server line this module does not understand (options outside a small
+known set, names with characters HAProxy's command line would split on), servers named by DNS
 name (HAProxy starts a dynamic server with ``init-addr none``, so it would never resolve), a
 ``default-server`` that sets more than ``init-addr`` (HAProxy does not apply ``default-server`` to
 servers added at runtime, so they would differ from the ones a reload gives), and a backend whose
@@ -30,6 +33,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 SECTIONS = frozenset(
     {
@@ -47,15 +51,15 @@ SERVER_OPTIONS: Mapping[str, int] = {
 DYNAMIC_BALANCE = frozenset({"roundrobin", "leastconn", "first", "random"})
 HASH_BALANCE = frozenset({"source", "uri", "url_param", "hdr", "rdp-cookie", "hash"})
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._:\-]+")
-_ADDRESS_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>[0-9]{1,5})")
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*")
 # Admin-state bits of `show servers state` that mean "in maintenance": forced, inherited, from the
 # config, from a failed resolution.
 MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20
 
 
-@dataclass(frozen=True, slots=True)
-class Server:
-    """One server: ``host`` is an IP address (IPv6 without brackets) or a DNS name."""
+class Server(NamedTuple):
+    """One server: ``host`` is an IP address (IPv6 without brackets) or a DNS name. A named tuple: a
+    config at 10,000 servers makes 10,000 of them per parse."""
 
     name: str
     host: str
@@ -72,15 +76,46 @@ class Server:
         return _ip(self.host) is not None
 
 
+class Section(NamedTuple):
+    """A config section as it is written: ``keyword`` (``backend``, ``defaults``, ...; ``""`` for
+    the text before the first one), its name and its text."""
+
+    keyword: str
+    name: str
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
-class ServerModel:
-    """A config split into skeleton and servers. ``static`` says why its servers cannot be changed
-    at runtime (empty when they can); ``dynamic`` lists the backends that accept ``add server``."""
+class ConfigModel:
+    """A config cut into its sections; a section is only parsed when it differs between two configs,
+    so comparing two configs of 10,000 servers costs a string comparison per section."""
+
+    sections: tuple[Section, ...]
+
+    def servers(self) -> dict[str, dict[str, Server]]:
+        """Every backend's servers (parses every backend)."""
+        return {s.name: parse_section(s).servers for s in self.sections if s.keyword == "backend"}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSection:
+    """One section as the runtime sees it: ``skeleton`` holds its lines but its servers (comments
+    and blank lines dropped, whitespace normalised); ``settings`` its ``balance`` and ``hash-type``;
+    ``static`` why servers under it cannot change at runtime (``""`` when they can)."""
 
     skeleton: tuple[str, ...]
-    backends: Mapping[str, Mapping[str, Server]]
-    dynamic: frozenset[str] = frozenset()
-    static: str = ""
+    servers: dict[str, Server]
+    settings: dict[str, list[str]]
+    static: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeChange:
+    """Going from one config to another: ``reason`` why it needs a reload (``""`` when it does not),
+    else the backends whose servers change, with their new servers."""
+
+    reason: str
+    backends: Mapping[str, Mapping[str, Server]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +165,8 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _same_host(a: str, b: str) -> bool:
+    if a == b:
+        return True
     ip_a, ip_b = _ip(a), _ip(b)
     return ip_a == ip_b if ip_a is not None and ip_b is not None else a.lower() == b.lower()
 
@@ -141,12 +178,22 @@ def parse_server_line(tokens: list[str]) -> Server | str:
     name, address, options = tokens[1], tokens[2], tokens[3:]
     if not _TOKEN_RE.fullmatch(name):
         return f"server name {name!r} has characters the runtime API cannot take"
-    match = _ADDRESS_RE.fullmatch(address)
-    if match is None or not 1 <= int(match["port"]) <= 65535:
+    host, _, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid = _ip(host) is not None and ":" in host
+    else:
+        valid = _HOST_RE.fullmatch(host) is not None
+    if not (valid and port_text.isdigit() and port_text.isascii() and 1 <= int(port_text) <= 65535):
         return f"server {name} has an address without a plain host:port ({address!r})"
-    host = match["v6"] or match["host"]
-    if match["v6"] and _ip(host) is None:
-        return f"server {name} has an invalid IPv6 address ({address!r})"
+    if options:
+        reason = _options_reason(name, options)
+        if reason:
+            return reason
+    return Server(name, host, int(port_text), tuple(options))
+
+
+def _options_reason(name: str, options: list[str]) -> str:
     i = 0
     while i < len(options):
         arity = SERVER_OPTIONS.get(options[i])
@@ -155,7 +202,7 @@ def parse_server_line(tokens: list[str]) -> Server | str:
         if not all(_TOKEN_RE.fullmatch(value) for value in options[i + 1 : i + 1 + arity]):
             return f"server {name} has an option value the runtime API cannot take"
         i += 1 + arity
-    return Server(name, host, int(match["port"]), tuple(options))
+    return ""
 
 
 def _default_server_reason(tokens: list[str]) -> str:
@@ -175,96 +222,105 @@ def _balance_is_dynamic(balance: list[str], hash_type: list[str]) -> bool:
     return algorithm in HASH_BALANCE and bool(hash_type) and hash_type[0] == "consistent"
 
 
-class _Parser:
-    """One pass over the config lines; sections start at their keyword, wherever indented."""
-
-    def __init__(self) -> None:
-        self.skeleton: list[str] = []
-        self.backends: dict[str, dict[str, Server]] = {}
-        self.dynamic: set[str] = set()
-        self.static = ""
-        self.section: tuple[str, str] = ("", "")
-        self.defaults: dict[str, list[str]] = {}
-        self.backend_opts: dict[str, list[str]] = {}
-
-    def line(self, tokens: list[str]) -> None:
-        keyword = tokens[0]
-        if keyword in SECTIONS:
-            self._end_backend()
-            self.section = (keyword, tokens[1] if len(tokens) > 1 else "")
-            if keyword == "defaults":
-                self.defaults = {}
-            elif keyword == "backend":
-                self.backends.setdefault(self.section[1], {})
-                self.backend_opts = {}
-        elif keyword == "default-server" and not self.static:
-            self.static = _default_server_reason(tokens)
-        elif keyword in ("balance", "hash-type"):
-            target = self.defaults if self.section[0] == "defaults" else self.backend_opts
-            target[keyword] = tokens[1:]
-        elif keyword == "server" and self.section[0] == "backend":
-            self._server(tokens)
-            return
-        self.skeleton.append(" ".join(tokens))
-
-    def _server(self, tokens: list[str]) -> None:
-        parsed = parse_server_line(tokens)
-        backend = self.section[1]
-        if isinstance(parsed, str):
-            self.static = self.static or parsed
-            self.skeleton.append(" ".join(tokens))
-        elif parsed.name in self.backends[backend]:
-            self.static = self.static or f"server {parsed.name} appears twice in backend {backend}"
-        else:
-            self.backends[backend][parsed.name] = parsed
-
-    def _end_backend(self) -> None:
-        if self.section[0] != "backend":
-            return
-        balance = self.backend_opts.get("balance", self.defaults.get("balance", []))
-        hash_type = self.backend_opts.get("hash-type", self.defaults.get("hash-type", []))
-        if _balance_is_dynamic(balance, hash_type):
-            self.dynamic.add(self.section[1])
-
-    def model(self) -> ServerModel:
-        self._end_backend()
-        self.section = ("", "")
-        return ServerModel(tuple(self.skeleton), self.backends, frozenset(self.dynamic), self.static)
-
-
-def parse_config(body: str) -> ServerModel:
-    """Split an HAProxy config into skeleton and servers."""
-    parser = _Parser()
-    for raw in body.splitlines():
+def parse_section(section: Section) -> ParsedSection:
+    """Split one section into skeleton and servers (servers only in a ``backend``)."""
+    skeleton: list[str] = []
+    servers: dict[str, Server] = {}
+    settings: dict[str, list[str]] = {}
+    static = ""
+    for raw in section.text.splitlines():
         tokens = raw.split()
         if not tokens or tokens[0].startswith("#"):
             continue
-        parser.line(tokens)
-    return parser.model()
-
-
-def runtime_change(old: ServerModel, new: ServerModel) -> str:
-    """Why going from ``old`` to ``new`` needs a reload, or ``""`` when servers can change at runtime."""
-    if old.static or new.static:
-        return new.static or old.static
-    if old.skeleton != new.skeleton:
-        changed = next(
-            (line for line in new.skeleton if line not in set(old.skeleton)),
-            next((line for line in old.skeleton if line not in set(new.skeleton)), "the line order"),
-        )
-        return f"the config changed beyond servers ({changed!r})"
-    for backend, servers in new.backends.items():
-        before = old.backends.get(backend, {})
-        for name, server in servers.items():
-            previous = before.get(name)
-            if previous == server:
+        keyword = tokens[0]
+        if keyword == "server" and section.keyword == "backend":
+            parsed = parse_server_line(tokens)
+            if isinstance(parsed, Server) and parsed.name not in servers:
+                servers[parsed.name] = parsed
                 continue
-            if previous is None and backend not in new.dynamic:
+            static = static or (parsed if isinstance(parsed, str) else f"server {parsed.name} appears twice")
+        elif keyword == "default-server":
+            static = static or _default_server_reason(tokens)
+        elif keyword in ("balance", "hash-type"):
+            settings[keyword] = tokens[1:]
+        skeleton.append(" ".join(tokens))
+    return ParsedSection(tuple(skeleton), servers, settings, static)
+
+
+_SECTION_RE = re.compile(
+    r"^[ \t]*(" + "|".join(sorted(SECTIONS, key=len, reverse=True)) + r")(?=[ \t\r]|$)[^\n]*", re.MULTILINE
+)
+
+
+def parse_config(body: str) -> ConfigModel:
+    """Cut an HAProxy config into its sections (a section starts at its keyword, however indented,
+    as HAProxy reads it)."""
+    sections: list[Section] = []
+    starts = list(_SECTION_RE.finditer(body))
+    first = starts[0].start() if starts else len(body)
+    if first:
+        sections.append(Section("", "", body[:first]))
+    for i, match in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(body)
+        tokens = match.group(0).split()
+        sections.append(Section(tokens[0], tokens[1] if len(tokens) > 1 else "", body[match.start() : end]))
+    return ConfigModel(tuple(sections))
+
+
+def _first_difference(old: tuple[str, ...], new: tuple[str, ...]) -> str:
+    added = next((line for line in new if line not in set(old)), None)
+    removed = next((line for line in old if line not in set(new)), None)
+    return f"{added!r}" if added else f"{removed!r} removed" if removed else "the order of lines"
+
+
+def runtime_change(old: ConfigModel, new: ConfigModel) -> RuntimeChange:
+    """Whether going from ``old`` to ``new`` can be done by changing servers at runtime, and which."""
+    if [s[:2] for s in old.sections] != [s[:2] for s in new.sections]:
+        return RuntimeChange("sections were added, removed or renamed")
+    changed: dict[str, Mapping[str, Server]] = {}
+    defaults: Section | None = None
+    for before, after in zip(old.sections, new.sections, strict=True):
+        if after.keyword == "defaults":
+            defaults = after
+        if before.text == after.text:
+            continue
+        was, now = parse_section(before), parse_section(after)
+        if after.keyword == "backend" and (now.static or was.static):
+            return RuntimeChange(f"backend {after.name}: {now.static or was.static}")
+        if was.skeleton != now.skeleton:
+            where = f"{after.keyword} {after.name}".strip() or "the head"
+            return RuntimeChange(
+                f"{where} changed beyond servers: {_first_difference(was.skeleton, now.skeleton)}"
+            )
+        if after.keyword != "backend" or was.servers == now.servers:
+            continue
+        reason = _servers_reason(after.name, was, now, parse_section(defaults) if defaults else None)
+        if reason:
+            return RuntimeChange(reason)
+        changed[after.name] = now.servers
+    return RuntimeChange("", changed)
+
+
+def _servers_reason(
+    backend: str, was: ParsedSection, now: ParsedSection, defaults: ParsedSection | None
+) -> str:
+    """Why this backend's servers cannot go from ``was`` to ``now`` at runtime (``""``: they can)."""
+    inherited = defaults.settings if defaults else {}
+    for name, server in now.servers.items():
+        previous = was.servers.get(name)
+        if previous == server:
+            continue
+        if previous is None:
+            if defaults is not None and defaults.static:
+                return f"defaults: {defaults.static}"
+            balance = now.settings.get("balance", inherited.get("balance", []))
+            hash_type = now.settings.get("hash-type", inherited.get("hash-type", []))
+            if not _balance_is_dynamic(balance, hash_type):
                 return f"backend {backend} balances with an algorithm that cannot add servers at runtime"
-            if previous is not None and previous.options != server.options:
-                return f"server {backend}/{name} changed its options"
-            if not server.is_ip:
-                return f"server {backend}/{name} is a DNS name, which a runtime server never resolves"
+        elif previous.options != server.options:
+            return f"server {backend}/{name} changed its options"
+        if not server.is_ip:
+            return f"server {backend}/{name} is a DNS name, which a runtime server never resolves"
     return ""
 
 
