@@ -301,7 +301,7 @@ async def test_a_refused_runtime_command_falls_back_to_a_checked_reload(
     etcd: Etcd, site: Site, pool: list[Registration], caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b, c = pool
-    caplog.set_level(logging.ERROR, logger="fleetop.proxy.apply")
+    caplog.set_level(logging.ERROR, logger="fleetop.proxy.agent")
     async with running_agent(etcd, site, RefusingAPI):
         first = site.config([a, c])
         await publish(etcd, first)

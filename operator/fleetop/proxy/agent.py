@@ -224,6 +224,11 @@ class ProxyAgent:
 
     def _applied(self, cfg: PublishedConfig, result: ApplyResult, model: ConfigModel | None) -> None:
         how = result.via or "installed"
+        if result.fallback:
+            log.error(
+                "proxy %s: config %s could not be applied at runtime, reloaded instead: %s",
+                self.settings.proxy, cfg.hash[:12], result.fallback,
+            )  # fmt: skip
         log.info(
             "proxy %s: applied config %s (generation %d) by %s",
             self.settings.proxy, cfg.hash[:12], cfg.generation, how,

@@ -322,7 +322,7 @@ async def apply_config(
     it serves exactly that again, and the check error is raised.
     """
     reload_how = reload if reload is not None else default_reload(cfg.kind, cfg.body)
-    fallback = "" if runtime is None else await _runtime_first(runtime, cfg)
+    fallback = "" if runtime is None else await _runtime_first(runtime)
     try:
         target, installed = await _check_and_install(
             cfg, target, check, timeout, superseded if runtime is None else None
@@ -378,13 +378,12 @@ async def _check_and_install(
     return target, True
 
 
-async def _runtime_first(runtime: Callable[[], Awaitable[object]], cfg: PublishedConfig) -> str:
+async def _runtime_first(runtime: Callable[[], Awaitable[object]]) -> str:
     """Run the runtime step; ``""`` when it worked, else why (the caller reloads instead)."""
     try:
         await runtime()
     except ProxyError as exc:
-        log.error("config %s: runtime apply failed, reloading instead: %s", cfg.hash[:12], exc)
-        return str(exc)
+        return str(exc) or type(exc).__name__
     return ""
 
 
