@@ -368,3 +368,54 @@ async def test_a_config_failing_its_check_after_runtime_changes_is_undone(
 
         status = await change_servers(etcd, site, [a, c])  # the proxy runs the installed file again
         assert status.reloads == 2 and status.error is None
+
+
+HAPROXY_RULES = """global
+    master-worker
+    pidfile {run}/proxy.pid
+    stats socket {run}/admin.sock mode 600 level admin expose-fd listeners
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+
+frontend http_proxy
+    bind 127.0.0.1:{port}
+    default_backend roundrobin
+
+backend roundrobin
+    default-server weight 5
+    server s1 127.0.0.6:80
+
+backend hashed
+    balance source
+    server s1 127.0.0.6:80
+"""
+
+
+async def test_haproxy_rules_the_runtime_diff_relies_on(tmp_path: Path) -> None:
+    """What the real HAProxy does, as :mod:`fleetop.proxy.haproxy_servers` assumes: ``add server``
+    needs a dynamic balance algorithm, a runtime server does not get ``default-server`` settings and
+    starts in maintenance, and ``del server`` wants it in maintenance first."""
+    port = free_port("127.0.0.1")
+    paths = RenderPaths(str(tmp_path / "run"))
+    config = tmp_path / "rules.cfg"
+    config.write_text(HAPROXY_RULES.format(run=paths.runtime_dir, port=port))
+    proxy = start_proxy("haproxy", config, paths, listen=("127.0.0.1", port))
+    api = RuntimeAPI(Path(paths.stats_socket))
+    try:
+        assert "dynamic load balancing" in await api.send("add server hashed/s2 127.0.0.7:80")
+        assert (await api.send("add server roundrobin/s2 127.0.0.7:80")).strip() == "New server registered."
+        state = (await api.send("show servers state roundrobin")).splitlines()
+        header = state[1].lstrip("#").split()
+        rows = {row.split()[3]: dict(zip(header, row.split(), strict=False)) for row in state[2:] if row}
+        assert rows["s1"]["srv_uweight"] == "5" and rows["s2"]["srv_uweight"] == "1"  # no default-server
+        assert (await api.servers("roundrobin"))["roundrobin"]["s2"].maint  # until enabled
+        assert (await api.send("enable server roundrobin/s2")).strip() == ""
+        assert "maintenance" in await api.send("del server roundrobin/s2")
+        assert (await api.send("set server roundrobin/s2 state maint")).strip() == ""
+        assert (await api.send("del server roundrobin/s2")).strip() == "Server deleted."
+    finally:
+        proxy.stop()

@@ -282,17 +282,18 @@ class ProxyAgent:
         """Delete drained servers once HAProxy lets them go (see :class:`ServerRuntime`)."""
         while True:
             await self._draining.wait()
-            busy = False
+            busy, pause = False, self.settings.drain_poll
             for runtime in list(self._runtimes.values()):
                 try:
                     await runtime.drain()
-                except RuntimeAPIError as exc:
+                except RuntimeAPIError as exc:  # HAProxy restarting: its servers come from the file
                     log.warning("proxy %s: draining servers: %s", self.settings.proxy, exc)
+                    pause = max(pause, self.settings.retry_min)
                 busy = busy or bool(runtime.draining)
             if not busy:
                 self._draining.clear()
                 continue
-            await asyncio.sleep(self.settings.drain_poll)
+            await asyncio.sleep(pause)
 
     def _report(self, **changes: object) -> None:
         updated = self.status.model_copy(update=changes)
