@@ -405,7 +405,15 @@ async def test_haproxy_rules_the_runtime_diff_relies_on(tmp_path: Path) -> None:
     config.write_text(HAPROXY_RULES.format(run=paths.runtime_dir, port=port))
     proxy = start_proxy("haproxy", config, paths, listen=("127.0.0.1", port))
     api = RuntimeAPI(Path(paths.stats_socket))
+
+    async def answers() -> bool:  # the unix socket comes up just after the TCP listener
+        try:
+            return "Pid:" in await api.send("show info")
+        except RuntimeAPIError:
+            return False
+
     try:
+        await eventually(answers, 30, "the admin socket answering")
         assert "dynamic load balancing" in await api.send("add server hashed/s2 127.0.0.7:80")
         assert (await api.send("add server roundrobin/s2 127.0.0.7:80")).strip() == "New server registered."
         state = (await api.send("show servers state roundrobin")).splitlines()
