@@ -239,7 +239,9 @@ class ProxyAgent:
         elif any(runtime.draining for runtime in self._runtimes.values()):
             self._draining.set()
         if cfg.kind == "haproxy" and result.via:
-            self._loaded = _Loaded(cfg.body, model if model is not None else parse_config(cfg.body))
+            self._loaded = _Loaded(
+                model if model is not None else parse_config(cfg.body), _identity(result.target)
+            )
         status = self.status
         self._report(
             applied_hash=cfg.hash,
@@ -264,7 +266,7 @@ class ProxyAgent:
         model = parse_config(cfg.body)
         socket_path = admin_socket_of(cfg.body)
         loaded = self._loaded
-        if socket_path is None or loaded is None or not _holds(target, loaded.body):
+        if socket_path is None or loaded is None or loaded.file is None or _identity(target) != loaded.file:
             return model, None  # no socket, or not known what HAProxy runs: reload
         change = runtime_change(loaded.model, model)
         if change.reason:
@@ -326,17 +328,21 @@ class ProxyAgent:
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    body: str
+    """The HAProxy config the proxy runs, as this agent applied it, and the installed file's identity
+    then (a restarted managed proxy may have written a newer published config there since)."""
+
     model: ConfigModel
+    file: tuple[int, int, int, int] | None
 
 
-def _holds(target: Path, body: str) -> bool:
-    """Whether the installed file is still the one this agent applied (a restarted managed proxy
-    may have written a newer published config there before HAProxy started)."""
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """Device, inode, size and modification time: an installed file is renamed into place, so any
+    other write gives another identity (and a missing file none)."""
     try:
-        return target.read_text(encoding="utf-8") == body
-    except (OSError, UnicodeDecodeError):
-        return False
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _ensure_runtime_dir(cfg: PublishedConfig) -> None:
