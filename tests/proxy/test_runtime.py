@@ -427,3 +427,23 @@ async def test_haproxy_rules_the_runtime_diff_relies_on(tmp_path: Path) -> None:
         assert (await api.send("del server roundrobin/s2")).strip() == "Server deleted."
     finally:
         proxy.stop()
+
+
+async def test_a_config_file_written_by_someone_else_means_a_reload(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    """A restarted managed proxy writes the newest published config itself before HAProxy starts: the
+    agent no longer knows what HAProxy runs, so the next config reloads rather than guessing."""
+    a, b, _ = pool
+    async with running_agent(etcd, site):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+        await change_servers(etcd, site, [a, b])
+
+        site.target.write_text(site.target.read_text())  # the same text, but not the file installed
+        cfg = site.config([b])
+        await publish(etcd, cfg)
+        status = await applied(etcd, cfg)
+        assert status.applied_via == "reload" and status.fallback_reason is None
+        await holds(site, cfg)
