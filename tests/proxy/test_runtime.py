@@ -135,10 +135,15 @@ async def holds(site: Site, cfg: PublishedConfig) -> None:
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    etcd: Etcd, site: Site, api: type[RuntimeAPI] = RuntimeAPI
+    etcd: Etcd, site: Site, api: type[RuntimeAPI] = RuntimeAPI, drain_timeout: float = 60.0
 ) -> AsyncIterator[ProxyAgent]:
     settings = AgentSettings(
-        proxy=PROXY, machine=MACHINE, runtime_dir=site.target.parent, config_path=site.target, retry_min=0.05
+        proxy=PROXY,
+        machine=MACHINE,
+        runtime_dir=site.target.parent,
+        config_path=site.target,
+        retry_min=0.05,
+        drain_timeout=drain_timeout,
     )
     agent = ProxyAgent(etcd, Keys(), settings, runtime_api=api)
     task = asyncio.create_task(agent.run())
@@ -447,3 +452,27 @@ async def test_a_config_file_written_by_someone_else_means_a_reload(
         status = await applied(etcd, cfg)
         assert status.applied_via == "reload" and status.fallback_reason is None
         await holds(site, cfg)
+
+
+async def test_a_server_that_does_not_drain_in_time_is_cut_and_deleted(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    fast = pool[0]
+    with slow_backend("127.0.0.9", delay=30.0) as (slow, arrived):
+        async with running_agent(etcd, site, drain_timeout=0.5):
+            first = site.config([fast])
+            await publish(etcd, first)
+            await applied(etcd, first)
+            only_slow = site.config([slow])
+            await publish(etcd, only_slow)
+            assert (await applied(etcd, only_slow)).applied_via == "runtime"
+            await holds(site, only_slow)
+            in_flight = asyncio.create_task(asyncio.to_thread(fetch, site.port, timeout=60))
+            assert await asyncio.to_thread(arrived.wait, 10)
+
+            gone = site.config([fast])
+            await publish(etcd, gone)
+            await applied(etcd, gone)
+            await holds(site, gone)  # deleted after its sessions were shut, long before 30 s
+            # its session was shut; the template's retry-on sends the GET to the server that is left
+            assert await in_flight == (200, fast.address)

@@ -268,8 +268,9 @@ def parse_config(body: str) -> ConfigModel:
 
 
 def _first_difference(old: tuple[str, ...], new: tuple[str, ...]) -> str:
-    added = next((line for line in new if line not in set(old)), None)
-    removed = next((line for line in old if line not in set(new)), None)
+    old_lines, new_lines = set(old), set(new)
+    added = next((line for line in new if line not in old_lines), None)
+    removed = next((line for line in old if line not in new_lines), None)
     return f"{added!r}" if added else f"{removed!r} removed" if removed else "the order of lines"
 
 
