@@ -438,7 +438,8 @@ async def test_a_config_file_written_by_someone_else_means_a_reload(
     etcd: Etcd, site: Site, pool: list[Registration]
 ) -> None:
     """A restarted managed proxy writes the newest published config itself before HAProxy starts: the
-    agent no longer knows what HAProxy runs, so the next config reloads rather than guessing."""
+    agent no longer knows what HAProxy runs, so the next config reloads rather than guessing. The same
+    text written again is still what it applied."""
     a, b, _ = pool
     async with running_agent(etcd, site):
         first = site.config([a])
@@ -446,12 +447,16 @@ async def test_a_config_file_written_by_someone_else_means_a_reload(
         await applied(etcd, first)
         await change_servers(etcd, site, [a, b])
 
-        site.target.write_text(site.target.read_text())  # the same text, but not the file installed
+        newer = site.config([a, b], handler=False)  # what a restarted proxy found published
+        site.target.write_text(newer.body)
         cfg = site.config([b])
         await publish(etcd, cfg)
         status = await applied(etcd, cfg)
         assert status.applied_via == "reload" and status.fallback_reason is None
         await holds(site, cfg)
+
+        site.target.write_text(site.target.read_text())  # rewritten, but the same text
+        await change_servers(etcd, site, [a])
 
 
 async def test_a_server_that_does_not_drain_in_time_is_cut_and_deleted(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -240,7 +241,7 @@ class ProxyAgent:
             self._draining.set()
         if cfg.kind == "haproxy" and result.via:
             self._loaded = _Loaded(
-                model if model is not None else parse_config(cfg.body), _identity(result.target)
+                cfg.body, model if model is not None else parse_config(cfg.body), _identity(result.target)
             )
         status = self.status
         self._report(
@@ -266,7 +267,7 @@ class ProxyAgent:
         model = parse_config(cfg.body)
         socket_path = admin_socket_of(cfg.body)
         loaded = self._loaded
-        if socket_path is None or loaded is None or loaded.file is None or _identity(target) != loaded.file:
+        if socket_path is None or loaded is None or not self._still_installed(loaded, target):
             return model, None  # no socket, or not known what HAProxy runs: reload
         change = runtime_change(loaded.model, model)
         if change.reason:
@@ -279,6 +280,20 @@ class ProxyAgent:
             runtime = ServerRuntime(api, pid_file=pid_file, drain_timeout=self.settings.drain_timeout)
             self._runtimes = {socket_path: runtime}
         return model, lambda: runtime.apply(change.backends)
+
+    def _still_installed(self, loaded: _Loaded, target: Path) -> bool:
+        """Whether the installed file is still the config this agent applied: the same file, or the
+        same text (a restarted managed proxy writes the published config again before it starts)."""
+        identity = _identity(target)
+        if identity is not None and identity == loaded.file:
+            return True
+        try:
+            same = identity is not None and target.read_text(encoding="utf-8") == loaded.body
+        except (OSError, UnicodeDecodeError):
+            return False
+        if same:
+            self._loaded = dataclasses.replace(loaded, file=identity)
+        return same
 
     async def _drain_loop(self) -> None:
         """Delete drained servers once HAProxy lets them go (see :class:`ServerRuntime`)."""
@@ -331,6 +346,7 @@ class _Loaded:
     """The HAProxy config the proxy runs, as this agent applied it, and the installed file's identity
     then (a restarted managed proxy may have written a newer published config there since)."""
 
+    body: str
     model: ConfigModel
     file: tuple[int, int, int, int] | None
 
