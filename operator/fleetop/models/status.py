@@ -101,13 +101,23 @@ class ProxyStatus(ObservedModel):
 
 
 class AgentStatus(ObservedModel):
-    """``/status/proxies/<name>/agents/<machine>``: what one proxy agent applied, or why it could not."""
+    """``/status/proxies/<name>/agents/<machine>``: what one proxy agent applied, or why it could not.
+
+    ``applied_via`` says how the proxy took the applied config: ``runtime`` (HAProxy's servers changed
+    through its admin socket, no reload) or ``reload``. ``reloads`` and ``runtime_applies`` count both
+    since the agent started; ``runtime_fallbacks`` counts runtime attempts that failed and reloaded
+    instead, and ``fallback_reason`` holds HAProxy's answer for the last one (None when the newest
+    apply did not fall back)."""
 
     machine: str
     applied_hash: str = ""
     applied_generation: int = 0
     applied_at: str = ""
+    applied_via: Literal["", "runtime", "reload"] = ""
     reloads: int = 0
+    runtime_applies: int = 0
+    runtime_fallbacks: int = 0
+    fallback_reason: str | None = None
     error: str | None = None
     failed_hash: str = ""
 
