@@ -30,6 +30,7 @@ from fleetop.controller.proxycache import ProxyCaches
 from fleetop.controller.queue import WorkQueue, run_resync, run_workers
 from fleetop.controller.reconciler import Reconciler, ServiceReconciler
 from fleetop.controller.run import RunConfig
+from fleetop.controller.world import BackoffPolicy
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd import Etcd
 from fleetop.fleet.client import FleetClient
@@ -70,7 +71,13 @@ class Manager:
             executor = Executor(
                 client, etcd, keys, lambda: leader.fence, metrics=self.metrics, event_ttl=config.event_ttl
             )
-            services = ServiceReconciler(informers, executor, self.metrics, root=config.etcd.prefix)
+            services = ServiceReconciler(
+                informers,
+                executor,
+                self.metrics,
+                root=config.etcd.prefix,
+                backoff=BackoffPolicy.scaled(config.restart_backoff),
+            )
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
             proxies = ProxyReconciler(
                 informers, proxy_caches, executor, proxy_root=config.proxy_root, key_root=config.etcd.prefix

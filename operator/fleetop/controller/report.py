@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fleetop.controller import rollback as rollbacks
 from fleetop.controller.conditions import (
@@ -43,8 +44,10 @@ from fleetop.controller.world import (
     Restart,
     Rollback,
     Seen,
+    Stable,
 )
 from fleetop.fleet.units import unit_hash
+from fleetop.models.service import ServiceSpec
 from fleetop.models.status import (
     AvailableTemplate,
     ReplicaCounts,
@@ -351,3 +354,50 @@ def build_report(
     )
     requeue = _requeue(desired, outcome, progress, scene.now, policy)
     return Report(status, new_memory, requeue)
+
+
+def _time(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def _record(row: RestartStatus) -> Restart:
+    return Restart(
+        slot=int(row.instance),
+        role=row.role,
+        phase=row.phase,
+        count=row.restarts,
+        failed_at=_time(row.last_failure),
+        next_try=_time(row.next_try),
+        state=row.state,
+        machine=row.machine,
+        ran=row.ran,
+        cause=row.cause,
+    )
+
+
+def memory_from_status(status: ServiceStatus) -> PlanMemory:
+    """What a new leader recovers from the status the last one wrote: the restart records (times to
+    the second), where each instance ran, the last available template and a rollback in force.
+    Anything that does not read back is left out rather than trusted."""
+    restarts: dict[str, Restart] = {}
+    for row in status.restarts:
+        try:
+            restarts[row.unit] = _record(row)
+        except ValueError:
+            continue
+    stable = None
+    if status.last_available is not None:
+        try:
+            spec = ServiceSpec.model_validate(status.last_available.spec)
+            stable = Stable(status.last_available.template, spec)
+        except ValueError:
+            stable = None
+    rollback = None
+    if status.rollback is not None and stable is not None:
+        held = status.rollback
+        try:
+            rollback = Rollback(held.from_template, held.to_template, held.generation, _time(held.time))
+        except ValueError:
+            rollback = None
+    placed = {u.name: u.machine for u in status.units if u.role == ROLE_MAIN and u.machine}
+    return PlanMemory(restarts=restarts, placed=placed, stable=stable, rollback=rollback)

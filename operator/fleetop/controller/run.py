@@ -63,6 +63,8 @@ class RunConfig:
     event_ttl: int = 3600
     proxy_root: str = DEFAULT_PROXY_ROOT
     """Directory under which each managed proxy keeps its config and runtime files (``<root>/<proxy>``)."""
+    restart_backoff: float = 10.0
+    """First crash-loop back-off delay in seconds; the cap is 30 times it, the reset 60 times."""
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
@@ -102,6 +104,9 @@ class RunConfig:
             identity=str(pick("identity", "FLEETOP_IDENTITY", "") or default_identity()),
             resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 600.0), "--resync-period"),
             proxy_root=_proxy_root(str(pick("proxy_root", "FLEETOP_PROXY_ROOT", DEFAULT_PROXY_ROOT))),
+            restart_backoff=_seconds(
+                pick("restart_backoff", "FLEETOP_RESTART_BACKOFF", 10.0), "--restart-backoff"
+            ),
         )
 
 
