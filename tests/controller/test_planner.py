@@ -507,7 +507,7 @@ def test_failed_sidekick_restarts_alone_with_its_own_back_off() -> None:
     again = gone.plan(spec, NOW + 12)
     assert [(type(a), a.name) for a in again.actions] == [(CreateUnit, side)]
     assert again.memory.restarts[side].count == 1
-    assert all("web@8002.service" != a.name for a in [*due.actions, *again.actions])
+    assert all(a.name != "web@8002.service" for a in [*due.actions, *again.actions])
 
 
 def test_sidekick_of_a_failed_main_unit_is_not_restarted_on_its_own() -> None:
