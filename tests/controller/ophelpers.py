@@ -52,6 +52,7 @@ class Node:
     base: Path
     machines: int = 3
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -62,6 +63,7 @@ class Node:
         log = open(self.base / "node.log", "ab")  # noqa: SIM115 - the child keeps it
         args = [sys.executable, "-c", NODE_MAIN, "--machines", str(self.machines)]
         args += ["--state-dir", str(self.base / "state"), "--listen", self.endpoint]
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )
@@ -97,6 +99,7 @@ class Operator:
     timings: tuple[float, float, float] = (3.0, 2.0, 0.5)
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
+    extra_args: tuple[str, ...] = ()
 
     @property
     def log_path(self) -> Path:
@@ -121,6 +124,7 @@ class Operator:
         ]
         args += ["--lease-duration", str(lease), "--renew-deadline", str(renew), "--retry-period", str(retry)]
         args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG"]
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )
