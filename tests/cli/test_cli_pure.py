@@ -122,5 +122,7 @@ def test_wait_progress_decides_from_status() -> None:
     assert not rolling.done
     stalled = progress("services", "web", 7, _status(7, Progressing=("False", "ProgressDeadlineExceeded")))
     assert stalled.failed and "ProgressDeadlineExceeded" in stalled.failed
+    rolled_back = progress("services", "web", 7, _status(7, Progressing=("False", "RolledBack")))
+    assert rolled_back.done and rolled_back.failed and "RolledBack" in rolled_back.failed
     invalid = progress("services", "web", 7, _status(7, Invalid=("True", "SpecInvalid")))
     assert invalid.failed and "invalid" in invalid.failed

@@ -2,37 +2,49 @@
 
 Pure: no I/O, no clock (``now`` is an argument), no randomness, so it is tested with tables and
 property tests and the operator around it stays thin. Level-based: every pass decides from scratch
-from what is observed, with :class:`PlanMemory` holding only the times fleet does not report.
+from what is observed, with :class:`PlanMemory` holding only what fleet does not report (times,
+restart records, where instances ran, the last available template).
 
 One pass:
 
 1. ownership: only units whose ``[X-Fleetop]`` section names this service are touched (``instances``);
 2. readiness of each instance (``readiness``, ``instances``);
-3. which instances to destroy and how many to create (``rollout``), after deciding which broken
-   instances are worth replacing: a failed one always (it runs nowhere; systemd gave up), one stuck
-   unscheduled only when an eligible machine is free for its replacement, since otherwise a new unit
-   would be just as stuck;
-4. repairs that need no arithmetic: a missing sidekick, a sidekick no longer wanted, an owned unit
-   whose desiredState drifted, owned units that fit no slot;
-5. status, conditions and the new memory (``report``, ``conditions``).
+3. crash-loop back-off (``restarts``): each failed unit gets a record and is kept until its delay
+   has passed; slots whose unit the planner destroyed to create again are reserved;
+4. which instances to destroy and how many to create (``rollout``), after deciding which broken
+   instances are worth replacing now: a failed one whose back-off ran out (it runs nowhere; systemd
+   gave up), one stuck unscheduled only when an eligible machine is free for its replacement, since
+   otherwise a new unit would be just as stuck;
+5. repairs that need no arithmetic: a missing sidekick, a sidekick no longer wanted, a failed
+   sidekick (restarted alone, after its own back-off), an owned unit whose desiredState drifted,
+   owned units that fit no slot;
+6. status, conditions, events and the new memory (``report``, ``conditions``, ``machineloss``), and
+   with ``rollout.autoRollback`` a rollback to the last available template (``rollback``).
 
 Semantics chosen where the design is silent:
 
 - a global service is one unit ``<svc>@<base or 1>`` that fleet runs on every eligible machine; it is
   running when at least one machine runs it, it is replaced in place only (a second global copy would
   double every machine), and a failure on some machine is reported, never answered by destroying the
-  unit everywhere;
+  unit everywhere (so it has no back-off);
 - ``paused`` stops replacing instances of an old template; scaling and repairs continue, and new
   instances always get the current spec (the only one fleetop can render);
 - a unit is never recreated under a name whose old state, with the same file hash, still lingers:
-  fleet could not tell the two apart (``fleet-observed.md`` §13.11), so such a slot is skipped;
-- an instance is the pair main + sidekick: a failed sidekick (it restarts itself, so failed means
-  systemd's start limit) fails its instance, which is replaced whole; a sidekick stuck unscheduled
-  next to a scheduled main unit is destroyed and created again; a sidekick whose template is stale
-  makes its instance an old one, replaced by the rollout with its main unit;
-- a replacement is created on a later pass than the destroy of the unit it replaces when it needs
-  the same name, because the executor creates before it destroys. There is no crash-loop back-off:
-  an instance that fails at once is replaced on every pass, within the surge budget.
+  fleet could not tell the two apart (``fleet-observed.md`` §13.11), so such a slot is skipped, and
+  a reserved slot waits;
+- crash-loop back-off is Kubernetes' CrashLoopBackOff per unit: a failed unit is kept for 10 s, then
+  destroyed and created again *under the same name* (same instance number, same port); every
+  restart doubles the next delay up to 5 min; ten minutes ready forgets it
+  (:class:`~fleetop.controller.world.BackoffPolicy`, ``fleetop run --restart-backoff``). Each
+  restart is one ``BackOff`` Warning event whose message is stable, so repeats add to its count;
+- an instance is the pair main + sidekick, but each unit fails alone: a failed main unit is
+  replaced with its sidekick; a failed sidekick next to a running main unit (it restarts itself, so
+  failed means systemd's start limit) is destroyed and created again alone, never touching the main
+  unit; a sidekick stuck unscheduled next to a scheduled main unit is destroyed and created again; a
+  sidekick whose template is stale makes its instance an old one, replaced by the rollout with its
+  main unit;
+- a replacement is created on a later pass than the destroy of the unit it replaces, because the
+  executor creates before it destroys and the name must be free first.
 """
 
 from __future__ import annotations
