@@ -415,3 +415,17 @@ def test_auto_rollback_is_in_the_spec_schema() -> None:
     spec = ServiceSpec.model_validate({"unit": {"execStart": "/bin/x"}, "rollout": {"autoRollback": True}})
     assert spec.rollout.auto_rollback
     assert not make_spec(1).rollout.auto_rollback
+
+
+def test_the_operator_setting_scales_the_back_off() -> None:
+    from fleetop.controller.run import RunConfig
+    from fleetop.errors import ConfigError
+
+    assert RunConfig.from_flags({}, {}).restart_backoff == 10.0
+    assert RunConfig.from_flags({}, {"FLEETOP_RESTART_BACKOFF": "2s"}).restart_backoff == 2.0
+    assert (
+        RunConfig.from_flags({"restart_backoff": 0.5}, {"FLEETOP_RESTART_BACKOFF": "2"}).restart_backoff
+        == 0.5
+    )
+    with pytest.raises(ConfigError, match="--restart-backoff"):
+        RunConfig.from_flags({}, {"FLEETOP_RESTART_BACKOFF": "soon"})
