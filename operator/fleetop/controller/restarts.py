@@ -11,8 +11,10 @@ left alone.
 Re-creating a name respects fleet's rule that a unit must not be created under a name whose old
 state with the same file hash still lingers (``fleet-observed.md`` §13.11): after the destroy the
 slot is *reserved* (a placeholder the rollout arithmetic counts, so nothing else is created for it)
-and the unit is created again only once fleet shows no such state. The back-off delay usually covers
-the drain; when it does not (stale states linger for minutes under load), the slot waits.
+and the unit is created again only once fleet shows no such state. The drain comes after the delay
+(the failed unit is kept during the delay, as Kubernetes keeps a crashed container to show): on an
+idle cluster it adds a second or two, under load (stale states linger for minutes) the slot waits
+and status says so.
 
 Pure: every function takes ``now`` and returns new records.
 """
@@ -98,12 +100,7 @@ def _main(
 
 
 def _sidekick(
-    previous: Restart | None,
-    instance: Instance,
-    scene: Scene,
-    global_: bool,
-    now: float,
-    policy: BackoffPolicy,
+    previous: Restart | None, instance: Instance, scene: Scene, now: float, policy: BackoffPolicy
 ) -> Restart | None:
     """A sidekick's record. Its failure counts only next to a running main unit: a sidekick stopped
     or failed because its main unit is down (``BindsTo=``) is not the sidekick's fault."""
@@ -113,7 +110,7 @@ def _sidekick(
     if previous is not None and previous.phase == "destroyed":
         return previous
     if instance.sidekick_failed and instance.health.running:
-        health = assess(sidekick, unit_hash(sidekick.options), scene.states, global_)
+        health = assess(sidekick, unit_hash(sidekick.options), scene.states, False)
         machine = sidekick.machine_id or ""
         ran = previous is not None and previous.ran
         return _failure(previous, instance.slot, ROLE_DISCOVERY, health, machine, ran, now, policy)
@@ -139,19 +136,14 @@ def observe(
     due: set[int] = set()
     sidekicks_due: set[int] = set()
     for instance in instances:
-        main = _main(
-            previous.get(instance.name),
-            instance,
-            started.get(instance.name) == unit_hash(instance.unit.options),
-            now,
-            policy,
-        )
+        started_here = started.get(instance.name) == instance.file_hash
+        main = _main(previous.get(instance.name), instance, started_here, now, policy)
         if main is not None:
             records[instance.name] = main
             if main.phase == "destroyed" or (main.phase == "failed" and now >= main.next_try):
                 due.add(instance.slot)
         side_name = sidekick_unit_name(scene.service, instance.slot)
-        side = _sidekick(previous.get(side_name), instance, scene, desired.global_, now, policy)
+        side = _sidekick(previous.get(side_name), instance, scene, now, policy)
         if side is not None and instance.slot not in due:
             records[side_name] = side
             if instance.sidekick is not None and (
