@@ -214,3 +214,53 @@ async def test_a_failing_sidekick_restarts_alone(
     assert status is not None and any(r.unit == side_unit and r.restarts >= 2 for r in status.restarts)
     await remove(etcd, fleet, name)
     await asyncio.sleep(0)
+
+
+async def test_auto_rollback_returns_to_the_last_available_template(
+    etcd: Etcd, fleet: FleetClient, operator: Operator
+) -> None:
+    name = "undo"
+    good = {"replicas": 1, "ports": {"base": 8301}, "unit": {"execStart": "/bin/sleep 1000"}}
+    await etcd.put(KEYS.desired("services", name), json.dumps(good).encode())
+
+    async def available() -> ServiceStatus | None:
+        status = await status_of(etcd, name)
+        progressing = status.condition("Progressing") if status is not None else None
+        done = progressing is not None and progressing.reason == "NewReplicaSetAvailable"
+        return status if done else None
+
+    first = await eventually(available, 60.0, f"{name} to be fully available", every=0.5)
+    bad = {
+        **good,
+        "unit": {"execStart": "/nonexistent/bin %i"},
+        "rollout": {"progressDeadlineSeconds": 10, "autoRollback": True},
+    }
+    written = json.dumps(bad).encode()
+    await etcd.put(KEYS.desired("services", name), written)
+
+    async def rolled_back() -> ServiceStatus | None:
+        status = await status_of(etcd, name)
+        progressing = status.condition("Progressing") if status is not None else None
+        return status if progressing is not None and progressing.reason == "RolledBack" else None
+
+    try:
+        status = await eventually(rolled_back, 120.0, "the rollout to be rolled back", every=0.5)
+    except AssertionError:
+        print(operator.log_tail(), await status_of(etcd, name))
+        raise
+    assert status.template == first.template
+    assert status.rollback is not None and status.rollback.to_template == first.template
+    stored = await etcd.get(KEYS.desired("services", name))
+    assert stored is not None and stored.value == written, "the spec in etcd stays as written"
+    events = await events_of(etcd, name)
+    assert [e.type for e in events if e.reason == "RolledBack"] == ["Warning"]
+
+    async def only_the_old_template_runs() -> bool:
+        mains = owned_mains(await fleet.list_units(), name)
+        return [u.name for u in mains] == ["undo@8301.service"] and all(
+            f"Template={first.template}" in " ".join(f"{o.name}={o.value}" for o in u.options) for u in mains
+        )
+
+    await eventually(only_the_old_template_runs, 60.0, "only the old template's unit", every=0.5)
+    assert count_of(events, "Created undo@8301.service") == 1, "the available instance was never replaced"
+    await remove(etcd, fleet, name)
