@@ -236,6 +236,10 @@ def _restarts(records: Mapping[str, Restart]) -> list[RestartStatus]:
     ]
 
 
+DRAIN_RECHECK = 1.0
+"""Seconds between looks at fleet while a destroyed unit's state lingers before its re-creation."""
+
+
 def _requeue(
     desired: Desired,
     outcome: Outcome,
@@ -256,7 +260,13 @@ def _requeue(
                 waits.append(since.since + UNSCHEDULED_GRACE - now)
         if i.ready_since is not None and i.name in outcome.records:
             waits.append(i.ready_since.since + policy.reset - now)  # the back-off is forgotten then
-    waits.extend(r.next_try - now for r in outcome.records.values() if r.phase != "created")
+    for r in outcome.records.values():
+        if r.phase == "failed":
+            waits.append(r.next_try - now)
+        elif r.phase == "destroyed":
+            # waiting for fleet to drop the old state: a state of a unit that no longer exists names no
+            # owner, so no poll queues this service when it goes; look again shortly
+            waits.append(max(r.next_try - now, DRAIN_RECHECK))
     deadline = spec.rollout.progress_deadline_seconds
     if progress is not None and not progress.complete and not deadline_exceeded(progress, deadline, now):
         waits.append(progress.since + spec.rollout.progress_deadline_seconds - now)
