@@ -3,13 +3,15 @@
 Specs are stored as the compact JSON people type (defaults left out, no ``kind``/``name``), so a spec
 written with ``etcdctl put`` and one written by ``fleetop apply`` look and read the same. A key holding
 garbage is returned as an entry with its error, never raised from a listing: one bad key must not
-hide the others.
+hide the others. That holds for any failure while reading a key, a bug included (the entry then
+says what failed): the informers build their caches through :meth:`Store.entry`, and one key must
+never stop them.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +30,10 @@ from fleetop.models import (
     parse_proxy,
     parse_service,
 )
-from fleetop.models.parse import decode_json, encode_spec, validation_errors
+from fleetop.models.base import shown
+from fleetop.models.parse import decode_json, encode_document, encode_spec, validation_errors
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["services", "proxies"]
 Spec = ServiceSpec | ProxySpec
@@ -90,6 +95,9 @@ class Store:
             spec = parse_stored(kind, name, kv.value, where=f"key {kv.key}")
         except SpecInvalid as exc:
             error = exc
+        except Exception as exc:  # a bug or an exhausted resource: this key is unreadable, not the rest
+            log.exception("reading %r failed", kv.key)
+            error = SpecInvalid([("$", f"cannot be read: {type(exc).__name__}: {shown(str(exc), 200)}")])
         return Entry(kind, name, kv.key, kv.value, spec, error, kv.create_revision, kv.mod_revision)
 
     async def get(self, kind: Kind, name: str) -> Entry | None:
@@ -117,9 +125,10 @@ class Store:
     async def put_raw(
         self, kind: Kind, name: str, document: dict[str, Any], *, prev_mod_revision: int
     ) -> int:
-        """Write a document as given (after validating it), keeping the user's own form."""
-        parse_stored(kind, name, document, where=f"key {self.keys.desired(kind, name)}")
-        body = json.dumps(document, separators=(",", ":")).encode()
+        """Write a document as given (after validating the very bytes written, as the operator will
+        read them), keeping the user's own form."""
+        body = encode_document(document)
+        parse_stored(kind, name, body, where=f"key {self.keys.desired(kind, name)}")
         return await self.etcd.put(self.keys.desired(kind, name), body, prev_mod_revision=prev_mod_revision)
 
     async def delete(self, kind: Kind, name: str) -> bool:

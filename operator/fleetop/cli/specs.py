@@ -16,7 +16,7 @@ from fleetop.cli.output import OutputFormat, format_describe, format_diff, forma
 from fleetop.cli.patching import PatchType, apply_patch
 from fleetop.cli.wait import wait_for
 from fleetop.errors import Conflict, InputError, NotFound, SpecInvalid
-from fleetop.models.parse import encode_spec, spec_document
+from fleetop.models.parse import encode_document, encode_spec, spec_document
 from fleetop.schemas import schema_documents, write_schemas
 from fleetop.store import KIND_NAMES, Entry, Kind, Store, parse_stored
 
@@ -223,7 +223,7 @@ async def _modify(store: Store, kind: Kind, name: str, change: Any) -> bool:
     changed = change(document)
     if changed == document:
         return False
-    parse_stored(kind, name, changed, where=f"key {entry.key} after the change")
+    parse_stored(kind, name, encode_document(changed), where=f"key {entry.key} after the change")
     await store.put_raw(kind, name, changed, prev_mod_revision=entry.mod_revision)
     return True
 
