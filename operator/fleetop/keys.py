@@ -23,6 +23,11 @@ _KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 SEGMENT_CHARS = 200
 
 
+def is_name(name: str) -> bool:
+    """A valid name of a service or proxy (the rule of ``fleetop.models.base.check_name``)."""
+    return bool(_VALID_NAME.match(name))
+
+
 def segment(name: str) -> str:
     """``name`` as one key segment: a valid name (``[a-z0-9-]``, ≤ 63) unchanged; otherwise every
     byte outside ``[A-Za-z0-9_.-]`` percent-encoded (``/`` and ``%`` included, and the dots of ``.``

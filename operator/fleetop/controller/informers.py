@@ -18,12 +18,18 @@ deltas.
   keeps its last snapshot but says it is blind (:attr:`FleetInformer.loss`: since when, why, which
   endpoints were tried) and reports every owner, so each is re-judged without acting; the first poll
   that succeeds again reports every owner once more.
+
+No key can stop an informer: a spec that cannot be read becomes an invalid entry
+(:meth:`~fleetop.store.Store.entry`), a change handler that fails is logged and the stream goes on,
+a fleet poll that fails for any reason counts as a failed poll, and :func:`follow` restarts a cache
+whatever ended it. Only cancellation ends them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -32,13 +38,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fleetop.controller.unitrender import owned_by
-from fleetop.errors import FleetopError
+from fleetop.errors import FleetopError, SpecInvalid
 from fleetop.etcd import Etcd, Events, KeyValue, Snapshot
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Machine, Unit, UnitState
-from fleetop.keys import Keys
+from fleetop.keys import Keys, is_name
 from fleetop.models import ProxySpec, ServiceSpec
-from fleetop.store import Entry, Kind, Store
+from fleetop.store import KIND_NAMES, Entry, Kind, Store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,14 @@ class PrefixCache:
                 self.synced.set()
                 if changed:
                     self.arrivals.append(time.monotonic())
-                    self._on_change(changed)
+                    self._notify(changed)
+
+    def _notify(self, changed: set[str]) -> None:
+        """Report a change; a handler that fails loses this report, never the watch."""
+        try:
+            self._on_change(changed)
+        except Exception:
+            log.exception("handling a change under %s failed (%d keys)", self.prefix, len(changed))
 
     def _apply(self, update: Snapshot | Events) -> set[str]:
         if isinstance(update, Snapshot):
@@ -372,12 +385,19 @@ class FleetInformer:
                 self._poll_cpu = time.thread_time() - cpu
                 failures = 0
                 delay = self.interval
-            except FleetopError as exc:
+            except Exception as exc:  # a bug reading one unit is a failed poll, not a dead informer
                 failures += 1
-                self.last_error = str(exc)
-                self._lost(wall, str(exc))
+                self.last_error = (
+                    str(exc) if isinstance(exc, FleetopError) else f"{type(exc).__name__}: {exc}"
+                )
+                self._lost(wall, self.last_error)
                 delay = min(self.slow, self.fast * 2**failures)
-                log.warning("polling fleet failed: %s (retry in %.1fs)", exc, delay)
+                log.warning(
+                    "polling fleet failed: %s (retry in %.1fs)",
+                    self.last_error,
+                    delay,
+                    exc_info=not isinstance(exc, FleetopError),
+                )
             ended = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -440,13 +460,42 @@ class FleetInformer:
 
 
 async def follow(cache: PrefixCache) -> None:
-    """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried."""
+    """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried
+    (cancellation alone ends it)."""
     while True:
         try:
             await cache.run()
         except FleetopError as exc:
             log.warning("watching %s: %s (retrying in 1s)", cache.prefix, exc)
+        except Exception:
+            log.exception("watching %s failed (retrying in 1s)", cache.prefix)
         await asyncio.sleep(1.0)
+
+
+KIND_ORDER: tuple[Kind, Kind] = ("services", "proxies")
+
+
+def other_kind(kind: Kind) -> Kind:
+    return "proxies" if kind == "services" else "services"
+
+
+def shared_name(kind: Kind, entry: Entry | None, other: Entry | None) -> Entry | None:
+    """``entry`` as reconcilers should see it, given the other kind's spec of the same name: a service
+    and a proxy of one name would share unit names (``<name>@1.service``, ``Conflicts=<name>@*``),
+    events and metrics, so the one declared later (on a tie, the proxy) is invalid until the
+    other is gone."""
+    if entry is None or other is None:
+        return entry
+    if (entry.create_revision, kind == "proxies") < (other.create_revision, kind != "proxies"):
+        return entry
+    taken_by = KIND_NAMES[other_kind(kind)].lower()
+    message = (
+        f"the name {entry.name!r} is taken by {taken_by} {entry.name!r}, declared first (key {other.key}):"
+        " a service and a proxy cannot share a name (their units, events and status would mix)"
+    )
+    return dataclasses.replace(
+        entry, spec=None, error=SpecInvalid([("$.name", message)], where=f"key {entry.key}")
+    )
 
 
 class Informers:
@@ -477,6 +526,9 @@ class Informers:
         self.registrations = RegistrationCaches(etcd, self._registrations_changed)
         self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow)
         self.entries: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
+        """What reconcilers see: each spec as read, except the later of a service and a proxy that
+        share a name, which is invalid (:func:`shared_name`)."""
+        self._read: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
         self._prefix_owners: dict[str, set[str]] = {}
         self._routes: dict[str, set[str]] = {}
 
@@ -509,7 +561,7 @@ class Informers:
 
     def _specs(self, kind: Kind, changed: set[str]) -> None:
         cache = self.services if kind == "services" else self.proxies
-        entries = self.entries[kind]
+        read = self._read[kind]
         for key in changed:
             name = self.keys.name_of(key, kind)
             if name is None:
@@ -517,11 +569,25 @@ class Informers:
             kv = cache.get(key)
             entry = self.store.entry(kind, kv) if kv is not None else None
             if entry is None:
-                entries.pop(name, None)
+                read.pop(name, None)
             else:
-                entries[name] = entry
+                read[name] = entry
+            self._settle(name)
             self.enqueue(f"{kind}/{name}")
         self._reindex()
+
+    def _settle(self, name: str) -> None:
+        """Set both kinds' entries of ``name`` from what was read; queue the other kind's when its
+        entry changed (a service and a proxy of one name: the first declared keeps it)."""
+        for kind in KIND_ORDER:
+            entry = shared_name(kind, self._read[kind].get(name), self._read[other_kind(kind)].get(name))
+            previous = self.entries[kind].get(name)
+            if entry is None:
+                self.entries[kind].pop(name, None)
+            else:
+                self.entries[kind][name] = entry
+            if entry is not previous and (entry is None or previous is None or entry.error or previous.error):
+                self.enqueue(f"{kind}/{name}")
 
     def _reindex(self) -> None:
         """Which registration prefixes to watch, and who cares about each."""
@@ -531,7 +597,7 @@ class Informers:
                 for route in entry.spec.routes:
                     routes.setdefault(route.service, set()).add(proxy)
         owners: dict[str, set[str]] = {}
-        for service in self.entries["services"].keys() | routes.keys():
+        for service in {s for s in self.entries["services"] if is_name(s)} | routes.keys():
             owners.setdefault(self.registration_prefix(service), set()).add(service)
         self._routes, self._prefix_owners = routes, owners
         self.registrations.want(owners)
