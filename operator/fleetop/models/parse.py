@@ -34,6 +34,7 @@ M = TypeVar("M", bound=BaseModel)
 MAX_REPORTED = 10
 """Errors listed in one SpecInvalid (the rest are counted): a status message stays readable."""
 _TYPE_TAGS = frozenset({"int", "str", "float", "bool", "list", "dict"})
+_TAG_PREFIXES = ("function-", "union[", "literal[", "constrained-")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
@@ -137,7 +138,7 @@ def json_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in _TYPE_TAGS or part.startswith(("function-", "union[", "literal[")) or "[" in part:
+        elif part in _TYPE_TAGS or part.startswith(_TAG_PREFIXES) or "[" in part:
             continue  # pydantic's names of union members and validators, not fields
         else:
             path = path_key(path, part)
