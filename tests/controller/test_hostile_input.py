@@ -9,9 +9,10 @@ by an event, that nothing was run for it, and that a good service beside them co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from ophelpers import Node, Operator, running_mains, spec
 
 from fleetop.config import EtcdSettings
+from fleetop.controller.informers import PrefixCache, follow
 from fleetop.errors import SpecInvalid
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
@@ -295,6 +297,14 @@ def hostile_keys() -> list[tuple[Kind, str, bytes]]:
     return [(kind, name, value) for (kind, name), value in chosen.items()]
 
 
+REGISTRATIONS = st.one_of(st.binary(max_size=100), JSON_VALUES.map(lambda v: json.dumps(v).encode()))
+
+
+async def published_body(etcd: Etcd, proxy: str) -> str:
+    kv = await etcd.get(KEYS.proxy_config(proxy))
+    return "" if kv is None else str(json.loads(kv.value)["body"])
+
+
 async def test_fuzzed_keys_are_each_reported_while_a_good_service_converges(
     etcd: Etcd, fleet: FleetClient, operator: Operator
 ) -> None:
@@ -302,15 +312,63 @@ async def test_fuzzed_keys_are_each_reported_while_a_good_service_converges(
     assert len(bad) > 40
     for kind, name, value in bad:
         await etcd.put(KEYS.desired(kind, name), value)
+    # hostile registrations beside a good one, behind a proxy that must keep following them
+    await etcd.put(
+        KEYS.desired("proxies", "fz-edge"),
+        json.dumps({**PROXY_BODY, "routes": [{"service": "fz-web"}]}).encode(),
+    )
+    for index, value in enumerate(generated(REGISTRATIONS, 40)):
+        await etcd.put(f"/services/fz-web/bad-{index}", value)
+    await etcd.put("/services/fz-web/good", b"127.0.0.1:18081")
     await etcd.put(KEYS.desired("services", "fz-good"), spec(2))
     await converged(etcd, fleet, operator, "fz-good", 2)
+    await eventually(
+        lambda: contains(published_body(etcd, "fz-edge"), "127.0.0.1:18081"), CONVERGE, "fz-edge to publish"
+    )
     for kind, name, _ in bad:
         await invalid_status(etcd, operator, kind, name)
     names = {n for _, n, _ in bad}
     leaked = [u.name for u in await fleet.list_units() if u.name.partition("@")[0] in names]
     assert not leaked, f"units written for invalid keys: {leaked}"
-    # the operator keeps reconciling: a scale of the good service is applied after all of that
+    # the operator keeps reconciling: a scale and a new backend are applied after all of that
     await etcd.put(KEYS.desired("services", "fz-good"), spec(1))
+    await etcd.put("/services/fz-web/second", b"127.0.0.1:18082")
     await converged(etcd, fleet, operator, "fz-good", 1)
+    await eventually(
+        lambda: contains(published_body(etcd, "fz-edge"), "127.0.0.1:18082"), CONVERGE, "the new backend"
+    )
+    assert operator.running
     for kind, name, _ in bad:
         await etcd.delete(KEYS.desired(kind, name))
+    await etcd.delete(KEYS.desired("proxies", "fz-edge"))
+    await etcd.delete_prefix("/services/fz-web/")
+
+
+async def contains(body: Awaitable[str], text: str) -> bool:
+    return text in await body
+
+
+async def test_a_change_handler_that_fails_never_stops_the_watch(etcd_server: EtcdServer) -> None:
+    """The informers' own loop: a handler raising (a bug reached by one key) loses that report only."""
+    prefix = f"/t/handler-{os.getpid()}"
+    seen: list[set[str]] = []
+
+    def handler(changed: set[str]) -> None:
+        if any(key.endswith("/boom") for key in changed):
+            raise RecursionError("maximum recursion depth exceeded")
+        seen.append(changed)
+
+    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=prefix)) as client:
+        cache = PrefixCache(client, "/desired/services/", handler)
+        task = asyncio.create_task(follow(cache))
+        try:
+            await eventually(cache.synced.is_set, 10.0, "the cache to sync")
+            await client.put("/desired/services/boom", b"{}")
+            await client.put("/desired/services/after", b"{}")
+            await eventually(
+                lambda: {"/desired/services/after"} in seen, 10.0, "the change after the failure"
+            )
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

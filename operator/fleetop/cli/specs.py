@@ -63,6 +63,18 @@ async def _apply_one(store: Store, document: Document, dry_run: bool) -> tuple[s
     """Apply one document: (what happened, the key's revision afterwards; 0 for a dry run)."""
     current = await store.get(document.kind, document.name)
     label = f"{KIND_NAMES[document.kind].lower()}/{document.name}"
+    other: Kind = "proxies" if document.kind == "services" else "services"
+    if current is None and await store.get(other, document.name) is not None:
+        raise SpecInvalid(
+            [
+                (
+                    "$.name",
+                    f"{KIND_NAMES[other].lower()} {document.name!r} exists: a service and a proxy cannot"
+                    " share a name (their units, events and status would mix)",
+                )
+            ],
+            where=document.where,
+        )
     proposed = spec_yaml(spec_document(document.spec))
     if (
         current is not None
