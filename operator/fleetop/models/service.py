@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from fleetop.models.base import Duration, StrictModel, check_line, check_name, duration_between, shown
 
@@ -244,9 +244,15 @@ class Discovery(StrictModel):
 
 
 IntOrPercent = int | str
-_INT_OR_PERCENT: dict[str, Any] = {
-    "description": f"a count (0-{MAX_REPLICAS}) or a percentage of replicas like '25%' (0-100%)"
-}
+_INT_OR_PERCENT = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": MAX_REPLICAS},
+            {"type": "string", "pattern": r"^\d{1,3}%$"},
+        ],
+        "description": f"a count (0-{MAX_REPLICAS}) or a percentage of replicas like '25%' (0-100%)",
+    }
+)
 
 
 def _check_int_or_percent(value: IntOrPercent, what: str) -> IntOrPercent:
@@ -276,8 +282,8 @@ def resolve_int_or_percent(value: IntOrPercent, total: int, *, round_up: bool) -
 class Rollout(StrictModel):
     """Deployment semantics for a changed unit: surge into free slots, replace in place, wait ready."""
 
-    max_surge: IntOrPercent = Field(default=1, json_schema_extra=_INT_OR_PERCENT)
-    max_unavailable: IntOrPercent = Field(default=0, json_schema_extra=_INT_OR_PERCENT)
+    max_surge: Annotated[IntOrPercent, _INT_OR_PERCENT] = 1
+    max_unavailable: Annotated[IntOrPercent, _INT_OR_PERCENT] = 0
     min_ready_seconds: int = Field(default=0, ge=0, le=3600)
     progress_deadline_seconds: int = Field(default=600, ge=1, le=86400)
 
