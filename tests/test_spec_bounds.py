@@ -18,13 +18,12 @@ from hypothesis import strategies as st
 from fleetop.cli.documents import split_documents
 from fleetop.cli.patching import apply_patch
 from fleetop.controller.contain import degraded, failure_message
-from fleetop.controller.informers import shared_name
 from fleetop.controller.reconciler import Reconciler
 from fleetop.errors import InputError, SpecInvalid, TemporaryError
 from fleetop.keys import SEGMENT_CHARS, Keys, is_name, segment, unsegment
 from fleetop.models import Condition, ProxySpec, ServiceStatus, parse_proxy, parse_service, parse_spec
 from fleetop.models.parse import SPEC_LIMITS, Limits, check_limits, decode_document
-from fleetop.store import Entry
+from fleetop.store import Entry, shared_name
 
 UNIT = {"execStart": "/bin/sleep 1"}
 PROXY: dict[str, Any] = {"kind": "nginx", "listen": "127.0.0.1:8080"}
@@ -371,3 +370,22 @@ async def test_a_pass_that_fails_unexpectedly_is_reported_on_its_key_and_retried
         with pytest.raises(type(exc)):
             await reconciler.reconcile("services/x")
     assert len(reports) == 1  # fleetop's own errors and cancellation are not failures to report
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.one_of(st.binary(max_size=300), JSON_VALUES.map(json.dumps).map(str.encode), JSON_VALUES))
+def test_any_input_is_a_spec_or_spec_invalid(data: Any) -> None:
+    """The property the operator relies on: reading never raises anything else (it would be a bug
+    reached by one key)."""
+    for parse in (parse_service, parse_proxy):
+        try:
+            parse(data if isinstance(data, bytes | dict) else {"unit": data}, name="fuzz")
+        except SpecInvalid as exc:
+            assert exc.errors and all(len(m) < 1000 for m in exc.all_messages())

@@ -11,6 +11,7 @@ never stop them.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,32 @@ class Entry:
     @property
     def valid(self) -> bool:
         return self.spec is not None
+
+
+KIND_ORDER: tuple[Kind, Kind] = ("services", "proxies")
+
+
+def other_kind(kind: Kind) -> Kind:
+    return "proxies" if kind == "services" else "services"
+
+
+def shared_name(kind: Kind, entry: Entry | None, other: Entry | None) -> Entry | None:
+    """``entry`` as reconcilers should see it, given the other kind's spec of the same name: a service
+    and a proxy of one name would share unit names (``<name>@1.service``, ``Conflicts=<name>@*``),
+    events and metrics, so the one declared later (on a tie, the proxy) is invalid until the
+    other is gone."""
+    if entry is None or other is None:
+        return entry
+    if (entry.create_revision, kind == "proxies") < (other.create_revision, kind != "proxies"):
+        return entry
+    taken_by = KIND_NAMES[other_kind(kind)].lower()
+    message = (
+        f"the name {entry.name!r} is taken by {taken_by} {entry.name!r}, declared first (key {other.key}):"
+        " a service and a proxy cannot share a name (their units, events and status would mix)"
+    )
+    return dataclasses.replace(
+        entry, spec=None, error=SpecInvalid([("$.name", message)], where=f"key {entry.key}")
+    )
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -38,13 +37,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fleetop.controller.unitrender import owned_by
-from fleetop.errors import FleetopError, SpecInvalid
+from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, Events, KeyValue, Snapshot
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.keys import Keys, is_name
 from fleetop.models import ProxySpec, ServiceSpec
-from fleetop.store import KIND_NAMES, Entry, Kind, Store
+from fleetop.store import KIND_ORDER, Entry, Kind, Store, other_kind, shared_name
 
 log = logging.getLogger(__name__)
 
@@ -470,32 +469,6 @@ async def follow(cache: PrefixCache) -> None:
         except Exception:
             log.exception("watching %s failed (retrying in 1s)", cache.prefix)
         await asyncio.sleep(1.0)
-
-
-KIND_ORDER: tuple[Kind, Kind] = ("services", "proxies")
-
-
-def other_kind(kind: Kind) -> Kind:
-    return "proxies" if kind == "services" else "services"
-
-
-def shared_name(kind: Kind, entry: Entry | None, other: Entry | None) -> Entry | None:
-    """``entry`` as reconcilers should see it, given the other kind's spec of the same name: a service
-    and a proxy of one name would share unit names (``<name>@1.service``, ``Conflicts=<name>@*``),
-    events and metrics, so the one declared later (on a tie, the proxy) is invalid until the
-    other is gone."""
-    if entry is None or other is None:
-        return entry
-    if (entry.create_revision, kind == "proxies") < (other.create_revision, kind != "proxies"):
-        return entry
-    taken_by = KIND_NAMES[other_kind(kind)].lower()
-    message = (
-        f"the name {entry.name!r} is taken by {taken_by} {entry.name!r}, declared first (key {other.key}):"
-        " a service and a proxy cannot share a name (their units, events and status would mix)"
-    )
-    return dataclasses.replace(
-        entry, spec=None, error=SpecInvalid([("$.name", message)], where=f"key {entry.key}")
-    )
 
 
 class Informers:
