@@ -21,13 +21,16 @@ from hypothesis import strategies as st
 from ophelpers import Node, Operator, running_mains, spec
 
 from fleetop.config import EtcdSettings
+from fleetop.controller.contain import FailureReporter
+from fleetop.controller.executor import Executor
 from fleetop.controller.informers import PrefixCache, follow
+from fleetop.controller.reconciler import Reconciler
 from fleetop.errors import SpecInvalid
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys, is_name
-from fleetop.models import ProxyStatus, ServiceStatus
+from fleetop.models import Condition, ProxyStatus, ServiceStatus
 from fleetop.store import Kind, parse_stored
 from waiting import eventually
 
@@ -149,9 +152,12 @@ async def test_deeply_nested_value_is_invalid_and_the_neighbour_converges(
 async def test_bad_name_in_the_key_is_invalid_and_runs_nothing(
     etcd: Etcd, fleet: FleetClient, operator: Operator, kind: Kind, name: str
 ) -> None:
+    if await etcd.get(KEYS.desired("services", "names-neighbour")) is None:
+        await etcd.put(KEYS.desired("services", "names-neighbour"), spec(1))
     body = spec(1) if kind == "services" else json.dumps(PROXY_BODY).encode()
     await etcd.put(KEYS.desired(kind, name), body)
     status = await invalid_status(etcd, operator, kind, name)
+    await converged(etcd, fleet, operator, "names-neighbour", 1)
     assert "must be 1-63 lowercase letters" in (status.last_error or "")
     # the report lands on one key directly under the status prefix, whatever the name
     statuses, _ = await etcd.list(KEYS.status(kind))
@@ -372,3 +378,34 @@ async def test_a_change_handler_that_fails_never_stops_the_watch(etcd_server: Et
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_failed_pass_is_reported_on_its_own_key(etcd_server: EtcdServer) -> None:
+    """What the dispatcher does with an unexpected exception: Degraded on that key's status (the rest
+    of the status kept) and one Warning event, both fenced on the leader key."""
+    prefix = f"/t/reporter-{os.getpid()}"
+    async with (
+        await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=prefix)) as client,
+        FleetClient("unix:///nonexistent/fleet.sock") as fleet,
+    ):
+        await client.put(KEYS.leader(), b"me")
+        executor = Executor(fleet, client, KEYS, lambda: (KEYS.leader(), b"me"))
+        before = ServiceStatus(observed_generation=7, conditions=[Condition(type="Available", status="True")])
+        await client.put(KEYS.status("services", "buggy"), before.model_dump_json(by_alias=True).encode())
+        reconciler = Reconciler({"services": Failing()}, report=FailureReporter(executor).report)
+        for _ in range(2):
+            with pytest.raises(MemoryError):
+                await reconciler.reconcile("services/buggy")
+        status = await status_of(client, "services", "buggy")
+        assert status is not None and status.observed_generation == 7
+        condition = status.condition("Degraded")
+        assert condition is not None and (condition.status, condition.reason) == ("True", "ReconcileFailed")
+        assert "MemoryError: absurd" in condition.message and status.condition("Available") is not None
+        events, _ = await client.list(KEYS.events("buggy"))
+        assert len(events) == 1 and json.loads(events[0].value)["count"] == 2
+        assert json.loads(events[0].value)["type"] == "Warning"
+
+
+class Failing:
+    async def reconcile(self, name: str) -> float | None:
+        raise MemoryError("absurd")
