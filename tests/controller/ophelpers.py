@@ -101,6 +101,7 @@ class Operator:
     timings: tuple[float, float, float] = (3.0, 2.0, 0.5)
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
+    extra_args: tuple[str, ...] = ()
 
     @property
     def log_path(self) -> Path:
@@ -125,6 +126,7 @@ class Operator:
         ]
         args += ["--lease-duration", str(lease), "--renew-deadline", str(renew), "--retry-period", str(retry)]
         args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG"]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )

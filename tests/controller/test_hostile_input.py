@@ -10,9 +10,11 @@ by an event, that nothing was run for it, and that a good service beside them co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from ophelpers import Node, Operator, running_mains, spec
 
+from backends import handlers_seen, http_backends
 from fleetop.config import EtcdSettings
 from fleetop.controller.contain import FailureReporter
 from fleetop.controller.executor import Executor
@@ -27,10 +30,13 @@ from fleetop.controller.informers import PrefixCache, follow
 from fleetop.controller.reconciler import Reconciler
 from fleetop.errors import SpecInvalid
 from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcdserver import EtcdServer, free_port
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys, is_name
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
+from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.apply import initial_config, start_proxy
+from fleetop.proxy.render import RenderPaths
 from fleetop.store import Kind, parse_stored
 from waiting import eventually
 
@@ -69,12 +75,17 @@ BAD_PROXY_NAMES = ["Edge_X", "dot.proxy", "../edge"]
 
 
 @pytest.fixture(scope="module")
+def proxy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("proxies")
+
+
+@pytest.fixture(scope="module")
 def operator(
-    node: Node, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
+    node: Node, etcd_server: EtcdServer, proxy_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    proc = Operator(
-        tmp_path_factory.mktemp("operator"), "hostile", etcd_server.endpoint, PREFIX, node.endpoint
-    )
+    base = tmp_path_factory.mktemp("operator")
+    root = ("--proxy-root", str(proxy_root))
+    proc = Operator(base, "hostile", etcd_server.endpoint, PREFIX, node.endpoint, extra_args=root)
     proc.start()
     try:
         yield proc
@@ -306,43 +317,54 @@ def hostile_keys() -> list[tuple[Kind, str, bytes]]:
 REGISTRATIONS = st.one_of(st.binary(max_size=100), JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 
 
-async def published_body(etcd: Etcd, proxy: str) -> str:
-    kv = await etcd.get(KEYS.proxy_config(proxy))
-    return "" if kv is None else str(json.loads(kv.value)["body"])
+@contextlib.asynccontextmanager
+async def serving(etcd: Etcd, proxy_root: Path, directory: Path, port: int) -> AsyncIterator[None]:
+    """nginx on ``port``, and the proxy agent's loop applying what the operator publishes for
+    ``fz-edge`` (runtime paths where the operator renders them: its ``--proxy-root``)."""
+    paths = RenderPaths(str(proxy_root / "fz-edge"))
+    target = directory / "nginx.conf"
+    target.write_text(initial_config("fz-edge", "nginx", f"127.0.0.1:{port}", paths))
+    process = start_proxy("nginx", target, paths, listen=("127.0.0.1", port))
+    settings = AgentSettings(
+        proxy="fz-edge", machine="fuzz", runtime_dir=directory, config_path=target, retry_min=0.05
+    )
+    task = asyncio.create_task(ProxyAgent(etcd, Keys(), settings).run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        process.stop()
 
 
 async def test_fuzzed_keys_are_each_reported_while_a_good_service_converges(
-    etcd: Etcd, fleet: FleetClient, operator: Operator
+    etcd: Etcd, fleet: FleetClient, operator: Operator, proxy_root: Path, tmp_path: Path
 ) -> None:
     bad = hostile_keys()
     assert len(bad) > 40
     for kind, name, value in bad:
         await etcd.put(KEYS.desired(kind, name), value)
-    # hostile registrations beside a good one, behind a proxy that must keep following them
+    port = free_port("127.0.0.1")
+    edge = {**PROXY_BODY, "listen": f"127.0.0.1:{port}", "routes": [{"service": "fz-web"}]}
     await etcd.put(
-        KEYS.desired("proxies", "fz-edge"),
-        json.dumps({**PROXY_BODY, "routes": [{"service": "fz-web"}]}).encode(),
+        KEYS.desired("proxies", "fz-edge"), json.dumps({**edge, "headers": {"handler": True}}).encode()
     )
+    # hostile registrations beside good ones, behind a proxy that must keep following them
     for index, value in enumerate(generated(REGISTRATIONS, 40)):
         await etcd.put(f"/services/fz-web/bad-{index}", value)
-    await etcd.put("/services/fz-web/good", b"127.0.0.1:18081")
-    await etcd.put(KEYS.desired("services", "fz-good"), spec(2))
-    await converged(etcd, fleet, operator, "fz-good", 2)
-    await eventually(
-        lambda: contains(published_body(etcd, "fz-edge"), "127.0.0.1:18081"), CONVERGE, "fz-edge to publish"
-    )
-    for kind, name, _ in bad:
-        await invalid_status(etcd, operator, kind, name)
-    names = {n for _, n, _ in bad}
-    leaked = [u.name for u in await fleet.list_units() if u.name.partition("@")[0] in names]
-    assert not leaked, f"units written for invalid keys: {leaked}"
-    # the operator keeps reconciling: a scale and a new backend are applied after all of that
-    await etcd.put(KEYS.desired("services", "fz-good"), spec(1))
-    await etcd.put("/services/fz-web/second", b"127.0.0.1:18082")
-    await converged(etcd, fleet, operator, "fz-good", 1)
-    await eventually(
-        lambda: contains(published_body(etcd, "fz-edge"), "127.0.0.1:18082"), CONVERGE, "the new backend"
-    )
+    with http_backends(("127.0.0.4", "127.0.0.5"), tmp_path) as (first, second):
+        await etcd.put("/services/fz-web/good", first.address.encode())
+        await etcd.put(KEYS.desired("services", "fz-good"), spec(2))
+        async with serving(etcd, proxy_root, tmp_path, port):
+            await converged(etcd, fleet, operator, "fz-good", 2)
+            assert first.address in await handlers_seen(port, {first.address}), operator.log_tail()
+            await check_reported(etcd, fleet, operator, bad)
+            # the operator keeps reconciling: a scale and a new backend are applied after all of that
+            await etcd.put(KEYS.desired("services", "fz-good"), spec(1))
+            await etcd.put("/services/fz-web/second", second.address.encode())
+            await converged(etcd, fleet, operator, "fz-good", 1)
+            want = {first.address, second.address}
+            assert await handlers_seen(port, want) == want, operator.log_tail()
     assert operator.running
     for kind, name, _ in bad:
         await etcd.delete(KEYS.desired(kind, name))
@@ -350,8 +372,15 @@ async def test_fuzzed_keys_are_each_reported_while_a_good_service_converges(
     await etcd.delete_prefix("/services/fz-web/")
 
 
-async def contains(body: Awaitable[str], text: str) -> bool:
-    return text in await body
+async def check_reported(
+    etcd: Etcd, fleet: FleetClient, operator: Operator, bad: list[tuple[Kind, str, bytes]]
+) -> None:
+    """Every bad key Invalid on its own status key, and no unit written for any of them."""
+    for kind, name, _ in bad:
+        await invalid_status(etcd, operator, kind, name)
+    names = {n for _, n, _ in bad}
+    leaked = [u.name for u in await fleet.list_units() if u.name.partition("@")[0] in names]
+    assert not leaked, f"units written for invalid keys: {leaked}"
 
 
 async def test_a_change_handler_that_fails_never_stops_the_watch(etcd_server: EtcdServer) -> None:
