@@ -304,7 +304,7 @@ def hostile_keys() -> list[tuple[Kind, str, bytes]]:
     """Hand-picked cases, then generated key names and values; only those the spec parser refuses
     (a generated document can be valid by chance: it is left out, it would run)."""
     chosen: dict[tuple[Kind, str], bytes] = {(k, n): v for k, n, v in HAND_PICKED}
-    for index, (drawn, value, is_proxy) in enumerate(generated(st.tuples(NAMES, VALUES, st.booleans()), 60)):
+    for index, (drawn, value, is_proxy) in enumerate(generated(st.tuples(NAMES, VALUES, st.booleans()), 150)):
         kind: Kind = "proxies" if is_proxy else "services"
         name = f"{drawn}-{index}" if is_name(drawn) else drawn
         try:
@@ -350,7 +350,7 @@ async def test_fuzzed_keys_are_each_reported_while_a_good_service_converges(
         KEYS.desired("proxies", "fz-edge"), json.dumps({**edge, "headers": {"handler": True}}).encode()
     )
     # hostile registrations beside good ones, behind a proxy that must keep following them
-    for index, value in enumerate(generated(REGISTRATIONS, 40)):
+    for index, value in enumerate(generated(REGISTRATIONS, 60)):
         await etcd.put(f"/services/fz-web/bad-{index}", value)
     with http_backends(("127.0.0.4", "127.0.0.5"), tmp_path) as (first, second):
         await etcd.put("/services/fz-web/good", first.address.encode())

@@ -175,7 +175,12 @@ class RegistrationCaches:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                await self._reconcile_tasks()
+                try:
+                    await self._reconcile_tasks()
+                except Exception:
+                    log.exception("starting or stopping registration watches failed (retrying in 1s)")
+                    await asyncio.sleep(1.0)
+                    self._wake.set()
         finally:
             await self._stop(list(self._tasks))
 
@@ -455,7 +460,10 @@ class FleetInformer:
         keys.update(met)
         machines_changed = first or old.machines != new.machines
         if keys or machines_changed:
-            self._on_change(keys, machines_changed)
+            try:
+                self._on_change(keys, machines_changed)
+            except Exception:  # the poll itself succeeded: fleet is not lost because a handler failed
+                log.exception("handling a change of fleet failed (%d owners)", len(keys))
 
 
 async def follow(cache: PrefixCache) -> None:
