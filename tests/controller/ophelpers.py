@@ -54,6 +54,7 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     etcd_endpoint: str | None = None
     """Published to units in ``/etc/etcd.environment`` (sidekicks need it); else the node's default."""
+    extra_args: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -66,6 +67,8 @@ class Node:
         args += ["--state-dir", str(self.base / "state"), "--listen", self.endpoint]
         if self.etcd_endpoint:
             args += ["--etcd-endpoints", self.etcd_endpoint]
+        args += ["--pace", os.environ.get("FLEETOP_NODE_PACE", "0.1")]  # _env() drops FLEETOP_*
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )
@@ -126,7 +129,7 @@ class Operator:
         ]
         args += ["--lease-duration", str(lease), "--renew-deadline", str(renew), "--retry-period", str(retry)]
         args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG"]
-        args += list(self.extra_args)
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )

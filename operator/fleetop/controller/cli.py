@@ -84,6 +84,13 @@ def run_command(
             " operator writes (FLEETOP_PATH, default the fleetop running this command)"
         ),
     ] = None,
+    restart_backoff: Annotated[
+        float | None,
+        typer.Option(
+            help="first crash-loop back-off in seconds, doubling per restart to 30 times it"
+            " (FLEETOP_RESTART_BACKOFF, default 10)"
+        ),
+    ] = None,
 ) -> None:
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
     from fleetop.controller.run import RunConfig, run_operator, setup_logging
@@ -104,6 +111,7 @@ def run_command(
         "resync_period": resync_period,
         "proxy_root": proxy_root,
         "fleetop_path": fleetop_path,
+        "restart_backoff": restart_backoff,
     }
     flags.update({k: v for k, v in given.items() if v is not None})
     try:

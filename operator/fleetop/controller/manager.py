@@ -32,6 +32,7 @@ from fleetop.controller.proxycache import ProxyCaches
 from fleetop.controller.queue import WorkQueue, run_resync, run_workers
 from fleetop.controller.reconciler import Reconciler, ServiceReconciler
 from fleetop.controller.run import RunConfig
+from fleetop.controller.world import BackoffPolicy
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd import Etcd
 from fleetop.fleet.client import FleetClient
@@ -79,7 +80,13 @@ class Manager:
                 event_ttl=config.event_ttl,
                 guard=leader.check_leading,
             )
-            services = ServiceReconciler(informers, executor, self.metrics, settings=config.unit_settings)
+            services = ServiceReconciler(
+                informers,
+                executor,
+                self.metrics,
+                settings=config.unit_settings,
+                backoff=BackoffPolicy.scaled(config.restart_backoff),
+            )
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
             proxies = ProxyReconciler(
                 informers, proxy_caches, executor, proxy_root=config.proxy_root, settings=config.unit_settings

@@ -115,6 +115,9 @@ class RunConfig:
     fleetop_path: str = field(default_factory=own_fleetop)
     """Absolute path of fleetop on the machines, named by every unit the operator writes."""
 
+    restart_backoff: float = 10.0
+    """First crash-loop back-off delay in seconds; the cap is 30 times it, the reset 60 times."""
+
     def __post_init__(self) -> None:
         self.unit_settings  # noqa: B018 - refuse a path that cannot be written into a unit, at construction
 
@@ -165,6 +168,9 @@ class RunConfig:
             resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 600.0), "--resync-period"),
             proxy_root=_proxy_root(str(pick("proxy_root", "FLEETOP_PROXY_ROOT", DEFAULT_PROXY_ROOT))),
             fleetop_path=str(pick("fleetop_path", "FLEETOP_PATH", "") or own_fleetop()),
+            restart_backoff=_seconds(
+                pick("restart_backoff", "FLEETOP_RESTART_BACKOFF", 10.0), "--restart-backoff"
+            ),
         )
 
 

@@ -286,6 +286,9 @@ class Rollout(StrictModel):
     max_unavailable: Annotated[IntOrPercent, _INT_OR_PERCENT] = 0
     min_ready_seconds: int = Field(default=0, ge=0, le=3600)
     progress_deadline_seconds: int = Field(default=600, ge=1, le=86400)
+    auto_rollback: bool = False
+    """A new template that crash-loops until the progress deadline is rolled back to the last
+    template that was fully available; the stored spec is left as written."""
 
     @field_validator("max_surge")
     @classmethod
