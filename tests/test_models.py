@@ -163,7 +163,7 @@ PROXY = {
         ("127.0.0.1:80", "127.0.0.1:80"),
         ("[::1]:80", "[::1]:80"),
         ("*:443", "*:443"),
-        ("lb.example.com:80", "lb.example.com:80"),
+        ("0.0.0.0:8080", "0.0.0.0:8080"),
     ],
 )
 def test_proxy_listen_forms(listen: Any, normalized: str) -> None:

@@ -1,14 +1,54 @@
 """The etcd key layout (DESIGN.md §2), under an optional root prefix (``--prefix``).
 
 Every key fleetop reads or writes is built here, so the layout is written down once.
+
+Names come from keys anyone may write (``etcdctl put /desired/services/UPPER``, ``.../../x``, a name
+with a newline or 300 characters). A spec with such a name is refused (``Invalid``), and that report
+must itself land somewhere safe: every key built from a name (status, events, published configs)
+goes through :func:`segment`, which keeps a valid name as it is and turns anything else into one
+printable key segment that cannot climb out of its prefix or collide with a valid name.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 Kind = Literal["services", "proxies"]
+_VALID_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+SEGMENT_CHARS = 200
+
+
+def is_name(name: str) -> bool:
+    """A valid name of a service or proxy (the rule of ``fleetop.models.base.check_name``)."""
+    return bool(_VALID_NAME.match(name))
+
+
+def segment(name: str) -> str:
+    """``name`` as one key segment: a valid name (``[a-z0-9-]``, ≤ 63) unchanged; otherwise every
+    byte outside ``[A-Za-z0-9_.-]`` percent-encoded (``/`` and ``%`` included, and the dots of ``.``
+    and ``..``), so the result is printable, has no ``/``, and differs from every valid name; past
+    SEGMENT_CHARS it is cut and ends with ``~`` and a hash of the whole name."""
+    if not name or _VALID_NAME.match(name):
+        return name
+    raw = name.encode("utf-8", "surrogateescape")
+    out = "".join(chr(b) if chr(b) in _KEPT else f"%{b:02X}" for b in raw)
+    if set(out) <= {"."}:
+        out = out.replace(".", "%2E")
+    if len(out) > SEGMENT_CHARS:
+        out = f"{out[: SEGMENT_CHARS - 17]}~{hashlib.sha256(raw).hexdigest()[:16]}"
+    return out
+
+
+def unsegment(text: str) -> str:
+    """The name a :func:`segment` came from (a cut one, ending in a hash, stays as it is)."""
+    if "%" not in text or "~" in text:
+        return text
+    return unquote(text, errors="surrogateescape")
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -31,10 +71,10 @@ class Keys:
         return f"{self.root}/desired/{kind}/{name}"
 
     def status(self, kind: Kind, name: str = "") -> str:
-        return f"{self.root}/status/{kind}/{name}"
+        return f"{self.root}/status/{kind}/{segment(name)}"
 
     def agent_status(self, proxy: str, machine: str = "") -> str:
-        return f"{self.root}/status/proxies/{proxy}/agents/{machine}"
+        return f"{self.root}/status/proxies/{segment(proxy)}/agents/{machine}"
 
     def registrations(self, spec_prefix: str) -> str:
         """A discovery prefix from a spec (``/services/web``) as a key prefix ending in ``/``."""
@@ -51,18 +91,23 @@ class Keys:
         return f"{self.root}/fleetop/observed"
 
     def events(self, name: str = "") -> str:
-        return f"{self.root}/fleetop/events/{name}/" if name else f"{self.root}/fleetop/events/"
+        return f"{self.root}/fleetop/events/{segment(name)}/" if name else f"{self.root}/fleetop/events/"
 
     def proxy_config(self, proxy: str) -> str:
-        return f"{self.root}/fleetop/proxies/{proxy}/config"
+        return f"{self.root}/fleetop/proxies/{segment(proxy)}/config"
 
     def proxy_configs(self) -> str:
         return f"{self.root}/fleetop/proxies/"
 
     def name_of(self, key: str, kind: Kind, where: Literal["desired", "status"] = "desired") -> str | None:
-        """The object name in ``/desired/services/<name>``, None for keys below it or elsewhere."""
+        """The object name in ``/desired/services/<name>`` or ``/status/services/<segment>``; None for
+        keys elsewhere, and for keys below a status. Under ``/desired`` nothing is written below a name,
+        so a deeper key (``/desired/services/../x``) is a name with a ``/`` in it: refused like any
+        invalid name, never ignored."""
         base = self.desired(kind) if where == "desired" else self.status(kind)
         if not key.startswith(base):
             return None
         rest = key[len(base) :]
-        return rest if rest and "/" not in rest else None
+        if where == "desired":
+            return rest or None
+        return unsegment(rest) if rest and "/" not in rest else None

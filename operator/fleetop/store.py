@@ -3,13 +3,16 @@
 Specs are stored as the compact JSON people type (defaults left out, no ``kind``/``name``), so a spec
 written with ``etcdctl put`` and one written by ``fleetop apply`` look and read the same. A key holding
 garbage is returned as an entry with its error, never raised from a listing: one bad key must not
-hide the others.
+hide the others. That holds for any failure while reading a key, a bug included (the entry then
+says what failed): the informers build their caches through :meth:`Store.entry`, and one key must
+never stop them.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
+import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,7 +31,10 @@ from fleetop.models import (
     parse_proxy,
     parse_service,
 )
-from fleetop.models.parse import decode_json, encode_spec, validation_errors
+from fleetop.models.base import shown
+from fleetop.models.parse import decode_json, encode_document, encode_spec, validation_errors
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["services", "proxies"]
 Spec = ServiceSpec | ProxySpec
@@ -65,6 +71,32 @@ class Entry:
         return self.spec is not None
 
 
+KIND_ORDER: tuple[Kind, Kind] = ("services", "proxies")
+
+
+def other_kind(kind: Kind) -> Kind:
+    return "proxies" if kind == "services" else "services"
+
+
+def shared_name(kind: Kind, entry: Entry | None, other: Entry | None) -> Entry | None:
+    """``entry`` as reconcilers should see it, given the other kind's spec of the same name: a service
+    and a proxy of one name would share unit names (``<name>@1.service``, ``Conflicts=<name>@*``),
+    events and metrics, so the one declared later (on a tie, the proxy) is invalid until the
+    other is gone."""
+    if entry is None or other is None:
+        return entry
+    if (entry.create_revision, kind == "proxies") < (other.create_revision, kind != "proxies"):
+        return entry
+    taken_by = KIND_NAMES[other_kind(kind)].lower()
+    message = (
+        f"the name {entry.name!r} is taken by {taken_by} {entry.name!r}, declared first (key {other.key}):"
+        " a service and a proxy cannot share a name (their units, events and status would mix)"
+    )
+    return dataclasses.replace(
+        entry, spec=None, error=SpecInvalid([("$.name", message)], where=f"key {entry.key}")
+    )
+
+
 @dataclass(frozen=True)
 class StatusEntry:
     name: str
@@ -90,6 +122,9 @@ class Store:
             spec = parse_stored(kind, name, kv.value, where=f"key {kv.key}")
         except SpecInvalid as exc:
             error = exc
+        except Exception as exc:  # a bug or an exhausted resource: this key is unreadable, not the rest
+            log.exception("reading %r failed", kv.key)
+            error = SpecInvalid([("$", f"cannot be read: {type(exc).__name__}: {shown(str(exc), 200)}")])
         return Entry(kind, name, kv.key, kv.value, spec, error, kv.create_revision, kv.mod_revision)
 
     async def get(self, kind: Kind, name: str) -> Entry | None:
@@ -117,9 +152,10 @@ class Store:
     async def put_raw(
         self, kind: Kind, name: str, document: dict[str, Any], *, prev_mod_revision: int
     ) -> int:
-        """Write a document as given (after validating it), keeping the user's own form."""
-        parse_stored(kind, name, document, where=f"key {self.keys.desired(kind, name)}")
-        body = json.dumps(document, separators=(",", ":")).encode()
+        """Write a document as given (after validating the very bytes written, as the operator will
+        read them), keeping the user's own form."""
+        body = encode_document(document)
+        parse_stored(kind, name, body, where=f"key {self.keys.desired(kind, name)}")
         return await self.etcd.put(self.keys.desired(kind, name), body, prev_mod_revision=prev_mod_revision)
 
     async def delete(self, kind: Kind, name: str) -> bool:

@@ -344,3 +344,50 @@ def test_events_follow_prints_new_events_as_they_come(cli: Cli) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_apply_patch_scale_and_etcd_share_one_validation(cli: Cli, tmp_path: Path) -> None:
+    """What the operator refuses, the CLI refuses too, with the same path and message."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(
+        "kind: Service\nname: web\nspec:\n  unit: {execStart: /bin/true}\n  unit: {execStart: x}\n"
+    )
+    code, _, err = cli("apply", "-f", str(twice))
+    assert code == 1 and "duplicate key 'unit'" in err and "line 5" in err
+    deep = tmp_path / "deep.json"
+    deep.write_text(
+        json.dumps({"kind": "Service", "name": "web", "spec": {"unit": {"execStart": "x"}}})[:-1]
+        + ', "status": '
+        + "[" * 1000
+        + "]" * 1000
+        + "}"
+    )
+    code, _, err = cli("apply", "-f", str(deep))
+    assert code == 1 and "nested deeper than" in err and "Traceback" not in err
+    bounded = tmp_path / "bounded.yaml"
+    bounded.write_text("kind: Proxy\nname: edge\nspec: {kind: nginx, listen: 'evil.com:80'}\n")
+    code, _, err = cli("apply", "-f", str(bounded))
+    assert code == 1 and "$.spec.listen" in err and "is not an IP address" in err
+    assert cli.etcdctl("get", "--prefix", "--keys-only", cli.prefix + "/") == ""
+    # a key written with etcdctl under a name apply refuses: patch and scale refuse it the same way
+    cli.etcdctl("put", cli.prefix + "/desired/services/UPPER", '{"unit": {"execStart": "/bin/true"}}')
+    code, _, err = cli("scale", "service", "UPPER", "--replicas", "2")
+    assert code == 1 and "$.name" in err and "must be 1-63 lowercase letters" in err
+    code, out, err = cli("get", "services")
+    assert code == 0 and "Invalid: $.name" in out, err
+    # a patch is read like a spec: duplicate keys and bounds
+    cli.etcdctl("put", cli.prefix + "/desired/services/web", '{"unit": {"execStart": "/bin/true"}}')
+    code, _, err = cli("patch", "service", "web", "-p", '{"replicas": 1, "replicas": 2}')
+    assert code == 1 and "$.replicas: duplicate key" in err
+    code, _, err = cli("patch", "service", "web", "-p", '{"rollout": {"minReadySeconds": 1000000000000}}')
+    assert code == 1 and "$.rollout.minReadySeconds" in err
+    assert cli.raw("/desired/services/web") == '{"unit": {"execStart": "/bin/true"}}'
+
+
+def test_apply_refuses_a_proxy_named_like_a_service(cli: Cli, tmp_path: Path) -> None:
+    cli.etcdctl("put", cli.prefix + "/desired/services/edge", '{"unit": {"execStart": "/bin/true"}}')
+    proxy = tmp_path / "edge.yaml"
+    proxy.write_text("kind: Proxy\nname: edge\nspec: {kind: nginx, listen: 8080}\n")
+    code, _, err = cli("apply", "-f", str(proxy))
+    assert code == 1 and "service 'edge' exists" in err
+    assert cli.raw("/desired/proxies/edge") is None

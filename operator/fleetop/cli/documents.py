@@ -1,12 +1,13 @@
 """Read ``apply -f`` / ``diff -f`` input: JSON or YAML, one or several documents, from a file or stdin.
 
 Errors name the file, the document number and, for YAML, the line, so a mistake in the fifth document
-of a long file can be found at once. Nothing is written unless every document is valid.
+of a long file can be found at once. Nothing is written unless every document is valid. Each document
+then goes through the same bounds and checks as a spec the operator reads from etcd (duplicate keys
+are refused in YAML too: "the last one wins" hides mistakes).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,27 @@ import yaml
 
 from fleetop.errors import InputError, SpecInvalid
 from fleetop.models import ProxySpec, ServiceSpec, parse_spec
+from fleetop.models.parse import Limits, decode_document
 from fleetop.store import Kind, kind_of
+
+FILE_LIMITS = Limits(document_bytes=64 * 1024 * 1024, depth=17, entries=100_000, nodes=10_000_000)
+"""A file holds many documents; each is then held to the spec bounds on its own."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                mark = key_node.start_mark
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r} (a key may appear once in a mapping)", problem_mark=mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -43,16 +64,11 @@ def split_documents(text: str, source: str) -> list[tuple[str, Any]]:
     """Decoded documents with their place: JSON (an object or a list of objects) or multi-document YAML."""
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", where=source
-            ) from exc
+        data = decode_document(text, source, FILE_LIMITS)
         items = data if isinstance(data, list) else [data]
     else:
         try:
-            items = list(yaml.safe_load_all(text))
+            items = list(yaml.load_all(text, Loader=_UniqueKeyLoader))  # a SafeLoader subclass
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark
             place = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""

@@ -4,12 +4,12 @@ the stored document as the user wrote it, so only what the patch names changes."
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any, Literal
 
 import jsonpatch
 
 from fleetop.errors import InputError
+from fleetop.models.parse import decode_document
 
 PatchType = Literal["json", "merge"]
 
@@ -29,10 +29,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def apply_patch(document: dict[str, Any], patch_text: str, patch_type: PatchType) -> dict[str, Any]:
     """The patched document; a malformed patch or one that does not apply → InputError naming why."""
-    try:
-        patch = json.loads(patch_text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON at column {exc.colno}: {exc.msg}", where="--patch") from exc
+    patch = decode_document(patch_text, "--patch")  # bounded, duplicate keys refused, as a spec is
     if patch_type == "merge":
         if not isinstance(patch, dict):
             raise InputError("a merge patch must be a JSON object", where="--patch")

@@ -16,7 +16,7 @@ from fleetop.cli.output import OutputFormat, format_describe, format_diff, forma
 from fleetop.cli.patching import PatchType, apply_patch
 from fleetop.cli.wait import wait_for
 from fleetop.errors import Conflict, InputError, NotFound, SpecInvalid
-from fleetop.models.parse import encode_spec, spec_document
+from fleetop.models.parse import encode_document, encode_spec, spec_document
 from fleetop.schemas import schema_documents, write_schemas
 from fleetop.store import KIND_NAMES, Entry, Kind, Store, parse_stored
 
@@ -63,6 +63,18 @@ async def _apply_one(store: Store, document: Document, dry_run: bool) -> tuple[s
     """Apply one document: (what happened, the key's revision afterwards; 0 for a dry run)."""
     current = await store.get(document.kind, document.name)
     label = f"{KIND_NAMES[document.kind].lower()}/{document.name}"
+    other: Kind = "proxies" if document.kind == "services" else "services"
+    if current is None and await store.get(other, document.name) is not None:
+        raise SpecInvalid(
+            [
+                (
+                    "$.name",
+                    f"{KIND_NAMES[other].lower()} {document.name!r} exists: a service and a proxy cannot"
+                    " share a name (their units, events and status would mix)",
+                )
+            ],
+            where=document.where,
+        )
     proposed = spec_yaml(spec_document(document.spec))
     if (
         current is not None
@@ -223,7 +235,7 @@ async def _modify(store: Store, kind: Kind, name: str, change: Any) -> bool:
     changed = change(document)
     if changed == document:
         return False
-    parse_stored(kind, name, changed, where=f"key {entry.key} after the change")
+    parse_stored(kind, name, encode_document(changed), where=f"key {entry.key} after the change")
     await store.put_raw(kind, name, changed, prev_mod_revision=entry.mod_revision)
     return True
 

@@ -18,6 +18,11 @@ deltas.
   keeps its last snapshot but says it is blind (:attr:`FleetInformer.loss`: since when, why, which
   endpoints were tried) and reports every owner, so each is re-judged without acting; the first poll
   that succeeds again reports every owner once more.
+
+No key can stop an informer: a spec that cannot be read becomes an invalid entry
+(:meth:`~fleetop.store.Store.entry`), a change handler that fails is logged and the stream goes on,
+a fleet poll that fails for any reason counts as a failed poll, and :func:`follow` restarts a cache
+whatever ended it. Only cancellation ends them.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, Events, KeyValue, Snapshot
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Machine, Unit, UnitState
-from fleetop.keys import Keys
+from fleetop.keys import Keys, is_name
 from fleetop.models import ProxySpec, ServiceSpec
-from fleetop.store import Entry, Kind, Store
+from fleetop.store import KIND_ORDER, Entry, Kind, Store, other_kind, shared_name
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,14 @@ class PrefixCache:
                 self.synced.set()
                 if changed:
                     self.arrivals.append(time.monotonic())
-                    self._on_change(changed)
+                    self._notify(changed)
+
+    def _notify(self, changed: set[str]) -> None:
+        """Report a change; a handler that fails loses this report, never the watch."""
+        try:
+            self._on_change(changed)
+        except Exception:
+            log.exception("handling a change under %s failed (%d keys)", self.prefix, len(changed))
 
     def _apply(self, update: Snapshot | Events) -> set[str]:
         if isinstance(update, Snapshot):
@@ -163,7 +175,12 @@ class RegistrationCaches:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                await self._reconcile_tasks()
+                try:
+                    await self._reconcile_tasks()
+                except Exception:
+                    log.exception("starting or stopping registration watches failed (retrying in 1s)")
+                    await asyncio.sleep(1.0)
+                    self._wake.set()
         finally:
             await self._stop(list(self._tasks))
 
@@ -372,12 +389,19 @@ class FleetInformer:
                 self._poll_cpu = time.thread_time() - cpu
                 failures = 0
                 delay = self.interval
-            except FleetopError as exc:
+            except Exception as exc:  # a bug reading one unit is a failed poll, not a dead informer
                 failures += 1
-                self.last_error = str(exc)
-                self._lost(wall, str(exc))
+                self.last_error = (
+                    str(exc) if isinstance(exc, FleetopError) else f"{type(exc).__name__}: {exc}"
+                )
+                self._lost(wall, self.last_error)
                 delay = min(self.slow, self.fast * 2**failures)
-                log.warning("polling fleet failed: %s (retry in %.1fs)", exc, delay)
+                log.warning(
+                    "polling fleet failed: %s (retry in %.1fs)",
+                    self.last_error,
+                    delay,
+                    exc_info=not isinstance(exc, FleetopError),
+                )
             ended = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -436,16 +460,22 @@ class FleetInformer:
         keys.update(met)
         machines_changed = first or old.machines != new.machines
         if keys or machines_changed:
-            self._on_change(keys, machines_changed)
+            try:
+                self._on_change(keys, machines_changed)
+            except Exception:  # the poll itself succeeded: fleet is not lost because a handler failed
+                log.exception("handling a change of fleet failed (%d owners)", len(keys))
 
 
 async def follow(cache: PrefixCache) -> None:
-    """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried."""
+    """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried
+    (cancellation alone ends it)."""
     while True:
         try:
             await cache.run()
         except FleetopError as exc:
             log.warning("watching %s: %s (retrying in 1s)", cache.prefix, exc)
+        except Exception:
+            log.exception("watching %s failed (retrying in 1s)", cache.prefix)
         await asyncio.sleep(1.0)
 
 
@@ -477,6 +507,9 @@ class Informers:
         self.registrations = RegistrationCaches(etcd, self._registrations_changed)
         self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow)
         self.entries: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
+        """What reconcilers see: each spec as read, except the later of a service and a proxy that
+        share a name, which is invalid (:func:`shared_name`)."""
+        self._read: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
         self._prefix_owners: dict[str, set[str]] = {}
         self._routes: dict[str, set[str]] = {}
 
@@ -509,7 +542,7 @@ class Informers:
 
     def _specs(self, kind: Kind, changed: set[str]) -> None:
         cache = self.services if kind == "services" else self.proxies
-        entries = self.entries[kind]
+        read = self._read[kind]
         for key in changed:
             name = self.keys.name_of(key, kind)
             if name is None:
@@ -517,11 +550,25 @@ class Informers:
             kv = cache.get(key)
             entry = self.store.entry(kind, kv) if kv is not None else None
             if entry is None:
-                entries.pop(name, None)
+                read.pop(name, None)
             else:
-                entries[name] = entry
+                read[name] = entry
+            self._settle(name)
             self.enqueue(f"{kind}/{name}")
         self._reindex()
+
+    def _settle(self, name: str) -> None:
+        """Set both kinds' entries of ``name`` from what was read; queue the other kind's when its
+        entry changed (a service and a proxy of one name: the first declared keeps it)."""
+        for kind in KIND_ORDER:
+            entry = shared_name(kind, self._read[kind].get(name), self._read[other_kind(kind)].get(name))
+            previous = self.entries[kind].get(name)
+            if entry is None:
+                self.entries[kind].pop(name, None)
+            else:
+                self.entries[kind][name] = entry
+            if entry is not previous and (entry is None or previous is None or entry.error or previous.error):
+                self.enqueue(f"{kind}/{name}")
 
     def _reindex(self) -> None:
         """Which registration prefixes to watch, and who cares about each."""
@@ -531,7 +578,7 @@ class Informers:
                 for route in entry.spec.routes:
                     routes.setdefault(route.service, set()).add(proxy)
         owners: dict[str, set[str]] = {}
-        for service in self.entries["services"].keys() | routes.keys():
+        for service in {s for s in self.entries["services"] if is_name(s)} | routes.keys():
             owners.setdefault(self.registration_prefix(service), set()).add(service)
         self._routes, self._prefix_owners = routes, owners
         self.registrations.want(owners)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 
+from fleetop.controller.contain import FailureReporter
 from fleetop.controller.executor import Executor
 from fleetop.controller.health import HealthApp, HealthServer, parse_address
 from fleetop.controller.informers import Informers
@@ -90,7 +91,9 @@ class Manager:
             proxies = ProxyReconciler(
                 informers, proxy_caches, executor, proxy_root=config.proxy_root, settings=config.unit_settings
             )
-            reconciler = Reconciler({"services": services, "proxies": proxies})
+            reconciler = Reconciler(
+                {"services": services, "proxies": proxies}, report=FailureReporter(executor).report
+            )
             sources = self.metrics.sources
             sources.queue, sources.fleet_stats = self.queue, client.stats
             sources.is_leader, sources.synced = (lambda: leader.is_leader), informers.synced

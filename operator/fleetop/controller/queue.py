@@ -211,7 +211,15 @@ async def _worker(queue: WorkQueue, reconcile: Reconcile, observe: Observer | No
         finally:
             queue.done(key)
             if observe is not None:
-                observe(key, time.monotonic() - started, outcome)
+                _observe(observe, key, time.monotonic() - started, outcome)
+
+
+def _observe(observe: Observer, key: str, seconds: float, outcome: str) -> None:
+    """Metrics are a report: failing to record one must not end a worker."""
+    try:
+        observe(key, seconds, outcome)
+    except Exception:
+        log.exception("recording the pass over %s failed", key)
 
 
 async def _handle(queue: WorkQueue, reconcile: Reconcile, key: str) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -50,7 +50,7 @@ from fleetop.controller.world import (
     Transition,
 )
 from fleetop.discovery.addresses import Registration, parse_registration
-from fleetop.errors import SpecInvalid, TemporaryError
+from fleetop.errors import FleetopError, NotLeader, SpecInvalid, TemporaryError
 from fleetop.etcd import KeyValue
 from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.units import unit_hash
@@ -330,11 +330,20 @@ class ServiceReconciler:
             self.metrics.set_lag(name, None)
 
 
-class Reconciler:
-    """Dispatches a queue key to its kind's reconciler (``services/web``, ``proxies/edge``)."""
+FailureReport = Callable[[str, str, BaseException], Awaitable[None]]
+"""(kind, name, exception): report a pass that failed unexpectedly on its own key."""
 
-    def __init__(self, kinds: Mapping[str, KindReconciler]) -> None:
+
+class Reconciler:
+    """Dispatches a queue key to its kind's reconciler (``services/web``, ``proxies/edge``).
+
+    A pass that raises something other than fleetop's own errors (a bug, an exhausted resource) is
+    reported on its key through ``report`` (:class:`~fleetop.controller.contain.FailureReporter`)
+    and re-raised, so the queue retries that key with backoff and no other key notices."""
+
+    def __init__(self, kinds: Mapping[str, KindReconciler], report: FailureReport | None = None) -> None:
         self.kinds = kinds
+        self.report = report
 
     async def reconcile(self, key: str) -> float | None:
         kind, _, name = key.partition("/")
@@ -342,4 +351,20 @@ class Reconciler:
         if handler is None or not name:
             log.error("unknown key %r: dropped", key)
             return None
-        return await handler.reconcile(name)
+        try:
+            return await handler.reconcile(name)
+        except FleetopError:
+            raise
+        except Exception as exc:
+            await self._report(kind, name, exc)
+            raise
+
+    async def _report(self, kind: str, name: str, exc: Exception) -> None:
+        if self.report is None:
+            return
+        try:
+            await self.report(kind, name, exc)
+        except NotLeader:
+            raise
+        except Exception:
+            log.exception("reporting the failure of %s/%s failed", kind, name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -18,6 +18,7 @@ NAME_RE = re.compile(NAME_PATTERN)
 MAX_NAME = 63
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
+_DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|min|h)?\s*$"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -69,7 +70,7 @@ Duration = Annotated[
         {
             "anyOf": [
                 {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|min|h)?\s*$"},
+                {"type": "string", "pattern": _DURATION_PATTERN},
             ],
             "description": "seconds, or a string like '10s', '500ms', '1m'",
         }
@@ -77,12 +78,41 @@ Duration = Annotated[
 ]
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """``value`` for an error message: at most ``limit`` characters (a hostile value can be huge)."""
+    return value if len(value) <= limit else f"{value[: limit - 1]}… ({len(value)} characters)"
+
+
+def duration_between(low: float, high: float, what: str) -> tuple[AfterValidator, WithJsonSchema]:
+    """Metadata bounding a :data:`Duration` to ``low``..``high`` seconds, in its JSON Schema too:
+    ``Annotated[Duration, *duration_between(1, 60, "interval")]``."""
+
+    def check(seconds: float) -> float:
+        if not low <= seconds <= high:
+            raise ValueError(f"{what} must be between {format_duration(low)} and {format_duration(high)}")
+        return seconds
+
+    schema = WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": low, "maximum": high},
+                {"type": "string", "pattern": _DURATION_PATTERN},
+            ],
+            "description": (
+                f"seconds, or a string like '10s', '500ms', '1m'; from {format_duration(low)}"
+                f" to {format_duration(high)}"
+            ),
+        }
+    )
+    return AfterValidator(check), schema
+
+
 def check_name(value: str, what: str = "name") -> str:
     """Names become unit names and config identifiers: ``[a-z0-9]([-a-z0-9]*[a-z0-9])?``, ≤ 63."""
     if not value or len(value) > MAX_NAME or not NAME_RE.match(value):
         raise ValueError(
-            f"{what} {value!r} must be 1-63 lowercase letters, digits or '-', starting and ending with a"
-            " letter or digit"
+            f"{what} {shown(value)!r} must be 1-63 lowercase letters, digits or '-', starting and ending"
+            " with a letter or digit"
         )
     return value
 

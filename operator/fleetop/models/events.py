@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import field_validator
+
 from fleetop.models.status import ObservedModel
 
 
@@ -15,3 +17,10 @@ class Event(ObservedModel):
     message: str
     time: str
     count: int = 1
+
+    @field_validator("name", "message")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        """A name read from a key that is not UTF-8 (etcd keys are bytes) is shown with U+FFFD, so the
+        event about it can still be written as JSON."""
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

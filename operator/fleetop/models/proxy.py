@@ -4,52 +4,75 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fleetop.models.base import Duration, StrictModel, check_line, check_name
-from fleetop.models.service import Placement
+from fleetop.models.base import Duration, StrictModel, check_line, check_name, duration_between, shown
+from fleetop.models.service import COMMAND_CHARS, PATH_CHARS, Placement
 
 HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 PATH_RE = re.compile(r"^/[A-Za-z0-9._~/\-]*$")
 _CONFIG_PATH_RE = re.compile(r"^/[A-Za-z0-9._/\-]+$")
+ROUTES = 10_000
+TEMPLATE_CHARS = 64 * 1024
+COMMAND_ARGS = 64
+ETCD_PORTS = frozenset({2379, 2380, 4001, 7001})
+"""etcd's client and peer ports (and the legacy ones CoreOS machines used): a proxy listening there
+could answer in etcd's place on a machine where etcd is not running yet."""
+WaitBound = Annotated[Duration, *duration_between(0.0, 60.0, "wait")]
 
 
 def parse_listen(value: str | int) -> str:
     """``8080`` / ``"8080"`` / ``"127.0.0.1:8080"`` / ``"[::1]:8080"`` / ``"*:80"`` → ``host:port``
-    (host ``*`` means every address)."""
+    (host ``*`` means every address). The host is an IP literal a proxy may bind, never a DNS name
+    (resolved by whom, and when?); the port is not one of etcd's (:data:`ETCD_PORTS`)."""
     if isinstance(value, bool):
         raise ValueError("listen must be a port or host:port")
     text = str(value).strip()
-    if text.isdigit():
+    if len(text) > 64:
+        raise ValueError(f"listen {shown(text, 64)!r} must be a port or host:port")
+    if text.isascii() and text.isdigit():
         host, port_text = "*", text
     else:
         host, sep, port_text = text.rpartition(":")
-        if not sep or not port_text.isdigit():
+        if not sep or not port_text.isascii() or not port_text.isdigit():
             raise ValueError(f"listen {text!r} must be a port or host:port")
-        if host.startswith("["):
-            if not host.endswith("]"):
-                raise ValueError(f"listen {text!r}: unterminated IPv6 address")
-            ipaddress.IPv6Address(host[1:-1])
-        elif host != "*":
-            try:
-                ipaddress.IPv4Address(host)
-            except ValueError:
-                if not HOST_RE.match(host) or host.startswith("*"):
-                    raise ValueError(f"listen {text!r}: {host!r} is not an address") from None
+        _check_listen_host(host, text)
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise ValueError(f"listen port {port} must be 1-65535")
+    if port in ETCD_PORTS:
+        raise ValueError(
+            f"listen port {port} is one of etcd's ports ({', '.join(map(str, sorted(ETCD_PORTS)))})"
+        )
     return f"{host}:{port}"
+
+
+def _check_listen_host(host: str, text: str) -> None:
+    """``*``, an IPv4 literal or ``[IPv6]``: addresses of this machine's kind, not names."""
+    if host == "*":
+        return
+    try:
+        if host.startswith("["):
+            if not host.endswith("]"):
+                raise ValueError("unterminated")
+            ipaddress.IPv6Address(host[1:-1])
+        else:
+            ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(
+            f"listen {text!r}: {host!r} is not an IP address ('*', an IPv4 address or [IPv6]; a proxy"
+            " binds addresses, not names)"
+        ) from None
 
 
 class Route(StrictModel):
     """Requests for ``host`` (any host when absent) under ``path`` (``/`` when absent) go to ``service``."""
 
-    service: str
-    host: str | None = None
-    path: str | None = None
+    service: str = Field(max_length=63)
+    host: str | None = Field(default=None, max_length=253)
+    path: str | None = Field(default=None, max_length=PATH_CHARS)
 
     @field_validator("service")
     @classmethod
@@ -60,14 +83,18 @@ class Route(StrictModel):
     @classmethod
     def _host(cls, value: str | None) -> str | None:
         if value is not None and (len(value) > 253 or not HOST_RE.match(value)):
-            raise ValueError(f"host {value!r} must be a DNS name like 'www.example.com' or '*.example.com'")
+            raise ValueError(
+                f"host {shown(value)!r} must be a DNS name like 'www.example.com' or '*.example.com'"
+            )
         return value
 
     @field_validator("path")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         if value is not None and not PATH_RE.match(value):
-            raise ValueError(f"path {value!r} must start with '/' and use only letters, digits and ._~/-")
+            raise ValueError(
+                f"path {shown(value)!r} must start with '/' and use only letters, digits and ._~/-"
+            )
         return value
 
 
@@ -75,8 +102,8 @@ class Wait(StrictModel):
     """Render coalescing (consul-template's quiescence): a change renders at once when the proxy has
     been quiet; during a burst, renders wait for ``min`` of quiet but never longer than ``max``."""
 
-    min: Duration = 0.05
-    max: Duration = 1.0
+    min: WaitBound = 0.05
+    max: WaitBound = 1.0
 
     @model_validator(mode="after")
     def _order(self) -> Wait:
@@ -91,7 +118,8 @@ class Headers(StrictModel):
     handler: bool = False
 
 
-Command = list[str] | str
+CommandText = Annotated[str, Field(max_length=COMMAND_CHARS)]
+Command = Annotated[list[CommandText], Field(max_length=COMMAND_ARGS)] | CommandText
 
 
 def _check_command(value: Command | None, what: str) -> Command | None:
@@ -111,14 +139,14 @@ class ProxySpec(StrictModel):
     kind: Literal["nginx", "haproxy"]
     name: str | None = None
     listen: str | int
-    routes: list[Route] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list, max_length=ROUTES)
     managed: bool = True
     replicas: int = Field(default=1, ge=0, le=100)
     placement: Placement = Field(default_factory=Placement)
-    config_path: str | None = None
+    config_path: str | None = Field(default=None, max_length=PATH_CHARS)
     check_cmd: Command | None = None
     reload_cmd: Command | None = None
-    template: str | None = None
+    template: str | None = Field(default=None, max_length=TEMPLATE_CHARS)
     wait: Wait = Field(default_factory=Wait)
     headers: Headers = Field(default_factory=Headers)
 
@@ -136,7 +164,9 @@ class ProxySpec(StrictModel):
     @classmethod
     def _config_path(cls, value: str | None) -> str | None:
         if value is not None and (not _CONFIG_PATH_RE.match(value) or ".." in value.split("/")):
-            raise ValueError(f"configPath {value!r} must be an absolute path of letters, digits and ._/-")
+            raise ValueError(
+                f"configPath {shown(value)!r} must be an absolute path of letters, digits and ._/-"
+            )
         return value
 
     @field_validator("check_cmd")
