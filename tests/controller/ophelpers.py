@@ -101,6 +101,8 @@ class Operator:
     timings: tuple[float, float, float] = (3.0, 2.0, 0.5)
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
+    args: list[str] = field(default_factory=list)
+    """More ``fleetop run`` flags."""
 
     @property
     def log_path(self) -> Path:
@@ -124,7 +126,7 @@ class Operator:
             self.identity,
         ]
         args += ["--lease-duration", str(lease), "--renew-deadline", str(renew), "--retry-period", str(retry)]
-        args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG"]
+        args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG", *self.args]
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )
