@@ -214,7 +214,7 @@ class ServiceReconciler:
         if not informers.fleet.fresh_for(f"services/{name}"):
             return None  # the poll that shows this service's last actions queues it again
         snapshot = informers.fleet.snapshot
-        if spec is None and name not in snapshot.owners and stored is None:
+        if spec is None and f"services/{name}" not in snapshot.owners and stored is None:
             # Registrations under a prefix no spec claims (registrator, a proxy route to a service with no
             # spec): nothing to run or report, and nothing worth parsing on every change.
             self._forget(name)
