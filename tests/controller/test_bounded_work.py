@@ -152,33 +152,43 @@ async def test_slow_custom_template_fails_alone(
     await eventually(lambda: running(fleet, "steady", 0), CONVERGE, "steady to be gone")
 
 
-async def test_deleting_a_large_spec_stops_its_creation(
-    etcd: Etcd, fleet: FleetClient, start_operator: Start, prefix: str
+@pytest.mark.parametrize("change", ["delete", "scale-down"])
+async def test_deleting_or_scaling_down_a_large_spec_stops_its_creation(
+    etcd: Etcd, fleet: FleetClient, start_operator: Start, prefix: str, change: str
 ) -> None:
     batch = 5
     operator = start_operator(prefix, ["--batch-size", str(batch)])
-    await etcd.put(KEYS.desired("services", "many"), spec(60))
+    key = KEYS.desired("services", "many")
+    await etcd.put(key, spec(60))
 
     async def some_created() -> int:
         found = await count_mains(fleet, "many")
         return found if found >= 10 else 0
 
     await eventually(some_created, CONVERGE, "the first batches of many")
-    await etcd.delete(KEYS.desired("services", "many"))
-    at_delete = await count_mains(fleet, "many")
-    assert at_delete < 60  # the delete came in the middle of the creation
+    if change == "delete":
+        await etcd.delete(key)
+    else:
+        await etcd.put(key, spec(2))
+    at_change = await count_mains(fleet, "many")
+    assert at_change < 60  # the change came in the middle of the creation
+    target = 0 if change == "delete" else 2
     seen: list[int] = []
 
-    async def gone() -> bool:
+    async def settled() -> bool:
         seen.append(await count_mains(fleet, "many"))
-        return seen[-1] == 0
+        return seen[-1] == target
 
     try:
-        await eventually(gone, CONVERGE, "every unit of many to be destroyed", every=0.05)
-        assert max(seen) <= at_delete + batch, (at_delete, seen)
+        await eventually(settled, CONVERGE, f"many to settle at {target} units", every=0.05)
+        assert max(seen) <= at_change + batch, (at_change, seen)
+        if change == "scale-down":
+            await eventually(lambda: running(fleet, "many", 2), CONVERGE, "many to run 2")
     except AssertionError:
         print(operator.log_tail())
         raise
+    await etcd.delete(key)
+    await eventually(lambda: running(fleet, "many", 0), CONVERGE, "many to be gone")
 
 
 async def test_ceilings_refuse_specs_with_a_reason(

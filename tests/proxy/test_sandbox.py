@@ -128,3 +128,9 @@ def test_close_stops_idle_workers() -> None:
     pid = asyncio.run(scenario())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_any_text_comes_back_unchanged(pool: RenderPool) -> None:
+    text = '# é ü \\u00e9 \t\x01 {}[]"\n'
+    spec = custom("{% raw %}" + text + "{% endraw %}")
+    assert (await pool.render("edge", spec, BACKENDS, paths=PATHS)).text == text

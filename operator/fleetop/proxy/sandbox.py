@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import multiprocessing.connection
 import os
@@ -57,6 +58,9 @@ WORKER_MEMORY = 1 << 30
 """Bytes of address space a worker may add to what it holds after start-up."""
 _Request = tuple[str, ProxySpec, Mapping[str, Sequence[Registration]], RenderPaths, int]
 _Reply = tuple[str, str]
+_READY = b"ready"
+_REPLY_MARGIN = 1 << 16
+"""A reply is JSON of the text: control characters take up to 6 bytes each, hence 6 x max_bytes + this."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
     """A worker's main loop: render each request, answer ("ok", text) or ("error", message)."""
     _cap_memory()
     _exit_with_parent()
-    conn.send(("ready", ""))
+    conn.send_bytes(_READY)
     while True:
         try:
             proxy, spec, backends, paths, max_bytes = conn.recv()
@@ -131,7 +135,7 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
         except RenderError as exc:
             reply = ("error", str(exc))
         try:
-            conn.send(reply)
+            conn.send_bytes(json.dumps(reply, ensure_ascii=False).encode("utf-8"))
         except (OSError, ValueError):
             return
 
@@ -187,20 +191,25 @@ class _Worker:
 
     def wait_ready(self, timeout: float) -> bool:
         try:
-            return bool(self.conn.poll(timeout)) and self.conn.recv() == ("ready", "")
+            return bool(self.conn.poll(timeout)) and self.conn.recv_bytes(len(_READY)) == _READY
         except (EOFError, OSError):
             return False
 
     def exchange(self, request: _Request, timeout: float) -> _Reply | None:
-        """Send one request and wait for its reply; None when none came within ``timeout``."""
+        """Send one request and wait for its reply; None when none came within ``timeout``.
+
+        The reply is read as JSON text of bounded length, never unpickled: the worker runs untrusted
+        templates, and what it sends back must not be able to run code in the operator."""
         try:
             self.conn.send(request)
             if not self.conn.poll(timeout):
                 return None
-            reply: Any = self.conn.recv()
-        except (EOFError, OSError) as exc:
-            return ("failed", f"the render worker exited ({type(exc).__name__})")
-        return (str(reply[0]), str(reply[1]))
+            reply: Any = json.loads(self.conn.recv_bytes(6 * request[4] + _REPLY_MARGIN))
+        except (EOFError, OSError, ValueError) as exc:
+            return ("failed", f"the render worker failed ({type(exc).__name__})")
+        if not (isinstance(reply, list) and len(reply) == 2 and all(isinstance(x, str) for x in reply)):
+            return ("failed", "the render worker answered something else than a reply")
+        return (reply[0], reply[1])
 
     def kill(self) -> None:
         """SIGKILL and reap. The pipe is left to be closed when the last reference goes: a thread may
@@ -256,8 +265,11 @@ class RenderPool:
         return Rendered(text=body, hash=hashlib.sha256(body.encode("utf-8")).hexdigest())
 
     async def _worker(self) -> _Worker:
-        if self._idle:
-            return self._idle.pop()
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.process.poll() is None:
+                return worker
+            worker.kill()
         worker = await asyncio.to_thread(_Worker)
         self.started += 1
         try:
