@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fleetop.discovery.addresses import Registration
+from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec
 from fleetop.proxy.render import RenderError, RenderPaths, render
 from fleetop.proxy.sandbox import RenderLimits, RenderPool, render_limited
@@ -134,3 +135,17 @@ async def test_any_text_comes_back_unchanged(pool: RenderPool) -> None:
     text = '# é ü \\u00e9 \t\x01 {}[]"\n'
     spec = custom("{% raw %}" + text + "{% endraw %}")
     assert (await pool.render("edge", spec, BACKENDS, paths=PATHS)).text == text
+
+
+async def test_a_render_never_waits_for_a_busy_pool() -> None:
+    """With every worker busy, a render asks to be retried rather than hold the caller."""
+    pool = RenderPool(RenderLimits(timeout=30.0, workers=1))
+    slow = asyncio.create_task(pool.render("edge", custom(NESTED), BACKENDS, paths=PATHS))
+    try:
+        await asyncio.sleep(0.5)
+        with pytest.raises(TemporaryError, match="busy"):
+            await pool.render("edge", custom("x\n"), BACKENDS, paths=PATHS)
+    finally:
+        slow.cancel()
+        await asyncio.gather(slow, return_exceptions=True)
+        pool.close()

@@ -40,6 +40,7 @@ from typing import Any
 import jinja2
 
 from fleetop.discovery.addresses import Registration
+from fleetop.errors import TemporaryError
 from fleetop.models.proxy import ProxySpec
 from fleetop.proxy.render import (
     Rendered,
@@ -239,7 +240,12 @@ class RenderPool:
         *,
         paths: RenderPaths,
     ) -> Rendered:
-        """Render in a worker; RenderError when the template fails or passes a limit."""
+        """Render in a worker; RenderError when the template fails or passes a limit, TemporaryError
+        when every worker is busy."""
+        if self._slots.locked():
+            # Waiting here would hold one of the operator's reconcile workers for up to a render's
+            # time limit; the queue brings this key back instead.
+            raise TemporaryError(f"all {self.limits.workers} template render workers are busy", delay=1.0)
         request: _Request = (proxy_name, spec, dict(backends), paths, self.limits.max_bytes)
         async with self._slots:
             worker = await self._worker()
