@@ -122,5 +122,22 @@ def test_wait_progress_decides_from_status() -> None:
     assert not rolling.done
     stalled = progress("services", "web", 7, _status(7, Progressing=("False", "ProgressDeadlineExceeded")))
     assert stalled.failed and "ProgressDeadlineExceeded" in stalled.failed
+    rolled_back = progress("services", "web", 7, _status(7, Progressing=("False", "RolledBack")))
+    assert rolled_back.done and rolled_back.failed and "RolledBack" in rolled_back.failed
     invalid = progress("services", "web", 7, _status(7, Invalid=("True", "SpecInvalid")))
     assert invalid.failed and "invalid" in invalid.failed
+
+
+def test_describe_shows_restart_counts() -> None:
+    from fleetop.cli.output import format_describe
+    from fleetop.models import UnitStatus, parse_service
+    from fleetop.store import Entry, StatusEntry
+
+    raw = b'{"unit": {"execStart": "/nonexistent/bin %i"}}'
+    entry = Entry("services", "web", "/desired/services/web", raw, parse_service(raw), None, 5, 5)
+    unit = UnitStatus(name="web@1.service", machine="m1", active_state="failed", restarts=3)
+    status = ServiceStatus(observed_generation=5, units=[unit])
+    text = format_describe(entry, StatusEntry("web", status, None, 5), [])
+    header = next(line for line in text.splitlines() if line.startswith("UNIT"))
+    row = next(line for line in text.splitlines() if line.startswith("web@1.service"))
+    assert header.split()[-1] == "RESTARTS" and row.split()[-1] == "3"

@@ -54,6 +54,7 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     etcd_endpoint: str | None = None
     """Published to units in ``/etc/etcd.environment`` (sidekicks need it); else the node's default."""
+    extra_args: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -66,6 +67,8 @@ class Node:
         args += ["--state-dir", str(self.base / "state"), "--listen", self.endpoint]
         if self.etcd_endpoint:
             args += ["--etcd-endpoints", self.etcd_endpoint]
+        args += ["--pace", os.environ.get("FLEETOP_NODE_PACE", "0.1")]  # _env() drops FLEETOP_*
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )
@@ -101,8 +104,7 @@ class Operator:
     timings: tuple[float, float, float] = (3.0, 2.0, 0.5)
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
-    args: list[str] = field(default_factory=list)
-    """More ``fleetop run`` flags."""
+    extra_args: tuple[str, ...] = ()
 
     @property
     def log_path(self) -> Path:
@@ -126,7 +128,8 @@ class Operator:
             self.identity,
         ]
         args += ["--lease-duration", str(lease), "--renew-deadline", str(renew), "--retry-period", str(retry)]
-        args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG", *self.args]
+        args += ["--metrics-address", f"127.0.0.1:{self.metrics_port}", "--log-level", "DEBUG"]
+        args += self.extra_args
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
         )

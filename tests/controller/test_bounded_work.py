@@ -44,7 +44,9 @@ def start_operator(
     started: list[Operator] = []
 
     def start(prefix: str, args: list[str]) -> Operator:
-        proc = Operator(tmp_path, "bounded", etcd_server.endpoint, prefix, node.endpoint, args=args)
+        proc = Operator(
+            tmp_path, "bounded", etcd_server.endpoint, prefix, node.endpoint, extra_args=tuple(args)
+        )
         started.append(proc.start())
         return proc
 

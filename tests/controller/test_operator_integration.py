@@ -177,6 +177,15 @@ async def test_instances_of_a_stopped_machine_come_back_elsewhere(
 
         await eventually(moved, CONVERGE, "move's instances to run on the remaining machines")
         await converge(etcd, fleet, "move", 3, operator)
+
+        async def lost_event() -> list[dict[str, str]]:
+            events, _ = await etcd.list(KEYS.events("move"))
+            found = [json.loads(kv.value) for kv in events]
+            return [e for e in found if e["reason"] == "MachineLost"]
+
+        lost = await eventually(lost_event, CONVERGE, "a MachineLost event")
+        assert len(lost) == 1 and lost[0]["type"] == "Warning", lost
+        assert lost[0]["message"].startswith(f"machine {victim} left the cluster with move@"), lost
     finally:
         await node.machine(victim, "start")
 

@@ -4,7 +4,8 @@ slots, in some state) and the actions the planner must answer with.
 World tokens read ``<template><slot>:<condition>``: ``n8002:ready`` is an instance of the current
 spec in slot 8002 that is ready, ``o8001:failed`` one of the previous spec whose process failed.
 Conditions: ready, unregistered (running, no registration), pending (scheduled, not yet running),
-unscheduled (fresh, no machine), stuck (unscheduled for longer than the grace), failed, stopped
+unscheduled (fresh, no machine), stuck (unscheduled for longer than the grace), failed (its process
+failed and its back-off has run out), crashed (failed, seen for the first time), stopped
 (desiredState loaded), stale (only a leftover state of another file is left), elsewhere (its state
 is reported by another machine), restarting (activating/auto-restart).
 
@@ -33,6 +34,7 @@ from fleetop.controller.world import (
     Plan,
     PlanMemory,
     Progress,
+    Restart,
     Seen,
     SetDesiredState,
 )
@@ -121,6 +123,7 @@ def _add_instance(world: World, spec: ServiceSpec, slot: int, condition: str, ma
         "ready": ("loaded", "active", "running"),
         "unregistered": ("loaded", "active", "running"),
         "failed": ("loaded", "failed", "failed"),
+        "crashed": ("loaded", "failed", "failed"),
         "restarting": ("loaded", "activating", "auto-restart"),
         "stopped": ("loaded", "inactive", "dead"),
         "rejected": ("bad-setting", "inactive", "dead"),
@@ -135,6 +138,9 @@ def _add_instance(world: World, spec: ServiceSpec, slot: int, condition: str, ma
         seen = dict(world.memory.unscheduled_since)
         seen[name] = Seen(file_hash, NOW - UNSCHEDULED_GRACE - 5)
         world.memory = replace(world.memory, unscheduled_since=seen)
+    if condition == "failed":
+        due = Restart(slot, "main", "failed", 0, NOW - 20, NOW - 10, "loaded/failed/failed", machine)
+        world.memory = replace(world.memory, restarts={**world.memory.restarts, name: due})
     if condition == "ready":
         world.registrations[str(slot)] = True
     if spec.discovery.sidekick:
@@ -239,7 +245,8 @@ SCALE: list[tuple[str, ServiceSpec, str, list[str], list[str]]] = [
     ),
     ("scale to zero", make_spec(0), "n8001 n8002 o8003", [], ["8001", "8002", "8003"]),
     ("zero stays zero", make_spec(0), "", [], []),
-    ("failed replaced, surge makes room", make_spec(3), "n8001 n8002:failed n8003", ["8004"], ["8002"]),
+    ("failed replaced in its own slot", make_spec(3), "n8001 n8002:failed n8003", [], ["8002"]),
+    ("fresh failure waits for its back-off", make_spec(3), "n8001 n8002:crashed n8003", [], []),
     (
         "failed replaced in place",
         make_spec(3, surge=0, unavailable=1),
@@ -248,19 +255,19 @@ SCALE: list[tuple[str, ServiceSpec, str, list[str], list[str]]] = [
         ["8002"],
     ),
     ("freed slot refilled", make_spec(3, surge=0, unavailable=1), "n8001 n8003", ["8002"], []),
-    ("two failed, surge 1", make_spec(3), "n8001:failed n8002:failed n8003", ["8004"], ["8001", "8002"]),
+    ("two failed, surge 1", make_spec(3), "n8001:failed n8002:failed n8003", [], ["8001", "8002"]),
     (
         "percent surge",
         make_spec(4, surge="25%", unavailable="25%"),
         "n8001 n8002 n8003:failed n8004",
-        ["8005"],
+        [],
         ["8003"],
     ),
     ("no ports: slots from 1", make_spec(2, ports=None), "", ["1", "2"], []),
     ("no ports: gap", make_spec(3, ports=None), "n2", ["1", "3"], []),
     ("stopped is relaunched, not replaced", make_spec(3), "n8001:stopped n8002 n8003", [], []),
     ("state elsewhere is not ready, not replaced", make_spec(3), "n8001:elsewhere n8002 n8003", [], []),
-    ("stuck replaced when a machine is free", make_spec(3), "n8001 n8002:stuck n8003", ["8004"], ["8002"]),
+    ("stuck replaced in its own slot", make_spec(3), "n8001 n8002:stuck n8003", [], ["8002"]),
     ("fresh unscheduled kept", make_spec(3), "n8001 n8002:unscheduled n8003", [], []),
     ("excess and failed", make_spec(2), "n8001 n8002 n8003 n8004:failed n8005", [], ["8003", "8004", "8005"]),
 ]
@@ -335,6 +342,7 @@ ROLL: list[tuple[str, ServiceSpec, str, list[str], list[str]]] = [
     ("old failed replaced", make_spec(3), "o8001 o8002:failed o8003", ["8004"], ["8002"]),
     ("old stuck replaced", make_spec(3), "o8001 o8002:stuck o8003", ["8004"], ["8002"]),
     ("new failed replaced", make_spec(3), "o8001 o8002 o8003 n8004:failed", [], ["8004"]),
+    ("new crashed waits", make_spec(3), "o8001 o8002 o8003 n8004:crashed", [], []),
     ("replicas lowered mid-rollout", make_spec(1), "o8001 o8002 o8003 n8004", [], ["8001", "8002", "8003"]),
     ("replicas raised mid-rollout", make_spec(5), "o8001 o8002 n8003", ["8004", "8005", "8006"], []),
     ("no ports", make_spec(3, ports=None), "o1 o2 o3", ["4"], []),
@@ -344,7 +352,7 @@ ROLL: list[tuple[str, ServiceSpec, str, list[str], list[str]]] = [
         "paused: failed still replaced",
         make_spec(3, paused=True),
         "o8001 o8002:failed o8003",
-        ["8004"],
+        [],
         ["8002"],
     ),
     ("paused: scale down", make_spec(2, paused=True), "o8001 n8002 o8003", [], ["8003"]),
@@ -469,19 +477,45 @@ def test_orphan_sidekick_is_destroyed() -> None:
     assert [(type(a), a.name) for a in result.actions] == [(DestroyUnit, "web-discovery@8002.service")]
 
 
-def test_failed_sidekick_replaces_its_instance() -> None:
+def _fail_sidekick(world: World, slot: int) -> None:
+    side = f"web-discovery@{slot}.service"
+    world.states = [
+        replace(s, active_state="failed", sub_state="failed") if s.name == side else s for s in world.states
+    ]
+    world.registrations.pop(str(slot), None)
+
+
+def test_failed_sidekick_restarts_alone_with_its_own_back_off() -> None:
     spec = make_spec(2, sidekick=True)
     world = world_of(spec, "n8001 n8002")
-    world.states = [
-        replace(s, active_state="failed", sub_state="failed") if s.name == "web-discovery@8002.service" else s
-        for s in world.states
-    ]
+    _fail_sidekick(world, 8002)
+    side = "web-discovery@8002.service"
+    first = world.plan(spec)
+    assert first.actions == [], "a fresh failure waits for its back-off"
+    record = first.memory.restarts[side]
+    assert (record.phase, record.role, record.next_try) == ("failed", "discovery", NOW + 10)
+    assert "web@8002.service" not in first.memory.restarts
+    world.memory = first.memory
+    due = world.plan(spec, NOW + 10)
+    assert [(type(a), a.name) for a in due.actions] == [(DestroyUnit, side)]
+    assert [e.reason for e in due.events] == ["BackOff"]
+    assert "web@8002.service keeps running" in due.events[0].message
+    gone = apply(world, due)
+    lingering = gone.plan(spec, NOW + 11)
+    assert lingering.actions == [], "the sidekick's failed state of the same file still lingers"
+    gone.states = [s for s in gone.states if s.name != side]
+    again = gone.plan(spec, NOW + 12)
+    assert [(type(a), a.name) for a in again.actions] == [(CreateUnit, side)]
+    assert again.memory.restarts[side].count == 1
+    assert all(a.name != "web@8002.service" for a in [*due.actions, *again.actions])
+
+
+def test_sidekick_of_a_failed_main_unit_is_not_restarted_on_its_own() -> None:
+    spec = make_spec(1, sidekick=True)
+    world = world_of(spec, "n8001:crashed")
+    _fail_sidekick(world, 8001)
     result = world.plan(spec)
-    assert sorted(a.name for a in result.actions if isinstance(a, DestroyUnit)) == [
-        "web-discovery@8002.service",
-        "web@8002.service",
-    ]
-    assert names(result.actions, CreateUnit) == ["8003"]
+    assert set(result.memory.restarts) == {"web@8001.service"}
 
 
 def test_stuck_sidekick_is_recreated() -> None:
@@ -623,7 +657,7 @@ PLACEMENT: list[tuple[str, ServiceSpec, str, list[ObservedMachine], list[str], l
         make_spec(3, spread=True),
         "n8001 n8002 n8003:stuck",
         THREE,
-        ["8004"],
+        [],
         ["8003"],
         None,
     ),
@@ -636,7 +670,7 @@ PLACEMENT: list[tuple[str, ServiceSpec, str, list[ObservedMachine], list[str], l
         [],
         "2 eligible",
     ),
-    ("no spread, machines: replace", make_spec(3), "n8001 n8002 n8003:stuck", TWO, ["8004"], ["8003"], None),
+    ("no spread, machines: replace", make_spec(3), "n8001 n8002 n8003:stuck", TWO, [], ["8003"], None),
     (
         "metadata nobody has: keep",
         make_spec(1, placement={"machineMetadata": {"role": ["gpu"]}}),
@@ -748,11 +782,13 @@ def test_unscheduled_grace_requeues() -> None:
 
 def test_failed_instance_is_reported() -> None:
     spec = make_spec(2)
-    result = world_of(spec, "n8001 n8002:failed").plan(spec)
+    result = world_of(spec, "n8001 n8002:crashed").plan(spec)
     degraded = result.status.condition("Degraded") if result.status else None
     assert degraded is not None
-    assert (degraded.status, degraded.reason) == ("True", "InstancesFailed")
-    assert "web@8002.service failed on m2" in degraded.message
+    assert (degraded.status, degraded.reason) == ("True", "FailedToStart")
+    assert degraded.message == (
+        "web@8002.service loaded/failed/failed on m2, next try in 10s (at 2023-11-14T22:13:30Z)"
+    )
 
 
 # -- deletion and ownership ---------------------------------------------------------------------------------
@@ -945,8 +981,9 @@ CONDITIONS: list[tuple[str, ServiceSpec, str, dict[str, tuple[str, str]]]] = [
             "Progressing": ("True", "NewReplicaSetAvailable"),
         },
     ),
-    ("failed", make_spec(3), "n8001 n8002 n8003:failed", {"Degraded": ("True", "InstancesFailed")}),
-    ("rejected", make_spec(3), "n8001 n8002 n8003:rejected", {"Degraded": ("True", "UnitFileRejected")}),
+    ("failed", make_spec(3), "n8001 n8002 n8003:failed", {"Degraded": ("True", "FailedToStart")}),
+    ("crashed", make_spec(3), "n8001 n8002 n8003:crashed", {"Degraded": ("True", "FailedToStart")}),
+    ("rejected", make_spec(3), "n8001 n8002 n8003:rejected", {"Degraded": ("True", "FailedToStart")}),
 ]
 
 

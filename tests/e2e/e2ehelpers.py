@@ -63,6 +63,7 @@ def start_node(base: Path, etcd_endpoint: str, machines: int = 3) -> tuple[subpr
     socket_path = base / "fleet.sock"
     args = [sys.executable, "-c", NODE_MAIN, "--machines", str(machines), "--state-dir", str(base / "node")]
     args += ["--listen", f"unix://{socket_path}", "--etcd-endpoints", etcd_endpoint]
+    args += ["--pace", os.environ.get("FLEETOP_NODE_PACE", "0.1")]  # child_env() drops FLEETOP_*
     proc = spawn(args, base / "node.log")
     deadline = time.monotonic() + 30
     while not socket_path.exists():

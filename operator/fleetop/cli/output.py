@@ -304,12 +304,12 @@ def _describe_status(status: StatusEntry | None, revision: int) -> str:
                 f"{u.load_state or '-'}/{u.active_state or '-'}/{u.sub_state or '-'}",
                 "yes" if u.ready else "no",
                 "yes" if u.registered else "no",
+                str(u.restarts),
             ]
             for u in st.units
         ]
-        out.append(
-            render_table(["UNIT", "MACHINE", "DESIRED", "CURRENT", "SYSTEMD", "READY", "REGISTERED"], rows)
-        )
+        headers = ["UNIT", "MACHINE", "DESIRED", "CURRENT", "SYSTEMD", "READY", "REGISTERED", "RESTARTS"]
+        out.append(render_table(headers, rows))
     if isinstance(st, ServiceStatus):
         if st.backends:
             out.append(render_table(["BACKEND", "ADDRESS"], [[b.key, b.address] for b in st.backends]))

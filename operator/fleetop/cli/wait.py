@@ -38,7 +38,7 @@ def progress(kind: Kind, name: str, revision: int, status: ServiceStatus | Proxy
     if (
         progressing is not None
         and progressing.status == "False"
-        and progressing.reason == "ProgressDeadlineExceeded"
+        and progressing.reason in ("ProgressDeadlineExceeded", "RolledBack")
     ):
         return Progress(True, f"{label}: {progressing.reason}: {progressing.message}", f"{label}: stalled")
     available = status.condition("Available")

@@ -113,6 +113,13 @@ def run_command(
             " (FLEETOP_RENDER_MAX_BYTES, default 8388608)"
         ),
     ] = None,
+    restart_backoff: Annotated[
+        float | None,
+        typer.Option(
+            help="first crash-loop back-off in seconds, doubling per restart to 30 times it"
+            " (FLEETOP_RESTART_BACKOFF, default 10)"
+        ),
+    ] = None,
 ) -> None:
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
     from fleetop.controller.run import RunConfig, run_operator, setup_logging
@@ -138,6 +145,7 @@ def run_command(
         "max_instances": max_instances,
         "render_timeout": render_timeout,
         "render_max_bytes": render_max_bytes,
+        "restart_backoff": restart_backoff,
     }
     flags.update({k: v for k, v in given.items() if v is not None})
     try:

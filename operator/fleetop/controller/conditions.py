@@ -46,11 +46,12 @@ class Counts:
 
 @dataclass(frozen=True, slots=True)
 class Trouble:
-    """Why the service is degraded. Empty lists: it is not."""
+    """Why the service is degraded, one list per reason, most urgent first. Empty lists: it is not."""
 
+    machine_lost: list[str] = field(default_factory=list)
     unschedulable: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
+    failed_to_start: list[str] = field(default_factory=list)
+    crash_loop: list[str] = field(default_factory=list)
 
 
 def next_progress(previous: Progress | None, counts: Counts, now: float) -> Progress:
@@ -105,17 +106,18 @@ def _progressing(counts: Counts, paused: bool, exceeded: bool, deadline: float) 
     return "True", "ReplicaSetUpdated", f"rolling out {where}"
 
 
+_DEGRADED_REASONS = ("MachineLost", "Unschedulable", "FailedToStart", "CrashLoop")
+
+
 def _degraded(trouble: Trouble) -> Verdict:
-    parts = [*trouble.unschedulable, *trouble.failed, *trouble.rejected]
-    if trouble.unschedulable:
-        reason = "Unschedulable"
-    elif trouble.failed:
-        reason = "InstancesFailed"
-    elif trouble.rejected:
-        reason = "UnitFileRejected"
-    else:
-        return "False", "AsExpected", "all instances are schedulable and none has failed"
-    return "True", reason, "; ".join(parts)
+    """``Degraded`` names the most urgent reason and lists every problem: a lost machine explains
+    unscheduled instances; a unit that never started is a different fix from one that crashes."""
+    lists = (trouble.machine_lost, trouble.unschedulable, trouble.failed_to_start, trouble.crash_loop)
+    parts = [part for found in lists for part in found]
+    for reason, found in zip(_DEGRADED_REASONS, lists, strict=True):
+        if found:
+            return "True", reason, "; ".join(parts)
+    return "False", "AsExpected", "all instances are schedulable and none has failed"
 
 
 def build_conditions(
@@ -127,11 +129,18 @@ def build_conditions(
     deadline: float,
     transitions: Mapping[str, Transition],
     now: float,
+    rolled_back: str | None = None,
 ) -> tuple[list[Condition], dict[str, Transition]]:
-    """The three conditions, with transition times carried over while the status stays the same."""
+    """The three conditions, with transition times carried over while the status stays the same.
+    ``rolled_back``: the message of a rollback in force (``Progressing=False, RolledBack``)."""
+    progressing: Verdict = (
+        ("False", "RolledBack", rolled_back)
+        if rolled_back is not None
+        else _progressing(counts, paused, exceeded, deadline)
+    )
     wanted: list[tuple[ConditionType, Verdict]] = [
         ("Available", _available(counts)),
-        ("Progressing", _progressing(counts, paused, exceeded, deadline)),
+        ("Progressing", progressing),
         ("Degraded", _degraded(trouble)),
     ]
     conditions: list[Condition] = []

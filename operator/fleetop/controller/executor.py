@@ -21,7 +21,9 @@ The planner decides; this module only performs, in a safe order, and reports wha
   while the generation is the same, now when the spec changed (``fleetop status``'s CHANGED).
 * events: at most one per action or failed attempt, under ``keys.events(service)`` as
   ``<ts>-<id>`` keys on a shared lease of about an hour that is granted again when it has expired.
-  The same failure repeated bumps ``count`` on the previous event instead of adding keys.
+  An event with the same type, reason and message as one of the service's recent ones bumps that
+  event's ``count`` and time instead of adding a key (Kubernetes' event aggregation), so a crash
+  loop or a retried failure is one event with a count, not a flood.
 * bounded: a pass applies at most ``batch_size`` actions (in the order above) and reports the rest as
   ``deferred``; the reconciler comes back for them in a later pass, which plans again from a fresh
   read of the spec and of fleet. A pass of 10,000 creates would otherwise run for minutes on a plan
@@ -63,6 +65,8 @@ StatusResult = Literal["written", "unchanged", "deleted"]
 _ORDER = {CreateUnit: 0, SetDesiredState: 1, DestroyUnit: 2}
 LEASE_MARGIN = 120.0
 """Seconds before the events lease's expiry at which a new one is granted instead."""
+RECENT_EVENTS = 32
+"""Distinct recent events per service that a repeat is aggregated into."""
 
 
 @dataclass
@@ -128,7 +132,7 @@ class Executor:
         """At most this many actions per :meth:`apply` (None: all of them)."""
         self._lease = 0
         self._lease_expires = 0.0
-        self._last_event: dict[str, tuple[str, Event]] = {}
+        self._recent: dict[str, dict[tuple[str, str, str], tuple[str, Event]]] = {}
 
     # -- fleet ----------------------------------------------------------------------------------------
     async def apply(self, service: str, actions: Sequence[Action]) -> Outcome:
@@ -257,8 +261,10 @@ class Executor:
         """Write one Event (or bump the count of an identical previous one). Never raises, except
         NotLeader: an event is a report, and failing to write it must not fail the pass."""
         now = self.clock()
-        previous = self._last_event.get(service)
-        if previous is not None and previous[1].reason == reason and previous[1].message == message:
+        recent = self._recent.setdefault(service, {})
+        aggregate = ("Warning" if warning else "Normal", reason, message)
+        previous = recent.get(aggregate)
+        if previous is not None:
             key = previous[0]
             event = previous[1].model_copy(update={"count": previous[1].count + 1, "time": rfc3339(now)})
         else:
@@ -279,7 +285,10 @@ class Executor:
         except FleetopError as exc:
             log.warning("could not record event for %s (%s): %s", service, message, exc)
             return
-        self._last_event[service] = (key, event)
+        recent.pop(aggregate, None)
+        recent[aggregate] = (key, event)
+        while len(recent) > RECENT_EVENTS:
+            recent.pop(next(iter(recent)))
         log.log(logging.WARNING if warning else logging.INFO, "%s: %s", service, message)
         if self.metrics is not None:
             self.metrics.events_recorded.labels(reason).inc()
@@ -303,7 +312,7 @@ class Executor:
         return self._lease
 
     def forget(self, service: str) -> None:
-        self._last_event.pop(service, None)
+        self._recent.pop(service, None)
 
 
 def _verb(action: Action) -> str:

@@ -193,6 +193,7 @@ class Instance:
     sidekick_failed: bool = False
     sidekick_unscheduled_since: Seen | None = None
     sidekick_stuck: bool = False
+    file_hash: str = ""
 
     @property
     def name(self) -> str:
@@ -200,9 +201,9 @@ class Instance:
 
     @property
     def failed(self) -> bool:
-        """The main unit or its sidekick failed. A sidekick restarts itself (``Restart=always``), so a
-        failed one hit systemd's start limit: the instance can never register where it is."""
-        return self.health.failed or self.sidekick_failed
+        """The main unit failed. A failed sidekick (it restarts itself, ``Restart=always``, so failed
+        means systemd's start limit) is restarted alone and does not fail its instance."""
+        return self.health.failed
 
 
 def _since(previous: Mapping[str, Seen], name: str, file_hash: str, now: float) -> Seen:
@@ -297,4 +298,5 @@ def _instance(
         sidekick_failed=side_failed,
         sidekick_unscheduled_since=side_since,
         sidekick_stuck=side_stuck,
+        file_hash=file_hash,
     )

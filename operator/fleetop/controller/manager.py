@@ -31,6 +31,7 @@ from fleetop.controller.proxycache import ProxyCaches
 from fleetop.controller.queue import WorkQueue, run_resync, run_workers
 from fleetop.controller.reconciler import Reconciler, ServiceReconciler
 from fleetop.controller.run import RunConfig
+from fleetop.controller.world import BackoffPolicy
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd import Etcd
 from fleetop.fleet.client import FleetClient
@@ -83,7 +84,12 @@ class Manager:
                 batch_size=config.limits.batch_size,
             )
             services = ServiceReconciler(
-                informers, executor, self.metrics, settings=config.unit_settings, limits=config.limits
+                informers,
+                executor,
+                self.metrics,
+                settings=config.unit_settings,
+                backoff=BackoffPolicy.scaled(config.restart_backoff),
+                limits=config.limits,
             )
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
             proxies = ProxyReconciler(

@@ -11,7 +11,8 @@ Two things the planner cannot see are kept here:
   restart or a failover it is re-seeded from the stored status: each condition's
   ``lastTransitionTime`` (so a new leader does not rewrite a status that has not changed), and the
   instances the last leader reported ready count as ready since long ago (it had already waited
-  ``minReadySeconds`` for them).
+  ``minReadySeconds`` for them); the restart records, so a crash-loop back-off goes on where it was,
+  and the last available template and a rollback in force (``report.memory_from_status``).
 * An invalid spec: the service gets ``Invalid=True`` with the JSON path and reason in its status, one
   event per generation, and nothing in the cluster changes for it. Other services are unaffected.
   A spec over an instance ceiling (:mod:`~fleetop.controller.limits`) is refused the same way, with
@@ -34,7 +35,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
@@ -52,8 +53,10 @@ from fleetop.controller.limits import (
 )
 from fleetop.controller.metrics import OperatorMetrics
 from fleetop.controller.planner import plan_view
+from fleetop.controller.report import memory_from_status
 from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import (
+    BackoffPolicy,
     ObservedMachine,
     ObservedState,
     ObservedUnit,
@@ -137,7 +140,9 @@ def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMe
         unit = snapshot.units.get(unit_status.name)
         if unit_status.ready and unit is not None:
             ready[unit.name] = Seen(unit_hash(unit.options), 0.0)
-    return PlanMemory(ready_since=ready, transitions=transitions)
+    started = {name: seen.hash for name, seen in ready.items()}
+    recovered = memory_from_status(status)  # restart records, placements, the last available template
+    return replace(recovered, ready_since=ready, transitions=transitions, started=started)
 
 
 def registrations_of(
@@ -172,8 +177,10 @@ class ServiceReconciler:
         *,
         settings: UnitSettings = DEFAULT_UNITS,
         limits: WorkLimits = DEFAULT_LIMITS,
+        backoff: BackoffPolicy | None = None,
     ) -> None:
         self.informers = informers
+        self.backoff = backoff or BackoffPolicy()
         self.executor = executor
         self.metrics = metrics
         self.clock = clock
@@ -232,7 +239,17 @@ class ServiceReconciler:
         now = self.clock()
         generation = entry.mod_revision if entry is not None else 0
         view = self.view(snapshot)
-        result = plan_view(name, spec, generation, view, registered, now, memory, settings=self.settings)
+        result = plan_view(
+            name,
+            spec,
+            generation,
+            view,
+            registered,
+            now,
+            memory,
+            settings=self.settings,
+            backoff=self.backoff,
+        )
         self.memory[name] = result.memory
         status = result.status
         if status is not None:
@@ -240,6 +257,8 @@ class ServiceReconciler:
         outcome = await self.executor.apply(name, result.actions)
         if outcome.deferred:
             log.debug("%s: %d actions left for the next pass", name, outcome.deferred)
+        for event in result.events:
+            await self.executor.record(name, event.reason, event.message, warning=event.warning)
         if outcome.error is not None and status is not None:
             status = status.model_copy(update={"last_error": str(outcome.error)})
         await self.executor.write_status(name, status, self._stored_kv(name))

@@ -9,8 +9,11 @@ newest template is, with the Deployment guarantees:
   those the same pass destroys;
 - never fewer than ``replicas - maxUnavailable`` ready instances because of a destroy the planner
   chose, except when the user asked for fewer replicas (a scale-down is not a rollout);
-- an instance that has failed, or is stuck unscheduled where a replacement could land, is destroyed
-  (it is not ready, so this costs no availability) and a new one takes a free slot on a later pass.
+- an instance whose failure back-off has run out, or that is stuck unscheduled where a replacement
+  could land, is destroyed (it is not ready, so this costs no availability) and its slot stays
+  *pending*: it is created again under the same number on a later pass. A pending slot counts as a
+  new, unready instance, so nothing else is created for it, and it is the first to go on a
+  scale-down.
 
 Surge and in-place replacement fall out of the same arithmetic (Kubernetes' ``reconcileNewReplicaSet``
 and ``reconcileOldReplicaSets``): with room under ``replicas + maxSurge`` new instances are created in
@@ -36,6 +39,8 @@ class Member:
     unscheduled: bool = False
     failed: bool = False
     replace: bool = False
+    pending: bool = False
+    """No unit now: the slot waits to be created again under the same number."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +74,20 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Create ``create`` new instances (in free slots); destroy ``destroy`` = ((slot, reason), ...)."""
+    """Create ``create`` new instances (in free slots); destroy ``destroy`` = ((slot, reason), ...);
+    ``reserved``: pending slots that stay, to be created again under their own number."""
 
     create: int
     destroy: tuple[tuple[int, str], ...]
+    reserved: tuple[int, ...] = ()
 
 
 def removal_order(member: Member) -> tuple[int, bool, int]:
-    """Who goes first: unscheduled, failed, not ready, then old before new, then the highest slot."""
-    if member.unscheduled:
+    """Who goes first: pending, unscheduled, failed, not ready, then old before new, then the highest
+    slot."""
+    if member.pending:
+        rank = -1
+    elif member.unscheduled:
         rank = 0
     elif member.failed:
         rank = 1
@@ -94,11 +104,12 @@ def decide(members: Sequence[Member], limits: Limits) -> Decision:
     for member in members:
         if member.replace:
             destroy[member.slot] = "failed" if member.failed else "unschedulable"
-    live = [m for m in members if not m.replace]
+    live = [Member(m.slot, True, False, pending=True) if m.replace else m for m in members]
     room = max(0, limits.ceiling - len(members))
     rolling = not limits.paused and limits.replicas > 0 and any(not m.updated for m in live)
     create = _roll(live, limits, room, destroy) if rolling else _scale(live, limits, room, destroy)
-    return Decision(create, tuple(sorted(destroy.items())))
+    reserved = tuple(sorted(m.slot for m in live if m.pending and destroy.get(m.slot) != "scale down"))
+    return Decision(create, tuple(sorted(destroy.items())), reserved)
 
 
 def _scale(live: list[Member], limits: Limits, room: int, destroy: dict[int, str]) -> int:

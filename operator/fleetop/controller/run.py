@@ -125,6 +125,9 @@ class RunConfig:
     render: RenderLimits = field(default_factory=RenderLimits)
     """Time and size limits of a custom proxy template's render."""
 
+    restart_backoff: float = 10.0
+    """First crash-loop back-off delay in seconds; the cap is 30 times it, the reset 60 times."""
+
     def __post_init__(self) -> None:
         self.unit_settings  # noqa: B018 - refuse a path that cannot be written into a unit, at construction
 
@@ -184,6 +187,9 @@ class RunConfig:
                     1024,
                     1 << 30,
                 ),
+            ),
+            restart_backoff=_seconds(
+                pick("restart_backoff", "FLEETOP_RESTART_BACKOFF", 10.0), "--restart-backoff"
             ),
         )
 

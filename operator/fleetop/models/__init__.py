@@ -20,11 +20,14 @@ from fleetop.models.service import (
 )
 from fleetop.models.status import (
     AgentStatus,
+    AvailableTemplate,
     Backend,
     Condition,
     ProxyStatus,
     PublishedConfig,
     ReplicaCounts,
+    RestartStatus,
+    RollbackStatus,
     ServiceStatus,
     UnitStatus,
 )
@@ -32,6 +35,7 @@ from fleetop.models.status import (
 __all__ = [
     "SPEC_KINDS",
     "AgentStatus",
+    "AvailableTemplate",
     "Backend",
     "Check",
     "Condition",
@@ -45,6 +49,8 @@ __all__ = [
     "ProxyStatus",
     "PublishedConfig",
     "ReplicaCounts",
+    "RestartStatus",
+    "RollbackStatus",
     "Rollout",
     "Route",
     "ServiceSpec",

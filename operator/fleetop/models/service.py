@@ -242,6 +242,9 @@ class Rollout(StrictModel):
     max_unavailable: IntOrPercent = 0
     min_ready_seconds: int = Field(default=0, ge=0)
     progress_deadline_seconds: int = Field(default=600, ge=1)
+    auto_rollback: bool = False
+    """A new template that crash-loops until the progress deadline is rolled back to the last
+    template that was fully available; the stored spec is left as written."""
 
     @field_validator("max_surge")
     @classmethod

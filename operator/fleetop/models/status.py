@@ -6,7 +6,7 @@ re-trigger its own reconcile). Conditions follow the Kubernetes form.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -53,6 +53,42 @@ class UnitStatus(ObservedModel):
     template: str = ""
     ready: bool = False
     registered: bool = False
+    restarts: int = 0
+
+
+class RestartStatus(ObservedModel):
+    """A unit in crash-loop back-off, or watched after one: how often it was created again, its last
+    failure and when it may be tried again. A new leader continues the back-off from these."""
+
+    unit: str
+    instance: str = ""
+    role: str = "main"
+    phase: Literal["failed", "destroyed", "created"] = "failed"
+    cause: Literal["failed", "unscheduled"] = "failed"
+    restarts: int = 0
+    last_failure: str = ""
+    next_try: str = ""
+    state: str = ""
+    machine: str = ""
+    ran: bool = False
+
+
+class RollbackStatus(ObservedModel):
+    """``rollout.autoRollback`` acted: ``toTemplate`` runs instead of the written spec's
+    ``fromTemplate`` until the spec at ``generation`` is written again."""
+
+    from_template: str
+    to_template: str
+    generation: int = 0
+    time: str = ""
+
+
+class AvailableTemplate(ObservedModel):
+    """The last template that was fully available and the spec that renders it (kept with
+    ``rollout.autoRollback`` only, so a new leader can still roll back)."""
+
+    template: str
+    spec: dict[str, Any] = Field(default_factory=dict)
 
 
 class Backend(ObservedModel):
@@ -73,6 +109,9 @@ class ServiceStatus(ObservedModel):
     backends: list[Backend] = Field(default_factory=list)
     invalid_registrations: int = 0
     template: str = ""
+    restarts: list[RestartStatus] = Field(default_factory=list)
+    rollback: RollbackStatus | None = None
+    last_available: AvailableTemplate | None = None
     last_error: str | None = None
 
     def condition(self, kind: str) -> Condition | None:
@@ -101,13 +140,23 @@ class ProxyStatus(ObservedModel):
 
 
 class AgentStatus(ObservedModel):
-    """``/status/proxies/<name>/agents/<machine>``: what one proxy agent applied, or why it could not."""
+    """``/status/proxies/<name>/agents/<machine>``: what one proxy agent applied, or why it could not.
+
+    ``applied_via`` says how the proxy took the applied config: ``runtime`` (HAProxy's servers changed
+    through its admin socket, no reload) or ``reload``. ``reloads`` and ``runtime_applies`` count both
+    since the agent started; ``runtime_fallbacks`` counts runtime attempts that failed and reloaded
+    instead, and ``fallback_reason`` holds HAProxy's answer for the last one (None when the newest
+    apply did not fall back)."""
 
     machine: str
     applied_hash: str = ""
     applied_generation: int = 0
     applied_at: str = ""
+    applied_via: Literal["", "runtime", "reload"] = ""
     reloads: int = 0
+    runtime_applies: int = 0
+    runtime_fallbacks: int = 0
+    fallback_reason: str | None = None
     error: str | None = None
     failed_hash: str = ""
 

@@ -161,7 +161,7 @@ class FleetAPI:
         if method == "DELETE":
             if not self.registry.delete_unit(name):
                 return error(404, "unit does not exist")
-            self.engine.notify()
+            self.engine.notify(name)
             return Response(status_code=204)
         if method == "PUT":
             return await self.put_unit(request, name)
@@ -198,7 +198,7 @@ class FleetAPI:
             return error(400, f"invalid desiredState {go_quote(body.desired_state)}")
         if body.desired_state != existing.desired_state:
             self.registry.set_desired_state(name, body.desired_state)
-            self.engine.notify()
+            self.engine.notify(name)
         return Response(status_code=204)
 
     def create_unit(
@@ -216,7 +216,7 @@ class FleetAPI:
         if not is_desired_state(state):
             return error(500)
         self.registry.put_unit(StoredUnit(name, tuple(options), state))
-        self.engine.notify()
+        self.engine.notify(name)
         return Response(b"", status_code=201)
 
     # -- state and machines ------------------------------------------------------------------------
@@ -287,7 +287,7 @@ class FleetAPI:
             "# HELP fleetop_node_unit_states Unit states reported by the node's agents.",
             "# TYPE fleetop_node_unit_states gauge",
             f"fleetop_node_unit_states {len(self.engine.states())}",
-            "# HELP fleetop_node_reconcile_passes_total Reconcile passes run.",
+            "# HELP fleetop_node_reconcile_passes_total Passes of the engine (scheduling) run.",
             "# TYPE fleetop_node_reconcile_passes_total counter",
             f"fleetop_node_reconcile_passes_total {self.engine.passes}",
         ]

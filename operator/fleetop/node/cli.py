@@ -81,6 +81,17 @@ def node(
             help="etcd endpoints published to units in /etc/etcd.environment (comma-separated).",
         ),
     ] = None,
+    pace: Annotated[
+        float | None,
+        typer.Option(
+            "--pace",
+            min=0.0,
+            max=60.0,
+            help="Seconds the engine takes to notice a change, and each machine's agent after it, as "
+            "fleet's do (default 1, or FLEETOP_NODE_PACE; 0: at once). fleetctl needs more than a "
+            "request's round trip.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
     """Run a node (when no subcommand is given)."""
@@ -91,14 +102,15 @@ def node(
     from fleetop.node.main import NodeConfig, run_node
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = NodeConfig(
-        state_dir=state_dir,
-        machines=machines,
-        listen=listen,
-        metadata=tuple(metadata or ()),
-        etcd_endpoints=tuple(e.strip() for e in (etcd_endpoints or "").split(",") if e.strip()),
-    )
     try:
+        config = NodeConfig(
+            state_dir=state_dir,
+            machines=machines,
+            listen=listen,
+            metadata=tuple(metadata or ()),
+            etcd_endpoints=tuple(e.strip() for e in (etcd_endpoints or "").split(",") if e.strip()),
+            **({} if pace is None else {"pace": pace}),
+        )
         asyncio.run(run_node(config))
     except FleetopError as exc:
         typer.echo(f"fleetop node: {exc}", err=True)

@@ -20,7 +20,7 @@ import secrets
 import signal
 import socket
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ import uvicorn
 
 from fleetop.errors import ConfigError
 from fleetop.node.api import create_app
-from fleetop.node.engine import RESYNC_INTERVAL, Engine, NodeMachine
+from fleetop.node.engine import PACE, RESYNC_INTERVAL, Engine, NodeMachine
 from fleetop.node.registry import Registry, atomic_write, ensure_private_dir
 from fleetop.node.supervisor import Supervisor
 
@@ -37,6 +37,22 @@ MAX_MACHINES = 254
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 BACKLOG = 128
 _METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+PACE_ENV = "FLEETOP_NODE_PACE"
+MAX_PACE = 60.0
+
+
+def pace_from_environment() -> float:
+    """``FLEETOP_NODE_PACE`` (seconds) if it is set, else the engine's default, fleet's own pace."""
+    raw = os.environ.get(PACE_ENV, "").strip()
+    if not raw:
+        return PACE
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{PACE_ENV}={raw!r}: not a number of seconds") from None
+    if not 0 <= value <= MAX_PACE:
+        raise ConfigError(f"{PACE_ENV}={raw!r}: must be between 0 and {MAX_PACE:g} seconds")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +65,7 @@ class NodeConfig:
     metadata: tuple[str, ...] = ()
     etcd_endpoints: tuple[str, ...] = ()
     resync_interval: float = RESYNC_INTERVAL
+    pace: float = field(default_factory=pace_from_environment)
 
     @property
     def listen_url(self) -> str:
@@ -218,7 +235,7 @@ async def run_node(
     orphans = supervisor.cleanup_orphans()
     if orphans:
         log.warning("node: killed %d process(es) left by a previous run", orphans)
-    engine = Engine(registry, supervisor, machines, resync_interval=config.resync_interval)
+    engine = Engine(registry, supervisor, machines, resync_interval=config.resync_interval, pace=config.pace)
     sock, endpoint = open_listener(config.listen_url)
     server = _Server(
         uvicorn.Config(

@@ -14,6 +14,12 @@ Rules:
   way) until a new one arrives; the error and its hash are reported while the old config serves;
 - a failure after install (no proxy running yet, reload command failed) is retried with backoff: the
   proxy may simply not have started yet;
+- HAProxy without reloads: when a new config differs from the one HAProxy runs only in the servers of
+  its backends (:mod:`fleetop.proxy.haproxy_servers`), the servers change through HAProxy's admin
+  socket (:mod:`fleetop.proxy.haproxy_runtime`), ``show servers state`` is checked against the
+  config, and the file is still staged, checked and renamed, so a restart or a later reload gives
+  the same servers. Any other change reloads; so does a refused command or a disagreeing state
+  (after installing the checked file); status says which way each config went and why it fell back;
 - status is written only when it changed, bound to a lease kept alive while the agent runs, so an
   agent that is gone stops counting; etcd restarts are ridden out by ``list_watch`` and by retrying
   the status write.
@@ -23,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +43,15 @@ from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
-from fleetop.proxy.apply import ApplyError, apply_config, pid_file_of
+from fleetop.proxy.apply import ApplyError, ApplyResult, apply_config, pid_file_of
+from fleetop.proxy.haproxy_runtime import (
+    DRAIN_TIMEOUT,
+    RuntimeAPI,
+    RuntimeAPIError,
+    ServerRuntime,
+    admin_socket_of,
+)
+from fleetop.proxy.haproxy_servers import ConfigModel, parse_config, runtime_change
 from fleetop.proxy.render import default_runtime_dir
 
 log = logging.getLogger(__name__)
@@ -61,6 +76,9 @@ class AgentSettings:
     retry_min: float = 0.5
     retry_max: float = 30.0
     status_ttl: int = STATUS_TTL
+    runtime_api: bool = True
+    drain_timeout: float = DRAIN_TIMEOUT
+    drain_poll: float = 0.05
 
     def target(self, cfg: PublishedConfig) -> Path:
         if self.config_path is not None:
@@ -83,18 +101,29 @@ class ProxyAgent:
     """Applies the newest published config and reports status. ``run()`` until cancelled."""
 
     def __init__(
-        self, etcd: Etcd, keys: Keys, settings: AgentSettings, *, now: Callable[[], str] = utc_now
+        self,
+        etcd: Etcd,
+        keys: Keys,
+        settings: AgentSettings,
+        *,
+        now: Callable[[], str] = utc_now,
+        runtime_api: Callable[[Path, float], RuntimeAPI] = RuntimeAPI,
     ) -> None:
+        """``runtime_api`` makes the admin socket client from its path and timeout."""
         self.etcd = etcd
         self.keys = keys
         self.settings = settings
         self.status = AgentStatus(machine=settings.machine)
         self._now = now
+        self._runtime_api = runtime_api
         self._latest: bytes | None = None
         self._changed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._dirty.set()  # report presence at once
         self._given_up: str | None = None  # hash of a config that failed its check
+        self._loaded: _Loaded | None = None  # the HAProxy config the proxy runs, as this agent applied it
+        self._runtimes: dict[Path, ServerRuntime] = {}
+        self._draining = asyncio.Event()
         self.applied = asyncio.Event()  # set after every attempt (tests wait on it)
 
     async def run(self) -> None:
@@ -103,6 +132,7 @@ class ProxyAgent:
                 group.create_task(self._watch())
                 group.create_task(self._apply_loop())
                 group.create_task(self._status_loop())
+                group.create_task(self._drain_loop())
         except BaseExceptionGroup as failed:
             raise _first(failed) from None
 
@@ -156,15 +186,19 @@ class ProxyAgent:
 
     async def _apply(self, cfg: PublishedConfig) -> bool:
         settings, raw = self.settings, self._latest
+        target = settings.target(cfg)
+        model, runtime = self._runtime_step(cfg, target)
+        loaded, self._loaded = self._loaded, None  # unknown until this apply is over
         try:
             _ensure_runtime_dir(cfg)
             result = await apply_config(
                 cfg,
-                settings.target(cfg),
+                target,
                 check=cfg.check_cmd,
                 reload=cfg.reload_cmd,
                 timeout=settings.timeout,
                 superseded=lambda: self._latest != raw,
+                runtime=runtime,
             )
         except ApplyError as exc:
             log.error(
@@ -172,26 +206,111 @@ class ProxyAgent:
             )
             if exc.stage == "check":
                 self._given_up = cfg.hash
-            self._report(error=str(exc), failed_hash=cfg.hash)
+            if not exc.installed:
+                self._loaded = loaded  # the proxy still runs what it ran
+            reloads = self.status.reloads + (1 if exc.reloaded else 0)
+            self._report(error=str(exc), failed_hash=cfg.hash, reloads=reloads)
             return exc.stage != "check"
         except (FleetopError, OSError) as exc:  # nginx/haproxy not installed, runtime dir not writable
             log.error("proxy %s: cannot apply %s: %s", settings.proxy, cfg.hash[:12], exc)
             self._report(error=str(exc), failed_hash=cfg.hash)
             return True
         if result.superseded:
+            self._loaded = loaded
             log.info("proxy %s: config %s superseded before install", settings.proxy, cfg.hash[:12])
             return False  # the newer one is already signalled
-        log.info("proxy %s: applied config %s (generation %d)", settings.proxy, cfg.hash[:12], cfg.generation)
         self._given_up = None
+        self._applied(cfg, result, model)
+        return False
+
+    def _applied(self, cfg: PublishedConfig, result: ApplyResult, model: ConfigModel | None) -> None:
+        how = result.via or "installed"
+        if result.fallback:
+            log.error(
+                "proxy %s: config %s could not be applied at runtime, reloaded instead: %s",
+                self.settings.proxy, cfg.hash[:12], result.fallback,
+            )  # fmt: skip
+        log.info(
+            "proxy %s: applied config %s (generation %d) by %s",
+            self.settings.proxy, cfg.hash[:12], cfg.generation, how,
+        )  # fmt: skip
+        if result.via != "runtime":
+            for runtime in self._runtimes.values():
+                runtime.forget()  # a reloaded HAProxy holds only the file's servers
+        elif any(runtime.draining for runtime in self._runtimes.values()):
+            self._draining.set()
+        if cfg.kind == "haproxy" and result.via:
+            self._loaded = _Loaded(
+                cfg.body, model if model is not None else parse_config(cfg.body), _identity(result.target)
+            )
+        status = self.status
         self._report(
             applied_hash=cfg.hash,
             applied_generation=cfg.generation,
             applied_at=self._now(),
-            reloads=self.status.reloads + (1 if result.reloaded else 0),
+            applied_via=result.via,
+            reloads=status.reloads + (1 if result.reloaded else 0),
+            runtime_applies=status.runtime_applies + (1 if result.via == "runtime" else 0),
+            runtime_fallbacks=status.runtime_fallbacks + (1 if result.fallback else 0),
+            fallback_reason=result.fallback or None,
             error=None,
             failed_hash="",
         )
-        return False
+
+    def _runtime_step(
+        self, cfg: PublishedConfig, target: Path
+    ) -> tuple[ConfigModel | None, Callable[[], Awaitable[object]] | None]:
+        """The new config's server model and, when only servers changed since the config HAProxy
+        runs, the step that changes them at runtime instead of a reload."""
+        if cfg.kind != "haproxy" or not self.settings.runtime_api or cfg.reload_cmd is not None:
+            return None, None
+        model = parse_config(cfg.body)
+        socket_path = admin_socket_of(cfg.body)
+        loaded = self._loaded
+        if socket_path is None or loaded is None or not self._still_installed(loaded, target):
+            return model, None  # no socket, or not known what HAProxy runs: reload
+        change = runtime_change(loaded.model, model)
+        if change.reason:
+            log.info("proxy %s: config %s reloads: %s", self.settings.proxy, cfg.hash[:12], change.reason)
+            return model, None
+        runtime = self._runtimes.get(socket_path)
+        if runtime is None:
+            api = self._runtime_api(socket_path, min(self.settings.timeout, 5.0))
+            pid_file = pid_file_of("haproxy", cfg.body)
+            runtime = ServerRuntime(api, pid_file=pid_file, drain_timeout=self.settings.drain_timeout)
+            self._runtimes = {socket_path: runtime}
+        return model, lambda: runtime.apply(change.backends)
+
+    def _still_installed(self, loaded: _Loaded, target: Path) -> bool:
+        """Whether the installed file is still the config this agent applied: the same file, or the
+        same text (a restarted managed proxy writes the published config again before it starts)."""
+        identity = _identity(target)
+        if identity is not None and identity == loaded.file:
+            return True
+        try:
+            same = identity is not None and target.read_text(encoding="utf-8") == loaded.body
+        except (OSError, UnicodeDecodeError):
+            return False
+        if same:
+            self._loaded = dataclasses.replace(loaded, file=identity)
+        return same
+
+    async def _drain_loop(self) -> None:
+        """Delete drained servers once HAProxy lets them go (see :class:`ServerRuntime`)."""
+        while True:
+            await self._draining.wait()
+            busy, pause = False, self.settings.drain_poll
+            for runtime in list(self._runtimes.values()):
+                try:
+                    await runtime.drain()
+                except RuntimeAPIError as exc:  # HAProxy restarting: its servers come from the file
+                    log.warning("proxy %s: draining servers: %s", self.settings.proxy, exc)
+                    pause = max(pause, self.settings.retry_min)
+                busy = busy or bool(runtime.draining)
+            if not busy:
+                self._draining.clear()
+                continue
+            await asyncio.sleep(pause)
 
     def _report(self, **changes: object) -> None:
         updated = self.status.model_copy(update=changes)
@@ -220,6 +339,26 @@ class ProxyAgent:
                 self._dirty.set()
         finally:
             await writer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """The HAProxy config the proxy runs, as this agent applied it, and the installed file's identity
+    then (a restarted managed proxy may have written a newer published config there since)."""
+
+    body: str
+    model: ConfigModel
+    file: tuple[int, int, int, int] | None
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """Device, inode, size and modification time: an installed file is renamed into place, so any
+    other write gives another identity (and a missing file none)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _ensure_runtime_dir(cfg: PublishedConfig) -> None:

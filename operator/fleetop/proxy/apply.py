@@ -11,6 +11,10 @@ installed. A command given as one string is split like a shell would (``shlex``)
 syntax (pipes, ``$``, ``;``...): then it runs as ``/bin/sh -c <string> fleetop <path>`` with
 ``{config}`` rewritten to ``"$1"``, so the path is an argument and never pasted into the script.
 
+For HAProxy, a config that changes only servers can replace the reload by a runtime step (see
+:func:`apply_config` and :mod:`fleetop.proxy.haproxy_runtime`); the file goes through the same
+stage, check and rename.
+
 Default commands per kind: nginx is checked with ``nginx -t -q`` on the staged file and reloaded by
 SIGHUP to the master; HAProxy (master-worker, ``expose-fd listeners``) is checked with
 ``haproxy -c`` and reloaded seamlessly by SIGUSR2 to the master. The pid file is the one the
@@ -33,7 +37,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,6 +77,7 @@ class ApplyError(ProxyError):
         self.config_hash = config_hash
         self.output = output
         self.installed = installed
+        self.reloaded = False  # the proxy was reloaded anyway (to undo runtime changes)
         detail = f": {output}" if output else ""
         super().__init__(f"{stage} failed: {message}{detail}")
 
@@ -92,13 +97,18 @@ class SignalReload:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """What happened. ``superseded``: a newer config arrived during the check, nothing was installed."""
+    """What happened. ``superseded``: a newer config arrived during the check, nothing was installed.
+    ``via``: how the proxy took the installed config (``runtime`` commands, a ``reload``, or nothing
+    when the reload command is empty); ``fallback``: why the runtime step failed, when it did and the
+    proxy was reloaded instead."""
 
     hash: str
     generation: int
     target: Path
     reloaded: bool
     superseded: bool = False
+    via: Literal["runtime", "reload", ""] = ""
+    fallback: str = ""
 
 
 def find_binary(name: str) -> str:
@@ -293,6 +303,7 @@ async def apply_config(
     reload: Command | SignalReload | None,
     timeout: float,
     superseded: Callable[[], bool] | None = None,
+    runtime: Callable[[], Awaitable[object]] | None = None,
 ) -> ApplyResult:
     """Stage ``cfg.body`` beside ``target``, check it, rename it over ``target``, reload the proxy.
 
@@ -300,23 +311,30 @@ async def apply_config(
     On a failed check the staged file is removed, ``target`` is untouched and :class:`ApplyError`
     (stage ``check``) carries the checker's output. ``superseded()`` is asked after the check: when it
     says a newer config is waiting, this one is dropped before install (never apply a stale config).
+
+    ``runtime``, when given, replaces the reload: it makes the running proxy hold the new config's
+    servers (HAProxy's runtime API, which validates every command itself). It runs first, so traffic
+    follows at the cost of a few socket round trips rather than of the check (a process start, about
+    70 ms for HAProxy); the file is then checked and renamed as always, so a restart or a later
+    reload gives the same servers. If ``runtime`` raises :class:`ProxyError` the file is still
+    checked and installed, the proxy is reloaded, and the result's ``fallback`` says why. If the check
+    fails after ``runtime`` changed servers, the proxy is reloaded from the installed (old) file so
+    it serves exactly that again, and the check error is raised.
     """
-    target, staged = _stage(target, cfg)
+    reload_how = reload if reload is not None else default_reload(cfg.kind, cfg.body)
+    fallback = "" if runtime is None else await _runtime_first(runtime)
     try:
-        check_argv = command_argv(
-            check if check is not None else default_check(cfg.kind, target.parent), staged
+        target, installed = await _check_and_install(
+            cfg, target, check, timeout, superseded if runtime is None else None
         )
-        reload_how = reload if reload is not None else default_reload(cfg.kind, cfg.body)
-        if check_argv:
-            status, output = await run_command(check_argv, timeout=timeout, cwd=target.parent)
-            if status != 0:
-                name = Path(check_argv[0]).name
-                raise ApplyError("check", f"{name} exited with {status}", output=output, config_hash=cfg.hash)
-        if superseded is not None and superseded():
-            return ApplyResult(cfg.hash, cfg.generation, target, reloaded=False, superseded=True)
-        _install(staged, target, cfg.hash)
-    finally:
-        _remove(staged)
+    except ApplyError as error:
+        if runtime is not None and not error.installed:
+            await _revert(error, reload_how, target, timeout)
+        raise
+    if not installed:
+        return ApplyResult(cfg.hash, cfg.generation, target, reloaded=False, superseded=True)
+    if runtime is not None and not fallback:
+        return ApplyResult(cfg.hash, cfg.generation, target, reloaded=False, via="runtime")
     try:
         reloaded = await _reload(reload_how, target, timeout)
     except ApplyError as exc:
@@ -324,7 +342,60 @@ async def apply_config(
         raise
     except OSError as exc:
         raise ApplyError("reload", str(exc.strerror or exc), config_hash=cfg.hash, installed=True) from None
-    return ApplyResult(hash=cfg.hash, generation=cfg.generation, target=target, reloaded=reloaded)
+    return ApplyResult(
+        hash=cfg.hash,
+        generation=cfg.generation,
+        target=target,
+        reloaded=reloaded,
+        via="reload" if reloaded else "",
+        fallback=fallback,
+    )
+
+
+async def _check_and_install(
+    cfg: PublishedConfig,
+    target: Path,
+    check: Command | None,
+    timeout: float,
+    superseded: Callable[[], bool] | None,
+) -> tuple[Path, bool]:
+    """Stage, check, rename: (the absolute target, False when superseded before install)."""
+    target, staged = _stage(target, cfg)
+    try:
+        check_argv = command_argv(
+            check if check is not None else default_check(cfg.kind, target.parent), staged
+        )
+        if check_argv:
+            status, output = await run_command(check_argv, timeout=timeout, cwd=target.parent)
+            if status != 0:
+                name = Path(check_argv[0]).name
+                raise ApplyError("check", f"{name} exited with {status}", output=output, config_hash=cfg.hash)
+        if superseded is not None and superseded():
+            return target, False
+        _install(staged, target, cfg.hash)
+    finally:
+        _remove(staged)
+    return target, True
+
+
+async def _runtime_first(runtime: Callable[[], Awaitable[object]]) -> str:
+    """Run the runtime step; ``""`` when it worked, else why (the caller reloads instead)."""
+    try:
+        await runtime()
+    except ProxyError as exc:
+        return str(exc) or type(exc).__name__
+    return ""
+
+
+async def _revert(error: ApplyError, reload: Command | SignalReload, target: Path, timeout: float) -> None:
+    """Reload the installed (old) file after runtime changes from a config that was not installed."""
+    try:
+        error.reloaded = await _reload(reload, target, timeout)
+    except (ApplyError, OSError) as exc:
+        log.error("could not reload %s to undo the runtime changes: %s", target, exc)
+        error.args = (f"{error}; the runtime changes could not be undone by a reload ({exc})",)
+        return
+    error.args = (f"{error}; the proxy was reloaded from the installed config, undoing its runtime changes",)
 
 
 def _stage(target: Path, cfg: PublishedConfig) -> tuple[Path, Path]:

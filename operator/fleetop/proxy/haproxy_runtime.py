@@ -1,0 +1,210 @@
+"""Change a running HAProxy's servers through its admin socket, without a reload.
+
+HAProxy's runtime API is a line protocol on the ``stats socket`` the config declares (the built-in
+template: a unix socket in the proxy's runtime directory, ``mode 600 level admin``). Only a unix
+socket with ``level admin`` is used, never a TCP one: whoever can reach the socket can reconfigure
+the proxy, and a file mode is the simplest way to say who can. One connection per command, the way
+``socat`` sends them: HAProxy answers and closes, so an answer is everything read until EOF, and a
+restarted HAProxy is simply reached on the next command.
+
+:class:`ServerRuntime` applies a planned change (:mod:`fleetop.proxy.haproxy_servers`) and owns the
+servers being drained: a removed server goes into maintenance at once (no new requests; requests in
+flight finish), and is deleted when ``del server`` accepts it (HAProxy refuses while it has
+connections) or, after ``drain_timeout``, once its sessions are shut down. Every answer that is not
+the expected one, and a ``show servers state`` that disagrees with the config after the commands,
+raise :class:`RuntimeAPIError` with HAProxy's own words; the agent then reloads the installed file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from fleetop.errors import ProxyError
+from fleetop.proxy.apply import children
+from fleetop.proxy.haproxy_servers import (
+    Command,
+    LiveServer,
+    Server,
+    mismatch,
+    parse_servers_state,
+    plan_commands,
+)
+
+log = logging.getLogger(__name__)
+
+_STATS_SOCKET_RE = re.compile(r"^\s*stats\s+socket\s+(/\S+)\s+(.*)$", re.MULTILINE)
+_ANSWER_LIMIT = 1 << 20
+DRAIN_TIMEOUT = 60.0
+WORKER_WAIT = 5.0
+DELETED = "Server deleted."
+GONE = "No such server."
+
+
+class RuntimeAPIError(ProxyError):
+    """A runtime command failed or HAProxy's state disagrees with the config; the message says which,
+    with HAProxy's answer."""
+
+
+def admin_socket_of(body: str) -> Path | None:
+    """The unix admin socket an HAProxy config declares (``stats socket /path ... level admin``)."""
+    for match in _STATS_SOCKET_RE.finditer(body):
+        if re.search(r"\blevel\s+admin\b", match.group(2)):
+            return Path(match.group(1))
+    return None
+
+
+class RuntimeAPI:
+    """Sends one command per connection to HAProxy's admin socket and returns the answer."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    async def send(self, command: str) -> str:
+        if "\n" in command or ";" in command:
+            raise RuntimeAPIError(f"refusing to send {command!r}: one command, no separators")
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_unix_connection(str(self.path), limit=_ANSWER_LIMIT)
+                try:
+                    writer.write(command.encode("ascii") + b"\n")
+                    await writer.drain()
+                    answer = await reader.read(-1)
+                finally:
+                    writer.close()
+        except TimeoutError:
+            raise RuntimeAPIError(
+                f"{command!r}: no answer from {self.path} within {self.timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise RuntimeAPIError(f"cannot reach HAProxy at {self.path}: {exc.strerror or exc}") from None
+        return answer.decode("utf-8", errors="replace")
+
+    async def run(self, command: Command) -> str:
+        """Send ``command``; RuntimeAPIError unless HAProxy gave one of its success answers."""
+        answer = await self.send(command.text)
+        if not command.succeeded(answer):
+            raise RuntimeAPIError(f"'{command.text}' was refused: {answer.strip() or '(no answer)'}")
+        return answer
+
+    async def servers(self, backend: str | None = None) -> dict[str, dict[str, LiveServer]]:
+        """``show servers state``, of one backend or of all."""
+        answer = await self.send("show servers state" + (f" {backend}" if backend else ""))
+        try:
+            return parse_servers_state(answer)
+        except ValueError as exc:
+            raise RuntimeAPIError(str(exc)) from None
+
+
+def newest_worker(master: int) -> int | None:
+    """The most recently started child of an HAProxy master (its current worker; older ones are
+    finishing their connections after a reload); None when /proc cannot tell or it has none."""
+    found: list[tuple[int, int]] = []
+    for pid in children(master) or ():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except OSError:
+            continue
+        found.append((int(stat.rpartition(b")")[2].split()[19]), pid))  # field 22: start time
+    return max(found)[1] if found else None
+
+
+def _master_pid(pid_file: Path) -> int | None:
+    try:
+        text = pid_file.read_text().split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].isdigit() else None
+
+
+class ServerRuntime:
+    """The servers of one running HAProxy: apply a desired set, drain and delete removed ones.
+
+    ``apply`` and ``drain`` take turns (one lock), so a server being deleted is never the one a new
+    config just made ready again. Right after a reload the old worker may still answer on the admin
+    socket for a moment (the master stops it once the new one is ready), so with the master's
+    ``pid_file`` each apply first waits until ``show info`` names the newest worker."""
+
+    def __init__(
+        self, api: RuntimeAPI, *, pid_file: Path | None = None, drain_timeout: float = DRAIN_TIMEOUT
+    ) -> None:
+        self.api = api
+        self.pid_file = pid_file
+        self.drain_timeout = drain_timeout
+        self._worker: int | None = None  # the newest worker last seen answering
+        self._lock = asyncio.Lock()
+        self.draining: dict[tuple[str, str], float] = {}  # (backend, server) → deadline (loop time)
+        self.commands_sent = 0
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def forget(self) -> None:
+        """After a reload or restart: the new process holds only the file's servers."""
+        self.draining.clear()
+
+    async def apply(self, desired: Mapping[str, Mapping[str, Server]]) -> int:
+        """Make the backends named in ``desired`` hold exactly its servers, and verify them with
+        ``show servers state``; the number of commands sent. Other backends are left alone."""
+        async with self._lock:
+            await self._newest_worker_answers()
+            live: dict[str, dict[str, LiveServer]] = {}
+            for backend in sorted(desired):
+                live.update(await self.api.servers(backend))
+            plan = plan_commands(desired, live)
+            for command in plan.commands:
+                await self.api.run(command)
+                self.commands_sent += 1
+            deadline = self._now() + self.drain_timeout
+            kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
+            self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}
+            after: dict[str, dict[str, LiveServer]] = {}
+            for backend in sorted(desired):
+                after.update(await self.api.servers(backend))
+            wrong = mismatch(desired, after, set(self.draining))
+            if wrong:
+                raise RuntimeAPIError(f"'show servers state' disagrees with the config: {wrong}")
+            return len(plan.commands)
+
+    async def _newest_worker_answers(self) -> None:
+        master = _master_pid(self.pid_file) if self.pid_file is not None else None
+        if master is None:
+            return  # no pid file (not master-worker): one process answers
+        deadline = self._now() + WORKER_WAIT
+        while True:
+            newest = newest_worker(master)
+            if newest is None or newest == self._worker:
+                return
+            answer = await self.api.send("show info")
+            pid = next((line.split()[1] for line in answer.splitlines() if line.startswith("Pid:")), "")
+            if pid == str(newest):
+                self._worker = newest
+                return
+            if self._now() > deadline:
+                raise RuntimeAPIError(
+                    f"the admin socket is answered by pid {pid or '?'}, not the newest worker {newest}"
+                )
+            await asyncio.sleep(0.005)
+
+    async def drain(self) -> None:
+        """Delete the drained servers HAProxy lets go; past their deadline, shut their sessions
+        first. A server already gone (HAProxy restarted or reloaded) is forgotten."""
+        async with self._lock:
+            for key, deadline in sorted(self.draining.items()):
+                target = f"{key[0]}/{key[1]}"
+                if self._now() >= deadline:
+                    log.warning(
+                        "%s still has connections after %g s: ending them", target, self.drain_timeout
+                    )
+                    await self.api.send(f"shutdown sessions server {target}")
+                    self.draining[key] = self._now() + self.drain_timeout
+                answer = (await self.api.send(f"del server {target}")).strip()
+                if answer in (DELETED, GONE):
+                    self.draining.pop(key, None)
+                    if answer == DELETED:
+                        log.info("deleted drained server %s", target)

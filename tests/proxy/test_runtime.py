@@ -1,0 +1,483 @@
+"""HAProxy without reloads: the agent against a REAL etcd, a REAL HAProxy and real HTTP backends.
+
+The agent follows the published config; when only servers change it changes them over HAProxy's
+admin socket. These tests publish what the operator publishes (configs from the real renderer),
+send requests through HAProxy all along, and read back what HAProxy holds (``show servers state``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http.server
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from backends import fetch, handlers_seen, http_backends
+from fleetop.config import settings_from
+from fleetop.discovery.addresses import Registration
+from fleetop.etcd import Etcd
+from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.keys import Keys
+from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
+from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError
+from fleetop.proxy.haproxy_servers import mismatch, parse_config
+from fleetop.proxy.render import RenderPaths, render
+from waiting import eventually
+
+PROXY = "edge"
+MACHINE = "m1"
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
+    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
+    async with await Etcd.connect(settings) as client:
+        yield client
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[list[Registration]]:
+    """Three HTTP servers on 127.0.0.6-8 that run for the whole test: leaving the config is not dying."""
+    with http_backends(("127.0.0.6", "127.0.0.7", "127.0.0.8"), tmp_path) as regs:
+        yield regs
+
+
+class Site:
+    """A running HAProxy (master-worker, started here) with its config path and admin socket."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port("127.0.0.1")
+        self.paths = RenderPaths(str(tmp_path / "run"))
+        self.target = tmp_path / "haproxy.cfg"
+        self.target.write_text(initial_config(PROXY, "haproxy", f"127.0.0.1:{self.port}", self.paths))
+        self.process: ProxyProcess = self.start()
+        self.generation = 0
+
+    def start(self) -> ProxyProcess:
+        return start_proxy("haproxy", self.target, self.paths, listen=("127.0.0.1", self.port))
+
+    def kill(self) -> None:
+        """SIGKILL the HAProxy this test started: its process group (master and workers) by its PID."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.process.wait(10)
+
+    def config(self, backends: list[Registration], *, handler: bool = True) -> PublishedConfig:
+        spec = ProxySpec.model_validate(
+            {
+                "kind": "haproxy",
+                "listen": f"127.0.0.1:{self.port}",
+                "headers": {"handler": handler},
+                "routes": [{"service": "web"}],
+            }
+        )
+        body = render(PROXY, spec, {"web": backends}, paths=self.paths).text
+        self.generation += 1
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        return PublishedConfig(hash=digest, generation=self.generation, kind="haproxy", body=body)
+
+    async def differs_from(self, cfg: PublishedConfig) -> str:
+        """How the servers HAProxy holds differ from ``cfg``'s (``""``: exactly the same)."""
+        try:
+            live = await RuntimeAPI(Path(self.paths.stats_socket)).servers()
+        except RuntimeAPIError as exc:  # HAProxy starting up: ask again
+            return str(exc)
+        return mismatch(parse_config(cfg.body).servers(), live)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    running = Site(tmp_path)
+    try:
+        yield running
+    finally:
+        running.process.stop()
+
+
+async def publish(etcd: Etcd, cfg: PublishedConfig) -> None:
+    await etcd.put(Keys().proxy_config(PROXY), cfg.model_dump_json(by_alias=True))
+
+
+async def status_when(etcd: Etcd, what: str, done: object) -> AgentStatus:
+    async def check() -> AgentStatus | None:
+        kv = await etcd.get(Keys().agent_status(PROXY, MACHINE))
+        status = AgentStatus.model_validate_json(kv.value) if kv is not None else None
+        return status if status is not None and callable(done) and done(status) else None
+
+    found: AgentStatus = await eventually(check, 30, what, every=0.02)
+    return found
+
+
+async def applied(etcd: Etcd, cfg: PublishedConfig) -> AgentStatus:
+    return await status_when(
+        etcd, f"generation {cfg.generation} applied", lambda s: s.applied_hash == cfg.hash and s.error is None
+    )
+
+
+async def holds(site: Site, cfg: PublishedConfig) -> None:
+    """Wait until ``show servers state`` is exactly ``cfg``'s servers (removed ones drain first)."""
+
+    async def same() -> bool:
+        return await site.differs_from(cfg) == ""
+
+    await eventually(same, 30, f"HAProxy holding the servers of generation {cfg.generation}", every=0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(
+    etcd: Etcd, site: Site, api: type[RuntimeAPI] = RuntimeAPI, drain_timeout: float = 60.0
+) -> AsyncIterator[ProxyAgent]:
+    settings = AgentSettings(
+        proxy=PROXY,
+        machine=MACHINE,
+        runtime_dir=site.target.parent,
+        config_path=site.target,
+        retry_min=0.05,
+        drain_timeout=drain_timeout,
+    )
+    agent = ProxyAgent(etcd, Keys(), settings, runtime_api=api)
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@dataclass
+class Load:
+    """Requests through the proxy back to back on fresh connections, from a thread."""
+
+    port: int
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Load:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sent += 1
+            try:
+                status, _ = fetch(self.port)
+                if status != 200:
+                    self.failures.append(f"HTTP {status}")
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            self._stop.wait(0.002)
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+
+async def change_servers(etcd: Etcd, site: Site, backends: list[Registration]) -> AgentStatus:
+    """Publish ``backends``; the agent applies them at runtime and HAProxy holds exactly them."""
+    cfg = site.config(backends)
+    await publish(etcd, cfg)
+    status = await applied(etcd, cfg)
+    assert status.applied_via == "runtime", status
+    await holds(site, cfg)
+    want = {b.address for b in backends}
+    assert await handlers_seen(site.port, want) == want
+    return status
+
+
+async def test_servers_change_at_runtime_under_traffic_and_survive_a_restart(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    a, b, c = pool
+    async with running_agent(etcd, site):
+        first = site.config([a])
+        await publish(etcd, first)
+        status = await applied(etcd, first)
+        assert status.applied_via == "reload" and status.reloads == 1  # the first one is not known to run
+        await holds(site, first)
+
+        with Load(site.port) as load:
+            for backends in ([a, b], [b, c], [a, b, c], [c], [a, c], [a]):
+                status = await change_servers(etcd, site, backends)
+        print(f"\n{load.sent} requests during 6 server changes, {len(load.failures)} failed")
+        assert load.failures == [], load.failures[:10]
+        assert load.sent > 100
+        assert status.reloads == 1 and status.runtime_applies == 6 and status.runtime_fallbacks == 0
+
+        last = site.config([a, b])  # a change that HAProxy gets at runtime, then loses with the process
+        await publish(etcd, last)
+        assert (await applied(etcd, last)).applied_via == "runtime"
+        await holds(site, last)
+        assert site.target.read_text() == last.body  # the file says what the runtime holds
+
+        site.kill()
+        site.process = site.start()  # a restart reads the same file: the same servers
+        await holds(site, last)
+        want = {a.address, b.address}
+        assert await handlers_seen(site.port, want) == want
+
+        with Load(site.port) as load:
+            for backends in ([b, c], [c]):
+                status = await change_servers(etcd, site, backends)
+        assert load.failures == [], load.failures[:10]
+        assert status.reloads == 1 and status.runtime_applies == 9 and status.runtime_fallbacks == 0
+
+
+class SlowHandler(http.server.BaseHTTPRequestHandler):
+    """Answers after ``server.delay`` seconds; tells the test when a request arrived."""
+
+    def do_GET(self) -> None:
+        self.server.arrived.set()  # type: ignore[attr-defined]
+        threading.Event().wait(self.server.delay)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        self.wfile.write(b"slow")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def slow_backend(host: str, delay: float) -> Iterator[tuple[Registration, threading.Event]]:
+    server = http.server.ThreadingHTTPServer((host, 0), SlowHandler)
+    server.arrived = threading.Event()  # type: ignore[attr-defined]
+    server.delay = delay  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Registration("/services/web/slow", host, server.server_address[1]), server.arrived  # type: ignore[misc]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+async def test_a_removed_server_drains_its_request_in_flight(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    fast = pool[0]
+    with slow_backend("127.0.0.9", delay=2.0) as (slow, arrived):
+        async with running_agent(etcd, site):
+            first = site.config([fast])
+            await publish(etcd, first)
+            await applied(etcd, first)
+            await change_servers(etcd, site, [slow])
+            in_flight = asyncio.create_task(asyncio.to_thread(fetch, site.port))
+            assert await asyncio.to_thread(arrived.wait, 10)
+
+            gone = site.config([fast])
+            await publish(etcd, gone)
+            assert (await applied(etcd, gone)).applied_via == "runtime"
+            draining = await site.differs_from(gone)
+            assert "is in HAProxy but not in the config" in draining  # kept, in maintenance, until done
+            assert await in_flight == (200, slow.address)
+            await holds(site, gone)  # then deleted
+            assert await handlers_seen(site.port, {fast.address}) == {fast.address}
+
+
+class RefusingAPI(RuntimeAPI):
+    """The real admin socket, except that ``add server`` gets the answer HAProxy gives a backend
+    that cannot take dynamic servers, while ``refuse`` is set."""
+
+    refuse = True
+    ANSWER = "Backend must use a dynamic load balancing to support dynamic servers.\n"
+
+    async def send(self, command: str) -> str:
+        if self.refuse and command.startswith("add server"):
+            return self.ANSWER
+        return await super().send(command)
+
+
+async def test_a_refused_runtime_command_falls_back_to_a_checked_reload(
+    etcd: Etcd, site: Site, pool: list[Registration], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b, c = pool
+    caplog.set_level(logging.ERROR, logger="fleetop.proxy.agent")
+    async with running_agent(etcd, site, RefusingAPI):
+        first = site.config([a, c])
+        await publish(etcd, first)
+        await applied(etcd, first)
+
+        grown = site.config([a, b, c])
+        await publish(etcd, grown)
+        status = await applied(etcd, grown)
+        assert status.applied_via == "reload" and status.reloads == 2
+        assert status.runtime_fallbacks == 1 and status.runtime_applies == 0
+        reason = status.fallback_reason or ""
+        assert "add server" in reason and "dynamic load balancing" in reason, reason
+        assert any("dynamic load balancing" in r.getMessage() for r in caplog.records)
+        await holds(site, grown)  # nothing lost: every published server, from the reloaded file
+        want = {a.address, b.address, c.address}
+        assert await handlers_seen(site.port, want) == want
+        assert site.target.read_text() == grown.body
+
+        RefusingAPI.refuse = False
+        try:
+            status = await change_servers(etcd, site, [b])
+        finally:
+            RefusingAPI.refuse = True
+        assert status.reloads == 2 and status.runtime_applies == 1 and status.fallback_reason is None
+
+
+async def test_a_structural_change_reloads(etcd: Etcd, site: Site, pool: list[Registration]) -> None:
+    a, b, _ = pool
+    async with running_agent(etcd, site):
+        for cfg in (site.config([a]), site.config([a, b], handler=False)):
+            await publish(etcd, cfg)
+            status = await applied(etcd, cfg)
+            assert status.applied_via == "reload" and status.fallback_reason is None
+            await holds(site, cfg)
+        assert status.reloads == 2 and status.runtime_applies == 0
+
+        async def no_header() -> bool:
+            return await asyncio.to_thread(fetch, site.port) == (200, "")
+
+        await eventually(no_header, 30, "answers without X-Handler from the reloaded config")
+
+
+async def test_a_config_failing_its_check_after_runtime_changes_is_undone(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    """The runtime step goes first (traffic follows without waiting for the check); a config whose
+    check then fails is never installed, and a reload from the installed file undoes its servers."""
+    a, b, c = pool
+    async with running_agent(etcd, site):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+
+        refuse = ["/bin/sh", "-c", "echo 'refused by the test' >&2; exit 1"]
+        refused = site.config([a, b]).model_copy(update={"check_cmd": refuse, "hash": "f" * 64})
+        await publish(etcd, refused)
+        status = await status_when(etcd, "the check failure", lambda s: s.failed_hash == refused.hash)
+        assert status.error is not None and "refused by the test" in status.error
+        assert "undoing its runtime changes" in status.error
+        assert status.applied_hash == first.hash and status.reloads == 2  # the first apply, the undo
+        assert site.target.read_text() == first.body
+        await holds(site, first)
+        assert await handlers_seen(site.port, {a.address}) == {a.address}
+
+        status = await change_servers(etcd, site, [a, c])  # the proxy runs the installed file again
+        assert status.reloads == 2 and status.error is None
+
+
+HAPROXY_RULES = """global
+    master-worker
+    pidfile {run}/proxy.pid
+    stats socket {run}/admin.sock mode 600 level admin expose-fd listeners
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 50s
+    timeout server 50s
+
+frontend http_proxy
+    bind 127.0.0.1:{port}
+    default_backend roundrobin
+
+backend roundrobin
+    default-server weight 5
+    server s1 127.0.0.6:80
+
+backend hashed
+    balance source
+    server s1 127.0.0.6:80
+"""
+
+
+async def test_haproxy_rules_the_runtime_diff_relies_on(tmp_path: Path) -> None:
+    """What the real HAProxy does, as :mod:`fleetop.proxy.haproxy_servers` assumes: ``add server``
+    needs a dynamic balance algorithm, a runtime server does not get ``default-server`` settings and
+    starts in maintenance, and ``del server`` wants it in maintenance first."""
+    port = free_port("127.0.0.1")
+    paths = RenderPaths(str(tmp_path / "run"))
+    config = tmp_path / "rules.cfg"
+    config.write_text(HAPROXY_RULES.format(run=paths.runtime_dir, port=port))
+    proxy = start_proxy("haproxy", config, paths, listen=("127.0.0.1", port))
+    api = RuntimeAPI(Path(paths.stats_socket))
+
+    async def answers() -> bool:  # the unix socket comes up just after the TCP listener
+        try:
+            return "Pid:" in await api.send("show info")
+        except RuntimeAPIError:
+            return False
+
+    try:
+        await eventually(answers, 30, "the admin socket answering")
+        assert "dynamic load balancing" in await api.send("add server hashed/s2 127.0.0.7:80")
+        assert (await api.send("add server roundrobin/s2 127.0.0.7:80")).strip() == "New server registered."
+        state = (await api.send("show servers state roundrobin")).splitlines()
+        header = state[1].lstrip("#").split()
+        rows = {row.split()[3]: dict(zip(header, row.split(), strict=False)) for row in state[2:] if row}
+        assert rows["s1"]["srv_uweight"] == "5" and rows["s2"]["srv_uweight"] == "1"  # no default-server
+        assert (await api.servers("roundrobin"))["roundrobin"]["s2"].maint  # until enabled
+        assert (await api.send("enable server roundrobin/s2")).strip() == ""
+        assert "maintenance" in await api.send("del server roundrobin/s2")
+        assert (await api.send("set server roundrobin/s2 state maint")).strip() == ""
+        assert (await api.send("del server roundrobin/s2")).strip() == "Server deleted."
+    finally:
+        proxy.stop()
+
+
+async def test_a_config_file_written_by_someone_else_means_a_reload(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    """A restarted managed proxy writes the newest published config itself before HAProxy starts: the
+    agent no longer knows what HAProxy runs, so the next config reloads rather than guessing. The same
+    text written again is still what it applied."""
+    a, b, _ = pool
+    async with running_agent(etcd, site):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+        await change_servers(etcd, site, [a, b])
+
+        newer = site.config([a, b], handler=False)  # what a restarted proxy found published
+        site.target.write_text(newer.body)
+        cfg = site.config([b])
+        await publish(etcd, cfg)
+        status = await applied(etcd, cfg)
+        assert status.applied_via == "reload" and status.fallback_reason is None
+        await holds(site, cfg)
+
+        site.target.write_text(site.target.read_text())  # rewritten, but the same text
+        await change_servers(etcd, site, [a])
+
+
+async def test_a_server_that_does_not_drain_in_time_is_cut_and_deleted(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    fast = pool[0]
+    with slow_backend("127.0.0.9", delay=30.0) as (slow, arrived):
+        async with running_agent(etcd, site, drain_timeout=0.5):
+            first = site.config([fast])
+            await publish(etcd, first)
+            await applied(etcd, first)
+            only_slow = site.config([slow])
+            await publish(etcd, only_slow)
+            assert (await applied(etcd, only_slow)).applied_via == "runtime"
+            await holds(site, only_slow)
+            in_flight = asyncio.create_task(asyncio.to_thread(fetch, site.port, timeout=60))
+            assert await asyncio.to_thread(arrived.wait, 10)
+
+            gone = site.config([fast])
+            await publish(etcd, gone)
+            await applied(etcd, gone)
+            await holds(site, gone)  # deleted after its sessions were shut, long before 30 s
+            # its session was shut; the template's retry-on sends the GET to the server that is left
+            assert await in_flight == (200, fast.address)
