@@ -84,6 +84,35 @@ def run_command(
             " operator writes (FLEETOP_PATH, default the fleetop running this command)"
         ),
     ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="fleet writes one pass of one service may make (FLEETOP_BATCH_SIZE, default 50)"),
+    ] = None,
+    max_instances_per_service: Annotated[
+        int | None,
+        typer.Option(
+            help="instances one service may declare; more is refused (FLEETOP_MAX_INSTANCES_PER_SERVICE,"
+            " default 1000)"
+        ),
+    ] = None,
+    max_instances: Annotated[
+        int | None,
+        typer.Option(
+            help="instances all services may declare together; the spec changed last is refused"
+            " (FLEETOP_MAX_INSTANCES, default 5000)"
+        ),
+    ] = None,
+    render_timeout: Annotated[
+        float | None,
+        typer.Option(help="seconds a custom proxy template may render (FLEETOP_RENDER_TIMEOUT, default 5)"),
+    ] = None,
+    render_max_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="bytes a config rendered from a custom template may have"
+            " (FLEETOP_RENDER_MAX_BYTES, default 8388608)"
+        ),
+    ] = None,
     restart_backoff: Annotated[
         float | None,
         typer.Option(
@@ -111,6 +140,11 @@ def run_command(
         "resync_period": resync_period,
         "proxy_root": proxy_root,
         "fleetop_path": fleetop_path,
+        "batch_size": batch_size,
+        "max_instances_per_service": max_instances_per_service,
+        "max_instances": max_instances,
+        "render_timeout": render_timeout,
+        "render_max_bytes": render_max_bytes,
         "restart_backoff": restart_backoff,
     }
     flags.update({k: v for k, v in given.items() if v is not None})

@@ -24,6 +24,10 @@ The planner decides; this module only performs, in a safe order, and reports wha
   An event with the same type, reason and message as one of the service's recent ones bumps that
   event's ``count`` and time instead of adding a key (Kubernetes' event aggregation), so a crash
   loop or a retried failure is one event with a count, not a flood.
+* bounded: a pass applies at most ``batch_size`` actions (in the order above) and reports the rest as
+  ``deferred``; the reconciler comes back for them in a later pass, which plans again from a fresh
+  read of the spec and of fleet. A pass of 10,000 creates would otherwise run for minutes on a plan
+  nobody may want any more (the spec deleted or scaled down meanwhile).
 * errors come back as a value (:class:`Outcome`); the reconciler decides: TemporaryError is retried
   with backoff by the queue, anything else is reported in status and not retried until something
   changes (or the periodic resync).
@@ -72,6 +76,8 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     skipped: int = 0
     error: FleetopError | None = None
+    deferred: int = 0
+    """Actions left for a later pass (over the batch size): that pass plans them again."""
 
 
 def ordered(actions: Sequence[Action]) -> list[Action]:
@@ -112,6 +118,7 @@ class Executor:
         event_ttl: int = 3600,
         clock: Callable[[], float] = time.time,
         guard: Guard | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.client = client
         self.etcd = etcd
@@ -121,15 +128,21 @@ class Executor:
         self.event_ttl = event_ttl
         self.clock = clock
         self.guard = guard
+        self.batch_size = batch_size
+        """At most this many actions per :meth:`apply` (None: all of them)."""
         self._lease = 0
         self._lease_expires = 0.0
         self._recent: dict[str, dict[tuple[str, str, str], tuple[str, Event]]] = {}
 
     # -- fleet ----------------------------------------------------------------------------------------
     async def apply(self, service: str, actions: Sequence[Action]) -> Outcome:
-        """Apply ``actions`` in a safe order; stop at the first failure and record it."""
+        """Apply ``actions`` in a safe order, at most ``batch_size`` of them; stop at the first
+        failure and record it."""
         outcome = Outcome()
         steps = ordered(actions)
+        if self.batch_size is not None and len(steps) > self.batch_size:
+            outcome.deferred = len(steps) - self.batch_size
+            steps = steps[: self.batch_size]
         for index, action in enumerate(steps):
             try:
                 message = await self._one(service, action)

@@ -37,6 +37,7 @@ from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
+from fleetop.proxy.sandbox import RenderPool
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class Manager:
         self.metrics = OperatorMetrics()
         self.queue = WorkQueue()
         self.health_url: str | None = None
+        self.sandbox = RenderPool(config.render)
+        """Worker processes for custom proxy templates, stopped when :meth:`run` ends."""
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
 
@@ -79,6 +82,7 @@ class Manager:
                 metrics=self.metrics,
                 event_ttl=config.event_ttl,
                 guard=leader.check_leading,
+                batch_size=config.limits.batch_size,
             )
             services = ServiceReconciler(
                 informers,
@@ -86,10 +90,16 @@ class Manager:
                 self.metrics,
                 settings=config.unit_settings,
                 backoff=BackoffPolicy.scaled(config.restart_backoff),
+                limits=config.limits,
             )
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
             proxies = ProxyReconciler(
-                informers, proxy_caches, executor, proxy_root=config.proxy_root, settings=config.unit_settings
+                informers,
+                proxy_caches,
+                executor,
+                proxy_root=config.proxy_root,
+                settings=config.unit_settings,
+                sandbox=self.sandbox,
             )
             reconciler = Reconciler(
                 {"services": services, "proxies": proxies}, report=FailureReporter(executor).report
@@ -102,7 +112,10 @@ class Manager:
             self.observed = ObservationWriter(
                 etcd, keys, informers.fleet, config.identity, lambda: leader.fence
             )
-            await self._run_components(reconciler)
+            try:
+                await self._run_components(reconciler)
+            finally:
+                self.sandbox.close()
 
     async def _run_components(self, reconciler: Reconciler) -> None:
         async with asyncio.TaskGroup() as group:

@@ -13,7 +13,8 @@ process published and wrote last (the caches lag its own writes by one watch eve
 * Publishing: the rendered config goes to ``/fleetop/proxies/<name>/config`` only when its hash
   differs from the published one, with the next generation, fenced on the leader key. A render that
   fails (a broken custom template) leaves the published config alone and is reported in status
-  (``Degraded``, ``lastError``) and once as an event.
+  (``Degraded``, ``lastError``) and once as an event. A custom template renders in a worker process
+  with a time and a size limit (:mod:`fleetop.proxy.sandbox`), so it cannot stall the event loop.
 * Registrations of a routed service that registers through fleetop's sidekick are kept only for
   instances whose main unit fleet holds as launched (:func:`~fleetop.controller.proxystatus.
   collect_backends`); that set is one of a render's inputs, so a poll that shows a new unit or loses
@@ -59,6 +60,7 @@ from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths, render
+from fleetop.proxy.sandbox import RenderPool
 from fleetop.store import Entry
 
 log = logging.getLogger(__name__)
@@ -99,8 +101,11 @@ class ProxyReconciler:
         settings: UnitSettings = DEFAULT_UNITS,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        sandbox: RenderPool | None = None,
     ) -> None:
         self.informers = informers
+        self.sandbox = sandbox
+        """Where custom templates render (a worker process, time and size limits); None: in-process."""
         self.caches = caches
         self.executor = executor
         self.proxy_root = proxy_root
@@ -260,7 +265,11 @@ class ProxyReconciler:
     ) -> PublishedConfig | None:
         self.renders += 1
         try:
-            rendered = render(name, spec, backends.valid, paths=RenderPaths(layout.runtime_dir))
+            paths = RenderPaths(layout.runtime_dir)
+            if spec.template is not None and self.sandbox is not None:
+                rendered = await self.sandbox.render(name, spec, backends.valid, paths=paths)
+            else:
+                rendered = render(name, spec, backends.valid, paths=paths)
         except RenderError as exc:
             memory.render_error = f"render failed: {exc}"
             if memory.render_error not in memory.reported:

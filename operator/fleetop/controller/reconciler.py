@@ -15,6 +15,12 @@ Two things the planner cannot see are kept here:
   and the last available template and a rollback in force (``report.memory_from_status``).
 * An invalid spec: the service gets ``Invalid=True`` with the JSON path and reason in its status, one
   event per generation, and nothing in the cluster changes for it. Other services are unaffected.
+  A spec over an instance ceiling (:mod:`~fleetop.controller.limits`) is refused the same way, with
+  the ceiling and its setting as the reason.
+
+Work per pass is bounded: the executor applies at most a batch of a plan's actions and the rest wait
+for the next pass, which (after the poll that shows this batch) reads the spec and fleet again and
+plans from scratch, so a spec deleted or scaled down in the middle of a large creation stops it.
 
 While fleet does not answer (:attr:`FleetInformer.loss`) a pass plans nothing and changes nothing in
 fleet: the last snapshot is stale, and a create or destroy decided from it could undo what fleet did
@@ -36,6 +42,15 @@ from fleetop.controller.conditions import source_lost_message, unknown_condition
 from fleetop.controller.executor import Executor, rfc3339
 from fleetop.controller.informers import FleetLoss, FleetSnapshot, Informers
 from fleetop.controller.instances import FleetView
+from fleetop.controller.limits import (
+    DEFAULT_LIMITS,
+    Demand,
+    Refusal,
+    WorkLimits,
+    cluster_refusals,
+    instances_of,
+    service_refusal,
+)
 from fleetop.controller.metrics import OperatorMetrics
 from fleetop.controller.planner import plan_view
 from fleetop.controller.report import memory_from_status
@@ -161,6 +176,7 @@ class ServiceReconciler:
         clock: Callable[[], float] = time.time,
         *,
         settings: UnitSettings = DEFAULT_UNITS,
+        limits: WorkLimits = DEFAULT_LIMITS,
         backoff: BackoffPolicy | None = None,
     ) -> None:
         self.informers = informers
@@ -169,8 +185,10 @@ class ServiceReconciler:
         self.metrics = metrics
         self.clock = clock
         self.settings = settings  # fleetop's path and the key root, in every unit it writes
+        self.limits = limits
         self.memory: dict[str, PlanMemory] = {}
-        self._invalid_reported: dict[str, int] = {}
+        self._invalid_reported: dict[str, tuple[int, str]] = {}
+        self._admission: tuple[int, FleetSnapshot, dict[str, Refusal]] | None = None
         self._unconverged_since: dict[str, float] = {}
         self._view: tuple[FleetSnapshot, FleetView] | None = None
 
@@ -203,11 +221,14 @@ class ServiceReconciler:
         if not informers.fleet.fresh_for(f"services/{name}"):
             return None  # the poll that shows this service's last actions queues it again
         snapshot = informers.fleet.snapshot
-        if spec is None and name not in snapshot.owners and stored is None:
+        if spec is None and f"services/{name}" not in snapshot.owners and stored is None:
             # Registrations under a prefix no spec claims (registrator, a proxy route to a service with no
             # spec): nothing to run or report, and nothing worth parsing on every change.
             self._forget(name)
             return None
+        refusal = self._refusal(name, spec, snapshot)
+        if refusal is not None and entry is not None:
+            return await self._refused(name, entry.mod_revision, refusal.reason, refusal.message, stored)
         prefix = informers.registration_prefix(name)
         cache = informers.registrations.cache(prefix)
         if spec is not None and cache is None:
@@ -234,6 +255,8 @@ class ServiceReconciler:
         if status is not None:
             status = status.model_copy(update={"backends": backends, "invalid_registrations": invalid})
         outcome = await self.executor.apply(name, result.actions)
+        if outcome.deferred:
+            log.debug("%s: %d actions left for the next pass", name, outcome.deferred)
         for event in result.events:
             await self.executor.record(name, event.reason, event.message, warning=event.warning)
         if outcome.error is not None and status is not None:
@@ -275,11 +298,52 @@ class ServiceReconciler:
     def _stored_kv(self, name: str) -> KeyValue | None:
         return self.informers.statuses.get(self.informers.keys.status("services", name))
 
+    def _refusal(self, name: str, spec: ServiceSpec | None, snapshot: FleetSnapshot) -> Refusal | None:
+        """Why ``spec`` is over an instance ceiling, or None."""
+        if spec is None:
+            return None
+        return service_refusal(spec, self.limits) or self._cluster_refusals(snapshot).get(name)
+
+    def _cluster_refusals(self, snapshot: FleetSnapshot) -> dict[str, Refusal]:
+        """The cluster-wide ceiling's verdicts, computed once per change of the specs or of fleet. A
+        service whose verdict changed is queued (another one's scale-down may have made room)."""
+        revision = self.informers.services.revision
+        if self._admission is not None and self._admission[:2] == (revision, snapshot):
+            return self._admission[2]
+        demands = []
+        for other, entry in self.informers.entries["services"].items():
+            mains = sum(1 for n in snapshot.owners.get(f"services/{other}", ()) if n.startswith(f"{other}@"))
+            spec = entry.spec if isinstance(entry.spec, ServiceSpec) else None
+            frozen = spec is None or service_refusal(spec, self.limits) is not None
+            wanted = mains if frozen or spec is None else instances_of(spec)
+            demands.append(Demand(other, entry.mod_revision, wanted, mains))
+        refusals = cluster_refusals(demands, self.limits)
+        before = self._admission[2] if self._admission is not None else {}
+        self._admission = (revision, snapshot, refusals)
+        for other in sorted(before.keys() ^ refusals.keys()):
+            self.informers.enqueue(f"services/{other}")
+        return refusals
+
     async def _invalid(
         self, name: str, entry: Entry, error: SpecInvalid, stored: ServiceStatus | None
     ) -> float | None:
         """Report the invalid spec in status (and once in events); touch nothing in fleet."""
         message = "; ".join(error.all_messages())
+        event = f"spec is invalid: {message}"
+        return await self._refused(name, entry.mod_revision, "SpecInvalid", message, stored, event=event)
+
+    async def _refused(
+        self,
+        name: str,
+        generation: int,
+        reason: str,
+        message: str,
+        stored: ServiceStatus | None,
+        *,
+        event: str | None = None,
+    ) -> float | None:
+        """``Invalid=True`` with ``reason`` in status, a Warning event once per generation and reason;
+        nothing is touched in fleet."""
         now = self.clock()
         previous = stored.condition("Invalid") if stored is not None else None
         since = (
@@ -288,21 +352,21 @@ class ServiceReconciler:
             else rfc3339(now)
         )
         condition = Condition(
-            type="Invalid", status="True", reason="SpecInvalid", message=message, last_transition_time=since
+            type="Invalid", status="True", reason=reason, message=message, last_transition_time=since
         )
         base = stored or ServiceStatus()
         kept = [c for c in base.conditions if c.type != "Invalid"]
         status = base.model_copy(
             update={
-                "observed_generation": entry.mod_revision,
+                "observed_generation": generation,
                 "conditions": [*kept, condition],
                 "last_error": message,
             }
         )
         await self.executor.write_status(name, status, self._stored_kv(name))
-        if self._invalid_reported.get(name) != entry.mod_revision:
-            self._invalid_reported[name] = entry.mod_revision
-            await self.executor.record(name, "SpecInvalid", f"spec is invalid: {message}", warning=True)
+        if self._invalid_reported.get(name) != (generation, reason):
+            self._invalid_reported[name] = (generation, reason)
+            await self.executor.record(name, reason, event or message, warning=True)
         return None
 
     def _track_lag(self, name: str, status: ServiceStatus | None, acted: bool, now: float) -> None:

@@ -16,6 +16,10 @@ The units the operator writes run fleetop too (sidekicks, managed proxies and th
 systemd finds a bare program name only in its own fixed PATH, so they name it by an absolute path:
 ``--fleetop-path`` / ``FLEETOP_PATH``, else the fleetop running this operator (:func:`own_fleetop`).
 Installing fleetop at the same path on every machine is the deployment's part (README, ``manifests/``).
+
+The bounds on one key's work are settings too (:class:`~fleetop.controller.limits.WorkLimits`: fleet
+writes per pass, instances per service and in all; :class:`~fleetop.proxy.sandbox.RenderLimits`: a
+custom template's render time and size), with defaults that protect a small cluster.
 """
 
 from __future__ import annotations
@@ -30,16 +34,18 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fleetop.config import DEFAULT_FLEET_ENDPOINT, EtcdSettings, fleet_endpoints_from, settings_from
 from fleetop.controller.leader import LeaderTimings
+from fleetop.controller.limits import WorkLimits
 from fleetop.controller.unitrender import RenderError as UnitRenderError
 from fleetop.controller.unitrender import UnitSettings
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths
+from fleetop.proxy.sandbox import RenderLimits
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,10 @@ class RunConfig:
     """Directory under which each managed proxy keeps its config and runtime files (``<root>/<proxy>``)."""
     fleetop_path: str = field(default_factory=own_fleetop)
     """Absolute path of fleetop on the machines, named by every unit the operator writes."""
+    limits: WorkLimits = field(default_factory=WorkLimits)
+    """Fleet writes per pass and the ceilings on instances."""
+    render: RenderLimits = field(default_factory=RenderLimits)
+    """Time and size limits of a custom proxy template's render."""
 
     restart_backoff: float = 10.0
     """First crash-loop back-off delay in seconds; the cap is 30 times it, the reset 60 times."""
@@ -168,10 +178,56 @@ class RunConfig:
             resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 600.0), "--resync-period"),
             proxy_root=_proxy_root(str(pick("proxy_root", "FLEETOP_PROXY_ROOT", DEFAULT_PROXY_ROOT))),
             fleetop_path=str(pick("fleetop_path", "FLEETOP_PATH", "") or own_fleetop()),
+            limits=_limits(pick),
+            render=RenderLimits(
+                timeout=_seconds(pick("render_timeout", "FLEETOP_RENDER_TIMEOUT", 5.0), "--render-timeout"),
+                max_bytes=_count(
+                    pick("render_max_bytes", "FLEETOP_RENDER_MAX_BYTES", 8 << 20),
+                    "--render-max-bytes",
+                    1024,
+                    1 << 30,
+                ),
+            ),
             restart_backoff=_seconds(
                 pick("restart_backoff", "FLEETOP_RESTART_BACKOFF", 10.0), "--restart-backoff"
             ),
         )
+
+
+def _limits(pick: Callable[[str, str, Any], Any]) -> WorkLimits:
+    defaults = WorkLimits()
+    per_service = _count(
+        pick(
+            "max_instances_per_service",
+            "FLEETOP_MAX_INSTANCES_PER_SERVICE",
+            defaults.max_instances_per_service,
+        ),
+        "--max-instances-per-service",
+        1,
+        10000,
+    )
+    return WorkLimits(
+        batch_size=_count(
+            pick("batch_size", "FLEETOP_BATCH_SIZE", defaults.batch_size), "--batch-size", 1, 10000
+        ),
+        max_instances_per_service=per_service,
+        max_instances=_count(
+            pick("max_instances", "FLEETOP_MAX_INSTANCES", defaults.max_instances),
+            "--max-instances",
+            1,
+            10**6,
+        ),
+    )
+
+
+def _count(value: Any, source: str, low: int, high: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{source}: {value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{source}: {number} must be {low}-{high}")
+    return number
 
 
 def _proxy_root(value: str) -> str:
