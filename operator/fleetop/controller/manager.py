@@ -31,6 +31,7 @@ from fleetop.controller.proxycache import ProxyCaches
 from fleetop.controller.queue import WorkQueue, run_resync, run_workers
 from fleetop.controller.reconciler import Reconciler, ServiceReconciler
 from fleetop.controller.run import RunConfig
+from fleetop.discovery.resolve import Resolver
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd import Etcd
 from fleetop.fleet.client import FleetClient
@@ -45,8 +46,9 @@ READY_TIMEOUT = 2.0
 class Manager:
     """One operator process. ``run()`` until cancelled or :meth:`request_stop`."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, resolver: Resolver | None = None) -> None:
         self.config = config
+        self.resolver = resolver if resolver is not None else Resolver()
         self.metrics = OperatorMetrics()
         self.queue = WorkQueue()
         self.health_url: str | None = None
@@ -81,7 +83,12 @@ class Manager:
             services = ServiceReconciler(informers, executor, self.metrics, settings=config.unit_settings)
             proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
             proxies = ProxyReconciler(
-                informers, proxy_caches, executor, proxy_root=config.proxy_root, settings=config.unit_settings
+                informers,
+                proxy_caches,
+                executor,
+                proxy_root=config.proxy_root,
+                settings=config.unit_settings,
+                resolver=self.resolver,
             )
             reconciler = Reconciler({"services": services, "proxies": proxies})
             sources = self.metrics.sources
@@ -92,7 +99,10 @@ class Manager:
             self.observed = ObservationWriter(
                 etcd, keys, informers.fleet, config.identity, lambda: leader.fence
             )
-            await self._run_components(reconciler)
+            try:
+                await self._run_components(reconciler)
+            finally:
+                self.resolver.close()
 
     async def _run_components(self, reconciler: Reconciler) -> None:
         async with asyncio.TaskGroup() as group:

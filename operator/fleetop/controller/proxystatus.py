@@ -30,6 +30,8 @@ from pydantic import ValidationError
 
 from fleetop.controller.conditions import rfc3339
 from fleetop.discovery.addresses import InvalidRegistration, Registration, parse_registration
+from fleetop.discovery.resolve import Resolution, names_of
+from fleetop.models.networks import IPNetwork, contains
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import (
     AgentCount,
@@ -81,19 +83,72 @@ def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozen
     return frozenset(found)
 
 
+def registration_names(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]]) -> set[str]:
+    """The DNS names among the valid registrations of ``items`` (what must be resolved to render)."""
+    hosts = set()
+    for prefix, pairs in items.values():
+        for key, value in pairs:
+            instance = key[len(prefix) :] if key.startswith(prefix) else ""
+            parsed = parse_registration(key, value) if instance and "/" not in instance else None
+            if isinstance(parsed, Registration):
+                hosts.add(parsed.host)
+    return names_of(hosts)
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where backends may be: each name's resolution, and per routed service the network lists an
+    address must be in (every one of them: the proxy's ``allowedNetworks``, then the service's own).
+    ``resolved`` None keeps names as they are (nothing resolved them)."""
+
+    resolved: Mapping[str, Resolution] | None = None
+    allowed: Mapping[str, Sequence[tuple[IPNetwork, ...]]] = field(default_factory=dict)
+
+    def targets(
+        self, service: str, parsed: Registration
+    ) -> tuple[list[Registration], list[InvalidRegistration]]:
+        """The registrations ``parsed`` stands for (one per address of a name), and those refused."""
+        if self.resolved is None or not names_of([parsed.host]):
+            hosts: tuple[str, ...] = (parsed.host,)
+        else:
+            answer = self.resolved.get(parsed.host)
+            if answer is None or answer.error is not None or not answer.addresses:
+                reason = (
+                    answer.error if answer is not None and answer.error else f"{parsed.host} is not resolved"
+                )
+                return [], [InvalidRegistration(parsed.key, parsed.address, reason)]
+            hosts = answer.addresses
+        kept, refused = [], []
+        rules = self.allowed.get(service, ())
+        for host in hosts:
+            target = Registration(parsed.key, host, parsed.port)
+            if names_of([host]) or all(contains(networks, host) for networks in rules):
+                kept.append(target)
+                continue
+            via = f" ({parsed.host})" if host != parsed.host else ""
+            reason = f"{target.address}{via} is outside the allowed networks"
+            refused.append(InvalidRegistration(parsed.key, target.address, reason))
+        return kept, refused
+
+
 def collect_backends(
     items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]],
     launched: Mapping[str, frozenset[str]] | None = None,
+    destinations: Destinations | None = None,
 ) -> BackendSet:
     """``service -> (prefix, [(key, value)])`` → registrations of the keys directly under the prefix.
 
     ``launched`` maps each service whose instances register through fleetop's sidekick to the
     instances the operator runs (:func:`launched_instances`); other services' keys are all trusted.
+    ``destinations`` turns names into their addresses and refuses what lies outside the allowed
+    networks: an unresolvable name or a forbidden address is skipped and reported like a value that
+    does not parse, and every other backend still renders.
     """
     valid: dict[str, list[Registration]] = {}
     invalid: dict[str, list[InvalidRegistration]] = {}
     unlaunched: dict[str, list[InvalidRegistration]] = {}
     known = launched or {}
+    where = destinations or Destinations()
     for service, (prefix, pairs) in sorted(items.items()):
         found, refused, unknown = valid.setdefault(service, []), [], []
         runs = known.get(service)
@@ -108,7 +163,9 @@ def collect_backends(
                 reason = f"instance {instance} is not a launched unit of service {service}"
                 unknown.append(InvalidRegistration(key, parsed.address, reason))
             else:
-                found.append(parsed)
+                kept, outside = where.targets(service, parsed)
+                found.extend(kept)
+                refused.extend(outside)
         if refused:
             invalid[service] = refused
         if unknown:

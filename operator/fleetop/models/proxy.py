@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fleetop.models.base import Duration, StrictModel, check_line, check_name
+from fleetop.models.networks import DEFAULT_ALLOWED_NETWORKS, NetworkList
 from fleetop.models.service import Placement
 
 HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -121,6 +122,11 @@ class ProxySpec(StrictModel):
     template: str | None = None
     wait: Wait = Field(default_factory=Wait)
     headers: Headers = Field(default_factory=Headers)
+    allowed_networks: NetworkList = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_NETWORKS),
+        description="CIDRs the backends may be in (after names are resolved); registrations outside are"
+        " skipped and reported. Default: the private and loopback ranges.",
+    )
 
     @field_validator("name")
     @classmethod
