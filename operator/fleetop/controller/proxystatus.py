@@ -233,6 +233,9 @@ def summarize_agents(reports: Sequence[tuple[str, bytes]], newest: str) -> Agent
             on_newest += 1
         if report.error:
             errors.append(f"agent {report.machine or machine}: {report.error}")
+        if report.dropped_backends:
+            dropped = "; ".join(report.dropped_backends)
+            errors.append(f"agent {report.machine or machine}: applied without backend(s) {dropped}")
     return AgentSummary(total, on_newest, errors)
 
 

@@ -110,6 +110,8 @@ class AgentStatus(ObservedModel):
     reloads: int = 0
     error: str | None = None
     failed_hash: str = ""
+    dropped_backends: list[str] = Field(default_factory=list)
+    """Backend lines the agent took out of the applied config because its check failed on them."""
 
 
 class PublishedConfig(ObservedModel):

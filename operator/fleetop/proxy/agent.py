@@ -36,8 +36,9 @@ from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
-from fleetop.proxy.apply import ApplyError, apply_config, pid_file_of
+from fleetop.proxy.apply import ApplyError, pid_file_of
 from fleetop.proxy.render import default_runtime_dir
+from fleetop.proxy.salvage import apply_dropping_backends
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class ProxyAgent:
         settings, raw = self.settings, self._latest
         try:
             _ensure_runtime_dir(cfg)
-            result = await apply_config(
+            result, dropped = await apply_dropping_backends(
                 cfg,
                 settings.target(cfg),
                 check=cfg.check_cmd,
@@ -190,7 +191,12 @@ class ProxyAgent:
             reloads=self.status.reloads + (1 if result.reloaded else 0),
             error=None,
             failed_hash="",
+            dropped_backends=[d.describe() for d in dropped],
         )
+        if dropped:
+            log.warning(
+                "proxy %s: applied without %s", settings.proxy, "; ".join(d.describe() for d in dropped)
+            )
         return False
 
     def _report(self, **changes: object) -> None:
