@@ -126,6 +126,7 @@ class ProxySpec(StrictModel):
         default_factory=lambda: list(DEFAULT_ALLOWED_NETWORKS),
         description="CIDRs the backends may be in (after names are resolved); registrations outside are"
         " skipped and reported. Default: the private and loopback ranges.",
+        json_schema_extra={"default": list(DEFAULT_ALLOWED_NETWORKS)},
     )
 
     @field_validator("name")
