@@ -14,6 +14,7 @@ from fleetop.controller.proxystatus import (
     describe_unlaunched,
     invalid_status,
     launched_instances,
+    network_rules,
     published_hash,
     registration_names,
     summarize_agents,
@@ -160,7 +161,7 @@ def _resolution(name: str, *addresses: str) -> Resolution:
     return Resolution(name, tuple(addresses), error, expires=1e9, since=0.0)
 
 
-LOOPBACK_ONLY = (parse_networks(["127.0.0.0/8", "::1/128"]),)
+LOOPBACK_ONLY = network_rules(("127.0.0.0/8", "::1/128"))
 
 
 def test_names_are_resolved_and_an_unresolvable_one_is_skipped_with_the_others_kept() -> None:
@@ -201,7 +202,7 @@ def test_addresses_outside_every_allowed_network_list_are_skipped() -> None:
             ],
         )
     }
-    narrow = (*LOOPBACK_ONLY, parse_networks(["127.0.0.0/24"]))
+    narrow = network_rules(("127.0.0.0/8", "::1/128"), ("127.0.0.0/24",))
     where = Destinations({"mixed.test": _resolution("mixed.test", "127.0.0.5", "127.0.9.9")}, {"web": narrow})
     found = collect_backends(items, None, where)
     kept = [r.address for r in found.valid["web"]]

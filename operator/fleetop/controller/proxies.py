@@ -49,6 +49,7 @@ from fleetop.controller.proxystatus import (
     describe_unlaunched,
     invalid_status,
     launched_instances,
+    network_rules,
     published_hash,
     registration_names,
     summarize_agents,
@@ -60,7 +61,6 @@ from fleetop.controller.unitrender import RenderError as UnitRenderError
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
-from fleetop.models.networks import parse_networks
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths, render
 from fleetop.store import Entry
@@ -221,7 +221,7 @@ class ProxyReconciler:
 
     def _destinations(self, spec: ProxySpec, resolved: dict[str, Resolution]) -> Destinations:
         """The proxy's ``allowedNetworks`` for every routed service, narrowed by a service's own."""
-        mine = parse_networks(spec.allowed_networks)
+        mine = tuple(spec.allowed_networks)
         allowed = {}
         for service in sorted({route.service for route in spec.routes}):
             entry = self.informers.entries["services"].get(service)
@@ -230,7 +230,7 @@ class ProxyReconciler:
                 if entry and isinstance(entry.spec, ServiceSpec)
                 else None
             )
-            allowed[service] = [mine] if own is None else [mine, parse_networks(own)]
+            allowed[service] = network_rules(mine) if own is None else network_rules(mine, tuple(own))
         return Destinations(resolved, allowed)
 
     def _refresh_after(self, wait: float | None, memory: ProxyMemory) -> float | None:
