@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 from ophelpers import Node
 
-from backends import fetch, http_backends
+from backends import fetch, http_backends, wait_port
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
 from fleetop.controller.manager import Manager
@@ -102,6 +104,24 @@ def named_backend(tmp_path: Path) -> Iterator[Registration]:
         yield regs[0]
 
 
+@pytest.fixture
+def moved_backend(named_backend: Registration, tmp_path: Path) -> Iterator[str]:
+    """Where ``good.test`` moves to later: 127.0.0.7 on the same port."""
+    argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.7", "--directory", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*argv, str(named_backend.port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_port("127.0.0.7", named_backend.port)
+        yield f"127.0.0.7:{named_backend.port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 @contextlib.asynccontextmanager
 async def operator(etcd_endpoint: str, fleet: str, root: Path, resolver: Resolver) -> AsyncIterator[None]:
     config = RunConfig(
@@ -156,7 +176,7 @@ async def registered(etcd: Etcd) -> set[str]:
 
 
 async def test_an_unresolvable_backend_is_left_out_and_the_others_keep_flowing(
-    etcd_server: EtcdServer, node: Node, named_backend: Registration, tmp_path: Path
+    etcd_server: EtcdServer, node: Node, named_backend: Registration, moved_backend: str, tmp_path: Path
 ) -> None:
     dns = StubDns({"good.test": [named_backend.host]})
     resolver = Resolver(dns, ttl=2, negative_ttl=1)
@@ -174,6 +194,7 @@ async def test_an_unresolvable_backend_is_left_out_and_the_others_keep_flowing(
                 try:
                     async with nginx_with_agent(etcd, root, port):
                         await scenario(etcd, port, named, dns)
+                        await dns_moves(port, dns, moved_backend)
                 finally:  # the operator destroys hello's units while it still runs
                     await etcd.delete(KEYS.desired("proxies", PROXY))
                     await etcd.delete(KEYS.desired("services", "hello"))
@@ -214,6 +235,16 @@ async def scenario(etcd: Etcd, port: int, named: str, dns: StubDns) -> None:
     agent = await agent_status(etcd)
     assert agent is not None and agent.error is None and agent.dropped_backends == []
     assert set(dns.asked) == {"good.test", "no-such-host.invalid"}
+
+
+async def dns_moves(port: int, dns: StubDns, moved: str) -> None:
+    """A changed answer is followed within the resolver's TTL (2 s here), without a registration change."""
+    dns.table["good.test"] = [moved.partition(":")[0]]
+
+    async def followed() -> bool:
+        return await handlers(port, "ext.test", 10) == {moved}
+
+    await eventually(followed, 60, "requests for ext.test to reach good.test's new address")
 
 
 async def cleanup(etcd: Etcd) -> None:

@@ -226,3 +226,15 @@ def test_the_default_allowed_networks_refuse_public_and_link_local_addresses() -
 def test_without_destinations_names_stay_as_they_are() -> None:
     found = collect_backends({"web": ("/services/web/", [("/services/web/b", b"good.test:8002")])})
     assert [r.address for r in found.valid["web"]] == ["good.test:8002"]
+
+
+def test_an_agent_that_dropped_a_backend_serves_the_newest_config_and_degrades_the_proxy() -> None:
+    dropped = "server 10.0.0.9:80 (line 30: host not found in upstream)"
+    report = AgentStatus(machine="m1", applied_hash="h2", dropped_backends=[dropped])
+    summary = summarize_agents([("m1", report.model_dump_json(by_alias=True).encode())], "h2")
+    assert (summary.total, summary.on_newest) == (1, 1)
+    assert summary.errors == [f"agent m1: applied without backend(s) {dropped}"]
+    status = build_status(ProxyView(7, CONFIG, BackendSet(), summary, []), None, 1000.0)
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Available"] == ("True", "AgentsOnNewest")
+    assert conditions["Degraded"] == ("True", "AgentFailed")
