@@ -130,3 +130,19 @@ def test_names_of_leaves_addresses_out() -> None:
 def test_system_lookup_answers_for_an_address_literal_without_dns() -> None:
     # getaddrinfo on a numeric host answers locally (AI_NUMERICHOST path): no query leaves the machine
     assert system_lookup("127.0.0.1") == ["127.0.0.1"]
+
+
+async def test_many_names_due_at_once_are_not_timed_out_by_their_queue() -> None:
+    """200 lookups of 30 ms each on 4 threads take 1.5 s in all, longer than the 1 s timeout; each
+    lookup is timed on its own, so none fails."""
+
+    def slowish(name: str) -> Sequence[str]:
+        threading.Event().wait(0.03)
+        return ["127.0.0.2"]
+
+    resolver = Resolver(slowish, timeout=1.0, threads=4)
+    try:
+        found = await resolver.resolve(f"n{i}.test" for i in range(200))
+        assert all(r.error is None for r in found.values()), [r.error for r in found.values() if r.error]
+    finally:
+        resolver.close()

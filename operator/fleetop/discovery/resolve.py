@@ -110,7 +110,7 @@ class Resolver:
         ttl: float = DEFAULT_TTL,
         negative_ttl: float = DEFAULT_NEGATIVE_TTL,
         stale_limit: float = DEFAULT_STALE_LIMIT,
-        threads: int = 4,
+        threads: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lookup = lookup
@@ -119,14 +119,11 @@ class Resolver:
         self.negative_ttl = negative_ttl
         self.stale_limit = stale_limit
         self.clock = clock
-        self.lookups = 0
         self._threads = threads
+        self._slots: asyncio.Semaphore | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._cache: dict[str, Resolution] = {}
         self._inflight: dict[str, asyncio.Future[Sequence[str]]] = {}
-
-    def cached(self, name: str) -> Resolution | None:
-        return self._cache.get(name)
 
     async def resolve(self, names: Iterable[str]) -> dict[str, Resolution]:
         """The answer for each name: from the cache while fresh, else looked up (concurrently, each
@@ -145,12 +142,6 @@ class Resolver:
         """Seconds until the first of ``names`` expires (None when none is cached)."""
         expiries = [r.expires for n in names if (r := self._cache.get(n)) is not None]
         return max(0.0, min(expiries) - self.clock()) if expiries else None
-
-    def forget(self, keep: Iterable[str]) -> None:
-        """Drop cached names not in ``keep`` (names nobody registers any more)."""
-        kept = set(keep)
-        for name in [n for n in self._cache if n not in kept]:
-            del self._cache[name]
 
     def _prune(self, keep: set[str]) -> None:
         """Drop expired answers nobody asked for now: names come and go with registrations."""
@@ -200,17 +191,24 @@ class Resolver:
 
     async def _lookup(self, name: str) -> Sequence[str]:
         """One lookup per name in flight, on this resolver's own threads, awaited within ``timeout``.
-        A lookup that outlives its timeout keeps its thread until it returns; later passes wait on the
-        same one instead of starting more."""
+        At most ``threads`` lookups are started at once, so the timeout measures a lookup rather than
+        its wait in a queue (a thousand names due together must not time out for that). A lookup
+        that outlives its timeout keeps its thread until it returns; later passes wait on the same
+        one instead of starting more."""
         future = self._inflight.get(name)
-        if future is None:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, "fleetop-resolve")
-            self.lookups += 1
-            future = asyncio.get_running_loop().run_in_executor(self._pool, self.lookup, name)
-            self._inflight[name] = future
-            future.add_done_callback(lambda done: self._done(name, done))
-        return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        if future is not None:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._threads)
+        async with self._slots:
+            future = self._inflight.get(name)  # another pass may have started it meanwhile
+            if future is None:
+                if self._pool is None:
+                    self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, "fleetop-resolve")
+                future = asyncio.get_running_loop().run_in_executor(self._pool, self.lookup, name)
+                self._inflight[name] = future
+                future.add_done_callback(lambda done: self._done(name, done))
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
 
     def _done(self, name: str, future: asyncio.Future[Sequence[str]]) -> None:
         if self._inflight.get(name) is future:
