@@ -19,6 +19,11 @@ process published and wrote last (the caches lag its own writes by one watch eve
   collect_backends`); that set is one of a render's inputs, so a poll that shows a new unit or loses
   a destroyed one re-renders (the informers queue the proxies that route to a service whose units
   changed). Others are skipped, counted in status and reported once per distinct set as an event.
+* DNS names among the registrations are resolved before a render (:mod:`fleetop.discovery.resolve`:
+  timeout, TTL cache, threads of its own) and rendered as their addresses; a name that does not
+  resolve, or an address outside the proxy's (and the service's) ``allowedNetworks``, is skipped and
+  reported like an invalid value. The answers for the names of the last render are one of a pass's
+  inputs, and a pass comes back when one is due, so a changed answer renders again.
 * An invalid spec: ``Invalid=True`` in status, nothing published, its units left as they are.
 * A deleted spec: its units are destroyed, its published config and status deleted.
 * While fleet does not answer, nothing is changed in fleet: the units are neither planned nor
