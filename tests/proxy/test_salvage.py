@@ -17,12 +17,17 @@ from typing import Literal
 import pytest
 
 from backends import fetch, handlers_seen, http_backends
+from fleetop.config import settings_from
 from fleetop.discovery.addresses import Registration
-from fleetop.etcdserver import free_port
-from fleetop.models import ProxySpec, PublishedConfig
+from fleetop.etcd import Etcd
+from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.keys import Keys
+from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import ApplyError, ProxyProcess, initial_config, start_proxy
 from fleetop.proxy.render import RenderPaths, render
 from fleetop.proxy.salvage import apply_dropping_backends, blamed_lines, drop_blamed
+from waiting import eventually
 
 Kind = Literal["nginx", "haproxy"]
 BAD = Registration("/services/web/bad", "127.0.0.9", 65000)
@@ -109,3 +114,37 @@ def test_only_server_lines_of_the_staged_file_are_blamed() -> None:
     assert drop_blamed("nginx", body, "nginx: [emerg] host not found in /etc/nginx/other.conf:2") is None
     assert drop_blamed("nginx", body, f"nginx: [emerg] x in {staged}:4") is None  # a server block
     assert drop_blamed("nginx", body, f"nginx: [emerg] x in {staged}:99") is None
+
+
+async def test_the_agent_applies_without_the_bad_backend_and_reports_it(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path, backends: list[Registration]
+) -> None:
+    port = free_port("127.0.0.1")
+    paths = RenderPaths(str(tmp_path / "run"))
+    target = tmp_path / "nginx.conf"
+    target.write_text(initial_config("edge", "nginx", f"127.0.0.1:{port}", paths))
+    process = start_proxy("nginx", target, paths, listen=("127.0.0.1", port))
+    settings = AgentSettings(proxy="edge", machine="m1", runtime_dir=target.parent, config_path=target)
+    settings_etcd = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
+    try:
+        async with await Etcd.connect(settings_etcd) as etcd:
+            task = asyncio.create_task(ProxyAgent(etcd, Keys(), settings).run())
+            try:
+                cfg = published("nginx", port, paths, backends)
+                await etcd.put(Keys().proxy_config("edge"), cfg.model_dump_json(by_alias=True))
+
+                async def reported() -> AgentStatus | None:
+                    kv = await etcd.get(Keys().agent_status("edge", "m1"))
+                    status = AgentStatus.model_validate_json(kv.value) if kv is not None else None
+                    return status if status is not None and status.applied_hash == cfg.hash else None
+
+                status = await eventually(reported, 30, "the agent to apply the config")
+                assert status.error is None
+                assert len(status.dropped_backends) == 1 and "127.0.0.9:99999" in status.dropped_backends[0]
+                want = {b.address for b in backends}
+                assert await handlers_seen(port, want) == want
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        process.stop()
