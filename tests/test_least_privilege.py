@@ -21,6 +21,7 @@ USERS = {
     "side": "fleetop-sidekick",
     "agent": "fleetop-agent",
     "alice": "fleetop-user",
+    "sideweb": "fleetop-sidekick-web",
 }
 
 
@@ -32,7 +33,12 @@ def secured(
     try:
         env = {**os.environ, **secure.environ("root"), "ETCDCTL": etcdctl_bin}
         done = subprocess.run(
-            [str(ROLES_SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False
+            [str(ROLES_SCRIPT), "--sidekick-service", "web"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         passwords = {}
@@ -81,11 +87,18 @@ async def _can_read(secure: SecureEtcd, user: str, password: str, prefix: str) -
         ("agent", "/status/proxies/edge/agents/m1", True),
         ("agent", "/fleetop/proxies/edge/config", False),
         ("agent", "/desired/proxies/edge", False),
+        ("sideweb", "/services/web/8001", True),
+        ("sideweb", "/services/webby/8001", False),
+        ("sideweb", "/services/api/8001", False),
+        ("sideweb", "/desired/services/web", False),
     ],
 )
 async def test_writes(secured: tuple[SecureEtcd, dict[str, str]], user: str, key: str, allowed: bool) -> None:
     secure, passwords = secured
-    assert await _can_write(secure, user, passwords[user], key, lease=user in ("side", "op")) is allowed
+    assert (
+        await _can_write(secure, user, passwords[user], key, lease=user in ("side", "sideweb", "op"))
+        is allowed
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,6 +109,8 @@ async def test_writes(secured: tuple[SecureEtcd, dict[str, str]], user: str, key
         ("agent", "/fleetop/proxies/", True),
         ("agent", "/desired/", False),
         ("side", "/desired/", False),
+        ("sideweb", "/services/web/", True),
+        ("sideweb", "/services/", False),
         ("alice", "/status/", True),
         ("alice", "/fleetop/", True),
     ],
@@ -105,3 +120,17 @@ async def test_reads(
 ) -> None:
     secure, passwords = secured
     assert await _can_read(secure, user, passwords[user], prefix) is allowed
+
+
+@pytest.mark.parametrize("bad", ["Web", "web_1", "-web", "web=/x/../y", "web=relative"])
+def test_a_bad_sidekick_service_is_refused_before_anything_is_created(bad: str) -> None:
+    env = {**os.environ, "ETCDCTL": "/bin/false"}  # never reached: the arguments are checked first
+    done = subprocess.run(
+        [str(ROLES_SCRIPT), "--sidekick-service", bad],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2 and "--sidekick-service" in done.stderr, done.stderr

@@ -6,10 +6,12 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from fleetop.errors import SpecInvalid
 from fleetop.models import ProxySpec, ServiceSpec, parse_proxy, parse_service, parse_spec
 from fleetop.models.base import format_duration, parse_duration
+from fleetop.models.networks import DEFAULT_ALLOWED_NETWORKS
 from fleetop.models.parse import encode_spec, spec_document
 from fleetop.models.service import resolve_int_or_percent
 
@@ -240,3 +242,37 @@ def test_int_or_percent(value: Any, total: int, up: bool, expected: int) -> None
 
 def test_proxy_model_type() -> None:
     assert isinstance(parse_proxy(PROXY), ProxySpec)
+
+
+def test_allowed_networks_default_to_private_and_loopback_and_can_be_widened() -> None:
+    spec = ProxySpec.model_validate({"kind": "nginx", "listen": 8080})
+    assert spec.allowed_networks == list(DEFAULT_ALLOWED_NETWORKS)
+    assert "allowedNetworks" not in spec.model_dump(by_alias=True, exclude_defaults=True)
+    wide = ProxySpec.model_validate(
+        {"kind": "nginx", "listen": 8080, "allowedNetworks": ["0.0.0.0/0", "::/0"]}
+    )
+    assert wide.allowed_networks == ["0.0.0.0/0", "::/0"]
+    one = ProxySpec.model_validate(
+        {"kind": "nginx", "listen": 8080, "allowedNetworks": ["10.0.0.5", "FD00::/8"]}
+    )
+    assert one.allowed_networks == ["10.0.0.5/32", "fd00::/8"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (["10.0.0.1/8"], "did you mean 10.0.0.0/8"),
+        (["10.0.0.0/33"], "not a network in CIDR form"),
+        (["evil.com"], "not a network in CIDR form"),
+        (["x" * 100], "at most 64 characters"),
+        ("10.0.0.0/8", "valid list"),
+        (["10.0.0.0/8"] * 257, "at most 256"),
+    ],
+)
+def test_bad_allowed_networks_are_refused_with_the_path(value: object, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ProxySpec.model_validate({"kind": "nginx", "listen": 8080, "allowedNetworks": value})
+    assert "allowedNetworks" in str(info.value) and message in str(info.value), str(info.value)
+    with pytest.raises(ValidationError) as info:
+        ServiceSpec.model_validate({"unit": {"execStart": "x"}, "discovery": {"allowedNetworks": value}})
+    assert "discovery.allowedNetworks" in str(info.value)

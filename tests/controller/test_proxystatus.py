@@ -6,6 +6,7 @@ from fleetop.controller.executor import same_status, status_bytes
 from fleetop.controller.proxystatus import (
     AgentSummary,
     BackendSet,
+    Destinations,
     ProxyView,
     build_status,
     collect_backends,
@@ -13,10 +14,14 @@ from fleetop.controller.proxystatus import (
     describe_unlaunched,
     invalid_status,
     launched_instances,
+    network_rules,
     published_hash,
+    registration_names,
     summarize_agents,
 )
+from fleetop.discovery.resolve import Resolution
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.models.networks import contains, parse_networks
 
 SPEC = ProxySpec.model_validate({"kind": "nginx", "listen": 8080, "routes": [{"service": "web"}]})
 CONFIG = PublishedConfig(hash="h2", generation=2, kind="nginx", body="...")
@@ -149,3 +154,87 @@ def test_invalid_spec_keeps_the_rest_of_the_status() -> None:
     assert invalid is not None and invalid.status == "True" and "routes.0.service" in invalid.message
     assert (status.observed_generation, status.config_hash) == (9, "h2")
     assert invalid_status(9, "routes.0.service: bad name", status, 3000.0) == status
+
+
+def _resolution(name: str, *addresses: str) -> Resolution:
+    error = None if addresses else f"host name {name} does not resolve: Name or service not known"
+    return Resolution(name, tuple(addresses), error, expires=1e9, since=0.0)
+
+
+LOOPBACK_ONLY = network_rules(("127.0.0.0/8", "::1/128"))
+
+
+def test_names_are_resolved_and_an_unresolvable_one_is_skipped_with_the_others_kept() -> None:
+    items = {
+        "web": (
+            "/services/web/",
+            [
+                ("/services/web/a", b"127.0.0.2:8001"),
+                ("/services/web/b", b"good.test:8002"),
+                ("/services/web/x", b"no-such-host.invalid:80"),
+            ],
+        )
+    }
+    assert registration_names(items) == {"good.test", "no-such-host.invalid"}
+    where = Destinations(
+        {
+            "good.test": _resolution("good.test", "127.0.0.3", "127.0.0.4"),
+            "no-such-host.invalid": _resolution("no-such-host.invalid"),
+        },
+        {"web": LOOPBACK_ONLY},
+    )
+    found = collect_backends(items, None, where)
+    assert [r.address for r in found.valid["web"]] == ["127.0.0.2:8001", "127.0.0.3:8002", "127.0.0.4:8002"]
+    assert found.skipped_count == 1
+    assert "/services/web/x (host name no-such-host.invalid does not resolve" in describe_invalid(found)
+
+
+def test_addresses_outside_every_allowed_network_list_are_skipped() -> None:
+    items = {
+        "web": (
+            "/services/web/",
+            [
+                ("/services/web/a", b"127.0.0.2:8001"),
+                ("/services/web/b", b"127.0.1.2:8001"),
+                ("/services/web/c", b"[::1]:8001"),
+                ("/services/web/d", b"[::ffff:127.0.0.2]:8001"),
+                ("/services/web/e", b"mixed.test:8002"),
+            ],
+        )
+    }
+    narrow = network_rules(("127.0.0.0/8", "::1/128"), ("127.0.0.0/24",))
+    where = Destinations({"mixed.test": _resolution("mixed.test", "127.0.0.5", "127.0.9.9")}, {"web": narrow})
+    found = collect_backends(items, None, where)
+    kept = [r.address for r in found.valid["web"]]
+    assert kept == ["127.0.0.2:8001", "[::ffff:7f00:2]:8001", "127.0.0.5:8002"]
+    reasons = describe_invalid(found)
+    assert found.invalid_count == 3
+    assert "127.0.1.2:8001 is outside the allowed networks" in reasons
+    assert "[::1]:8001 is outside" in reasons
+    assert "127.0.9.9:8002 (mixed.test) is outside" in reasons
+
+
+def test_the_default_allowed_networks_refuse_public_and_link_local_addresses() -> None:
+    spec = ProxySpec.model_validate({"kind": "nginx", "listen": 8080})
+    networks = parse_networks(spec.allowed_networks)
+    for inside in ("10.1.2.3", "172.31.0.1", "192.168.1.1", "127.0.0.1", "::1", "fd00::5"):
+        assert contains(networks, inside), inside
+    for outside in ("8.8.8.8", "169.254.169.254", "172.32.0.1", "2001:db8::1", "fe80::1", "::ffff:8.8.8.8"):
+        assert not contains(networks, outside), outside
+
+
+def test_without_destinations_names_stay_as_they_are() -> None:
+    found = collect_backends({"web": ("/services/web/", [("/services/web/b", b"good.test:8002")])})
+    assert [r.address for r in found.valid["web"]] == ["good.test:8002"]
+
+
+def test_an_agent_that_dropped_a_backend_serves_the_newest_config_and_degrades_the_proxy() -> None:
+    dropped = "server 10.0.0.9:80 (line 30: host not found in upstream)"
+    report = AgentStatus(machine="m1", applied_hash="h2", dropped_backends=[dropped])
+    summary = summarize_agents([("m1", report.model_dump_json(by_alias=True).encode())], "h2")
+    assert (summary.total, summary.on_newest) == (1, 1)
+    assert summary.errors == [f"agent m1: applied without backend(s) {dropped}"]
+    status = build_status(ProxyView(7, CONFIG, BackendSet(), summary, []), None, 1000.0)
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Available"] == ("True", "AgentsOnNewest")
+    assert conditions["Degraded"] == ("True", "AgentFailed")

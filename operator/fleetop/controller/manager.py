@@ -33,6 +33,7 @@ from fleetop.controller.queue import WorkQueue, run_resync, run_workers
 from fleetop.controller.reconciler import Reconciler, ServiceReconciler
 from fleetop.controller.run import RunConfig
 from fleetop.controller.world import BackoffPolicy
+from fleetop.discovery.resolve import Resolver
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd import Etcd
 from fleetop.fleet.client import FleetClient
@@ -48,8 +49,9 @@ READY_TIMEOUT = 2.0
 class Manager:
     """One operator process. ``run()`` until cancelled or :meth:`request_stop`."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, resolver: Resolver | None = None) -> None:
         self.config = config
+        self.resolver = resolver if resolver is not None else Resolver()
         self.metrics = OperatorMetrics()
         self.queue = WorkQueue()
         self.health_url: str | None = None
@@ -100,6 +102,7 @@ class Manager:
                 proxy_root=config.proxy_root,
                 settings=config.unit_settings,
                 sandbox=self.sandbox,
+                resolver=self.resolver,
             )
             reconciler = Reconciler(
                 {"services": services, "proxies": proxies}, report=FailureReporter(executor).report
@@ -116,6 +119,7 @@ class Manager:
                 await self._run_components(reconciler)
             finally:
                 self.sandbox.close()
+                self.resolver.close()
 
     async def _run_components(self, reconciler: Reconciler) -> None:
         async with asyncio.TaskGroup() as group:

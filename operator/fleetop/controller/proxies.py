@@ -20,6 +20,11 @@ process published and wrote last (the caches lag its own writes by one watch eve
   collect_backends`); that set is one of a render's inputs, so a poll that shows a new unit or loses
   a destroyed one re-renders (the informers queue the proxies that route to a service whose units
   changed). Others are skipped, counted in status and reported once per distinct set as an event.
+* DNS names among the registrations are resolved before a render (:mod:`fleetop.discovery.resolve`:
+  timeout, TTL cache, threads of its own) and rendered as their addresses; a name that does not
+  resolve, or an address outside the proxy's (and the service's) ``allowedNetworks``, is skipped and
+  reported like an invalid value. The answers for the names of the last render are one of a pass's
+  inputs, and a pass comes back when one is due, so a changed answer renders again.
 * An invalid spec: ``Invalid=True`` in status, nothing published, its units left as they are.
 * A deleted spec: its units are destroyed, its published config and status deleted.
 * While fleet does not answer, nothing is changed in fleet: the units are neither planned nor
@@ -41,6 +46,7 @@ from fleetop.controller.proxycache import ProxyCaches
 from fleetop.controller.proxyplan import UnitPlan, plan_units
 from fleetop.controller.proxystatus import (
     BackendSet,
+    Destinations,
     ProxyView,
     build_status,
     collect_backends,
@@ -49,13 +55,16 @@ from fleetop.controller.proxystatus import (
     describe_unlaunched,
     invalid_status,
     launched_instances,
+    network_rules,
     published_hash,
+    registration_names,
     summarize_agents,
 )
 from fleetop.controller.proxyunits import DesiredUnit, ProxyLayout, desired_units
 from fleetop.controller.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
 from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings, needs_sidekick
 from fleetop.controller.unitrender import RenderError as UnitRenderError
+from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
@@ -65,8 +74,16 @@ from fleetop.store import Entry
 
 log = logging.getLogger(__name__)
 
+MIN_REFRESH = 0.05
+"""Seconds: the soonest a pass comes back for an expired DNS answer."""
+
 Launched = dict[str, frozenset[str]]
-Inputs = tuple[int, tuple[tuple[str, int], ...], tuple[tuple[str, tuple[str, ...]], ...]]
+Inputs = tuple[
+    int,
+    tuple[tuple[str, int], ...],
+    tuple[tuple[str, tuple[str, ...]], ...],
+    tuple[tuple[str, tuple[str, ...], str], ...],
+]
 
 
 @dataclass
@@ -86,6 +103,9 @@ class ProxyMemory:
     unlaunched_reported: frozenset[str] = frozenset()
     invalid_generation: int = 0
     reported: set[str] = field(default_factory=set)
+    names: frozenset[str] = frozenset()
+    """The DNS names among the last render's registrations: re-resolved on every pass (cached), and
+    the answers are one of the render's inputs, so a changed answer renders again."""
 
 
 class ProxyReconciler:
@@ -102,6 +122,7 @@ class ProxyReconciler:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sandbox: RenderPool | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.informers = informers
         self.sandbox = sandbox
@@ -113,6 +134,7 @@ class ProxyReconciler:
         self.clock = clock
         self.monotonic = monotonic
         self.memory: dict[str, ProxyMemory] = {}
+        self.resolver = resolver if resolver is not None else Resolver()
         self.renders = 0
         self.publishes = 0
 
@@ -125,15 +147,16 @@ class ProxyReconciler:
         if entry.error is not None or not isinstance(entry.spec, ProxySpec):
             return await self._invalid(name, entry)
         spec = entry.spec
-        inputs = self._inputs(entry.mod_revision, spec)
-        if inputs is None:
+        found = self._inputs(entry.mod_revision, spec)
+        if found is None:
             return SYNC_WAIT
         memory = self._memory(name, spec)
+        inputs: Inputs = (*found, await self._resolved(memory.names))
         layout = ProxyLayout.of(name, spec, self.proxy_root, self.settings)
         due, wait = self._coalesce(memory, inputs)
         published = self._published(name, memory)
         if due or (wait is None and self._must_render(memory, published)):
-            memory.backends = self._backends(spec)
+            memory.backends = await self._backends(spec, memory)
             try:
                 published = await self._render_and_publish(
                     name, spec, memory.backends, layout, memory, published
@@ -151,10 +174,12 @@ class ProxyReconciler:
         if unit_error is not None or problems:
             view = dataclasses.replace(view, unit_error="; ".join([*problems, unit_error or ""]).strip("; "))
         await self._write_status(name, build_status(view, self._stored(name), self.clock()))
-        return wait
+        return self._refresh_after(wait, memory)
 
     # -- inputs -----------------------------------------------------------------------------------------
-    def _inputs(self, generation: int, spec: ProxySpec) -> Inputs | None:
+    def _inputs(
+        self, generation: int, spec: ProxySpec
+    ) -> tuple[int, tuple[tuple[str, int], ...], tuple[tuple[str, tuple[str, ...]], ...]] | None:
         """What a render depends on, cheaply: the spec's revision, the revision of each routed
         service's registration cache (one cache per prefix, so it moves only when that prefix
         changed) and the instances the operator runs of each sidekick service. None while a cache is
@@ -184,15 +209,47 @@ class ProxyReconciler:
             )
         return found
 
-    def _backends(self, spec: ProxySpec) -> BackendSet:
-        """Registrations of every routed service, parsed (caches are synced: see :meth:`_inputs`)."""
+    async def _backends(self, spec: ProxySpec, memory: ProxyMemory) -> BackendSet:
+        """Registrations of every routed service, parsed, names resolved, destinations checked
+        (caches are synced: see :meth:`_inputs`)."""
         items: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
         for service in sorted({route.service for route in spec.routes}):
             prefix = self.informers.registration_prefix(service)
             cache = self.informers.registrations.cache(prefix)
             pairs = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
             items[service] = (prefix, pairs)
-        return collect_backends(items, self._launched(spec))
+        names = frozenset(registration_names(items))
+        resolved = await self.resolver.resolve(names)
+        if memory.seen is not None and memory.names != names:  # these answers are what this render saw
+            memory.seen = (*memory.seen[:3], resolved_view(resolved))
+        memory.names = names
+        return collect_backends(items, self._launched(spec), self._destinations(spec, resolved))
+
+    async def _resolved(self, names: frozenset[str]) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+        """The current answers for the names the last render used (from the cache while fresh)."""
+        return resolved_view(await self.resolver.resolve(names)) if names else ()
+
+    def _destinations(self, spec: ProxySpec, resolved: dict[str, Resolution]) -> Destinations:
+        """The proxy's ``allowedNetworks`` for every routed service, narrowed by a service's own."""
+        mine = tuple(spec.allowed_networks)
+        allowed = {}
+        for service in sorted({route.service for route in spec.routes}):
+            entry = self.informers.entries["services"].get(service)
+            own = (
+                entry.spec.discovery.allowed_networks
+                if entry and isinstance(entry.spec, ServiceSpec)
+                else None
+            )
+            allowed[service] = network_rules(mine) if own is None else network_rules(mine, tuple(own))
+        return Destinations(resolved, allowed)
+
+    def _refresh_after(self, wait: float | None, memory: ProxyMemory) -> float | None:
+        """Come back when a name the config uses is due for a new lookup (or sooner, for ``wait``)."""
+        due = self.resolver.next_refresh(memory.names) if memory.names else None
+        if due is None:
+            return wait
+        due = max(due, MIN_REFRESH)
+        return due if wait is None else min(wait, due)
 
     def _memory(self, name: str, spec: ProxySpec) -> ProxyMemory:
         memory = self.memory.get(name)

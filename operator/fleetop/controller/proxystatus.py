@@ -20,6 +20,7 @@ Kept apart from :mod:`fleetop.controller.proxies` so they are tested with plain 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ from pydantic import ValidationError
 
 from fleetop.controller.conditions import rfc3339
 from fleetop.discovery.addresses import InvalidRegistration, Registration, parse_registration
+from fleetop.discovery.resolve import Resolution, names_of
+from fleetop.models.networks import IPNetwork, contains, parse_networks
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import (
     AgentCount,
@@ -81,19 +84,114 @@ def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozen
     return frozenset(found)
 
 
+def registration_names(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]]) -> set[str]:
+    """The DNS names among the valid registrations of ``items`` (what must be resolved to render)."""
+    names = set()
+    for prefix, pairs in items.values():
+        for key, value in pairs:
+            instance = key[len(prefix) :] if key.startswith(prefix) else ""
+            parsed = parse_registration(key, value) if instance and "/" not in instance else None
+            if isinstance(parsed, Registration) and _is_name(parsed.host):
+                names.add(parsed.host)
+    return names
+
+
+class NetworkRules:
+    """Network lists an address must be in, every one of them. Hashed once: every backend of every
+    render is checked against the same rules, through a cache keyed by them."""
+
+    __slots__ = ("_hash", "lists")
+
+    def __init__(self, lists: Iterable[tuple[IPNetwork, ...]]) -> None:
+        self.lists = tuple(lists)
+        self._hash = hash(self.lists)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or (isinstance(other, NetworkRules) and self.lists == other.lists)
+
+
+@functools.lru_cache(maxsize=1024)
+def network_rules(*lists: tuple[str, ...]) -> NetworkRules:
+    """The rules for CIDR lists (``allowedNetworks`` of a proxy, then of a service), one object per
+    distinct lists."""
+    return NetworkRules(parse_networks(cidrs) for cidrs in lists)
+
+
+NO_RULES = NetworkRules(())
+
+
+@functools.lru_cache(maxsize=200_000)
+def _is_name(host: str) -> bool:
+    return bool(names_of([host]))
+
+
+@functools.lru_cache(maxsize=200_000)
+def _inside(host: str, rules: NetworkRules) -> bool:
+    """Cached: a render checks every backend on every pass, and the answer only depends on these."""
+    return all(contains(networks, host) for networks in rules.lists)
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where backends may be: each name's resolution, and per routed service the network lists an
+    address must be in (the proxy's ``allowedNetworks``, then the service's own, if any).
+    ``resolved`` None keeps names as they are (nothing resolved them, nothing to check them by)."""
+
+    resolved: Mapping[str, Resolution] | None = None
+    allowed: Mapping[str, NetworkRules] = field(default_factory=dict)
+
+    def targets(
+        self, service: str, parsed: Registration
+    ) -> tuple[list[Registration], list[InvalidRegistration]]:
+        """The registrations ``parsed`` stands for (one per address of a name), and those refused."""
+        rules = self.allowed.get(service, NO_RULES)
+        if not _is_name(parsed.host):
+            if _inside(parsed.host, rules):
+                return [parsed], []
+            hosts: tuple[str, ...] = (parsed.host,)
+        elif self.resolved is None:
+            return [parsed], []
+        else:
+            answer = self.resolved.get(parsed.host)
+            if answer is None or answer.error is not None or not answer.addresses:
+                reason = (
+                    answer.error if answer is not None and answer.error else f"{parsed.host} is not resolved"
+                )
+                return [], [InvalidRegistration(parsed.key, parsed.address, reason)]
+            hosts = answer.addresses
+        kept, refused = [], []
+        for host in hosts:
+            target = Registration(parsed.key, host, parsed.port)
+            if _inside(host, rules):
+                kept.append(target)
+                continue
+            via = f" ({parsed.host})" if host != parsed.host else ""
+            reason = f"{target.address}{via} is outside the allowed networks"
+            refused.append(InvalidRegistration(parsed.key, target.address, reason))
+        return kept, refused
+
+
 def collect_backends(
     items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]],
     launched: Mapping[str, frozenset[str]] | None = None,
+    destinations: Destinations | None = None,
 ) -> BackendSet:
     """``service -> (prefix, [(key, value)])`` → registrations of the keys directly under the prefix.
 
     ``launched`` maps each service whose instances register through fleetop's sidekick to the
     instances the operator runs (:func:`launched_instances`); other services' keys are all trusted.
+    ``destinations`` turns names into their addresses and refuses what lies outside the allowed
+    networks: an unresolvable name or a forbidden address is skipped and reported like a value that
+    does not parse, and every other backend still renders.
     """
     valid: dict[str, list[Registration]] = {}
     invalid: dict[str, list[InvalidRegistration]] = {}
     unlaunched: dict[str, list[InvalidRegistration]] = {}
     known = launched or {}
+    where = destinations or Destinations()
     for service, (prefix, pairs) in sorted(items.items()):
         found, refused, unknown = valid.setdefault(service, []), [], []
         runs = known.get(service)
@@ -108,7 +206,9 @@ def collect_backends(
                 reason = f"instance {instance} is not a launched unit of service {service}"
                 unknown.append(InvalidRegistration(key, parsed.address, reason))
             else:
-                found.append(parsed)
+                kept, outside = where.targets(service, parsed)
+                found.extend(kept)
+                refused.extend(outside)
         if refused:
             invalid[service] = refused
         if unknown:
@@ -176,6 +276,9 @@ def summarize_agents(reports: Sequence[tuple[str, bytes]], newest: str) -> Agent
             on_newest += 1
         if report.error:
             errors.append(f"agent {report.machine or machine}: {report.error}")
+        if report.dropped_backends:
+            dropped = "; ".join(report.dropped_backends)
+            errors.append(f"agent {report.machine or machine}: applied without backend(s) {dropped}")
     return AgentSummary(total, on_newest, errors)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from fleetop.models.base import Duration, StrictModel, check_line, check_name, duration_between, shown
+from fleetop.models.networks import DEFAULT_ALLOWED_NETWORKS, NetworkList
 from fleetop.models.service import COMMAND_CHARS, PATH_CHARS, Placement
 
 HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -149,6 +150,12 @@ class ProxySpec(StrictModel):
     template: str | None = Field(default=None, max_length=TEMPLATE_CHARS)
     wait: Wait = Field(default_factory=Wait)
     headers: Headers = Field(default_factory=Headers)
+    allowed_networks: NetworkList = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_NETWORKS),
+        description="CIDRs the backends may be in (after names are resolved); registrations outside are"
+        " skipped and reported. Default: the private and loopback ranges.",
+        json_schema_extra={"default": list(DEFAULT_ALLOWED_NETWORKS)},
+    )
 
     @field_validator("name")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from fleetop.models.base import Duration, StrictModel, check_line, check_name, duration_between, shown
+from fleetop.models.networks import NetworkList
 
 _META_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MACHINE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -217,6 +218,11 @@ class Discovery(StrictModel):
     sidekick: bool = False
     check: Check = Field(default_factory=Check)
     ttl: Ttl = 30.0
+    allowed_networks: NetworkList | None = Field(
+        default=None,
+        description="CIDRs this service's registrations may be in, narrowing every proxy's"
+        " allowedNetworks; registrations outside are skipped and reported. Default: no narrowing.",
+    )
 
     @field_validator("prefix")
     @classmethod

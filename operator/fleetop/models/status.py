@@ -159,6 +159,8 @@ class AgentStatus(ObservedModel):
     fallback_reason: str | None = None
     error: str | None = None
     failed_hash: str = ""
+    dropped_backends: list[str] = Field(default_factory=list)
+    """Backend lines the agent took out of the applied config because its check failed on them."""
 
 
 class PublishedConfig(ObservedModel):

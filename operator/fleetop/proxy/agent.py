@@ -43,7 +43,7 @@ from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
-from fleetop.proxy.apply import ApplyError, ApplyResult, apply_config, pid_file_of
+from fleetop.proxy.apply import ApplyError, ApplyResult, pid_file_of
 from fleetop.proxy.haproxy_runtime import (
     DRAIN_TIMEOUT,
     RuntimeAPI,
@@ -53,6 +53,7 @@ from fleetop.proxy.haproxy_runtime import (
 )
 from fleetop.proxy.haproxy_servers import ConfigModel, parse_config, runtime_change
 from fleetop.proxy.render import default_runtime_dir
+from fleetop.proxy.salvage import Dropped, apply_dropping_backends
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class ProxyAgent:
         loaded, self._loaded = self._loaded, None  # unknown until this apply is over
         try:
             _ensure_runtime_dir(cfg)
-            result = await apply_config(
+            result, dropped = await apply_dropping_backends(
                 cfg,
                 target,
                 check=cfg.check_cmd,
@@ -220,10 +221,16 @@ class ProxyAgent:
             log.info("proxy %s: config %s superseded before install", settings.proxy, cfg.hash[:12])
             return False  # the newer one is already signalled
         self._given_up = None
-        self._applied(cfg, result, model)
+        self._applied(cfg, result, model, dropped)
         return False
 
-    def _applied(self, cfg: PublishedConfig, result: ApplyResult, model: ConfigModel | None) -> None:
+    def _applied(
+        self, cfg: PublishedConfig, result: ApplyResult, model: ConfigModel | None, dropped: list[Dropped]
+    ) -> None:
+        if dropped:
+            log.warning(
+                "proxy %s: applied without %s", self.settings.proxy, "; ".join(d.describe() for d in dropped)
+            )
         how = result.via or "installed"
         if result.fallback:
             log.error(
@@ -255,6 +262,7 @@ class ProxyAgent:
             fallback_reason=result.fallback or None,
             error=None,
             failed_hash="",
+            dropped_backends=[d.describe() for d in dropped],
         )
 
     def _runtime_step(
