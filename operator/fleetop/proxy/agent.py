@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,9 +34,11 @@ from pydantic import ValidationError
 
 from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
+from fleetop.filemodes import SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
 from fleetop.proxy.apply import ApplyError, apply_config, pid_file_of
+from fleetop.proxy.policy import AgentPolicy
 from fleetop.proxy.render import default_runtime_dir
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,12 @@ class AgentSettings:
     retry_min: float = 0.5
     retry_max: float = 30.0
     status_ttl: int = STATUS_TTL
+    policy: AgentPolicy = field(default_factory=AgentPolicy)
+    """This machine's commands and config directories (:mod:`fleetop.proxy.policy`)."""
+
+    def allowed(self) -> AgentPolicy:
+        """The policy with the agent's own runtime directory, which is always allowed."""
+        return self.policy.with_dirs([self.runtime_dir])
 
     def target(self, cfg: PublishedConfig) -> Path:
         if self.config_path is not None:
@@ -156,8 +164,14 @@ class ProxyAgent:
 
     async def _apply(self, cfg: PublishedConfig) -> bool:
         settings, raw = self.settings, self._latest
+        refused = settings.allowed().refusal(cfg, settings.target(cfg))
+        if refused is not None:  # nothing runs, nothing is written: the old config keeps serving
+            log.error("proxy %s: config %s: %s", settings.proxy, cfg.hash[:12], refused)
+            self._given_up = cfg.hash
+            self._report(error=refused, failed_hash=cfg.hash)
+            return False
         try:
-            _ensure_runtime_dir(cfg)
+            _ensure_runtime_dir(cfg, settings.allowed())
             result = await apply_config(
                 cfg,
                 settings.target(cfg),
@@ -222,11 +236,12 @@ class ProxyAgent:
             await writer.close()
 
 
-def _ensure_runtime_dir(cfg: PublishedConfig) -> None:
-    """The directory of the pid file the config names must exist before ``nginx -t`` can pass."""
+def _ensure_runtime_dir(cfg: PublishedConfig, policy: AgentPolicy) -> None:
+    """The directory of the pid file the config names must exist before ``nginx -t`` can pass; it is
+    created only where the policy lets the agent write."""
     pid_file = pid_file_of(cfg.kind, cfg.body)
-    if pid_file is not None and pid_file.is_absolute():
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
+    if pid_file is not None and pid_file.is_absolute() and policy.path_problem(pid_file, "") is None:
+        make_dir(pid_file.parent, SHARED_DIR_MODE)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -287,6 +302,7 @@ async def run_agent(
     runtime_dir: Path | None = None,
     config_path: Path | None = None,
     timeout: float = 30.0,
+    policy: AgentPolicy | None = None,
 ) -> None:
     """Run one agent until cancelled."""
     settings = AgentSettings(
@@ -295,5 +311,6 @@ async def run_agent(
         runtime_dir=runtime_dir or Path(default_runtime_dir(proxy)),
         config_path=config_path,
         timeout=timeout,
+        policy=policy or AgentPolicy(),
     )
     await ProxyAgent(etcd, keys, settings).run()
