@@ -34,7 +34,13 @@ class Keys:
         return f"{self.root}/status/{kind}/{name}"
 
     def agent_status(self, proxy: str, machine: str = "") -> str:
-        return f"{self.root}/status/proxies/{proxy}/agents/{machine}"
+        """An agent's report, ``/status/agents/<proxy>/<machine>``: outside ``/status/proxies/`` so an
+        agent's role never covers the operator's proxy status, and one key per machine so a role can
+        be limited to one machine's keys (``scripts/etcd-roles --agent-machine``)."""
+        return f"{self.root}/status/agents/{proxy}/{machine}"
+
+    def agent_statuses(self) -> str:
+        return f"{self.root}/status/agents/"
 
     def registrations(self, spec_prefix: str) -> str:
         """A discovery prefix from a spec (``/services/web``) as a key prefix ending in ``/``."""

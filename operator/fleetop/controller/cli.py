@@ -84,6 +84,23 @@ def run_command(
             " operator writes (FLEETOP_PATH, default the fleetop running this command)"
         ),
     ] = None,
+    sidekick_credentials: Annotated[
+        str | None,
+        typer.Option(
+            help="environment file (mode 0600) with the ETCDCTL_* of the sidekicks the operator writes"
+            " (FLEETOP_SIDEKICK_CREDENTIALS)"
+        ),
+    ] = None,
+    agent_credentials: Annotated[
+        str | None,
+        typer.Option(help="the same for managed proxies' agents (FLEETOP_AGENT_CREDENTIALS)"),
+    ] = None,
+    proxy_credentials: Annotated[
+        str | None,
+        typer.Option(
+            help="the same for managed proxy instances (FLEETOP_PROXY_CREDENTIALS, default the agents' file)"
+        ),
+    ] = None,
 ) -> None:
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
     from fleetop.controller.run import RunConfig, run_operator, setup_logging
@@ -104,6 +121,9 @@ def run_command(
         "resync_period": resync_period,
         "proxy_root": proxy_root,
         "fleetop_path": fleetop_path,
+        "sidekick_credentials": sidekick_credentials,
+        "agent_credentials": agent_credentials,
+        "proxy_credentials": proxy_credentials,
     }
     flags.update({k: v for k, v in given.items() if v is not None})
     try:

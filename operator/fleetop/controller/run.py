@@ -114,6 +114,9 @@ class RunConfig:
     """Directory under which each managed proxy keeps its config and runtime files (``<root>/<proxy>``)."""
     fleetop_path: str = field(default_factory=own_fleetop)
     """Absolute path of fleetop on the machines, named by every unit the operator writes."""
+    credentials: tuple[str, str, str] = ("", "", "")
+    """Environment files of the sidekicks, proxy agents and proxy instances the operator writes
+    (``--sidekick-credentials``, ``--agent-credentials``, ``--proxy-credentials``)."""
 
     def __post_init__(self) -> None:
         self.unit_settings  # noqa: B018 - refuse a path that cannot be written into a unit, at construction
@@ -122,9 +125,9 @@ class RunConfig:
     def unit_settings(self) -> UnitSettings:
         """What the units the operator writes take from this installation (fleetop's path, key root)."""
         try:
-            return UnitSettings(self.fleetop_path, self.etcd.prefix)
+            return UnitSettings(self.fleetop_path, self.etcd.prefix, *self.credentials)
         except UnitRenderError as exc:
-            raise ConfigError(f"--fleetop-path: {exc}") from None
+            raise ConfigError(f"--fleetop-path or a credentials file: {exc}") from None
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
@@ -165,6 +168,11 @@ class RunConfig:
             resync_period=_seconds(pick("resync_period", "FLEETOP_RESYNC_PERIOD", 600.0), "--resync-period"),
             proxy_root=_proxy_root(str(pick("proxy_root", "FLEETOP_PROXY_ROOT", DEFAULT_PROXY_ROOT))),
             fleetop_path=str(pick("fleetop_path", "FLEETOP_PATH", "") or own_fleetop()),
+            credentials=(
+                str(pick("sidekick_credentials", "FLEETOP_SIDEKICK_CREDENTIALS", "")),
+                str(pick("agent_credentials", "FLEETOP_AGENT_CREDENTIALS", "")),
+                str(pick("proxy_credentials", "FLEETOP_PROXY_CREDENTIALS", "")),
+            ),
         )
 
 

@@ -101,7 +101,7 @@ class ProxyStatus(ObservedModel):
 
 
 class AgentStatus(ObservedModel):
-    """``/status/proxies/<name>/agents/<machine>``: what one proxy agent applied, or why it could not."""
+    """``/status/agents/<name>/<machine>``: what one proxy agent applied, or why it could not."""
 
     machine: str
     applied_hash: str = ""

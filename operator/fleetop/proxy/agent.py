@@ -2,7 +2,7 @@
 
 The operator publishes ``/fleetop/proxies/<proxy>/config`` (a :class:`PublishedConfig`); one agent per
 proxy host list-watches that key and installs each new config with :func:`apply_config` (stage,
-check, rename, reload). It reports what it did to ``/status/proxies/<proxy>/agents/<machine>`` as an
+check, rename, reload). It reports what it did to ``/status/agents/<proxy>/<machine>`` as an
 :class:`AgentStatus`, so ``fleetop status`` can tell which hosts run the newest config and why one
 does not.
 
