@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import socket
 import stat
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import pytest
 from fleetop.config import settings_from
 from fleetop.errors import ConfigError
 from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcdserver import EtcdServer, free_port
 from fleetop.keys import Keys
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
@@ -196,3 +200,33 @@ async def test_proxy_instance_does_not_check_a_refused_published_config(tmp_path
     )
     assert source == "placeholder without routes" and body != cfg.body
     assert not (tmp_path / "check.ran").exists()
+
+
+def test_proxy_instance_never_writes_a_config_outside_the_allowed_dirs(tmp_path: Path) -> None:
+    port = free_port("127.0.0.1")
+    runtime, outside = tmp_path / "run", tmp_path / "cron.d" / "nginx.conf"
+    argv = [sys.executable, "-m", "fleetop.cli.main", "proxy-instance", "--proxy", PROXY, "--kind", "nginx"]
+    argv += ["--listen", f"127.0.0.1:{port}", "--runtime-dir", str(runtime), "--config", str(outside)]
+    argv += ["--endpoints", "127.0.0.1:1", "--etcd-timeout", "0.5"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "FLEETOP_"))}
+    with open(tmp_path / "instance.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "instance.log"
+            ).read_text()
+            time.sleep(0.1)
+        assert not outside.parent.exists()
+        assert (runtime / "nginx.conf").exists()
+        assert "outside the allowed config directories" in (tmp_path / "instance.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False

@@ -369,11 +369,15 @@ def initial_config(proxy: str, kind: Kind, listen: str | int, paths: RenderPaths
 def prepare_runtime_dir(paths: RenderPaths) -> Path:
     """Create the runtime dir 0750 and its logs 0640 before the proxy opens them (nginx creates
     logs 0644). nginx workers started by root run as ``nobody``: the directory's group is then
-    nobody's, so they can reach their temp dirs and nobody else can list it."""
-    runtime = make_dir(Path(paths.runtime_dir), SHARED_DIR_MODE)
+    nobody's, so they can reach their temp dirs and nobody else can list it (the proxy root too, when
+    this call creates it)."""
+    runtime = Path(paths.runtime_dir)
+    ours = [runtime] if runtime.parent.exists() else [runtime, runtime.parent]
+    make_dir(runtime, SHARED_DIR_MODE)
     if os.geteuid() == 0:
         with contextlib.suppress(KeyError, OSError):
-            os.chown(runtime, -1, pwd.getpwnam("nobody").pw_gid)
+            for directory in ours:
+                os.chown(directory, -1, pwd.getpwnam("nobody").pw_gid)
     for log_file in (paths.error_log, paths.access_log):
         touch(Path(log_file), CONFIG_MODE)
     return runtime

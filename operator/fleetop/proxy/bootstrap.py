@@ -171,12 +171,17 @@ def proxy_instance_command(
         typer.echo(f"fleetop proxy-instance: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     proxy_kind: Kind = "nginx" if kind == "nginx" else "haproxy"
+    policy = _policy()
     target = config.absolute()
+    refused = policy.with_dirs([Path(paths.runtime_dir)]).path_problem(target, "--config")
+    if refused is not None:  # the spec's configPath: the agent refuses it too and reports why
+        target = Path(paths.runtime_dir) / f"{proxy_kind}.conf"
+        log.error("proxy %s: %s (this machine's agent policy); using %s", proxy, refused, target)
     prepare_runtime_dir(paths)
     if not target.parent.is_dir():
         make_dir(target.parent, SHARED_DIR_MODE)
     published = asyncio.run(fetch_published(proxy, endpoints, prefix, etcd_timeout))
-    body, source = asyncio.run(choose_config(proxy, proxy_kind, address, paths, target, published, _policy()))
+    body, source = asyncio.run(choose_config(proxy, proxy_kind, address, paths, target, published, policy))
     write_atomically(target, body)
     argv = proxy_command(proxy_kind, target, paths)
     log.info("proxy %s: starting %s on the %s config: %s", proxy, kind, source, " ".join(argv))
