@@ -162,7 +162,9 @@ async def test_the_tour_with_each_role_its_own_user(stack: SecureStack) -> None:
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o750
     for log in ("error.log", "access.log"):
         assert stat.S_IMODE((runtime / log).stat().st_mode) == 0o640
-    for env_file in (stack.base / "node").rglob("*environment"):
+    env_files = list((stack.base / "node").rglob("*environment"))
+    assert len(env_files) >= 6  # environment and etcd.environment of each machine
+    for env_file in env_files:
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600, env_file
 
 
