@@ -230,3 +230,14 @@ def _listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         return True
     return False
+
+
+def test_the_agent_refuses_to_start_with_a_missing_or_bad_policy(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("commands: [{run: x}]\n")
+    for policy in (tmp_path / "missing.yaml", bad):
+        argv = [sys.executable, "-m", "fleetop.proxy.cli", "--proxy", PROXY, "--policy", str(policy)]
+        done = subprocess.run(
+            [*argv, "--endpoints", "127.0.0.1:1"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 2 and str(policy) in done.stderr

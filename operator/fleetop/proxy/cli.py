@@ -5,6 +5,11 @@ settings exit with status 2 before anything touches etcd; a permanent failure (e
 denied) exits with 1. SIGTERM and SIGINT stop the agent cleanly: its status key is revoked with its
 lease and the proxy keeps serving the last applied config.
 
+What the machine allows a published config to run and write is its own choice, never the spec's: the
+policy file (``--policy``, ``FLEETOP_AGENT_POLICY``, ``/etc/fleetop/proxy-agent.yaml``) and the
+``--allow-config-dir`` directories of the agent's own unit (:mod:`fleetop.proxy.policy`). A policy file
+that is named but missing or malformed exits with status 2.
+
 Mounted by the main CLI as ``app.command("proxy-agent")(proxy_agent_command)``.
 """
 
