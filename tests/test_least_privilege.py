@@ -84,7 +84,9 @@ async def _can_read(secure: SecureEtcd, user: str, password: str, prefix: str) -
         ("side", "/services/web/8001", True),
         ("side", "/desired/services/web", False),
         ("side", "/status/services/web", False),
-        ("agent", "/status/proxies/edge/agents/m1", True),
+        ("agent", "/status/agents/edge/m1", True),
+        ("agent", "/status/proxies/edge", False),
+        ("agent", "/status/proxies/edge/agents/m1", False),
         ("agent", "/fleetop/proxies/edge/config", False),
         ("agent", "/desired/proxies/edge", False),
         ("sideweb", "/services/web/8001", True),
@@ -134,3 +136,61 @@ def test_a_bad_sidekick_service_is_refused_before_anything_is_created(bad: str) 
         check=False,
     )
     assert done.returncode == 2 and "--sidekick-service" in done.stderr, done.stderr
+
+
+@pytest.fixture(scope="module")
+def machine_agent(secured: tuple[SecureEtcd, dict[str, str]], etcdctl_bin: str) -> str:
+    """User ``agent-m1`` with the role ``scripts/etcd-roles --agent-machine m1 edge api`` creates."""
+    secure, _ = secured
+    env = {**os.environ, **secure.environ("root"), "ETCDCTL": etcdctl_bin}
+    argv = [str(ROLES_SCRIPT), "--agent-machine", "m1", "edge", "api"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    password = secrets.token_urlsafe(12)
+    secure.etcdctl_run("user", "add", "agent-m1", f"--new-user-password={password}", user="root")
+    secure.etcdctl_run("user", "grant-role", "agent-m1", "fleetop-agent-m1", user="root")
+    return password
+
+
+@pytest.mark.parametrize(
+    ("key", "allowed"),
+    [
+        ("/status/agents/edge/m1", True),
+        ("/status/agents/api/m1", True),
+        ("/status/agents/edge/m2", False),
+        ("/status/agents/edge/m10", False),
+        ("/status/agents/other/m1", False),
+        ("/status/proxies/edge", False),
+        ("/fleetop/proxies/edge/config", False),
+    ],
+)
+async def test_a_machine_agent_writes_only_its_own_machines_reports(
+    secured: tuple[SecureEtcd, dict[str, str]], machine_agent: str, key: str, allowed: bool
+) -> None:
+    secure, _ = secured
+    assert await _can_write(secure, "agent-m1", machine_agent, key, lease=True) is allowed
+
+
+async def test_a_machine_agent_reads_only_its_proxies_configs(
+    secured: tuple[SecureEtcd, dict[str, str]], machine_agent: str
+) -> None:
+    secure, _ = secured
+    assert await _can_read(secure, "agent-m1", machine_agent, "/fleetop/proxies/edge/config")
+    assert not await _can_read(secure, "agent-m1", machine_agent, "/fleetop/proxies/other/config")
+    assert not await _can_read(secure, "agent-m1", machine_agent, "/status/proxies/")
+
+
+def test_the_machine_role_refuses_bad_names(
+    secured: tuple[SecureEtcd, dict[str, str]], etcdctl_bin: str
+) -> None:
+    secure, _ = secured
+    env = {**os.environ, **secure.environ("root"), "ETCDCTL": etcdctl_bin}
+    for argv in (
+        ["--agent-machine", "m/1", "edge"],
+        ["--agent-machine", "m1", "Edge_X"],
+        ["--agent-machine", "m1"],
+    ):
+        done = subprocess.run(
+            [str(ROLES_SCRIPT), *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 2, (argv, done.stderr)

@@ -74,7 +74,13 @@ class Keys:
         return f"{self.root}/status/{kind}/{segment(name)}"
 
     def agent_status(self, proxy: str, machine: str = "") -> str:
-        return f"{self.root}/status/proxies/{segment(proxy)}/agents/{machine}"
+        """An agent's report, ``/status/agents/<proxy>/<machine>``: outside ``/status/proxies/`` so an
+        agent's role never covers the operator's proxy status, and one key per machine so a role can
+        be limited to one machine's keys (``scripts/etcd-roles --agent-machine``)."""
+        return f"{self.root}/status/agents/{segment(proxy)}/{machine}"
+
+    def agent_statuses(self) -> str:
+        return f"{self.root}/status/agents/"
 
     def registrations(self, spec_prefix: str) -> str:
         """A discovery prefix from a spec (``/services/web``) as a key prefix ending in ``/``."""

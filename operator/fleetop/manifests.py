@@ -16,6 +16,7 @@ the same fleetop.
 from __future__ import annotations
 
 import copy
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ def check_paths(values: dict[str, Any]) -> None:
     problem = program_path_problem(str(values["install"]["path"]))
     if problem is not None:
         raise InputError(problem, where="values", path="$.install.path")
+    for kind, path in (values["etcd"].get("credentials") or {}).items():
+        problem = program_path_problem(str(path)) if path else None
+        if problem is not None:
+            raise InputError(problem, where="values", path=f"$.etcd.credentials.{kind}")
     try:
         RenderPaths(str(values["managedProxies"]["root"]))
     except RenderError as exc:
@@ -143,6 +148,7 @@ def render(values: dict[str, Any], source: Path = MANIFESTS_DIR) -> list[Rendere
         out.append(Rendered(f"units/fleetop@{number + 1}.service", text))
     for given in values.get("unmanagedProxies") or []:
         proxy = {"configPath": "/etc/nginx/nginx.conf", "machineMetadata": {}, **given}
+        proxy["configDir"] = posixpath.dirname(str(proxy["configPath"])) or "/"
         text = env.get_template("units/proxy-agent.service.j2").render({**context, "proxy": proxy})
         out.append(Rendered(f"units/{proxy['name']}-agent.service", text))
     if values.get("examples", {}).get("enabled"):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcdserver import EtcdServer, free_port, port_is_free
+from fleetop.filemodes import make_dir, open_log
 from fleetop.node import procgroups
 
 DEFAULT_ETCD_PORT = 2379
@@ -137,7 +138,7 @@ class Child:
 
     def spawn(self) -> None:
         """Start the process, in its own session, appending its output to its log."""
-        with open(self.log_path, "ab") as log:
+        with open_log(self.log_path) as log:
             self.process = subprocess.Popen(
                 self.argv,
                 stdout=log,
@@ -195,7 +196,7 @@ class Stack:
         refuse_if_running(state)
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
-        (state / "logs").mkdir(exist_ok=True)
+        make_dir(state / "logs")
         self._start_etcd()
         node_args = ["node", "--machines", str(self.config.machines), "--state-dir", str(state / "node")]
         self._start_child("node", *node_args, "--listen", self.config.fleet_endpoint)

@@ -329,17 +329,18 @@ async def test_template_and_check_failures_keep_the_previous_config(stack: Stack
     assert await _count_handlers(handlers(port, 5), 1)
     assert "render failed" in await asyncio.to_thread(describe, stack, "guard")
 
+    # a command this machine's agent policy does not list is refused before it runs
     refuse = ["/bin/sh", "-c", "echo 'nginx: [emerg] refused by the test' >&2; exit 1"]
     await put(etcd, "/desired/proxies/guard", {**good, "checkCmd": refuse})
     await eventually(
-        lambda: _status_error(etcd, "guard", "refused by the test"), 30, "the agent's check error"
+        lambda: _status_error(etcd, "guard", "is not an allowed command"), 30, "the agent's refusal"
     )
     newest = await published(etcd, "guard")
     assert newest is not None and newest.hash != first.hash
     assert [r.applied_hash for r in await agents(etcd, "guard")] == [first.hash]
     assert await _count_handlers(handlers(port, 5), 1)
     shown = await asyncio.to_thread(describe, stack, "guard")
-    assert "agent " in shown and "refused by the test" in shown
+    assert "agent " in shown and "agent policy" in shown
 
 
 async def _status_error(etcd: Etcd, proxy: str, text: str) -> ProxyStatus | None:

@@ -205,6 +205,7 @@ async def test_the_command_runs_the_agent_and_stops_on_sigterm(
     argv = [
         sys.executable, "-m", "fleetop.proxy.cli",
         "--proxy", PROXY, "--machine", MACHINE, "--config-path", str(site.target),
+        "--allow-config-dir", str(site.target.parent),  # this machine's choice: the test's directory
         "--endpoints", etcd_server.endpoint, "--prefix", etcd_prefix,
     ]  # fmt: skip
     log_path = site.target.parent / "agent.log"

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from fleetop.errors import FleetopError
+from fleetop.filemodes import open_log
 from fleetop.up import (
     Stack,
     UpConfig,
@@ -115,7 +116,7 @@ def _detach(machines: int, state_dir: Path, demo: bool, etcd_port: int) -> None:
         args.append("--demo")
     (state_dir / "logs").mkdir(exist_ok=True)
     log_path = state_dir / "logs" / "up.log"
-    with open(log_path, "ab") as log:
+    with open_log(log_path) as log:
         process = subprocess.Popen(
             fleetop_command(UpConfig(), *args),
             stdout=log,

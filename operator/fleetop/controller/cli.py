@@ -120,6 +120,23 @@ def run_command(
             " (FLEETOP_RESTART_BACKOFF, default 10)"
         ),
     ] = None,
+    sidekick_credentials: Annotated[
+        str | None,
+        typer.Option(
+            help="environment file (mode 0600) with the ETCDCTL_* of the sidekicks the operator writes"
+            " (FLEETOP_SIDEKICK_CREDENTIALS)"
+        ),
+    ] = None,
+    agent_credentials: Annotated[
+        str | None,
+        typer.Option(help="the same for managed proxies' agents (FLEETOP_AGENT_CREDENTIALS)"),
+    ] = None,
+    proxy_credentials: Annotated[
+        str | None,
+        typer.Option(
+            help="the same for managed proxy instances (FLEETOP_PROXY_CREDENTIALS, default the agents' file)"
+        ),
+    ] = None,
 ) -> None:
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
     from fleetop.controller.run import RunConfig, run_operator, setup_logging
@@ -146,6 +163,9 @@ def run_command(
         "render_timeout": render_timeout,
         "render_max_bytes": render_max_bytes,
         "restart_backoff": restart_backoff,
+        "sidekick_credentials": sidekick_credentials,
+        "agent_credentials": agent_credentials,
+        "proxy_credentials": proxy_credentials,
     }
     flags.update({k: v for k, v in given.items() if v is not None})
     try:

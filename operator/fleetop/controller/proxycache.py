@@ -1,8 +1,8 @@
 """The proxy side's caches: published configs, proxy status and the agents' reports.
 
 The proxy reconciler decides from what is published (``/fleetop/proxies/<p>/config``: the current
-generation and hash) and from what the agents report (``/status/proxies/<p>/agents/<machine>``), so
-both prefixes are followed like every other informer (list, then watch; relist after compaction).
+generation and hash) and from what the agents report (``/status/agents/<p>/<machine>``), so
+these prefixes are followed like every other informer (list, then watch; relist after compaction).
 Only what the operator does not write itself enqueues a proxy: an agent's report, or a published
 config changed or deleted by someone else. The operator's own status writes enqueue nothing, or a
 status write would trigger its own reconcile.
@@ -17,8 +17,6 @@ from fleetop.controller.informers import PrefixCache, follow
 from fleetop.etcd import Etcd, KeyValue
 from fleetop.keys import Keys
 
-AGENTS = "/agents/"
-
 
 class ProxyCaches:
     """Followers keep these warm as well, so a new leader knows the published generations at once."""
@@ -28,15 +26,16 @@ class ProxyCaches:
         self.enqueue = enqueue
         self.statuses = PrefixCache(etcd, keys.status("proxies"), self._status_changed)
         self.configs = PrefixCache(etcd, keys.proxy_configs(), self._config_changed)
+        self.reports = PrefixCache(etcd, keys.agent_statuses(), self._report_changed)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
-            for cache in (self.statuses, self.configs):
+            for cache in (self.statuses, self.configs, self.reports):
                 group.create_task(follow(cache), name=f"informer {cache.prefix}")
 
     @property
     def synced(self) -> bool:
-        return self.statuses.synced.is_set() and self.configs.synced.is_set()
+        return all(c.synced.is_set() for c in (self.statuses, self.configs, self.reports))
 
     def published(self, proxy: str) -> KeyValue | None:
         return self.configs.get(self.keys.proxy_config(proxy))
@@ -49,7 +48,7 @@ class ProxyCaches:
         prefix = self.keys.agent_status(proxy, "")
         return [
             (kv.key[len(prefix) :], kv.value)
-            for kv in self.statuses.under(prefix)
+            for kv in self.reports.under(prefix)
             if kv.key[len(prefix) :] and "/" not in kv.key[len(prefix) :]
         ]
 
@@ -64,15 +63,13 @@ class ProxyCaches:
         name, _, tail = rest.partition("/")
         return name if key != rest and name and tail == "config" else None
 
-    def _agent_owner(self, key: str) -> str | None:
-        base = self.keys.status("proxies")
-        if not key.startswith(base) or AGENTS not in key[len(base) :]:
-            return None
-        name, _, _ = key[len(base) :].partition(AGENTS)
-        return name or None
-
     def _status_changed(self, changed: set[str]) -> None:
-        for name in sorted({n for n in map(self._agent_owner, changed) if n}):
+        """The operator's own writes (proxy status): nothing to do."""
+
+    def _report_changed(self, changed: set[str]) -> None:
+        base = self.keys.agent_statuses()
+        names = {key[len(base) :].partition("/")[0] for key in changed if key.startswith(base)}
+        for name in sorted(n for n in names if n):
             self.enqueue(f"proxies/{name}")
 
     def _config_changed(self, changed: set[str]) -> None:

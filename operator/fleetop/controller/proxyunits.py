@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from fleetop.controller.unitrender import (
     DEFAULT_UNITS,
     INSTANCE_SPECIFIER,
-    SIDEKICK_ENVIRONMENT_FILES,
     UnitSettings,
     companion_placement,
     finish_unit,
@@ -107,8 +106,8 @@ def agent_command(proxy: str, layout: ProxyLayout) -> str:
     return " ".join(args)
 
 
-def _service_lines(command: str) -> list[UnitOption]:
-    out = [UnitOption("Service", "EnvironmentFile", f) for f in SIDEKICK_ENVIRONMENT_FILES]
+def _service_lines(command: str, environment_files: list[str]) -> list[UnitOption]:
+    out = [UnitOption("Service", "EnvironmentFile", f) for f in environment_files]
     out += [
         UnitOption("Service", "ExecStart", command),
         UnitOption("Service", "Restart", "always"),
@@ -120,7 +119,7 @@ def _service_lines(command: str) -> list[UnitOption]:
 def _proxy_body(proxy: str, spec: ProxySpec, layout: ProxyLayout) -> list[UnitOption]:
     description = f"{spec.kind} proxy {proxy} instance {INSTANCE_SPECIFIER} (fleetop)"
     out = [UnitOption("Unit", "Description", description)]
-    out += _service_lines(instance_command(proxy, spec, layout))
+    out += _service_lines(instance_command(proxy, spec, layout), layout.settings.environment_files("proxy"))
     # every instance binds the same listen address: never two on one machine
     placement = spec.placement.model_copy(update={"spread": not spec.placement.global_})
     out += placement_options(placement, proxy)
@@ -134,7 +133,7 @@ def _agent_body(proxy: str, spec: ProxySpec, layout: ProxyLayout, instance: int 
         UnitOption("Unit", "BindsTo", main),
         UnitOption("Unit", "After", main),
     ]
-    out += _service_lines(agent_command(proxy, layout))
+    out += _service_lines(agent_command(proxy, layout), layout.settings.environment_files("agent"))
     return out + companion_placement(spec.placement, main)
 
 

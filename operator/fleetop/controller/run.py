@@ -127,6 +127,9 @@ class RunConfig:
 
     restart_backoff: float = 10.0
     """First crash-loop back-off delay in seconds; the cap is 30 times it, the reset 60 times."""
+    credentials: tuple[str, str, str] = ("", "", "")
+    """Environment files of the sidekicks, proxy agents and proxy instances the operator writes
+    (``--sidekick-credentials``, ``--agent-credentials``, ``--proxy-credentials``)."""
 
     def __post_init__(self) -> None:
         self.unit_settings  # noqa: B018 - refuse a path that cannot be written into a unit, at construction
@@ -135,9 +138,9 @@ class RunConfig:
     def unit_settings(self) -> UnitSettings:
         """What the units the operator writes take from this installation (fleetop's path, key root)."""
         try:
-            return UnitSettings(self.fleetop_path, self.etcd.prefix)
+            return UnitSettings(self.fleetop_path, self.etcd.prefix, *self.credentials)
         except UnitRenderError as exc:
-            raise ConfigError(f"--fleetop-path: {exc}") from None
+            raise ConfigError(f"--fleetop-path or a credentials file: {exc}") from None
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
@@ -190,6 +193,11 @@ class RunConfig:
             ),
             restart_backoff=_seconds(
                 pick("restart_backoff", "FLEETOP_RESTART_BACKOFF", 10.0), "--restart-backoff"
+            ),
+            credentials=(
+                str(pick("sidekick_credentials", "FLEETOP_SIDEKICK_CREDENTIALS", "")),
+                str(pick("agent_credentials", "FLEETOP_AGENT_CREDENTIALS", "")),
+                str(pick("proxy_credentials", "FLEETOP_PROXY_CREDENTIALS", "")),
             ),
         )
 

@@ -9,7 +9,10 @@ instance is PUT with its full options. Two units per instance, as in the article
   main unit (``BindsTo``/``After``) and scheduled next to it (``MachineOf``).
 
 What the units take from the installation rather than from a spec is one :class:`UnitSettings`:
-fleetop's absolute path on the machines and the key root. systemd looks a bare program name up only
+fleetop's absolute path on the machines, the key root, and the credentials file of each kind of unit
+(sidekick, proxy agent, proxy instance: ``EnvironmentFile=`` read after the shared environment files,
+so each kind connects to etcd as its own user with its own role, never with one user holding the
+union of every role). systemd looks a bare program name up only
 in its own fixed search path, so a unit that says ``fleetop register`` fails with 203/EXEC wherever
 fleetop lives in a virtualenv; the sidekick names fleetop by its path instead. The settings are
 rendered into the units like everything else, so changing them is a new template (a rolling update).
@@ -31,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from fleetop.fleet.units import UnitOption, check_option_values, regroup, serialize
 from fleetop.models.base import format_duration
@@ -87,11 +90,38 @@ class UnitSettings:
     ``FLEETOP_PATH``; by default the fleetop that runs the operator)."""
     key_root: str = ""
     """The installation's key root (``--prefix``): sidekicks register under it, agents read under it."""
+    sidekick_credentials: str = ""
+    """Environment file with the sidekicks' ``ETCDCTL_*`` (user, password, certificate), mode 0600
+    (``fleetop run --sidekick-credentials``); empty: only the shared environment files."""
+    agent_credentials: str = ""
+    """The same for the proxy agents (``--agent-credentials``)."""
+    proxy_credentials: str = ""
+    """The same for the proxy instances, which read their published config at start
+    (``--proxy-credentials``; empty: the agents' file, whose role reads the same keys)."""
 
     def __post_init__(self) -> None:
         problem = program_path_problem(self.fleetop)
         if problem is not None:
             raise RenderError(f"fleetop path {self.fleetop!r}: {problem}")
+        for name, path in (
+            ("sidekick", self.sidekick_credentials),
+            ("agent", self.agent_credentials),
+            ("proxy", self.proxy_credentials),
+        ):
+            problem = program_path_problem(path) if path else None
+            if problem is not None:
+                raise RenderError(f"{name} credentials file {path!r}: {problem}")
+
+    def environment_files(self, kind: Literal["sidekick", "agent", "proxy"]) -> list[str]:
+        """``EnvironmentFile=`` values of a unit of ``kind`` (sidekick, agent, proxy): the shared
+        files (optional), then the kind's credentials (required: a missing file is a clear failure
+        to start, not a TLS or permission error later)."""
+        credentials = {
+            "sidekick": self.sidekick_credentials,
+            "agent": self.agent_credentials,
+            "proxy": self.proxy_credentials or self.agent_credentials,
+        }[kind]
+        return [*SIDEKICK_ENVIRONMENT_FILES, *([credentials] if credentials else [])]
 
     def command(self, verb: str) -> str:
         """The start of an ``ExecStart`` running ``fleetop <verb>``."""
@@ -226,7 +256,7 @@ def _sidekick_body(
         UnitOption("Unit", "BindsTo", main),
         UnitOption("Unit", "After", main),
     ]
-    out.extend(UnitOption("Service", "EnvironmentFile", f) for f in SIDEKICK_ENVIRONMENT_FILES)
+    out.extend(UnitOption("Service", "EnvironmentFile", f) for f in settings.environment_files("sidekick"))
     out += [
         UnitOption("Service", "ExecStart", register_command(spec, service, instance, settings)),
         UnitOption("Service", "Restart", "always"),

@@ -140,7 +140,7 @@ class ProxyStatus(ObservedModel):
 
 
 class AgentStatus(ObservedModel):
-    """``/status/proxies/<name>/agents/<machine>``: what one proxy agent applied, or why it could not.
+    """``/status/agents/<name>/<machine>``: what one proxy agent applied, or why it could not.
 
     ``applied_via`` says how the proxy took the applied config: ``runtime`` (HAProxy's servers changed
     through its admin socket, no reload) or ``reload``. ``reloads`` and ``runtime_applies`` count both

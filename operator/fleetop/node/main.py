@@ -138,9 +138,9 @@ def build_machines(config: NodeConfig) -> list[NodeMachine]:
         etc = root / "etc"
         etc.mkdir(parents=True, exist_ok=True)
         atomic_write(
-            etc / "environment", f"COREOS_PRIVATE_IPV4={ip}\nCOREOS_PUBLIC_IPV4={ip}\n".encode(), 0o644
+            etc / "environment", f"COREOS_PRIVATE_IPV4={ip}\nCOREOS_PUBLIC_IPV4={ip}\n".encode(), 0o600
         )
-        atomic_write(etc / "etcd.environment", _etcd_environment(config.etcd_endpoints).encode(), 0o644)
+        atomic_write(etc / "etcd.environment", _etcd_environment(config.etcd_endpoints).encode(), 0o600)
         machines.append(
             NodeMachine(index, machine_id(identity, index), ip, f"node-m{index}", root, metadata[index - 1])
         )

@@ -2,7 +2,7 @@
 
 The operator publishes ``/fleetop/proxies/<proxy>/config`` (a :class:`PublishedConfig`); one agent per
 proxy host list-watches that key and installs each new config with :func:`apply_config` (stage,
-check, rename, reload). It reports what it did to ``/status/proxies/<proxy>/agents/<machine>`` as an
+check, rename, reload). It reports what it did to ``/status/agents/<proxy>/<machine>`` as an
 :class:`AgentStatus`, so ``fleetop status`` can tell which hosts run the newest config and why one
 does not.
 
@@ -33,7 +33,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
+from fleetop.filemodes import SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
 from fleetop.proxy.apply import ApplyError, ApplyResult, pid_file_of
@@ -52,6 +53,7 @@ from fleetop.proxy.haproxy_runtime import (
     admin_socket_of,
 )
 from fleetop.proxy.haproxy_servers import ConfigModel, parse_config, runtime_change
+from fleetop.proxy.policy import AgentPolicy
 from fleetop.proxy.render import default_runtime_dir
 from fleetop.proxy.salvage import Dropped, apply_dropping_backends
 
@@ -80,6 +82,12 @@ class AgentSettings:
     runtime_api: bool = True
     drain_timeout: float = DRAIN_TIMEOUT
     drain_poll: float = 0.05
+    policy: AgentPolicy = field(default_factory=AgentPolicy)
+    """This machine's commands and config directories (:mod:`fleetop.proxy.policy`)."""
+
+    def allowed(self) -> AgentPolicy:
+        """The policy with the agent's own runtime directory, which is always allowed."""
+        return self.policy.with_dirs([self.runtime_dir])
 
     def target(self, cfg: PublishedConfig) -> Path:
         if self.config_path is not None:
@@ -188,10 +196,16 @@ class ProxyAgent:
     async def _apply(self, cfg: PublishedConfig) -> bool:
         settings, raw = self.settings, self._latest
         target = settings.target(cfg)
+        refused = settings.allowed().refusal(cfg, target)
+        if refused is not None:  # nothing runs, nothing is written: the old config keeps serving
+            log.error("proxy %s: config %s: %s", settings.proxy, cfg.hash[:12], refused)
+            self._given_up = cfg.hash
+            self._report(error=refused, failed_hash=cfg.hash)
+            return False
         model, runtime = self._runtime_step(cfg, target)
         loaded, self._loaded = self._loaded, None  # unknown until this apply is over
         try:
-            _ensure_runtime_dir(cfg)
+            _ensure_runtime_dir(cfg, settings.allowed())
             result, dropped = await apply_dropping_backends(
                 cfg,
                 target,
@@ -369,11 +383,12 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _ensure_runtime_dir(cfg: PublishedConfig) -> None:
-    """The directory of the pid file the config names must exist before ``nginx -t`` can pass."""
+def _ensure_runtime_dir(cfg: PublishedConfig, policy: AgentPolicy) -> None:
+    """The directory of the pid file the config names must exist before ``nginx -t`` can pass; it is
+    created only where the policy lets the agent write."""
     pid_file = pid_file_of(cfg.kind, cfg.body)
-    if pid_file is not None and pid_file.is_absolute():
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
+    if pid_file is not None and pid_file.is_absolute() and policy.path_problem(pid_file, "") is None:
+        make_dir(pid_file.parent, SHARED_DIR_MODE)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -434,6 +449,7 @@ async def run_agent(
     runtime_dir: Path | None = None,
     config_path: Path | None = None,
     timeout: float = 30.0,
+    policy: AgentPolicy | None = None,
 ) -> None:
     """Run one agent until cancelled."""
     settings = AgentSettings(
@@ -442,5 +458,6 @@ async def run_agent(
         runtime_dir=runtime_dir or Path(default_runtime_dir(proxy)),
         config_path=config_path,
         timeout=timeout,
+        policy=policy or AgentPolicy(),
     )
     await ProxyAgent(etcd, keys, settings).run()

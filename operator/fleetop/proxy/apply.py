@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -44,6 +45,7 @@ from typing import Literal
 
 from fleetop.errors import ProxyError
 from fleetop.etcdserver import pid_alive
+from fleetop.filemodes import CONFIG_MODE, SHARED_DIR_MODE, make_dir, open_log, touch
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import PublishedConfig
 from fleetop.proxy.render import RenderPaths, render
@@ -403,7 +405,8 @@ def _stage(target: Path, cfg: PublishedConfig) -> tuple[Path, Path]:
     target = target.absolute()
     staged = target.parent / f"{STAGED_PREFIX}{cfg.hash[:16]}"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.is_dir():
+            make_dir(target.parent, SHARED_DIR_MODE)
         _write_staged(staged, cfg.body)
     except OSError as exc:
         _remove(staged)
@@ -435,10 +438,19 @@ def initial_config(proxy: str, kind: Kind, listen: str | int, paths: RenderPaths
 
 
 def prepare_runtime_dir(paths: RenderPaths) -> Path:
-    """Create the runtime dir (nginx workers may run as another user: keep it traversable)."""
+    """Create the runtime dir 0750 and its logs 0640 before the proxy opens them (nginx creates
+    logs 0644). nginx workers started by root run as ``nobody``: the directory's group is then
+    nobody's, so they can reach their temp dirs and nobody else can list it (the proxy root too, when
+    this call creates it)."""
     runtime = Path(paths.runtime_dir)
-    runtime.mkdir(parents=True, exist_ok=True)
-    runtime.chmod(0o755)
+    ours = [runtime] if runtime.parent.exists() else [runtime, runtime.parent]
+    make_dir(runtime, SHARED_DIR_MODE)
+    if os.geteuid() == 0:
+        with contextlib.suppress(KeyError, OSError):
+            for directory in ours:
+                os.chown(directory, -1, pwd.getpwnam("nobody").pw_gid)
+    for log_file in (paths.error_log, paths.access_log):
+        touch(Path(log_file), CONFIG_MODE)
     return runtime
 
 
@@ -513,7 +525,7 @@ def start_proxy(
     """
     prepare_runtime_dir(paths)
     log_path = log_file or Path(paths.runtime_dir) / f"{kind}.out"
-    with open(log_path, "ab") as log:
+    with open_log(log_path) as log:
         proc = subprocess.Popen(
             proxy_command(kind, config, paths),
             stdin=subprocess.DEVNULL,

@@ -29,6 +29,7 @@ import typer
 from fleetop.config import settings_from
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd import Etcd
+from fleetop.filemodes import CONFIG_MODE, SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
 from fleetop.models.base import check_name
 from fleetop.models.proxy import parse_listen
@@ -41,6 +42,7 @@ from fleetop.proxy.apply import (
     proxy_command,
     run_command,
 )
+from fleetop.proxy.policy import AgentPolicy, load_policy
 from fleetop.proxy.render import RenderError, RenderPaths
 
 log = logging.getLogger(__name__)
@@ -96,10 +98,22 @@ async def passes_check(body: str, kind: Kind, config: Path, check: list[str] | s
 
 
 async def choose_config(
-    proxy: str, kind: Kind, listen: str, paths: RenderPaths, config: Path, published: bytes | None
+    proxy: str,
+    kind: Kind,
+    listen: str,
+    paths: RenderPaths,
+    config: Path,
+    published: bytes | None,
+    policy: AgentPolicy | None = None,
 ) -> tuple[str, str]:
-    """(body, where it came from): published, installed, or the empty placeholder."""
+    """(body, where it came from): published, installed, or the empty placeholder. A published
+    config whose check command this machine's policy does not allow is not even checked."""
     candidate = published_candidate(published, kind)
+    allowed = policy or AgentPolicy()
+    refused = allowed.command_problem(candidate.check_cmd, "checkCmd") if candidate else None
+    if refused is not None:
+        log.warning("proxy %s: not starting on the published config: %s", proxy, refused)
+        candidate = None
     if candidate is not None and await passes_check(candidate.body, kind, config, candidate.check_cmd):
         return candidate.body, f"published generation {candidate.generation}"
     installed = _read(config)
@@ -118,8 +132,20 @@ def _read(path: Path) -> str:
 
 def write_atomically(path: Path, body: str) -> None:
     temp = path.parent / f".{path.name}.tmp"
-    temp.write_text(body, encoding="utf-8")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, CONFIG_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(fd, CONFIG_MODE)
+        handle.write(body)
     os.replace(temp, path)
+
+
+def _policy() -> AgentPolicy:
+    """This machine's agent policy; a broken policy file allows only the built-in commands."""
+    try:
+        return load_policy()
+    except ConfigError as exc:
+        log.warning("%s: allowing only the built-in commands", exc)
+        return AgentPolicy()
 
 
 def proxy_instance_command(
@@ -145,11 +171,17 @@ def proxy_instance_command(
         typer.echo(f"fleetop proxy-instance: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     proxy_kind: Kind = "nginx" if kind == "nginx" else "haproxy"
+    policy = _policy()
     target = config.absolute()
+    refused = policy.with_dirs([Path(paths.runtime_dir)]).path_problem(target, "--config")
+    if refused is not None:  # the spec's configPath: the agent refuses it too and reports why
+        target = Path(paths.runtime_dir) / f"{proxy_kind}.conf"
+        log.error("proxy %s: %s (this machine's agent policy); using %s", proxy, refused, target)
     prepare_runtime_dir(paths)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():
+        make_dir(target.parent, SHARED_DIR_MODE)
     published = asyncio.run(fetch_published(proxy, endpoints, prefix, etcd_timeout))
-    body, source = asyncio.run(choose_config(proxy, proxy_kind, address, paths, target, published))
+    body, source = asyncio.run(choose_config(proxy, proxy_kind, address, paths, target, published, policy))
     write_atomically(target, body)
     argv = proxy_command(proxy_kind, target, paths)
     log.info("proxy %s: starting %s on the %s config: %s", proxy, kind, source, " ".join(argv))

@@ -5,6 +5,11 @@ settings exit with status 2 before anything touches etcd; a permanent failure (e
 denied) exits with 1. SIGTERM and SIGINT stop the agent cleanly: its status key is revoked with its
 lease and the proxy keeps serving the last applied config.
 
+What the machine allows a published config to run and write is its own choice, never the spec's: the
+policy file (``--policy``, ``FLEETOP_AGENT_POLICY``, ``/etc/fleetop/proxy-agent.yaml``) and the
+``--allow-config-dir`` directories of the agent's own unit (:mod:`fleetop.proxy.policy`). A policy file
+that is named but missing or malformed exits with status 2.
+
 Mounted by the main CLI as ``app.command("proxy-agent")(proxy_agent_command)``.
 """
 
@@ -28,6 +33,7 @@ from fleetop.etcd import Etcd
 from fleetop.keys import Keys
 from fleetop.models.base import check_line, check_name
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.policy import DEFAULT_POLICY_FILE, POLICY_ENV, AgentPolicy, load_policy
 from fleetop.proxy.render import default_runtime_dir
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,12 @@ def default_machine_id() -> str:
 
 
 def _settings(
-    proxy: str, machine: str | None, config_path: Path | None, runtime_dir: Path | None, timeout: float
+    proxy: str,
+    machine: str | None,
+    config_path: Path | None,
+    runtime_dir: Path | None,
+    timeout: float,
+    policy: AgentPolicy | None = None,
 ) -> AgentSettings:
     try:
         check_name(proxy, "--proxy")
@@ -65,7 +76,17 @@ def _settings(
         runtime_dir=(runtime_dir or Path(default_runtime_dir(proxy))).absolute(),
         config_path=config_path.absolute() if config_path else None,
         timeout=timeout,
+        policy=policy or AgentPolicy(),
     )
+
+
+def machine_policy(policy_file: Path | None, allow_dirs: list[Path] | None) -> AgentPolicy:
+    """This machine's policy file plus the ``--allow-config-dir`` directories of the agent's own
+    unit (a unit the operator writes never has them). Raises ConfigError."""
+    for directory in allow_dirs or []:
+        if not directory.is_absolute():
+            raise ConfigError(f"--allow-config-dir {directory} must be an absolute path")
+    return load_policy(policy_file).with_dirs(allow_dirs or [])
 
 
 def proxy_agent_command(
@@ -82,6 +103,17 @@ def proxy_agent_command(
         typer.Option(help="Directory for the config when no path is given (default /var/lib/...)."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds allowed for the check and the reload.")] = 30.0,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="This machine's agent policy: allowed check/reload commands and config directories"
+            f" (default: {POLICY_ENV}, else {DEFAULT_POLICY_FILE}, which may be absent)."
+        ),
+    ] = None,
+    allow_config_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="Also allow configs under this directory (repeatable; the machine's own unit)."),
+    ] = None,
     endpoints: Annotated[
         str | None,
         typer.Option(help="etcd endpoints (default: ETCDCTL_ENDPOINTS, ETCD_ENDPOINT, 127.0.0.1:2379)."),
@@ -93,7 +125,9 @@ def proxy_agent_command(
     """Apply the proxy config the operator publishes (stage, check, rename, reload) and report status."""
     _setup_logging()
     try:
-        agent_settings = _settings(proxy, machine, config_path, runtime_dir, timeout)
+        agent_settings = _settings(
+            proxy, machine, config_path, runtime_dir, timeout, machine_policy(policy, allow_config_dir)
+        )
         etcd_settings = settings_from({"endpoints": endpoints, "prefix": prefix}, os.environ)
     except (InputError, ConfigError) as exc:
         typer.echo(f"fleetop proxy-agent: {exc}", err=True)
