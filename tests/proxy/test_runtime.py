@@ -32,6 +32,7 @@ from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
 from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError
 from fleetop.proxy.haproxy_servers import mismatch, parse_config
+from fleetop.proxy.policy import AgentPolicy, AllowedCommand
 from fleetop.proxy.render import RenderPaths, render
 from waiting import eventually
 
@@ -144,6 +145,7 @@ async def running_agent(
         config_path=site.target,
         retry_min=0.05,
         drain_timeout=drain_timeout,
+        policy=AgentPolicy(commands=(AllowedCommand(("/bin/sh", "-c"), prefix=True),), source="the test"),
     )
     agent = ProxyAgent(etcd, Keys(), settings, runtime_api=api)
     task = asyncio.create_task(agent.run())
