@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from tests.proxy.test_render import CASES, GOLDEN_RUNTIME, regs
+from test_render import CASES, GOLDEN_RUNTIME, regs
 
 from fleetop.discovery.addresses import Registration
 from fleetop.models import ProxySpec

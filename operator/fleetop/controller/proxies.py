@@ -48,10 +48,12 @@ from fleetop.controller.proxyunits import DesiredUnit, ProxyLayout, desired_unit
 from fleetop.controller.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
 from fleetop.controller.unitrender import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.unitrender import RenderError as UnitRenderError
+from fleetop.discovery.addresses import InvalidRegistration, Registration
 from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig
 from fleetop.proxy.coalesce import Quiescence
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths, render
+from fleetop.proxy.published import PublishedFormatError, encode_published
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderError, RenderPaths
 from fleetop.store import Entry
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,10 @@ class ProxyMemory:
     invalid_reported: int = 0
     invalid_generation: int = 0
     reported: set[str] = field(default_factory=set)
+    renderer: FragmentRenderer = field(default_factory=FragmentRenderer)
+    """Keeps the rendered blocks of unchanged services between renders."""
+    parsed: dict[str, tuple[str, int, BackendSet]] = field(default_factory=dict)
+    """Each routed service's parsed registrations and the (prefix, cache revision) they were read at."""
 
 
 class ProxyReconciler:
@@ -119,7 +125,7 @@ class ProxyReconciler:
         due, wait = self._coalesce(memory, inputs)
         published = self._published(name, memory)
         if due or (wait is None and self._must_render(memory, published)):
-            memory.backends = self._backends(spec)
+            memory.backends = self._backends(spec, memory)
             try:
                 published = await self._render_and_publish(
                     name, spec, memory.backends, layout, memory, published
@@ -154,15 +160,28 @@ class ProxyReconciler:
             revisions.append((prefix, cache.revision))
         return generation, tuple(revisions)
 
-    def _backends(self, spec: ProxySpec) -> BackendSet:
-        """Registrations of every routed service, parsed (caches are synced: see :meth:`_inputs`)."""
-        items: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
+    def _backends(self, spec: ProxySpec, memory: ProxyMemory) -> BackendSet:
+        """Registrations of every routed service, parsed (caches are synced: see :meth:`_inputs`).
+        A service whose cache has not moved since the last render keeps its parsed registrations
+        (the same objects, so the renderer finds its block unchanged at once)."""
+        valid: dict[str, list[Registration]] = {}
+        invalid: dict[str, list[InvalidRegistration]] = {}
+        parsed: dict[str, tuple[str, int, BackendSet]] = {}
         for service in sorted({route.service for route in spec.routes}):
             prefix = self.informers.registration_prefix(service)
             cache = self.informers.registrations.cache(prefix)
-            pairs = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
-            items[service] = (prefix, pairs)
-        return collect_backends(items)
+            revision = cache.revision if cache is not None else -1
+            known = memory.parsed.get(service)
+            if known is not None and known[:2] == (prefix, revision):
+                one = known[2]
+            else:
+                pairs = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
+                one = collect_backends({service: (prefix, pairs)})
+            parsed[service] = (prefix, revision, one)
+            valid.update(one.valid)
+            invalid.update(one.invalid)
+        memory.parsed = parsed
+        return BackendSet(valid, invalid)
 
     def _memory(self, name: str, spec: ProxySpec) -> ProxyMemory:
         memory = self.memory.get(name)
@@ -234,9 +253,19 @@ class ProxyReconciler:
         published: PublishedConfig | None,
     ) -> PublishedConfig | None:
         self.renders += 1
+        paths = RenderPaths(layout.runtime_dir)
         try:
-            rendered = render(name, spec, backends.valid, paths=RenderPaths(layout.runtime_dir))
-        except RenderError as exc:
+            rendered = memory.renderer.render(name, spec, backends.valid, paths=paths)
+            digest = published_hash(rendered.hash, spec)
+            if published is not None and published.hash == digest:
+                memory.render_error = None
+                memory.reported.clear()
+                memory.published = published
+                return published
+            generation = (published.generation if published is not None else 0) + 1
+            config = rendered.published(spec, generation).model_copy(update={"hash": digest})
+            body = encode_published(config)
+        except (RenderError, PublishedFormatError) as exc:
             memory.render_error = f"render failed: {exc}"
             if memory.render_error not in memory.reported:
                 memory.reported.add(memory.render_error)
@@ -244,13 +273,6 @@ class ProxyReconciler:
             return published
         memory.render_error = None
         memory.reported.clear()
-        digest = published_hash(rendered.hash, spec)
-        if published is not None and published.hash == digest:
-            memory.published = published
-            return published
-        generation = (published.generation if published is not None else 0) + 1
-        config = rendered.published(spec, generation).model_copy(update={"hash": digest})
-        body = config.model_dump_json(by_alias=True).encode()
         revision = await self.executor.etcd.put(
             self.executor.keys.proxy_config(name), body, fence=self.executor.fence()
         )

@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
 from fleetop.proxy.apply import ApplyError, apply_config, pid_file_of
+from fleetop.proxy.published import PublishedFormatError, decode_published
 from fleetop.proxy.render import default_runtime_dir
 
 log = logging.getLogger(__name__)
@@ -71,12 +69,12 @@ class AgentSettings:
 
 
 def decode_config(raw: bytes) -> PublishedConfig | str:
-    """The published value, or why it cannot be used."""
+    """The published value (either wire format), or why it cannot be used: a document this agent
+    cannot decode is reported, never applied."""
     try:
-        return PublishedConfig.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"the published config is not valid: {first}"
+        return decode_published(raw)
+    except PublishedFormatError as exc:
+        return str(exc)
 
 
 class ProxyAgent:
