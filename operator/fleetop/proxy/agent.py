@@ -36,6 +36,7 @@ from fleetop.models.status import AgentStatus, PublishedConfig
 from fleetop.proxy.apply import ApplyError, apply_config, pid_file_of
 from fleetop.proxy.published import PublishedFormatError, decode_published
 from fleetop.proxy.render import default_runtime_dir
+from fleetop.proxy.serverdiff import servers_only_change
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class ProxyAgent:
         self._dirty = asyncio.Event()
         self._dirty.set()  # report presence at once
         self._given_up: str | None = None  # hash of a config that failed its check
+        self._accepted: tuple[Path, str] | None = None  # (target, body) last installed and reloaded
+        self.checks_skipped = 0
         self.applied = asyncio.Event()  # set after every attempt (tests wait on it)
 
     async def run(self) -> None:
@@ -154,12 +157,14 @@ class ProxyAgent:
 
     async def _apply(self, cfg: PublishedConfig) -> bool:
         settings, raw = self.settings, self._latest
+        target = settings.target(cfg)
+        check = self._check_for(cfg, target)
         try:
             _ensure_runtime_dir(cfg)
             result = await apply_config(
                 cfg,
-                settings.target(cfg),
-                check=cfg.check_cmd,
+                target,
+                check=check,
                 reload=cfg.reload_cmd,
                 timeout=settings.timeout,
                 superseded=lambda: self._latest != raw,
@@ -180,6 +185,8 @@ class ProxyAgent:
             log.info("proxy %s: config %s superseded before install", settings.proxy, cfg.hash[:12])
             return False  # the newer one is already signalled
         log.info("proxy %s: applied config %s (generation %d)", settings.proxy, cfg.hash[:12], cfg.generation)
+        # a base for proofs only if nginx's own check (or a proof from one) accepted it
+        self._accepted = (target, cfg.body) if cfg.check_cmd is None else None
         self._given_up = None
         self._report(
             applied_hash=cfg.hash,
@@ -190,6 +197,17 @@ class ProxyAgent:
             failed_hash="",
         )
         return False
+
+    def _check_for(self, cfg: PublishedConfig, target: Path) -> list[str] | str | None:
+        """The check to run: the published one, or the kind's default unless the config is the one
+        nginx last accepted with only upstream server addresses changed (see :mod:`serverdiff`)."""
+        accepted = self._accepted
+        if cfg.check_cmd is not None or cfg.kind != "nginx" or accepted is None or accepted[0] != target:
+            return cfg.check_cmd
+        if not servers_only_change(accepted[1], cfg.body):
+            return None
+        self.checks_skipped += 1
+        return []  # proven: installed without starting the checker
 
     def _report(self, **changes: object) -> None:
         updated = self.status.model_copy(update=changes)
