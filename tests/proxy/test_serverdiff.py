@@ -58,6 +58,10 @@ def test_server_address_changes_are_proven(new: str) -> None:
         (BASE.replace("server 10.0.0.1:80;", "server 10.0.0.1:0;"), "port out of range"),
         (BASE.replace("server 10.0.0.1:80;", "server 10.0.0.256:80;"), "not an address"),
         (BASE.replace("server 10.0.0.1:80;", "server 10.0.0.1:080;"), "leading zero"),
+        (BASE.replace("server 10.0.0.1:80;", "server 010.0.0.1:80;"), "leading zero in the address"),
+        (BASE.replace("server 10.0.0.1:80;", "server [fe80::1%eth0]:80;"), "an IPv6 zone"),
+        (BASE.replace("server 10.0.0.1:80;", "server 10.0.0.1;"), "no port"),
+        (BASE.replace("server 10.0.0.1:80;", "server unix:/run/app.sock;"), "a unix socket"),
         (BASE.replace("keepalive_timeout 65;", "keepalive_timeout 65;\n    include /etc/x.conf;"), "include"),
         (
             BASE.replace(

@@ -30,6 +30,8 @@ def _address_literal(text: str) -> bool:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or port.startswith("0") or not 1 <= int(port) <= 65535:
         return False
+    if "%" in host:  # an IPv6 zone: Python's parser takes it, nginx's does not
+        return False
     try:
         if host.startswith("[") and host.endswith("]"):
             ipaddress.IPv6Address(host[1:-1])
