@@ -37,6 +37,7 @@ from fleetop.keys import Keys
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.node import procgroups
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
+from fleetop.proxy.published import decode_published as decode_wire
 from fleetop.proxy.render import RenderPaths
 
 T = TypeVar("T")
@@ -363,7 +364,8 @@ class KeyLog:
 
 
 def decode_published(raw: bytes | None) -> PublishedConfig | None:
-    return None if raw is None else PublishedConfig.model_validate_json(raw)
+    """Either wire format (a large config is published compressed)."""
+    return None if raw is None else decode_wire(raw)
 
 
 def decode_agent(raw: bytes | None) -> AgentStatus | None:
@@ -583,7 +585,7 @@ async def agent_applied(etcd: Etcd, proxy: str, generation: int) -> AgentStatus 
 
 async def published(etcd: Etcd, proxy: str) -> PublishedConfig | None:
     kv = await etcd.get(KEYS.proxy_config(proxy))
-    return None if kv is None else PublishedConfig.model_validate_json(kv.value)
+    return decode_published(None if kv is None else kv.value)
 
 
 async def put_json(etcd: Etcd, key: str, body: dict[str, Any]) -> int:

@@ -151,8 +151,10 @@ async def operator_scale(opts: Options, result: WorkloadResult) -> None:
                     await asyncio.sleep(1.0)
                 rss, hwm = memory_mb(op.pid)
                 served_ms: list[float] = []
+                one_published_ms: list[float] = []
                 key = "/services/probe/p1"
                 for _ in range(adds):
+                    gen0 = _generation(configs.items.get(config_key))
                     t0 = now()
                     await etcd.put(key, probe_address)
                     end = await probe_until(
@@ -162,6 +164,9 @@ async def operator_scale(opts: Options, result: WorkloadResult) -> None:
                         host_header="probe.bench.test",
                     )
                     served_ms.append((end - t0) * 1000)
+                    newer = config_newer(config_key, gen0)
+                    t_pub = await configs.wait_stamp(t0, newer, 20, "one key's render")
+                    one_published_ms.append((t_pub - t0) * 1000)
                     await asyncio.sleep(random.uniform(0.3, 0.5))
                     await etcd.delete(key)
                     await probe_until(rig.port, lambda s, w: s == 503, 20, host_header="probe.bench.test")
@@ -177,6 +182,7 @@ async def operator_scale(opts: Options, result: WorkloadResult) -> None:
         result.add("10,000 keys: operator CPU per full render", "ms", cpu_ms)
         result.add("10,000 keys: spec change → nginx serving it (agent applied)", "ms", applied_ms)
         result.value("10,000 keys: operator RSS", "MB", rss, Target.of(("value", "<=", 150.0)))
+        result.add("10,000 keys: one key added → config published (operator)", "ms", one_published_ms)
         result.add(
             "10,000 keys: one key added → request served by it",
             "ms",
@@ -192,6 +198,7 @@ async def operator_scale(opts: Options, result: WorkloadResult) -> None:
             "appliedMs": applied_ms,
             "cpuMs": cpu_ms,
             "servedMs": served_ms,
+            "oneKeyPublishedMs": one_published_ms,
         }
     finally:
         procs.stop_all()

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,8 +26,10 @@ from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer, free_port
 from fleetop.keys import Keys
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.proxy import apply as apply_module
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
+from fleetop.proxy.published import FORMAT_COMPRESSED, encode_published
 from fleetop.proxy.render import RenderPaths, render
 
 PROXY = "edge"
@@ -232,3 +236,71 @@ def test_the_command_refuses_bad_flags() -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "--proxy" in result.stderr
+
+
+async def test_a_compressed_config_is_applied_and_an_undecodable_one_refused(
+    etcd: Etcd, site: Site, backends: list[Registration]
+) -> None:
+    """A config above the compression threshold travels as format 2 and is applied like any other;
+    a document the agent cannot decode is reported and changes nothing."""
+    padding = "".join(f"# padding line {i:06d} to make the config large\n" for i in range(3000))
+    large = site.config(backends, generation=1, extra=padding)
+    raw = encode_published(large)
+    assert json.loads(raw)["format"] == FORMAT_COMPRESSED
+    async with running_agent(etcd, site):
+        await etcd.put(Keys().proxy_config(PROXY), raw)
+        status = await wait_status(etcd, lambda s: s.applied_hash == large.hash)
+        assert status.error is None and site.target.read_text() == large.body
+        want = {b.address for b in backends}
+        assert await handlers_seen(site.port, want) == want
+
+        newer = site.config(backends[:1], generation=2, extra=padding)
+        document = json.loads(encode_published(newer))
+        await publish(etcd, json.dumps({**document, "format": 9}))
+        status = await wait_status(etcd, lambda s: s.error is not None and "format 9" in s.error)
+        assert status.applied_hash == large.hash and status.reloads == 1
+        document["bodyZ"] = document["bodyZ"][:-40] + "A" * 40  # corrupt data, valid base64
+        await publish(etcd, json.dumps(document))
+        status = await wait_status(etcd, lambda s: s.error is not None and "body" in s.error)
+        assert status.applied_hash == large.hash and status.reloads == 1
+        assert site.target.read_text() == large.body
+        assert await handlers_seen(site.port, want) == want  # the old config still serves
+
+
+async def test_a_server_only_change_is_installed_without_starting_the_checker(
+    etcd: Etcd, site: Site, backends: list[Registration], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After nginx accepted a config, one that only changes upstream server addresses is proven and
+    installed without ``nginx -t``; a structural change runs the check again, and a broken one is
+    still refused."""
+    checks: list[list[str]] = []
+    real = apply_module.run_command
+
+    async def counted(argv: list[str], **kwargs: Any) -> tuple[int, str]:
+        checks.append(list(argv))
+        return await real(argv, **kwargs)
+
+    monkeypatch.setattr(apply_module, "run_command", counted)
+    async with running_agent(etcd, site) as agent:
+        first = site.config(backends, generation=1)
+        await publish(etcd, first)
+        await wait_status(etcd, lambda s: s.applied_hash == first.hash)
+        assert len(checks) == 1
+
+        fewer = site.config(backends[:1], generation=2)
+        await publish(etcd, fewer)
+        status = await wait_status(etcd, lambda s: s.applied_hash == fewer.hash)
+        assert len(checks) == 1 and agent.checks_skipped == 1 and status.reloads == 2
+        assert site.target.read_text() == fewer.body
+        assert await settled(site.port, {backends[0].address})
+
+        structural = site.config(backends, generation=3, extra="\n# a comment is a change too\n")
+        await publish(etcd, structural)
+        await wait_status(etcd, lambda s: s.applied_hash == structural.hash)
+        assert len(checks) == 2
+
+        broken = site.config(backends[:1], generation=4, extra="\nnot_a_directive on;\n")
+        await publish(etcd, broken)
+        status = await wait_status(etcd, lambda s: s.failed_hash == broken.hash)
+        assert len(checks) == 3 and status.applied_hash == structural.hash
+        assert site.target.read_text() == structural.body

@@ -68,7 +68,8 @@ from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths, render
+from fleetop.proxy.published import PublishedFormatError, encode_published
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderError, RenderPaths
 from fleetop.proxy.sandbox import RenderPool
 from fleetop.store import Entry
 
@@ -106,6 +107,8 @@ class ProxyMemory:
     names: frozenset[str] = frozenset()
     """The DNS names among the last render's registrations: re-resolved on every pass (cached), and
     the answers are one of the render's inputs, so a changed answer renders again."""
+    renderer: FragmentRenderer = field(default_factory=FragmentRenderer)
+    """Keeps the rendered blocks of unchanged services between renders."""
 
 
 class ProxyReconciler:
@@ -251,6 +254,9 @@ class ProxyReconciler:
         due = max(due, MIN_REFRESH)
         return due if wait is None else min(wait, due)
 
+    renderer: FragmentRenderer = field(default_factory=FragmentRenderer)
+    """Keeps the rendered blocks of unchanged services between renders."""
+
     def _memory(self, name: str, spec: ProxySpec) -> ProxyMemory:
         memory = self.memory.get(name)
         if memory is None:
@@ -321,13 +327,22 @@ class ProxyReconciler:
         published: PublishedConfig | None,
     ) -> PublishedConfig | None:
         self.renders += 1
+        paths = RenderPaths(layout.runtime_dir)
         try:
-            paths = RenderPaths(layout.runtime_dir)
             if spec.template is not None and self.sandbox is not None:
                 rendered = await self.sandbox.render(name, spec, backends.valid, paths=paths)
             else:
-                rendered = render(name, spec, backends.valid, paths=paths)
-        except RenderError as exc:
+                rendered = memory.renderer.render(name, spec, backends.valid, paths=paths)
+            digest = published_hash(rendered.hash, spec)
+            if published is not None and published.hash == digest:
+                memory.render_error = None
+                memory.reported.clear()
+                memory.published = published
+                return published
+            generation = (published.generation if published is not None else 0) + 1
+            config = rendered.published(spec, generation).model_copy(update={"hash": digest})
+            body = encode_published(config)
+        except (RenderError, PublishedFormatError) as exc:
             memory.render_error = f"render failed: {exc}"
             if memory.render_error not in memory.reported:
                 memory.reported.add(memory.render_error)
@@ -335,13 +350,6 @@ class ProxyReconciler:
             return published
         memory.render_error = None
         memory.reported.clear()
-        digest = published_hash(rendered.hash, spec)
-        if published is not None and published.hash == digest:
-            memory.published = published
-            return published
-        generation = (published.generation if published is not None else 0) + 1
-        config = rendered.published(spec, generation).model_copy(update={"hash": digest})
-        body = config.model_dump_json(by_alias=True).encode()
         revision = await self.executor.etcd.put(
             self.executor.keys.proxy_config(name), body, fence=self.executor.fence()
         )

@@ -43,6 +43,8 @@ from fleetop.models.status import (
     PublishedConfig,
     UnitStatus,
 )
+from fleetop.proxy.published import PublishedFormatError
+from fleetop.proxy.published import decode_published as decode_wire
 
 
 @dataclass(frozen=True)
@@ -246,11 +248,12 @@ def published_hash(text_hash: str, spec: ProxySpec) -> str:
 
 
 def decode_published(raw: bytes | None) -> PublishedConfig | None:
+    """The published config's header (hash, generation...; a compressed body is left out)."""
     if raw is None:
         return None
     try:
-        return PublishedConfig.model_validate_json(raw)
-    except ValidationError:
+        return decode_wire(raw, body=False)
+    except PublishedFormatError:
         return None
 
 

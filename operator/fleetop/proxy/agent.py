@@ -30,14 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
@@ -54,8 +51,10 @@ from fleetop.proxy.haproxy_runtime import (
 )
 from fleetop.proxy.haproxy_servers import ConfigModel, parse_config, runtime_change
 from fleetop.proxy.policy import AgentPolicy
+from fleetop.proxy.published import PublishedFormatError, decode_published
 from fleetop.proxy.render import default_runtime_dir
 from fleetop.proxy.salvage import Dropped, apply_dropping_backends
+from fleetop.proxy.serverdiff import servers_only_change
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +97,12 @@ class AgentSettings:
 
 
 def decode_config(raw: bytes) -> PublishedConfig | str:
-    """The published value, or why it cannot be used."""
+    """The published value (either wire format), or why it cannot be used: a document this agent
+    cannot decode is reported, never applied."""
     try:
-        return PublishedConfig.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"the published config is not valid: {first}"
+        return decode_published(raw)
+    except PublishedFormatError as exc:
+        return str(exc)
 
 
 class ProxyAgent:
@@ -133,6 +132,8 @@ class ProxyAgent:
         self._loaded: _Loaded | None = None  # the HAProxy config the proxy runs, as this agent applied it
         self._runtimes: dict[Path, ServerRuntime] = {}
         self._draining = asyncio.Event()
+        self._accepted: tuple[Path, str] | None = None  # (target, body) last installed and reloaded
+        self.checks_skipped = 0
         self.applied = asyncio.Event()  # set after every attempt (tests wait on it)
 
     async def run(self) -> None:
@@ -204,12 +205,13 @@ class ProxyAgent:
             return False
         model, runtime = self._runtime_step(cfg, target)
         loaded, self._loaded = self._loaded, None  # unknown until this apply is over
+        check = self._check_for(cfg, target)
         try:
             _ensure_runtime_dir(cfg, settings.allowed())
             result, dropped = await apply_dropping_backends(
                 cfg,
                 target,
-                check=cfg.check_cmd,
+                check=check,
                 reload=cfg.reload_cmd,
                 timeout=settings.timeout,
                 superseded=lambda: self._latest != raw,
@@ -234,6 +236,8 @@ class ProxyAgent:
             self._loaded = loaded
             log.info("proxy %s: config %s superseded before install", settings.proxy, cfg.hash[:12])
             return False  # the newer one is already signalled
+        # a base for proofs only if nginx's own check (or a proof from one) accepted it, as published
+        self._accepted = (target, cfg.body) if cfg.check_cmd is None and not dropped else None
         self._given_up = None
         self._applied(cfg, result, model, dropped)
         return False
@@ -333,6 +337,17 @@ class ProxyAgent:
                 self._draining.clear()
                 continue
             await asyncio.sleep(pause)
+
+    def _check_for(self, cfg: PublishedConfig, target: Path) -> list[str] | str | None:
+        """The check to run: the published one, or the kind's default unless the config is the one
+        nginx last accepted with only upstream server addresses changed (see :mod:`serverdiff`)."""
+        accepted = self._accepted
+        if cfg.check_cmd is not None or cfg.kind != "nginx" or accepted is None or accepted[0] != target:
+            return cfg.check_cmd
+        if not servers_only_change(accepted[1], cfg.body):
+            return None
+        self.checks_skipped += 1
+        return []  # proven: installed without starting the checker
 
     def _report(self, **changes: object) -> None:
         updated = self.status.model_copy(update=changes)

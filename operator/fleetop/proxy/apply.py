@@ -194,10 +194,26 @@ async def run_command(argv: Sequence[str], *, timeout: float, cwd: Path | None =
 
 
 def _write_staged(path: Path, body: str) -> None:
+    """Write (not yet fsync: see :func:`_fsync_file`, run while the check runs)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, STAGED_MODE)
     try:
         os.fchmod(fd, STAGED_MODE)
         os.write(fd, body.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+async def _sync_staged(staged: Path, digest: str) -> None:
+    try:
+        await asyncio.to_thread(_fsync_file, staged)
+    except OSError as exc:
+        message = f"cannot write {staged}: {exc.strerror or exc}"
+        raise ApplyError("stage", message, config_hash=digest) from None
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -336,6 +352,7 @@ async def apply_config(
     if not installed:
         return ApplyResult(cfg.hash, cfg.generation, target, reloaded=False, superseded=True)
     if runtime is not None and not fallback:
+        await _sync_rename(target)
         return ApplyResult(cfg.hash, cfg.generation, target, reloaded=False, via="runtime")
     try:
         reloaded = await _reload(reload_how, target, timeout)
@@ -344,6 +361,8 @@ async def apply_config(
         raise
     except OSError as exc:
         raise ApplyError("reload", str(exc.strerror or exc), config_hash=cfg.hash, installed=True) from None
+    finally:
+        await _sync_rename(target)
     return ApplyResult(
         hash=cfg.hash,
         generation=cfg.generation,
@@ -367,11 +386,16 @@ async def _check_and_install(
         check_argv = command_argv(
             check if check is not None else default_check(cfg.kind, target.parent), staged
         )
+        # the staged file reaches the disk while the checker runs: both done before the rename
+        synced = _sync_staged(staged, cfg.hash)
         if check_argv:
-            status, output = await run_command(check_argv, timeout=timeout, cwd=target.parent)
+            checked = run_command(check_argv, timeout=timeout, cwd=target.parent)
+            (status, output), _ = await asyncio.gather(checked, synced)
             if status != 0:
                 name = Path(check_argv[0]).name
                 raise ApplyError("check", f"{name} exited with {status}", output=output, config_hash=cfg.hash)
+        else:
+            await synced
         if superseded is not None and superseded():
             return target, False
         _install(staged, target, cfg.hash)
@@ -419,11 +443,20 @@ def _stage(target: Path, cfg: PublishedConfig) -> tuple[Path, Path]:
 def _install(staged: Path, target: Path, digest: str) -> None:
     try:
         os.replace(staged, target)
-        _fsync_dir(target.parent)
     except OSError as exc:
         raise ApplyError(
             "install", f"cannot rename over {target}: {exc.strerror or exc}", config_hash=digest
         ) from None
+
+
+async def _sync_rename(target: Path) -> None:
+    """Make the rename durable (fsync the directory) once the proxy has reloaded: the file's content
+    was already on disk before the rename, so this only decides which complete config a crash leaves,
+    and it need not delay the reload."""
+    try:
+        await asyncio.to_thread(_fsync_dir, target.parent)
+    except OSError as exc:
+        log.warning("cannot fsync %s after installing %s: %s", target.parent, target.name, exc)
 
 
 def _remove(path: Path) -> None:

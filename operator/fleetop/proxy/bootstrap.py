@@ -43,6 +43,7 @@ from fleetop.proxy.apply import (
     run_command,
 )
 from fleetop.proxy.policy import AgentPolicy, load_policy
+from fleetop.proxy.published import PublishedFormatError, decode_published
 from fleetop.proxy.render import RenderError, RenderPaths
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ def published_candidate(raw: bytes | None, kind: Kind) -> PublishedConfig | None
     if raw is None:
         return None
     try:
-        config = PublishedConfig.model_validate_json(raw)
-    except ValueError:
+        config = decode_published(raw)
+    except PublishedFormatError as exc:
+        log.warning("cannot use the published config: %s", exc)
         return None
     return config if config.kind == kind else None
 

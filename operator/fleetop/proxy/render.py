@@ -22,7 +22,7 @@ import functools
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -257,6 +257,12 @@ def build_context(
         name: ServiceView(name, upstream_name(name), _backends(backends.get(name, ())))
         for name in sorted({route.service for route in spec.routes})
     }
+    return _context_of(proxy_name, spec, services, paths)
+
+
+def _context_of(
+    proxy_name: str, spec: ProxySpec, services: Mapping[str, ServiceView], paths: RenderPaths
+) -> dict[str, Any]:
     routes = [
         RouteView(
             r.service, r.host, r.path or "/", services[r.service].upstream, bool(services[r.service].backends)
@@ -323,21 +329,20 @@ def builtin_template_text(kind: str) -> str:
     return resource.read_text(encoding="utf-8")
 
 
-def render(
-    proxy_name: str,
-    spec: ProxySpec,
-    backends: Mapping[str, Sequence[Registration]],
-    *,
-    paths: RenderPaths,
-) -> Rendered:
-    """The config text for ``spec`` with ``backends`` (service name → registrations), and its sha256."""
+def _template_of(spec: ProxySpec) -> jinja2.Template:
     if spec.template is not None:
-        template = compile_template(spec.template, sandboxed=True)
-    else:
-        template = compile_template(builtin_template_text(spec.kind), sandboxed=False)
-    context = build_context(proxy_name, spec, backends, paths)
+        return compile_template(spec.template, sandboxed=True)
+    return compile_template(builtin_template_text(spec.kind), sandboxed=False)
+
+
+def _render_checked(template: jinja2.Template, context: dict[str, Any]) -> str:
+    return _checked(lambda: template.render(context))
+
+
+def _checked(run: Callable[[], str]) -> str:
+    """Run a render, turning whatever a template raises into a RenderError."""
     try:
-        text = template.render(context)
+        return run()
     except RenderError:
         raise
     except jinja2.UndefinedError as exc:
@@ -346,4 +351,164 @@ def render(
         raise RenderError(f"template failed: {exc}") from None
     except Exception as exc:  # a custom template can raise anything (1/0, bad method call)
         raise RenderError(f"template failed: {type(exc).__name__}: {exc}") from None
+
+
+def render(
+    proxy_name: str,
+    spec: ProxySpec,
+    backends: Mapping[str, Sequence[Registration]],
+    *,
+    paths: RenderPaths,
+) -> Rendered:
+    """The config text for ``spec`` with ``backends`` (service name → registrations), and its sha256."""
+    text = _render_checked(_template_of(spec), build_context(proxy_name, spec, backends, paths))
     return Rendered(text=text, hash=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+# -- fragments: a render whose work is proportional to the change -------------------------------------
+#
+# A built-in template wraps each service's upstream (nginx) or backend (HAProxy) in a scoped block
+# named ``upstream``. The block sees only the service and a few values fixed by the proxy and spec
+# (``FRAGMENT_NAMES``), so its text can be cached per service; the rest of the config (the skeleton:
+# globals, server blocks, routing) depends on the spec and on which services have backends, and is
+# rendered once with a marker where each block goes. At 1,000 services a registration change then
+# re-renders one block and joins cached strings, and the result is byte for byte what render() gives.
+
+FRAGMENT_BLOCK = "upstream"
+FRAGMENT_NAMES = ("proxy", "listen", "handler_header", "paths", "not_found_backend")
+_MARK = "\x00"
+_SKELETON_TEXT = "{% extends base %}{% block upstream %}\x00{{ service.name }}\x00{% endblock %}"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderStats:
+    """What the last :meth:`FragmentRenderer.render` did (tests and logs)."""
+
+    fragments: tuple[str, ...] = ()
+    """Services whose block was rendered (not taken from the cache)."""
+    reused: int = 0
+    skeleton: bool = False
+    full: bool = False
+    """True when the whole template was rendered (a custom template, or the first render)."""
+
+
+@dataclass(slots=True)
+class _Fragment:
+    view: ServiceView
+    scalars: tuple[Any, ...]
+    text: str
+
+
+@functools.cache
+def block_names(kind: str) -> tuple[str, ...] | None:
+    """The context names (of ``FRAGMENT_NAMES``) the built-in template's block reads, so a cached
+    block is reused exactly while those values are the same; None when the template has no such
+    block or its block reads anything else (then it is rendered whole, never split wrongly)."""
+    env = jinja2.Environment()
+    tree = env.parse(builtin_template_text(kind))
+    blocks = [b for b in tree.find_all(jinja2.nodes.Block) if b.name == FRAGMENT_BLOCK]
+    if len(blocks) != 1:
+        return None
+    loaded = {n.name for n in blocks[0].find_all(jinja2.nodes.Name) if n.ctx == "load"}
+    stored = {n.name for n in blocks[0].find_all(jinja2.nodes.Name) if n.ctx in ("store", "param")}
+    free = loaded - stored - {"service"}
+    if not free <= set(FRAGMENT_NAMES):
+        return None
+    return tuple(name for name in FRAGMENT_NAMES if name in free)
+
+
+class FragmentRenderer:
+    """Renders one proxy's config again and again, re-rendering only what changed since the last call.
+
+    The output is always :func:`render`'s. Only the built-in templates are split (they keep the
+    block's contract); a spec's own template is rendered whole every time.
+    """
+
+    def __init__(self) -> None:
+        self._identity: tuple[str, str, RenderPaths] | None = None
+        self._regs: dict[str, tuple[tuple[Registration, ...], ServiceView]] = {}
+        self._fragments: dict[str, _Fragment] = {}
+        self._skeleton: tuple[ProxySpec, frozenset[str], list[str]] | None = None
+        self.last = RenderStats()
+
+    def render(
+        self,
+        proxy_name: str,
+        spec: ProxySpec,
+        backends: Mapping[str, Sequence[Registration]],
+        *,
+        paths: RenderPaths,
+    ) -> Rendered:
+        names = block_names(spec.kind) if spec.template is None else None
+        if names is None:
+            self.last = RenderStats(full=True)
+            return render(proxy_name, spec, backends, paths=paths)
+        template = _template_of(spec)
+        identity = (spec.kind, proxy_name, paths)
+        if identity != self._identity:
+            self._identity, self._fragments, self._skeleton = identity, {}, None
+        services = self._views(spec, backends)
+        context = _context_of(proxy_name, spec, services, paths)
+        parts, skeleton = self._skeleton_parts(template, spec, services, context)
+        scalars = tuple(context[name] for name in names)
+        fresh: list[str] = []
+        pieces = list(parts)
+        for i in range(1, len(parts), 2):
+            pieces[i] = self._fragment(template, services[parts[i]], names, scalars, fresh)
+        kept = {name: self._fragments[name] for name in parts[1::2]}
+        self._fragments = kept
+        text = "".join(pieces)
+        self.last = RenderStats(tuple(fresh), len(kept) - len(fresh), skeleton)
+        return Rendered(text=text, hash=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+    def _views(
+        self, spec: ProxySpec, backends: Mapping[str, Sequence[Registration]]
+    ) -> dict[str, ServiceView]:
+        """Each routed service's view, rebuilt only when its registrations changed."""
+        views: dict[str, ServiceView] = {}
+        memo: dict[str, tuple[tuple[Registration, ...], ServiceView]] = {}
+        for name in sorted({route.service for route in spec.routes}):
+            regs = tuple(backends.get(name, ()))
+            cached = self._regs.get(name)
+            if cached is not None and cached[0] == regs:
+                view = cached[1]
+            else:
+                view = ServiceView(name, upstream_name(name), _backends(regs))
+            views[name], memo[name] = view, (regs, view)
+        self._regs = memo
+        return views
+
+    def _skeleton_parts(
+        self,
+        template: jinja2.Template,
+        spec: ProxySpec,
+        services: Mapping[str, ServiceView],
+        context: dict[str, Any],
+    ) -> tuple[list[str], bool]:
+        """The config split at its blocks: ``[text, service, text, service, ..., text]``."""
+        filled = frozenset(name for name, view in services.items() if view.backends)
+        cached = self._skeleton
+        if cached is not None and cached[0] is spec and cached[1] == filled:
+            return cached[2], False
+        skeleton = compile_template(_SKELETON_TEXT, sandboxed=False)
+        parts = _render_checked(skeleton, {**context, "base": template}).split(_MARK)
+        self._skeleton = (spec, filled, parts)
+        return parts, True
+
+    def _fragment(
+        self,
+        template: jinja2.Template,
+        view: ServiceView,
+        names: tuple[str, ...],
+        scalars: tuple[Any, ...],
+        fresh: list[str],
+    ) -> str:
+        cached = self._fragments.get(view.name)
+        if cached is not None and cached.view == view and cached.scalars == scalars:
+            return cached.text
+        values = dict(zip(names, scalars, strict=True))
+        block = template.blocks[FRAGMENT_BLOCK]
+        text = _checked(lambda: "".join(block(template.new_context({**values, "service": view}))))
+        self._fragments[view.name] = _Fragment(view, scalars, text)
+        fresh.append(view.name)
+        return text
