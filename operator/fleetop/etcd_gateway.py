@@ -19,6 +19,7 @@ One request at a time per client (a lock), on one kept-alive connection per clie
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -118,10 +119,8 @@ class Gateway:
 
     def revoke(self, lease: int) -> None:
         """Revoke ``lease`` (its keys go with it); a lease already gone is fine."""
-        try:
+        with contextlib.suppress(NotFound):
             self.call("/v3/lease/revoke", {"ID": str(lease)})
-        except NotFound:
-            pass
 
     def status(self) -> dict[str, Any]:
         """``/v3/maintenance/status`` of the endpoint in use (version, leader, ...)."""
@@ -216,10 +215,8 @@ class Gateway:
     def _disconnect(self) -> None:
         sock, self._sock, self._buffer = self._sock, None, b""
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def _exchange(self, path: str, payload: bytes) -> tuple[int, bytes]:
         assert self._sock is not None
@@ -314,18 +311,19 @@ def _reason(exc: BaseException) -> str:
 
 
 def _decode(status: int, data: bytes, endpoint: str) -> dict[str, Any]:
-    """The JSON body of a 200, else the gateway's error (``{"code": N, "message": ...}``) as ours."""
+    """The JSON body of a 200, else the gateway's error (``{"code": N, "message": ...}``) as ours.
+
+    A streamed answer (``/v3/lease/keepalive``) carries its error inside: ``{"error": {...}}``.
+    """
     try:
-        reply = json.loads(data) if data else {}
+        decoded = json.loads(data) if data else {}
     except ValueError:
-        reply = {}
-    if not isinstance(reply, dict):
-        reply = {}
+        decoded = {}
+    reply: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
     if status == 200 and "error" not in reply:
-        stream_error = reply.get("error")
-        if stream_error is None:
-            return reply
-    error = reply.get("error") if isinstance(reply.get("error"), dict) else reply
+        return reply
+    inner = reply.get("error")
+    error: dict[str, Any] = inner if isinstance(inner, dict) else reply
     code = int(error.get("code", 0) or 0)
     message = str(error.get("message") or error.get("error") or f"HTTP {status}")
     if code == _UNAUTHENTICATED or "invalid auth token" in message:

@@ -19,6 +19,7 @@ arrives during a check abandons the check (an ``--exec`` command's process group
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -283,10 +284,8 @@ def _check_exec(argv: tuple[str, ...], host: str, port: int, timeout: float) -> 
         return CheckResult(False, f"timed out after {timeout:g}s (killed)")
     finally:
         if proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             proc.wait()
             if proc.stderr is not None:
                 proc.stderr.close()
@@ -376,10 +375,8 @@ class Registrar:
                 log.warning("etcd unavailable, %s: %s", state, exc)
             self._etcd_down, self.registered = True, False
             return False
-        try:
+        with contextlib.suppress(TemporaryError):  # leftovers of earlier leases: their TTL runs anyway
             self._revoke_stale()
-        except TemporaryError:
-            pass  # leftovers of earlier leases: their TTL runs anyway
         return True
 
     def _put_if_needed(self) -> None:
@@ -451,10 +448,8 @@ class Sidekick:
         os.set_blocking(self._wake_w, False)
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # a full pipe: the loop is awake already
             os.write(self._wake_w, b".")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full: the loop is awake already
 
     def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
