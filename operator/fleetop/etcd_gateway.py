@@ -36,6 +36,12 @@ _NOT_FOUND, _PERMISSION_DENIED, _UNAUTHENTICATED = 5, 7, 16
 _TEMPORARY = {1, 4, 8, 10, 13, 14}  # cancelled, deadline, exhausted, aborted, internal, unavailable
 
 
+class GatewayRefusesCommonName(PermanentError):
+    """etcd's gateway refuses a TLS client certificate that has a CommonName (etcd uses the CommonName
+    as the user over gRPC only, and will not let the gateway ignore it silently). The gRPC client
+    (:mod:`fleetop.etcd`) works with such a certificate."""
+
+
 class KeyValue(NamedTuple):
     """One key as the gateway returns it; ``key`` without the installation root."""
 
@@ -326,6 +332,8 @@ def _decode(status: int, data: bytes, endpoint: str) -> dict[str, Any]:
     error: dict[str, Any] = inner if isinstance(inner, dict) else reply
     code = int(error.get("code", 0) or 0)
     message = str(error.get("message") or error.get("error") or f"HTTP {status}")
+    if status == 400 and b"CommonName of client" in data:
+        raise GatewayRefusesCommonName(f"{endpoint}: {data.decode(errors='replace').strip()}")
     if code == _UNAUTHENTICATED or "invalid auth token" in message:
         raise _Unauthenticated(message)
     if code == _NOT_FOUND:

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from fleetop.config import EtcdSettings, settings_from
 from fleetop.discovery.addresses import AddressError, parse_value, preview
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
-from fleetop.etcd_gateway import Gateway
+from fleetop.etcd_gateway import Gateway, GatewayRefusesCommonName
 from fleetop.keys import Keys
 
 log = logging.getLogger("fleetop.register")
@@ -543,6 +543,30 @@ def setup_logging() -> None:
         )
 
 
+def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
+    """The same registration through :mod:`fleetop.discovery.register` (asyncio and the gRPC client):
+    for a client certificate with a CommonName, which etcd's gateway refuses."""
+    import asyncio
+
+    from fleetop.discovery.checks import HealthCheck
+    from fleetop.discovery.cli import serve
+    from fleetop.discovery.register import RegisterConfig
+
+    check = HealthCheck.from_flags(
+        http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=_seconds(args.timeout, "--timeout")
+    )
+    config = RegisterConfig.build(
+        service=args.service,
+        instance=args.instance,
+        address=args.address,
+        prefix=args.prefix,
+        check=check,
+        interval=_seconds(args.interval, "--interval"),
+        ttl=_seconds(args.ttl, "--ttl"),
+    )
+    asyncio.run(serve(settings, config))
+
+
 def main(argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None = None) -> int:
     """``fleetop register ...``: exit 2 on bad input (before anything touches etcd), 1 when etcd refuses
     (permissions), 0 after a signal. ``inherited`` are the main CLI's flags given before the verb."""
@@ -555,7 +579,11 @@ def main(argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None 
         print(f"fleetop register: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        Sidekick(settings, config).run()
+        try:
+            Sidekick(settings, config).run()
+        except GatewayRefusesCommonName as exc:
+            log.warning("%s; registering through the gRPC client instead (about 60 MB more)", exc)
+            _serve_over_grpc(settings, args)
     except FleetopError as exc:
         print(f"fleetop register: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, InputError | ConfigError) else EXIT_FAILURE
