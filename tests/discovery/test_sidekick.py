@@ -271,7 +271,7 @@ def test_bad_address_exits_2_and_writes_nothing(
             "8001",
             "--address",
             "nohost",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=60,
