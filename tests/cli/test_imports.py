@@ -14,13 +14,24 @@ import sys
 
 import pytest
 
-HEAVY = ("grpc", "etcd3aio", "jinja2", "httpx", "pydantic", "typer", "rich", "yaml", "fleetop.controller",
-         "fleetop.etcd", "fleetop.store", "fleetop.models", "fleetop.proxy", "fleetop.node")  # fmt: skip
+HEAVY = (
+    *("grpc", "etcd3aio", "jinja2", "httpx", "pydantic", "typer", "rich", "yaml"),
+    *(
+        "fleetop.controller",
+        "fleetop.etcd",
+        "fleetop.store",
+        "fleetop.models",
+        "fleetop.proxy",
+        "fleetop.node",
+    ),
+)
 
 
 def imported_after(code: str) -> set[str]:
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
     return set(json.loads(done.stdout.splitlines()[-1]))
 
 
@@ -33,7 +44,10 @@ def test_importing_the_entry_point_imports_nothing_heavy() -> None:
 
 
 def test_version_answers_without_the_heavy_modules() -> None:
-    code = "import contextlib, io\nfrom fleetop.cli.main import main\nwith contextlib.redirect_stdout(io.StringIO()): main(['--version'])"
+    code = (
+        "import contextlib, io\nfrom fleetop.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['--version'])"
+    )
     assert heavy_in(imported_after(code)) == []
 
 
