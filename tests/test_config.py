@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -132,7 +131,7 @@ def test_password_never_shown(caplog: pytest.LogCaptureFixture) -> None:
         str(settings),
         settings.describe(),
         caplog.text,
-        str(dataclasses.asdict(settings)),
+        str(settings._asdict()),
     ):
         assert "s3cr3t-Pa55" not in text
     assert "dave" in str(settings)

@@ -26,9 +26,8 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from fleetop.errors import ConfigError
@@ -67,14 +66,16 @@ class SecretStr:
         return "**********"
 
 
-@dataclass(frozen=True)
-class EtcdSettings:
+class EtcdSettings(NamedTuple):
     """How to reach etcd. Build it with :func:`settings_from`; the fields are already validated.
 
     ``endpoints`` are ``host:port`` without scheme (IPv6 hosts in brackets); ``tls`` says whether to
     speak TLS (an ``https://`` endpoint or any certificate file turns it on). ``prefix`` is the key
     root of this installation: ``""`` means ``/``, otherwise it starts with ``/`` and has no trailing
     ``/``; :class:`fleetop.etcd.Etcd` prepends it to every key transparently.
+
+    A named tuple rather than a dataclass: ``dataclasses`` imports ``inspect``, a megabyte in every
+    sidekick.
     """
 
     endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)

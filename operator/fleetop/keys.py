@@ -5,8 +5,7 @@ Every key fleetop reads or writes is built here, so the layout is written down o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Kind = Literal["services", "proxies"]
 
@@ -17,9 +16,9 @@ def normalize_prefix(prefix: str) -> str:
     return f"/{stripped}" if stripped else ""
 
 
-@dataclass(frozen=True)
-class Keys:
-    """Key builder. ``root`` is ``""`` for the default layout or ``/something``."""
+class Keys(NamedTuple):
+    """Key builder. ``root`` is ``""`` for the default layout or ``/something``. (A named tuple: the
+    sidekick imports it, and ``dataclasses`` would cost it a megabyte.)"""
 
     root: str = ""
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import logging
 import os
 import re
 import select
@@ -42,7 +40,36 @@ from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, Temp
 from fleetop.etcd_gateway import Gateway, GatewayRefusesCommonName
 from fleetop.keys import Keys
 
-log = logging.getLogger("fleetop.register")
+INFO, WARNING = 20, 30
+
+
+class _Log:
+    """Lines on stderr as the other commands' ``logging`` writes them (``logging`` itself costs each
+    sidekick most of a megabyte). ``FLEETOP_LOG_LEVEL=WARNING`` keeps only the warnings."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.level = (
+            WARNING if os.environ.get("FLEETOP_LOG_LEVEL", "").upper() in ("WARNING", "ERROR") else INFO
+        )
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        if level < self.level:
+            return
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+        label = "INFO" if level < WARNING else "WARNING"
+        sys.stderr.write(f"{stamp} {label} {self.name}: {message % args if args else message}\n")
+        sys.stderr.flush()
+
+    def info(self, message: str, *args: object) -> None:
+        self.log(INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        self.log(WARNING, message, *args)
+
+
+log = _Log("fleetop.register")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -479,7 +506,7 @@ class Sidekick:
             if result is None:
                 return
             if result.healthy != healthy:
-                level = logging.INFO if result.healthy else logging.WARNING
+                level = INFO if result.healthy else WARNING
                 state = "healthy" if result.healthy else "unhealthy"
                 log.log(level, "%s is %s: %s", self.config.value, state, result.detail)
                 healthy = result.healthy
@@ -516,8 +543,7 @@ class Sidekick:
 
     def _final_withdraw(self, registrar: Registrar) -> None:
         """Deregister on the way out with short timeouts; the lease covers anything left."""
-        quick = dataclasses.replace(
-            self.settings,
+        quick = self.settings._replace(
             dial_timeout=min(self.settings.dial_timeout, CLEANUP_TIMEOUT),
             command_timeout=min(self.settings.command_timeout, CLEANUP_TIMEOUT),
         )
@@ -533,20 +559,11 @@ class Sidekick:
             os.close(self._wake_w)
 
 
-def setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        level = os.environ.get("FLEETOP_LOG_LEVEL", "INFO").upper()
-        logging.basicConfig(
-            level=level if isinstance(logging.getLevelName(level), int) else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-
-
 def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
     """The same registration through :mod:`fleetop.discovery.register` (asyncio and the gRPC client):
     for a client certificate with a CommonName, which etcd's gateway refuses."""
     import asyncio
+    import logging
 
     from fleetop.discovery.checks import HealthCheck
     from fleetop.discovery.cli import serve
@@ -564,6 +581,11 @@ def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
         interval=_seconds(args.interval, "--interval"),
         ttl=_seconds(args.ttl, "--ttl"),
     )
+    logging.basicConfig(
+        level=logging.WARNING if log.level >= WARNING else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     asyncio.run(serve(settings, config))
 
 
@@ -571,7 +593,6 @@ def main(argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None 
     """``fleetop register ...``: exit 2 on bad input (before anything touches etcd), 1 when etcd refuses
     (permissions), 0 after a signal. ``inherited`` are the main CLI's flags given before the verb."""
     args = parser().parse_args(argv)
-    setup_logging()
     try:
         config = build_config(args)
         settings = settings_from(etcd_flags(inherited or {}, args.endpoints, args.root), os.environ)
