@@ -343,8 +343,9 @@ class Keeper(threading.Thread):
         self.lost = threading.Event()
 
     def stop(self) -> None:
+        """Stop renewing, without waiting for a renewal in flight (the lease is revoked or left to its
+        TTL either way, so nothing waits on etcd here)."""
         self._halt.set()
-        self.join(timeout=5)
 
     def run(self) -> None:
         period = max(self.ttl / 3.0, 0.2)
@@ -365,7 +366,8 @@ class Keeper(threading.Thread):
                     remaining = 0
                 if remaining <= 0:
                     self.lost.set()
-                    self._wake()
+                    if not self._halt.is_set():
+                        self._wake()
                     return
                 renewed, delay = time.monotonic(), period
         finally:
@@ -471,10 +473,13 @@ class Sidekick:
         self.settings, self.config, self.fast_retry = settings, config, fast_retry
         self.stopping = False
         self._in_check = False
+        self._closed = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
 
     def wake(self) -> None:
+        if self._closed:
+            return
         with contextlib.suppress(OSError):  # a full pipe: the loop is awake already
             os.write(self._wake_w, b".")
 
@@ -555,6 +560,7 @@ class Sidekick:
             log.warning("could not deregister %s cleanly: %s", self.config.key, exc)
         finally:
             registrar.close()
+            self._closed = True
             os.close(self._wake_r)
             os.close(self._wake_w)
 
