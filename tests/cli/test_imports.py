@@ -74,3 +74,23 @@ def test_the_full_app_still_has_every_verb() -> None:
 
     names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     assert set(VERBS) <= names
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["get", "services"], ({}, "get", ["services"])),
+        (["--endpoints", "e:1", "--prefix=/r", "register", "--ttl", "5s"],
+         ({"endpoints": "e:1", "prefix": "/r"}, "register", ["--ttl", "5s"])),
+        (["--command-timeout", "2s", "status"], ({"command_timeout": "2s"}, "status", [])),
+        (["--help"], ({}, None, [])),
+        (["--endpoints"], ({}, None, [])),
+        ([], ({}, None, [])),
+    ],
+)  # fmt: skip
+def test_split_verb_finds_the_verb_after_the_global_flags(
+    argv: list[str], expected: tuple[dict[str, str], str | None, list[str]]
+) -> None:
+    from fleetop.cli.main import split_verb
+
+    assert split_verb(argv) == expected

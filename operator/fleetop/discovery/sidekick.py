@@ -7,7 +7,7 @@ pydantic and asyncio each one took 55-75 MB and 0.7 s of CPU to start. This one 
 at once when a check fails or on SIGTERM/SIGINT; a new lease and the key again after etcd comes back or
 forgets the lease) and talks to etcd through its HTTP/JSON gateway (:mod:`fleetop.etcd_gateway`), with
 etcdctl's flags and environment (TLS, ``ETCDCTL_USER``/``ETCDCTL_PASSWORD``, never a password in argv).
-Measured with 30 on one machine: about 6-8 MB of memory each (proportional set size) and 0.05 s of CPU
+Measured with 30 on one machine: about 8 MB of memory each (proportional set size) and 0.05 s of CPU
 to start (``bench/lean.py``).
 
 Threads, not asyncio (whose import alone is 4 MB): the main thread checks and writes; a keeper thread
