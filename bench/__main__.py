@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import burst, recovery, registration, report, scale, spec_to_running, steady
+from bench import burst, lean, recovery, registration, report, scale, spec_to_running, steady
 from bench.harness import Options, machine_info
 from bench.report import WorkloadResult
 
@@ -36,6 +36,7 @@ WORKLOADS: dict[str, Workload] = {
     "spec": spec_to_running.run,
     "steady": steady.run,
     "recovery": recovery.run,
+    "lean": lean.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

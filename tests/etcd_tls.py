@@ -41,10 +41,13 @@ class TLSFiles:
     client_cert: Path
     client_key: Path
     other_ca: Path
+    anonymous_cert: Path
+    anonymous_key: Path
+    """A client certificate without a CommonName: etcd's HTTP/JSON gateway refuses one that has one."""
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else [])
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
@@ -104,6 +107,8 @@ def make_certs(directory: Path) -> TLSFiles:
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = _certificate("fleetop client", client_key, issuer, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    anonymous_key = ec.generate_private_key(ec.SECP256R1())
+    anonymous_cert = _certificate("", anonymous_key, issuer, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
     other_key = ec.generate_private_key(ec.SECP256R1())
     other_ca = _certificate("some other CA", other_key, None, ca=True)
     files = TLSFiles(
@@ -113,16 +118,20 @@ def make_certs(directory: Path) -> TLSFiles:
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
         other_ca=directory / "other-ca.pem",
+        anonymous_cert=directory / "anonymous.pem",
+        anonymous_key=directory / "anonymous-key.pem",
     )
     for cert, path in (
         (ca_cert, files.ca),
         (server_cert, files.server_cert),
         (client_cert, files.client_cert),
         (other_ca, files.other_ca),
+        (anonymous_cert, files.anonymous_cert),
     ):
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, files.server_key)
     _write_key(client_key, files.client_key)
+    _write_key(anonymous_key, files.anonymous_key)
     return files
 
 

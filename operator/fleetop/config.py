@@ -16,7 +16,8 @@ fleetop keeps every entry and fails over between them (:func:`fleet_endpoints_fr
 
 The precedence is explicit code rather than a settings framework because one variable may come from a
 file and the error must name the exact variable (or flag) that was wrong. The password is a
-``SecretStr``: it never appears in ``repr()``, ``str()`` or logs.
+:class:`SecretStr`: it never appears in ``repr()``, ``str()`` or logs. Standard library only, so that
+the lean sidekick and the CLI's first screen pay nothing for it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel, ConfigDict, SecretStr
 
 from fleetop.errors import ConfigError
 
@@ -43,16 +42,41 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-class EtcdSettings(BaseModel):
+class SecretStr:
+    """A password that never shows itself: ``repr()`` and ``str()`` print stars."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+
+class EtcdSettings(NamedTuple):
     """How to reach etcd. Build it with :func:`settings_from`; the fields are already validated.
 
     ``endpoints`` are ``host:port`` without scheme (IPv6 hosts in brackets); ``tls`` says whether to
     speak TLS (an ``https://`` endpoint or any certificate file turns it on). ``prefix`` is the key
     root of this installation: ``""`` means ``/``, otherwise it starts with ``/`` and has no trailing
     ``/``; :class:`fleetop.etcd.Etcd` prepends it to every key transparently.
-    """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A named tuple rather than a dataclass: ``dataclasses`` imports ``inspect``, a megabyte in every
+    sidekick.
+    """
 
     endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
     tls: bool = False

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import unquote
 
 Kind = Literal["services", "proxies"]
@@ -57,9 +56,9 @@ def normalize_prefix(prefix: str) -> str:
     return f"/{stripped}" if stripped else ""
 
 
-@dataclass(frozen=True)
-class Keys:
-    """Key builder. ``root`` is ``""`` for the default layout or ``/something``."""
+class Keys(NamedTuple):
+    """Key builder. ``root`` is ``""`` for the default layout or ``/something``. (A named tuple: the
+    sidekick imports it, and ``dataclasses`` would cost it a megabyte.)"""
 
     root: str = ""
 

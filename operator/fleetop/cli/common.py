@@ -1,5 +1,6 @@
 """What every CLI command shares: the etcd connection options, running a coroutine, and turning the
-error tree into a message and an exit code (kubectl's: 1 for errors)."""
+error tree into a message and an exit code (kubectl's: 1 for errors). The etcd client is imported
+when a command opens the store, not with this module (every command imports it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -23,9 +24,9 @@ from fleetop.errors import (
     SpecInvalid,
     TemporaryError,
 )
-from fleetop.etcd import Etcd
-from fleetop.keys import Keys
-from fleetop.store import Store
+
+if TYPE_CHECKING:
+    from fleetop.store import Store
 
 T = TypeVar("T")
 
@@ -47,6 +48,10 @@ def cli_context(ctx: typer.Context) -> CliContext:
 
 @asynccontextmanager
 async def open_store(cli: CliContext) -> AsyncIterator[Store]:
+    from fleetop.etcd import Etcd  # the gRPC client: imported by the verbs that use it, when they run
+    from fleetop.keys import Keys
+    from fleetop.store import Store
+
     async with await Etcd.connect(cli.settings()) as etcd:
         yield Store(etcd, Keys())
 

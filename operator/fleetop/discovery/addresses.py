@@ -9,7 +9,8 @@ address, an IPv6 address in brackets, or an RFC 1123 DNS name, and a port 1-6553
 reason a person can act on, and the rest of the registrations still work.
 
 Pure functions only: no etcd, no clock. Addresses are normalised (lower-case names, compressed IPv6)
-so the same backend written two ways is recognised as one.
+so the same backend written two ways is recognised as one. Results are named tuples, not dataclasses:
+every sidekick imports this module, and ``dataclasses`` would cost each a megabyte.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_VALUE_BYTES = 1024
 MAX_HOSTNAME = 253
@@ -35,8 +36,7 @@ class AddressError(ValueError):
     """A value that is not an address; the message is the reason, fit for a status field."""
 
 
-@dataclass(frozen=True, slots=True)
-class Registration:
+class Registration(NamedTuple):
     """One backend: the etcd key it came from and the address it names (``host`` without brackets)."""
 
     key: str
@@ -53,8 +53,7 @@ class Registration:
         return f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class InvalidRegistration:
+class InvalidRegistration(NamedTuple):
     """A key whose value was refused: a printable preview of the value and why."""
 
     key: str

@@ -1,0 +1,96 @@
+"""Start-up cost: importing the CLI's entry point, or the sidekick, pulls in nothing a verb does not need.
+
+``fleetop --version`` and a status check in a prompt must answer at once, and every instance on a
+machine runs a sidekick, so heavy modules (the gRPC etcd client, Jinja2, httpx, pydantic, typer, the
+operator) are imported by the verb that uses them, when it runs. Each check runs a fresh interpreter
+and reads its ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = (
+    *("grpc", "etcd3aio", "jinja2", "httpx", "pydantic", "typer", "rich", "yaml"),
+    *(
+        "fleetop.controller",
+        "fleetop.etcd",
+        "fleetop.store",
+        "fleetop.models",
+        "fleetop.proxy",
+        "fleetop.node",
+    ),
+)
+
+
+def imported_after(code: str) -> set[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def heavy_in(modules: set[str], heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in heavy))
+
+
+def test_importing_the_entry_point_imports_nothing_heavy() -> None:
+    assert heavy_in(imported_after("import fleetop.cli.main")) == []
+
+
+def test_version_answers_without_the_heavy_modules() -> None:
+    code = (
+        "import contextlib, io\nfrom fleetop.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['--version'])"
+    )
+    assert heavy_in(imported_after(code)) == []
+
+
+def test_the_sidekick_is_standard_library_only() -> None:
+    modules = imported_after("import fleetop.discovery.sidekick")
+    assert heavy_in(modules, (*HEAVY, "asyncio", "ssl", "http", "email")) == []
+
+
+@pytest.mark.parametrize(
+    ("verb", "absent"),
+    [
+        ("manifests", ("grpc", "etcd3aio", "fleetop.node")),
+        ("status", ("fleetop.controller", "fleetop.node", "jinja2")),
+        ("get", ("fleetop.controller", "fleetop.node")),
+    ],
+)
+def test_a_verb_imports_its_own_group_only(verb: str, absent: tuple[str, ...]) -> None:
+    code = f"from fleetop.cli.main import VERBS, build_app\nbuild_app([VERBS[{verb!r}]])"
+    assert heavy_in(imported_after(code), absent) == []
+
+
+def test_the_full_app_still_has_every_verb() -> None:
+    from fleetop.cli.main import VERBS, app
+
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert set(VERBS) <= names
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["get", "services"], ({}, "get", ["services"])),
+        (["--endpoints", "e:1", "--prefix=/r", "register", "--ttl", "5s"],
+         ({"endpoints": "e:1", "prefix": "/r"}, "register", ["--ttl", "5s"])),
+        (["--command-timeout", "2s", "status"], ({"command_timeout": "2s"}, "status", [])),
+        (["--help"], ({}, None, [])),
+        (["--endpoints"], ({}, None, [])),
+        ([], ({}, None, [])),
+    ],
+)  # fmt: skip
+def test_split_verb_finds_the_verb_after_the_global_flags(
+    argv: list[str], expected: tuple[dict[str, str], str | None, list[str]]
+) -> None:
+    from fleetop.cli.main import split_verb
+
+    assert split_verb(argv) == expected
