@@ -36,6 +36,7 @@ from fleetop.keys import Keys, is_name
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import initial_config, start_proxy
+from fleetop.proxy.policy import AgentPolicy
 from fleetop.proxy.render import RenderPaths
 from fleetop.store import Kind, parse_stored
 from waiting import eventually
@@ -326,7 +327,12 @@ async def serving(etcd: Etcd, proxy_root: Path, directory: Path, port: int) -> A
     target.write_text(initial_config("fz-edge", "nginx", f"127.0.0.1:{port}", paths))
     process = start_proxy("nginx", target, paths, listen=("127.0.0.1", port))
     settings = AgentSettings(
-        proxy="fz-edge", machine="fuzz", runtime_dir=directory, config_path=target, retry_min=0.05
+        proxy="fz-edge",
+        machine="fuzz",
+        runtime_dir=directory,
+        config_path=target,
+        retry_min=0.05,
+        policy=AgentPolicy().with_dirs([proxy_root / "fz-edge"]),  # where the operator renders its pid file
     )
     task = asyncio.create_task(ProxyAgent(etcd, Keys(), settings).run())
     try:

@@ -141,7 +141,12 @@ class RunConfig:
         try:
             return UnitSettings(self.fleetop_path, self.etcd.prefix, *self.credentials)
         except UnitRenderError as exc:
-            raise ConfigError(f"--fleetop-path or a credentials file: {exc}") from None
+            text = str(exc)
+            flag = next(
+                (f"--{kind}-credentials" for kind in ("sidekick", "agent", "proxy") if text.startswith(kind)),
+                "--fleetop-path",
+            )
+            raise ConfigError(f"{flag}: {text}") from None
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> RunConfig:
