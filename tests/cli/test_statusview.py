@@ -259,3 +259,23 @@ def test_changed_counts_a_scale_change_that_moved_no_condition() -> None:
     report.service_status["web"] = StatusEntry("web", bare, None, 15)
     lines = {line.split()[0]: line.split() for line in format_status(report).splitlines() if line}
     assert lines["web"][-2] == "2m"
+
+
+def test_a_record_written_on_change_is_current_while_its_writer_leads() -> None:
+    """The leader rewrites ``/fleetop/observed`` only when it changes (no etcd write while quiet):
+    such a record (``heartbeat`` 0) holds while its writer holds the leader key, however old."""
+    report = _report()
+    report.observed = _seen(written="2026-11-21T08:00:00Z").model_copy(update={"heartbeat": 0.0})
+    text = format_status(report)
+    assert "operator  host-1-abc: fleet answering through http://127.0.0.1:49153\n" in text
+    assert _rows(text)["web"][-1] == "0s"
+    assert "Available" in _rows(text)["web"][5]
+
+    report.leader = {"holderIdentity": "host-2-def"}  # another operator leads now: the record is not its
+    text = format_status(report)
+    assert "record of host-1-abc, which no longer leads; fleet seen" in text
+    assert _rows(text)["web"][-1] == "3s"
+
+    report.leader = None
+    report.fleet = Health("unix:///a.sock", False, "down", {"unix:///a.sock": "refused"})
+    assert "Unknown(FleetUnreachable)" in _rows(format_status(report))["web"][5]

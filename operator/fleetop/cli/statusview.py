@@ -63,30 +63,55 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
-def record_is_stale(observed: OperatorObservation, now: datetime) -> bool:
-    """No operator has rewritten its record for several heartbeats: nobody is leading."""
+def record_is_stale(observed: OperatorObservation, now: datetime, leader: str | None = None) -> bool:
+    """Nobody keeps the record current: written on change only (``heartbeat`` 0), its writer no longer
+    holds the leader key (``leader``); else nobody rewrote it for several heartbeats."""
+    if observed.heartbeat <= 0:
+        return leader is None or leader != observed.identity
     written = _parse_time(observed.time)
     if written is None:
         return True
     return (now - written).total_seconds() > STALE_HEARTBEATS * max(observed.heartbeat, 1.0) + 5
 
 
+def leader_identity(report: Report) -> str | None:
+    leader = report.leader
+    if not leader:
+        return None
+    identity = leader.get("holderIdentity") or leader.get("identity")
+    return str(identity) if identity else None
+
+
+def _stale(report: Report) -> bool:
+    return report.observed is None or record_is_stale(report.observed, report.now, leader_identity(report))
+
+
+def _live(report: Report) -> bool:
+    """A record kept current by its leader without rewrites, saying fleet answers: the view is now."""
+    observed = report.observed
+    return (
+        observed is not None and observed.heartbeat <= 0 and observed.fleet.reachable and not _stale(report)
+    )
+
+
 def operator_sees_fleet(report: Report) -> bool:
     """The leader's record is fresh and says fleet answers it."""
     observed = report.observed
-    return observed is not None and observed.fleet.reachable and not record_is_stale(observed, report.now)
+    return observed is not None and observed.fleet.reachable and not _stale(report)
 
 
 def fleet_judged(report: Report) -> bool:
     """Can the services' conditions be trusted? Yes while the leader sees fleet, or (no fresh record)
     while this command does; a status written before fleet was lost is otherwise out of date."""
-    if report.observed is not None and not record_is_stale(report.observed, report.now):
+    if report.observed is not None and not _stale(report):
         return report.observed.fleet.reachable
     return report.fleet.healthy
 
 
 def seen_age(report: Report) -> str:
     """How old the fleet view behind the statuses is: since the leader last saw fleet."""
+    if _live(report):
+        return "0s"  # the leader polls fleet and would have recorded a loss
     return age(report.observed.fleet.last_seen, report.now) if report.observed is not None else "-"
 
 
@@ -223,10 +248,17 @@ def _operator_line(report: Report) -> str:
     if observed is None:
         return "" if not report.etcd.healthy else f"{'operator':<9} no record of its view yet\n"
     fleet = observed.fleet
-    if record_is_stale(observed, report.now):
-        head = f"record not rewritten for {age(observed.time, report.now)} (is `fleetop run` leading?);"
+    if _stale(report):
+        head = (
+            f"record of {observed.identity}, which no longer leads;"
+            if observed.heartbeat <= 0
+            else f"record not rewritten for {age(observed.time, report.now)} (is `fleetop run` leading?);"
+        )
     else:
         head = f"{observed.identity}:"
+    if fleet.reachable and _live(report):
+        where = f" through {fleet.endpoint}" if fleet.endpoint else ""
+        return f"{'operator':<9} {head} fleet answering{where}\n"
     if fleet.reachable:
         where = f" through {fleet.endpoint}" if fleet.endpoint else ""
         return f"{'operator':<9} {head} fleet seen {age(fleet.last_seen, report.now)} ago{where}\n"

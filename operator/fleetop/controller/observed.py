@@ -1,8 +1,10 @@
 """The leader's heartbeat of what it can see, ``/fleetop/observed`` (see :mod:`fleetop.models.observed`).
 
-Written only while leading and fenced on the leader key like every status write; immediately when
-fleet is lost or found again, otherwise every ``heartbeat`` seconds (a cheap write, and it bounds how
-stale ``lastSeen`` can read). Building the record is a pure function of the fleet informer's state.
+Written only while leading and fenced on the leader key like every status write, and only when what it
+says changes (fleet lost or found again, another endpoint, a new leader): a quiet cluster costs etcd no
+write. Readers know the record is current while its writer holds the leader key (``heartbeat`` 0 says
+so); with a ``heartbeat`` > 0 the record is also rewritten that often, and readers judge it by its age.
+Building the record is a pure function of the fleet informer's state.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from fleetop.models.observed import FleetObservation, OperatorObservation
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = 10.0
-"""Seconds between rewrites of an unchanged record."""
+HEARTBEAT = 0.0
+"""Seconds between rewrites of an unchanged record; 0: never (current while its writer leads)."""
 CHECK_EVERY = 0.5
 """Seconds between looks at the informer: how late a loss or a recovery is recorded at most."""
 
@@ -90,7 +92,7 @@ class ObservationWriter:
             record = self._record()
             fleet = record.fleet
             state = (fleet.reachable, fleet.lost_since, fleet.endpoint, bool(fleet.last_seen))
-            if state != written or time.monotonic() - last >= self.heartbeat:
+            if state != written or (self.heartbeat > 0 and time.monotonic() - last >= self.heartbeat):
                 try:
                     body = record.model_dump_json(by_alias=True).encode()
                     await self.etcd.put(self.key, body, fence=self.fence())
