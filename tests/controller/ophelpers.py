@@ -12,11 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from fleetop.config import EtcdSettings
 from fleetop.controller.unitrender import owned_by
+from fleetop.etcd import Etcd
 from fleetop.etcdserver import free_port
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit, UnitState
@@ -156,6 +160,31 @@ class Operator:
     async def metrics(self) -> str:
         async with HttpSession(f"http://127.0.0.1:{self.metrics_port}", timeouts=Timeouts.uniform(5.0)) as s:
             return (await s.request("GET", "/metrics")).text
+
+
+class _Child(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Child)
+
+
+@contextmanager
+def running(child: C) -> Iterator[C]:
+    """Start a ``Node`` or ``Operator`` for the body of a ``with`` (a fixture's life), then stop it by PID."""
+    child.start()
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+@asynccontextmanager
+async def prefixed_etcd(endpoint: str, prefix: str) -> AsyncIterator[Etcd]:
+    """An etcd client on ``endpoint`` that sees only the keys below ``prefix`` (a test module's own)."""
+    async with await Etcd.connect(EtcdSettings(endpoints=(endpoint,), prefix=prefix)) as client:
+        yield client
 
 
 def owned_mains(units: list[Unit], service: str) -> list[Unit]:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from ophelpers import Node
 
-from backends import fetch, http_backends, wait_port
+from backends import agent_running, fetch, http_backends, wait_port
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
 from fleetop.controller.manager import Manager
@@ -36,7 +36,7 @@ from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer, free_port
 from fleetop.keys import Keys
 from fleetop.models import AgentStatus, ProxyStatus, PublishedConfig
-from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.agent import AgentSettings
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
 from fleetop.proxy.render import RenderPaths
 from waiting import eventually
@@ -89,13 +89,9 @@ def edge(port: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def node(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    running = Node(tmp_path_factory.mktemp("node"), machines=3, etcd_endpoint=etcd_server.endpoint)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def node_etcd(etcd_server: EtcdServer) -> str:
+    """The node's units find the session's etcd (the sidekicks register there)."""
+    return etcd_server.endpoint
 
 
 @pytest.fixture
@@ -151,12 +147,10 @@ async def nginx_with_agent(etcd: Etcd, root: Path, port: int) -> AsyncIterator[N
     settings = AgentSettings(
         proxy=PROXY, machine="m1", runtime_dir=target.parent, config_path=target, retry_min=0.05
     )
-    task = asyncio.create_task(ProxyAgent(etcd, KEYS, settings).run())
     try:
-        yield
+        async with agent_running(etcd, settings):
+            yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         process.stop()
 
 

@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, running_mains, spec
+from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running, running_mains, spec
 
-from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
@@ -46,17 +45,14 @@ def operator(
     node: Node, etcd_server: EtcdServer, dead_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     endpoints = f"{dead_endpoint},{node.endpoint}"
-    proc = Operator(tmp_path_factory.mktemp("operator"), "blind", etcd_server.endpoint, PREFIX, endpoints)
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("operator")
+    with running(Operator(base, "blind", etcd_server.endpoint, PREFIX, endpoints)) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
 async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
+    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
         yield client
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, running_mains, spec
+from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running, running_mains, spec
 
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
@@ -36,17 +36,14 @@ CONVERGE = 40.0
 def operator(
     node: Node, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    proc = Operator(tmp_path_factory.mktemp("operator"), "solo", etcd_server.endpoint, PREFIX, node.endpoint)
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("operator")
+    with running(Operator(base, "solo", etcd_server.endpoint, PREFIX, node.endpoint)) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
 async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
+    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
         yield client
 
 

@@ -20,9 +20,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from ophelpers import Node, Operator, owned_mains
+from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running
 
-from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
@@ -62,31 +61,23 @@ def edge(*services: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def node(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """A node whose units find the session's etcd (the sidekicks register there)."""
-    running = Node(tmp_path_factory.mktemp("node"), machines=3, etcd_endpoint=etcd_server.endpoint)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def node_etcd(etcd_server: EtcdServer) -> str:
+    """The node's units find the session's etcd (the sidekicks register there)."""
+    return etcd_server.endpoint
 
 
 @pytest.fixture(scope="module")
 def operator(
     node: Node, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    proc = Operator(tmp_path_factory.mktemp("operator"), "regs", etcd_server.endpoint, PREFIX, node.endpoint)
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("operator")
+    with running(Operator(base, "regs", etcd_server.endpoint, PREFIX, node.endpoint)) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
 async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
+    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
         yield client
 
 

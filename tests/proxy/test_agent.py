@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from backends import fetch, handlers_seen, http_backends
-from fleetop.config import settings_from
+from backends import agent_running, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer, free_port
@@ -79,13 +78,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
         running.process.stop()
 
 
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
-    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
-    async with await Etcd.connect(settings) as client:
-        yield client
-
-
 async def publish(etcd: Etcd, cfg: PublishedConfig | str) -> None:
     body = cfg if isinstance(cfg, str) else cfg.model_dump_json(by_alias=True)
     await etcd.put(Keys().proxy_config(PROXY), body)
@@ -124,13 +116,8 @@ async def running_agent(etcd: Etcd, site: Site) -> AsyncIterator[ProxyAgent]:
     settings = AgentSettings(
         proxy=PROXY, machine=MACHINE, runtime_dir=site.target.parent, config_path=site.target, retry_min=0.05
     )
-    agent = ProxyAgent(etcd, Keys(), settings)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with agent_running(etcd, settings) as agent:
         yield agent
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_agent_applies_published_configs_and_reports(

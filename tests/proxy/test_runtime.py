@@ -16,16 +16,14 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from backends import fetch, handlers_seen, http_backends
-from fleetop.config import settings_from
+from backends import Load, agent_running, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcdserver import free_port
 from fleetop.keys import Keys
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
@@ -38,13 +36,6 @@ from waiting import eventually
 
 PROXY = "edge"
 MACHINE = "m1"
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
-    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
-    async with await Etcd.connect(settings) as client:
-        yield client
 
 
 @pytest.fixture
@@ -147,45 +138,8 @@ async def running_agent(
         drain_timeout=drain_timeout,
         policy=AgentPolicy(commands=(AllowedCommand(("/bin/sh", "-c"), prefix=True),), source="the test"),
     )
-    agent = ProxyAgent(etcd, Keys(), settings, runtime_api=api)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with agent_running(etcd, settings, runtime_api=api) as agent:
         yield agent
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-@dataclass
-class Load:
-    """Requests through the proxy back to back on fresh connections, from a thread."""
-
-    port: int
-    sent: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Load:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sent += 1
-            try:
-                status, _ = fetch(self.port)
-                if status != 200:
-                    self.failures.append(f"HTTP {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self._stop.wait(0.002)
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
 
 
 async def change_servers(etcd: Etcd, site: Site, backends: list[Registration]) -> AgentStatus:
@@ -211,7 +165,7 @@ async def test_servers_change_at_runtime_under_traffic_and_survive_a_restart(
         assert status.applied_via == "reload" and status.reloads == 1  # the first one is not known to run
         await holds(site, first)
 
-        with Load(site.port) as load:
+        with Load(site.port, interval=0.002) as load:
             for backends in ([a, b], [b, c], [a, b, c], [c], [a, c], [a]):
                 status = await change_servers(etcd, site, backends)
         print(f"\n{load.sent} requests during 6 server changes, {len(load.failures)} failed")
@@ -231,7 +185,7 @@ async def test_servers_change_at_runtime_under_traffic_and_survive_a_restart(
         want = {a.address, b.address}
         assert await handlers_seen(site.port, want) == want
 
-        with Load(site.port) as load:
+        with Load(site.port, interval=0.002) as load:
             for backends in ([b, c], [c]):
                 status = await change_servers(etcd, site, backends)
         assert load.failures == [], load.failures[:10]
