@@ -11,12 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from backends import fetch
+from backends import Load, answered_by
 from fleetop.etcdserver import find_etcd_binary, free_port, port_is_free
 from fleetop.up import Backoff, Child, Stack, UpConfig, describe_exit
 from waiting import eventually
@@ -151,32 +150,6 @@ def test_an_operator_started_again_gets_a_free_metrics_port(tmp_path: Path) -> N
     assert operator.argv[-1] == stack.metrics_address and len(said) == 1
 
 
-class Load:
-    """Requests through a proxy on 127.0.0.1, one after another, until stopped."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sent = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.sent += 1
-            try:
-                status, _ = fetch(self.port)
-                if status != 200:
-                    self.failures.append(f"HTTP {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-
 def free_base_port(hosts: list[str], count: int) -> int:
     """A base port with ``count`` consecutive ports free on every host (instances bind base + slot)."""
     for _ in range(200):
@@ -211,18 +184,8 @@ async def up_detached(state: Path, machines: int) -> dict[str, Any]:
 
 async def answering(port: int, instances: int) -> bool:
     """Whether requests through the proxy on ``port`` are answered by ``instances`` different ones."""
-    seen = set()
-    for _ in range(20 * instances):
-        try:
-            status, handler = await asyncio.to_thread(fetch, port)
-        except OSError:
-            return False
-        if status != 200:
-            return False
-        seen.add(handler)
-        if len(seen) == instances:
-            return True
-    return False
+    seen = await answered_by(port, 20 * instances, lambda seen: len(seen) == instances)
+    return seen is not None and len(seen) == instances
 
 
 def stack_record(state: Path) -> dict[str, Any]:
@@ -259,19 +222,7 @@ async def test_the_stack_survives_its_operator(tmp_path: Path) -> None:
     """kill -9 of the operator under traffic through a managed nginx: no request fails, ``up`` starts
     the operator again, it becomes the leader and applies the next change; ``down`` stops everything."""
     state = tmp_path / "state"
-    up = await asyncio.to_thread(
-        fleetop,
-        "up",
-        "--detach",
-        "--state-dir",
-        str(state),
-        "--machines",
-        "2",
-        "--etcd-port",
-        str(free_port()),
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    record = stack_record(state)
+    record = await up_detached(state, machines=2)
     env = {"ETCDCTL_ENDPOINTS": record["etcdEndpoint"], "FLEETCTL_ENDPOINT": record["fleetEndpoint"]}
     pids = {*record["processes"].values(), record["pid"]}
     load: Load | None = None
@@ -294,7 +245,7 @@ async def test_the_stack_survives_its_operator(tmp_path: Path) -> None:
         assert applied.returncode == 0, applied.stderr
         await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
 
-        load = Load(proxy_port)
+        load = Load(proxy_port).start()
         operator = record["processes"]["operator"]
         os.kill(operator, signal.SIGKILL)
         new_operator = await eventually(lambda: restarted(state, "operator", operator), 60, "a new operator")
@@ -332,19 +283,7 @@ async def test_the_stack_starts_etcd_and_the_node_again(tmp_path: Path) -> None:
     stack running, and ``down`` still stops everything."""
     state = tmp_path / "state"
     marker = f"/bin/sleep {200000 + random.randrange(10**5)}"
-    up = await asyncio.to_thread(
-        fleetop,
-        "up",
-        "--detach",
-        "--state-dir",
-        str(state),
-        "--machines",
-        "1",
-        "--etcd-port",
-        str(free_port()),
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    record = stack_record(state)
+    record = await up_detached(state, machines=1)
     env = {"ETCDCTL_ENDPOINTS": record["etcdEndpoint"], "FLEETCTL_ENDPOINT": record["fleetEndpoint"]}
     pids = {*record["processes"].values(), record["pid"]}
     try:
@@ -430,7 +369,7 @@ async def test_a_stopped_node_costs_no_request(tmp_path: Path) -> None:
         assert applied.returncode == 0, applied.stderr
         await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
 
-        loads = [Load(proxy_port), Load(proxy_port)]
+        loads = [Load(proxy_port).start(), Load(proxy_port).start()]
         os.kill(node, signal.SIGSTOP)
         try:
             await asyncio.sleep(30)  # the scenario: a node frozen for half a minute under traffic
