@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.discovery.test_register import Backend
+from tests.discovery.test_register import Backend, backend_fixture  # noqa: F401
 
 from etcd_tls import SecureEtcd, secure_etcd_fixture  # noqa: F401
 from fleetop.config import settings_from
@@ -31,19 +31,6 @@ from waiting import eventually
 KEY = "/services/web/8001"
 LONG_TTL = "120s"
 """Longer than any wait below: a key that goes away did not expire, it was deleted."""
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Backend]:
-    web = tmp_path / "www"
-    web.mkdir()
-    (web / "index.html").write_text("<h1>up</h1>\n")
-    server = Backend(web)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Sidekick:
