@@ -25,6 +25,8 @@ from fleetop.etcdserver import free_port
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit, UnitState
 from fleetop.http import HttpSession, Timeouts
+from fleetop.keys import Keys
+from fleetop.models import Event, ServiceStatus
 
 T = TypeVar("T")
 NODE_MAIN = "from fleetop.node.cli import node_app; node_app()"
@@ -185,6 +187,18 @@ async def prefixed_etcd(endpoint: str, prefix: str) -> AsyncIterator[Etcd]:
     """An etcd client on ``endpoint`` that sees only the keys below ``prefix`` (a test module's own)."""
     async with await Etcd.connect(EtcdSettings(endpoints=(endpoint,), prefix=prefix)) as client:
         yield client
+
+
+async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
+    """The status the operator wrote for service ``name``, if any."""
+    kv = await etcd.get(Keys().status("services", name))
+    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
+
+
+async def events_of(etcd: Etcd, name: str) -> list[Event]:
+    """The events the operator recorded for ``name``."""
+    items, _ = await etcd.list(Keys().events(name))
+    return [Event.model_validate_json(kv.value) for kv in items]
 
 
 def owned_mains(units: list[Unit], service: str) -> list[Unit]:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running
+from ophelpers import Node, Operator, events_of, owned_mains, prefixed_etcd, running, status_of
 
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
@@ -55,16 +55,6 @@ def operator(
 async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
     async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
         yield client
-
-
-async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
-    kv = await etcd.get(KEYS.status("services", name))
-    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
-
-
-async def events_of(etcd: Etcd, name: str) -> list[Event]:
-    items, _ = await etcd.list(KEYS.events(name))
-    return [Event.model_validate_json(kv.value) for kv in items]
 
 
 def count_of(events: list[Event], message: str) -> int:

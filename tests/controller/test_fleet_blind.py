@@ -19,13 +19,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running, running_mains, spec
+from ophelpers import (
+    Node,
+    Operator,
+    events_of,
+    owned_mains,
+    prefixed_etcd,
+    running,
+    running_mains,
+    spec,
+    status_of,
+)
 
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
-from fleetop.models import Event, ServiceStatus
+from fleetop.models import ServiceStatus
 from fleetop.models.observed import OperatorObservation
 from waiting import eventually
 
@@ -66,11 +76,6 @@ async def fleet_writes(operator: Operator) -> dict[str, float]:
     return {op: counter(text, "fleetop_fleet_api_calls_total", f'{{operation="{op}"}}') for op in WRITES}
 
 
-async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
-    kv = await etcd.get(KEYS.status("services", name))
-    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
-
-
 async def observed(etcd: Etcd) -> OperatorObservation | None:
     kv = await etcd.get(KEYS.observed())
     return None if kv is None else OperatorObservation.model_validate_json(kv.value)
@@ -95,11 +100,6 @@ async def converged(etcd: Etcd, fleet: FleetClient, name: str, replicas: int, op
         print(operator.log_tail())
         raise
     return result
-
-
-async def events_of(etcd: Etcd, name: str) -> list[Event]:
-    items, _ = await etcd.list(KEYS.events(name))
-    return [Event.model_validate_json(kv.value) for kv in items]
 
 
 async def test_fails_over_then_changes_nothing_while_fleet_is_frozen(

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running, running_mains, spec
+from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running, running_mains, spec, status_of
 
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
@@ -45,11 +45,6 @@ def operator(
 async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
     async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
         yield client
-
-
-async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
-    kv = await etcd.get(KEYS.status("services", name))
-    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
 
 
 def available(status: ServiceStatus | None, replicas: int) -> bool:
