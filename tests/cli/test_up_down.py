@@ -188,6 +188,22 @@ async def answering(port: int, instances: int) -> bool:
     return seen is not None and len(seen) == instances
 
 
+async def serve_behind_nginx(
+    documents: Path, env: dict[str, str], name: str, spec: dict[str, Any], proxy_port: int
+) -> None:
+    """``fleetop apply`` service ``name`` (two instances) and an nginx ``edge`` on ``proxy_port`` naming
+    each handler; wait until both instances answer through it."""
+    edge = {"kind": "nginx", "listen": f"127.0.0.1:{proxy_port}", "routes": [{"service": name}]}
+    edge["headers"] = {"handler": True}
+    documents.write_text(
+        f"kind: Service\nname: {name}\nspec: {json.dumps(spec)}\n---\n"
+        f"kind: Proxy\nname: edge\nspec: {json.dumps(edge)}\n"
+    )
+    applied = await asyncio.to_thread(fleetop, "apply", "-f", str(documents), env=env)
+    assert applied.returncode == 0, applied.stderr
+    await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
+
+
 def stack_record(state: Path) -> dict[str, Any]:
     return dict(json.loads((state / "up.json").read_text()))
 
@@ -234,16 +250,7 @@ async def test_the_stack_survives_its_operator(tmp_path: Path) -> None:
             "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
             "discovery": {"sidekick": True, "check": {"http": "/", "interval": "1s"}, "ttl": "10s"},
         }
-        edge = {"kind": "nginx", "listen": f"127.0.0.1:{proxy_port}", "routes": [{"service": "hello"}]}
-        edge["headers"] = {"handler": True}
-        documents = tmp_path / "stack.yaml"
-        documents.write_text(
-            f"kind: Service\nname: hello\nspec: {json.dumps(hello)}\n---\n"
-            f"kind: Proxy\nname: edge\nspec: {json.dumps(edge)}\n"
-        )
-        applied = await asyncio.to_thread(fleetop, "apply", "-f", str(documents), env=env)
-        assert applied.returncode == 0, applied.stderr
-        await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
+        await serve_behind_nginx(tmp_path / "stack.yaml", env, "hello", hello, proxy_port)
 
         load = Load(proxy_port).start()
         operator = record["processes"]["operator"]
@@ -358,16 +365,7 @@ async def test_a_stopped_node_costs_no_request(tmp_path: Path) -> None:
                 "ttl": "5s",
             },
         }
-        edge = {"kind": "nginx", "listen": f"127.0.0.1:{proxy_port}", "routes": [{"service": "chatty"}]}
-        edge["headers"] = {"handler": True}
-        documents = tmp_path / "stack.yaml"
-        documents.write_text(
-            f"kind: Service\nname: chatty\nspec: {json.dumps(chatty)}\n---\n"
-            f"kind: Proxy\nname: edge\nspec: {json.dumps(edge)}\n"
-        )
-        applied = await asyncio.to_thread(fleetop, "apply", "-f", str(documents), env=env)
-        assert applied.returncode == 0, applied.stderr
-        await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
+        await serve_behind_nginx(tmp_path / "stack.yaml", env, "chatty", chatty, proxy_port)
 
         loads = [Load(proxy_port).start(), Load(proxy_port).start()]
         os.kill(node, signal.SIGSTOP)
