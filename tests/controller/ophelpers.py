@@ -223,6 +223,22 @@ async def running_mains(fleet: FleetClient, service: str) -> dict[str, UnitState
     return running
 
 
+def http_service(replicas: int, base: int) -> bytes:
+    """A service of ``python3 -m http.server`` instances on ``base`` + instance, each with a sidekick
+    that checks ``/`` every half second and registers for 5 s."""
+    body: dict[str, Any] = {
+        "replicas": replicas,
+        "ports": {"base": base},
+        "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
+        "discovery": {
+            "sidekick": True,
+            "check": {"http": "/", "interval": "0.5s", "timeout": "1s"},
+            "ttl": "5s",
+        },
+    }
+    return json.dumps(body).encode()
+
+
 def spec(replicas: int, exec_start: str = "/bin/sleep 1000", **extra: Any) -> bytes:
     body: dict[str, Any] = {"replicas": replicas, "unit": {"execStart": exec_start}, **extra}
     return json.dumps(body).encode()

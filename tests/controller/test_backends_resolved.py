@@ -20,10 +20,9 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from ophelpers import Node
+from ophelpers import Node, http_service
 
 from backends import agent_running, fetch, http_backends, wait_port
 from fleetop.config import EtcdSettings
@@ -59,20 +58,6 @@ class StubDns:
         if name not in self.table:
             raise LookupFailed("Name or service not known")
         return self.table[name]
-
-
-def hello(replicas: int) -> bytes:
-    body: dict[str, Any] = {
-        "replicas": replicas,
-        "ports": {"base": BASE},
-        "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
-        "discovery": {
-            "sidekick": True,
-            "check": {"http": "/", "interval": "0.5s", "timeout": "1s"},
-            "ttl": "5s",
-        },
-    }
-    return json.dumps(body).encode()
 
 
 def edge(port: int) -> bytes:
@@ -182,7 +167,7 @@ async def test_an_unresolvable_backend_is_left_out_and_the_others_keep_flowing(
             await etcd.put("/services/ext/bad", b"no-such-host.invalid:80")
             await etcd.put("/services/ext/named", f"good.test:{named_backend.port}".encode())
             await etcd.put("/services/ext/far", f"127.0.2.1:{named_backend.port}".encode())
-            await etcd.put(KEYS.desired("services", "hello"), hello(2))
+            await etcd.put(KEYS.desired("services", "hello"), http_service(2, BASE))
             await etcd.put(KEYS.desired("proxies", PROXY), edge(port))
             async with operator(etcd_server.endpoint, node.endpoint, root, resolver):
                 try:
@@ -219,7 +204,7 @@ async def scenario(etcd: Etcd, port: int, named: str, dns: StubDns) -> None:
     assert any("no-such-host.invalid does not resolve" in m for m in messages), messages
     assert any("127.0.2.1" in m and "outside the allowed networks" in m for m in messages), messages
 
-    await etcd.put(KEYS.desired("services", "hello"), hello(3))
+    await etcd.put(KEYS.desired("services", "hello"), http_service(3, BASE))
 
     async def three_instances() -> bool:
         instances = await registered(etcd)

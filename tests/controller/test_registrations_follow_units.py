@@ -17,10 +17,9 @@ import random
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running
+from ophelpers import Node, Operator, http_service, owned_mains, prefixed_etcd, running
 
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
@@ -33,20 +32,6 @@ PREFIX = f"/t/regfollow-{os.getpid()}"
 KEYS = Keys()
 SERVER_RE = re.compile(r"^\s*server\s+(?:\S+\s+)?(\d+\.\d+\.\d+\.\d+:\d+)", re.MULTILINE)
 BASE = random.randrange(30000, 39000, 10)
-
-
-def web(replicas: int) -> bytes:
-    body: dict[str, Any] = {
-        "replicas": replicas,
-        "ports": {"base": BASE},
-        "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
-        "discovery": {
-            "sidekick": True,
-            "check": {"http": "/", "interval": "0.5s", "timeout": "1s"},
-            "ttl": "5s",
-        },
-    }
-    return json.dumps(body).encode()
 
 
 def edge(*services: str) -> bytes:
@@ -104,7 +89,7 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
     service, proxy = "regs", "regs-edge"
     etcd_endpoint = etcd_server.endpoint
     try:
-        await etcd.put(KEYS.desired("services", service), web(3))
+        await etcd.put(KEYS.desired("services", service), http_service(3, BASE))
         await etcd.put(KEYS.desired("proxies", proxy), edge(service))
 
         async def three() -> dict[str, str] | None:
@@ -114,7 +99,7 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
 
         first = await eventually(three, 90, "3 registered instances in the published config")
 
-        await etcd.put(KEYS.desired("services", service), web(1))
+        await etcd.put(KEYS.desired("services", service), http_service(1, BASE))
 
         async def one() -> bool:
             mains = owned_mains(await fleet.list_units(), service)
@@ -154,7 +139,7 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
         assert described.returncode == 0 and b"Skipped:              2 registration(s)" in out, out.decode()
 
         # scaled up again: the config follows the instances the operator runs now, and only those
-        await etcd.put(KEYS.desired("services", service), web(3))
+        await etcd.put(KEYS.desired("services", service), http_service(3, BASE))
 
         async def back() -> set[str] | None:
             mains = {
