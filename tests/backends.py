@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http.client
 import socket
 import subprocess
@@ -13,13 +14,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import free_port
 from fleetop.keys import Keys
+from fleetop.models import ProxySpec, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.apply import Kind, ProxyProcess, initial_config, start_proxy
 from fleetop.proxy.haproxy_runtime import RuntimeAPI
+from fleetop.proxy.render import RenderPaths, render
 from waiting import eventually
 
 
@@ -108,6 +113,44 @@ async def handlers_seen(port: int, want: set[str], attempts: int = 200) -> set[s
             break
         await asyncio.sleep(0.01)
     return seen
+
+
+class ProxySite:
+    """A running nginx or HAProxy (started here, its files under ``directory``) for proxy ``proxy``:
+    its config path, runtime paths and port on 127.0.0.1."""
+
+    def __init__(self, directory: Path, kind: Kind, proxy: str) -> None:
+        self.kind, self.proxy = kind, proxy
+        self.port = free_port("127.0.0.1")
+        self.paths = RenderPaths(str(directory / "run"))
+        self.target = directory / ("nginx.conf" if kind == "nginx" else "haproxy.cfg")
+        self.target.write_text(initial_config(proxy, kind, f"127.0.0.1:{self.port}", self.paths))
+        self.process: ProxyProcess = self.start()
+
+    def start(self) -> ProxyProcess:
+        return start_proxy(self.kind, self.target, self.paths, listen=("127.0.0.1", self.port))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.stop()
+
+    def published(
+        self, backends: list[Registration], generation: int, *, handler: bool = True, extra: str = ""
+    ) -> PublishedConfig:
+        """The config the operator would publish for one route to service ``web`` on ``backends``."""
+        spec = ProxySpec.model_validate(
+            {
+                "kind": self.kind,
+                "listen": f"127.0.0.1:{self.port}",
+                "headers": {"handler": handler},
+                "routes": [{"service": "web"}],
+            }
+        )
+        body = render(self.proxy, spec, {"web": backends}, paths=self.paths).text + extra
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        return PublishedConfig(hash=digest, generation=generation, kind=self.kind, body=body)
 
 
 @contextlib.asynccontextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http.server
 import logging
 import os
@@ -20,18 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from backends import Load, agent_running, fetch, handlers_seen, http_backends
+from backends import Load, ProxySite, agent_running, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import free_port
 from fleetop.keys import Keys
-from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
-from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
+from fleetop.proxy.apply import start_proxy
 from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError
 from fleetop.proxy.haproxy_servers import mismatch, parse_config
 from fleetop.proxy.policy import AgentPolicy, AllowedCommand
-from fleetop.proxy.render import RenderPaths, render
+from fleetop.proxy.render import RenderPaths
 from waiting import eventually
 
 PROXY = "edge"
@@ -45,19 +44,12 @@ def pool(tmp_path: Path) -> Iterator[list[Registration]]:
         yield regs
 
 
-class Site:
+class Site(ProxySite):
     """A running HAProxy (master-worker, started here) with its config path and admin socket."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port("127.0.0.1")
-        self.paths = RenderPaths(str(tmp_path / "run"))
-        self.target = tmp_path / "haproxy.cfg"
-        self.target.write_text(initial_config(PROXY, "haproxy", f"127.0.0.1:{self.port}", self.paths))
-        self.process: ProxyProcess = self.start()
+        super().__init__(tmp_path, "haproxy", PROXY)
         self.generation = 0
-
-    def start(self) -> ProxyProcess:
-        return start_proxy("haproxy", self.target, self.paths, listen=("127.0.0.1", self.port))
 
     def kill(self) -> None:
         """SIGKILL the HAProxy this test started: its process group (master and workers) by its PID."""
@@ -65,18 +57,8 @@ class Site:
         self.process.process.wait(10)
 
     def config(self, backends: list[Registration], *, handler: bool = True) -> PublishedConfig:
-        spec = ProxySpec.model_validate(
-            {
-                "kind": "haproxy",
-                "listen": f"127.0.0.1:{self.port}",
-                "headers": {"handler": handler},
-                "routes": [{"service": "web"}],
-            }
-        )
-        body = render(PROXY, spec, {"web": backends}, paths=self.paths).text
         self.generation += 1
-        digest = hashlib.sha256(body.encode()).hexdigest()
-        return PublishedConfig(hash=digest, generation=self.generation, kind="haproxy", body=body)
+        return self.published(backends, self.generation, handler=handler)
 
     async def differs_from(self, cfg: PublishedConfig) -> str:
         """How the servers HAProxy holds differ from ``cfg``'s (``""``: exactly the same)."""
@@ -89,11 +71,8 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    running = Site(tmp_path)
-    try:
+    with Site(tmp_path) as running:
         yield running
-    finally:
-        running.process.stop()
 
 
 async def publish(etcd: Etcd, cfg: PublishedConfig) -> None:
