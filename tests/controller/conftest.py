@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from ophelpers import Node, running
+from ophelpers import Node, Operator, prefixed_etcd, running
 
+from fleetop.etcd import Etcd
+from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
 
 
@@ -30,4 +32,11 @@ def node(tmp_path_factory: pytest.TempPathFactory, node_etcd: str | None) -> Ite
 async def fleet(node: Node) -> AsyncIterator[FleetClient]:
     """A fleet client on the module's node."""
     async with FleetClient(node.endpoint) as client:
+        yield client
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
+    """A client under the module's prefix, the one its operator (a module fixture) runs with."""
+    async with prefixed_etcd(etcd_server.endpoint, operator.prefix) as client:
         yield client

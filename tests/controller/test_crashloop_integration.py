@@ -16,11 +16,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, events_of, owned_mains, prefixed_etcd, running, status_of
+from ophelpers import Node, Operator, events_of, owned_mains, running, status_of
 
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
@@ -49,12 +49,6 @@ def operator(
     child = Operator(base, "crashloop", etcd_server.endpoint, PREFIX, node.endpoint, extra_args=backoff)
     with running(child) as proc:
         yield proc
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
-        yield client
 
 
 def count_of(events: list[Event], message: str) -> int:

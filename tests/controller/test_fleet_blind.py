@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,6 @@ from ophelpers import (
     Operator,
     events_of,
     owned_mains,
-    prefixed_etcd,
     running,
     running_mains,
     spec,
@@ -58,12 +57,6 @@ def operator(
     base = tmp_path_factory.mktemp("operator")
     with running(Operator(base, "blind", etcd_server.endpoint, PREFIX, endpoints)) as proc:
         yield proc
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
-        yield client
 
 
 def counter(metrics: str, name: str, labels: str = "") -> float:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from ophelpers import Node, Operator, prefixed_etcd, running, running_mains, spec
+from ophelpers import Node, Operator, running, running_mains, spec
 
 from backends import agent_running, handlers_seen, http_backends
 from fleetop.config import EtcdSettings
@@ -88,12 +88,6 @@ def operator(
     child = Operator(base, "hostile", etcd_server.endpoint, PREFIX, node.endpoint, extra_args=root)
     with running(child) as proc:
         yield proc
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
-        yield client
 
 
 def _status_model(kind: Kind) -> type[ServiceStatus] | type[ProxyStatus]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, prefixed_etcd, running, running_mains, spec, status_of
+from ophelpers import Node, Operator, owned_mains, running, running_mains, spec, status_of
 
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
@@ -39,12 +39,6 @@ def operator(
     base = tmp_path_factory.mktemp("operator")
     with running(Operator(base, "solo", etcd_server.endpoint, PREFIX, node.endpoint)) as proc:
         yield proc
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
-        yield client
 
 
 def available(status: ServiceStatus | None, replicas: int) -> bool:

@@ -16,10 +16,10 @@ import os
 import random
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-from ophelpers import Node, Operator, http_service, owned_mains, prefixed_etcd, running
+from ophelpers import Node, Operator, http_service, owned_mains, running
 
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
@@ -58,12 +58,6 @@ def operator(
     base = tmp_path_factory.mktemp("operator")
     with running(Operator(base, "regs", etcd_server.endpoint, PREFIX, node.endpoint)) as proc:
         yield proc
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with prefixed_etcd(etcd_server.endpoint, PREFIX) as client:
-        yield client
 
 
 async def published(etcd: Etcd, proxy: str) -> set[str]:
