@@ -137,7 +137,7 @@ class ProxySite:
         self.process.stop()
 
     def published(
-        self, backends: list[Registration], generation: int, *, handler: bool = True, extra: str = ""
+        self, backends: list[Registration], generation: int = 1, *, handler: bool = True, extra: str = ""
     ) -> PublishedConfig:
         """The config the operator would publish for one route to service ``web`` on ``backends``."""
         spec = ProxySpec.model_validate(
