@@ -20,6 +20,7 @@ from bench.harness import (
     Procs,
     ProxyRig,
     Stack,
+    agent_reloads,
     decode_agent,
     decode_published,
     etcd_client,
@@ -46,7 +47,7 @@ async def one_burst(
     config_key = KEYS.proxy_config(rig.name)
     start_config = decode_published(configs.items.get(config_key))
     gen0 = start_config.generation if start_config is not None else 0
-    reloads0 = _reloads(agents)
+    reloads0 = agent_reloads(agents)
     keys = [f"/services/{service}/{i:04d}" for i in range(SIZE)]
     t0 = now()
     for i, key in enumerate(keys):
@@ -77,21 +78,13 @@ async def one_burst(
         "writeSeconds": last - t0,
         "finalMs": (served - last) * 1000,
         "renders": gen1 - gen0,
-        "reloads": _reloads(agents) - reloads0,
+        "reloads": agent_reloads(agents) - reloads0,
     }
 
 
 def _applied(raw: bytes | None) -> int:
     status = decode_agent(raw)
     return status.applied_generation if status is not None and status.error is None else 0
-
-
-def _reloads(agents: KeyLog) -> int:
-    total = 0
-    for raw in agents.items.values():
-        status = decode_agent(raw)
-        total += status.reloads if status is not None else 0
-    return total
 
 
 async def run(opts: Options) -> WorkloadResult:

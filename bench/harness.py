@@ -372,6 +372,15 @@ def decode_agent(raw: bytes | None) -> AgentStatus | None:
     return None if raw is None else AgentStatus.model_validate_json(raw)
 
 
+def agent_reloads(agents: KeyLog) -> int:
+    """The agents' ``reloads`` counters, summed."""
+    total = 0
+    for raw in agents.items.values():
+        status = decode_agent(raw)
+        total += status.reloads if status is not None else 0
+    return total
+
+
 # -- the stack ------------------------------------------------------------------------------------------
 
 

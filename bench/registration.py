@@ -30,10 +30,10 @@ from bench.harness import (
     ProxyRig,
     Stack,
     Stamp,
+    agent_reloads,
     answered_by,
     applied_newer,
     config_newer,
-    decode_agent,
     decode_published,
     etcd_client,
     fetch,
@@ -106,7 +106,7 @@ async def measure_kind(
         applied: list[float] = []
         async with KeyLog(etcd, config_key) as configs, KeyLog(etcd, agent_prefix) as agents:
             await asyncio.sleep(0.5)
-            reloads0 = _reloads(agents)
+            reloads0 = agent_reloads(agents)
             for i in range(cycles):
                 address = backends[i % len(backends)]
                 key = f"/services/{service}/b{i % len(backends)}"
@@ -130,7 +130,7 @@ async def measure_kind(
                     if app is not None:
                         applied.append((app - t0) * 1000)
                     await asyncio.sleep(random.uniform(0.15, 0.3))
-            reloads = _reloads(agents) - reloads0
+            reloads = agent_reloads(agents) - reloads0
         result.add(f"{kind}: key put → request served by it", "ms", adds, TARGETS[kind, "add"])
         result.add(f"{kind}: key deleted → requests stop reaching it", "ms", removes, TARGETS[kind, "remove"])
         result.add(f"{kind}: key change → config published (watch)", "ms", published)
@@ -147,15 +147,6 @@ async def measure_kind(
         }
     finally:
         rig.stop(stack.procs)
-
-
-def _reloads(agents: KeyLog) -> int:
-    """The agents' ``reloads`` counters, summed (one agent here)."""
-    total = 0
-    for raw in agents.items.values():
-        status = decode_agent(raw)
-        total += status.reloads if status is not None else 0
-    return total
 
 
 async def _stamp(log: KeyLog, since: float, match: Callable[[Stamp], bool]) -> float | None:

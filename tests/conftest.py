@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from fleetop.config import settings_from
+from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer, find_etcd_binary
 
 
@@ -29,6 +31,14 @@ def etcd_prefix(request: pytest.FixtureRequest) -> str:
     """A key root unique to the test, so tests sharing one etcd never see each other's keys."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")
     return f"/t/{name}-{os.getpid()}-{id(request)}"
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
+    """A client of the session's etcd under the test's own ``etcd_prefix`` (a module may define its own)."""
+    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
+    async with await Etcd.connect(settings) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -339,6 +339,18 @@ def _credentials(look: _Lookup) -> tuple[str | None, SecretStr | None]:
     return user.strip(), SecretStr(password)
 
 
+def etcd_flags(inherited: Mapping[str, Any], endpoints: str | None, root: str | None) -> dict[str, Any]:
+    """The etcd flags for :func:`settings_from`: the main CLI's global ones (``fleetop --endpoints E
+    --prefix /root register ...``), overridden by the verb's own ``--endpoints`` and ``--root``
+    (``fleetop register`` and the sidekick)."""
+    flags = dict(inherited)
+    if endpoints:
+        flags["endpoints"] = endpoints
+    if root:
+        flags["prefix"] = root
+    return flags
+
+
 def settings_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -> EtcdSettings:
     """Settings from CLI ``flags`` (None or "" means not given) over ``environ``.
 

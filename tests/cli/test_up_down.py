@@ -11,12 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from backends import fetch
+from backends import Load, answered_by
 from fleetop.etcdserver import find_etcd_binary, free_port, port_is_free
 from fleetop.up import Backoff, Child, Stack, UpConfig, describe_exit
 from waiting import eventually
@@ -151,32 +150,6 @@ def test_an_operator_started_again_gets_a_free_metrics_port(tmp_path: Path) -> N
     assert operator.argv[-1] == stack.metrics_address and len(said) == 1
 
 
-class Load:
-    """Requests through a proxy on 127.0.0.1, one after another, until stopped."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.sent = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.sent += 1
-            try:
-                status, _ = fetch(self.port)
-                if status != 200:
-                    self.failures.append(f"HTTP {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-
 def free_base_port(hosts: list[str], count: int) -> int:
     """A base port with ``count`` consecutive ports free on every host (instances bind base + slot)."""
     for _ in range(200):
@@ -211,18 +184,24 @@ async def up_detached(state: Path, machines: int) -> dict[str, Any]:
 
 async def answering(port: int, instances: int) -> bool:
     """Whether requests through the proxy on ``port`` are answered by ``instances`` different ones."""
-    seen = set()
-    for _ in range(20 * instances):
-        try:
-            status, handler = await asyncio.to_thread(fetch, port)
-        except OSError:
-            return False
-        if status != 200:
-            return False
-        seen.add(handler)
-        if len(seen) == instances:
-            return True
-    return False
+    seen = await answered_by(port, 20 * instances, lambda seen: len(seen) == instances)
+    return seen is not None and len(seen) == instances
+
+
+async def serve_behind_nginx(
+    documents: Path, env: dict[str, str], name: str, spec: dict[str, Any], proxy_port: int
+) -> None:
+    """``fleetop apply`` service ``name`` (two instances) and an nginx ``edge`` on ``proxy_port`` naming
+    each handler; wait until both instances answer through it."""
+    edge = {"kind": "nginx", "listen": f"127.0.0.1:{proxy_port}", "routes": [{"service": name}]}
+    edge["headers"] = {"handler": True}
+    documents.write_text(
+        f"kind: Service\nname: {name}\nspec: {json.dumps(spec)}\n---\n"
+        f"kind: Proxy\nname: edge\nspec: {json.dumps(edge)}\n"
+    )
+    applied = await asyncio.to_thread(fleetop, "apply", "-f", str(documents), env=env)
+    assert applied.returncode == 0, applied.stderr
+    await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
 
 
 def stack_record(state: Path) -> dict[str, Any]:
@@ -259,19 +238,7 @@ async def test_the_stack_survives_its_operator(tmp_path: Path) -> None:
     """kill -9 of the operator under traffic through a managed nginx: no request fails, ``up`` starts
     the operator again, it becomes the leader and applies the next change; ``down`` stops everything."""
     state = tmp_path / "state"
-    up = await asyncio.to_thread(
-        fleetop,
-        "up",
-        "--detach",
-        "--state-dir",
-        str(state),
-        "--machines",
-        "2",
-        "--etcd-port",
-        str(free_port()),
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    record = stack_record(state)
+    record = await up_detached(state, machines=2)
     env = {"ETCDCTL_ENDPOINTS": record["etcdEndpoint"], "FLEETCTL_ENDPOINT": record["fleetEndpoint"]}
     pids = {*record["processes"].values(), record["pid"]}
     load: Load | None = None
@@ -283,18 +250,9 @@ async def test_the_stack_survives_its_operator(tmp_path: Path) -> None:
             "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
             "discovery": {"sidekick": True, "check": {"http": "/", "interval": "1s"}, "ttl": "10s"},
         }
-        edge = {"kind": "nginx", "listen": f"127.0.0.1:{proxy_port}", "routes": [{"service": "hello"}]}
-        edge["headers"] = {"handler": True}
-        documents = tmp_path / "stack.yaml"
-        documents.write_text(
-            f"kind: Service\nname: hello\nspec: {json.dumps(hello)}\n---\n"
-            f"kind: Proxy\nname: edge\nspec: {json.dumps(edge)}\n"
-        )
-        applied = await asyncio.to_thread(fleetop, "apply", "-f", str(documents), env=env)
-        assert applied.returncode == 0, applied.stderr
-        await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
+        await serve_behind_nginx(tmp_path / "stack.yaml", env, "hello", hello, proxy_port)
 
-        load = Load(proxy_port)
+        load = Load(proxy_port).start()
         operator = record["processes"]["operator"]
         os.kill(operator, signal.SIGKILL)
         new_operator = await eventually(lambda: restarted(state, "operator", operator), 60, "a new operator")
@@ -332,19 +290,7 @@ async def test_the_stack_starts_etcd_and_the_node_again(tmp_path: Path) -> None:
     stack running, and ``down`` still stops everything."""
     state = tmp_path / "state"
     marker = f"/bin/sleep {200000 + random.randrange(10**5)}"
-    up = await asyncio.to_thread(
-        fleetop,
-        "up",
-        "--detach",
-        "--state-dir",
-        str(state),
-        "--machines",
-        "1",
-        "--etcd-port",
-        str(free_port()),
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    record = stack_record(state)
+    record = await up_detached(state, machines=1)
     env = {"ETCDCTL_ENDPOINTS": record["etcdEndpoint"], "FLEETCTL_ENDPOINT": record["fleetEndpoint"]}
     pids = {*record["processes"].values(), record["pid"]}
     try:
@@ -419,18 +365,9 @@ async def test_a_stopped_node_costs_no_request(tmp_path: Path) -> None:
                 "ttl": "5s",
             },
         }
-        edge = {"kind": "nginx", "listen": f"127.0.0.1:{proxy_port}", "routes": [{"service": "chatty"}]}
-        edge["headers"] = {"handler": True}
-        documents = tmp_path / "stack.yaml"
-        documents.write_text(
-            f"kind: Service\nname: chatty\nspec: {json.dumps(chatty)}\n---\n"
-            f"kind: Proxy\nname: edge\nspec: {json.dumps(edge)}\n"
-        )
-        applied = await asyncio.to_thread(fleetop, "apply", "-f", str(documents), env=env)
-        assert applied.returncode == 0, applied.stderr
-        await eventually(lambda: answering(proxy_port, 2), 180, "nginx answering from both instances")
+        await serve_behind_nginx(tmp_path / "stack.yaml", env, "chatty", chatty, proxy_port)
 
-        loads = [Load(proxy_port), Load(proxy_port)]
+        loads = [Load(proxy_port).start(), Load(proxy_port).start()]
         os.kill(node, signal.SIGSTOP)
         try:
             await asyncio.sleep(30)  # the scenario: a node frozen for half a minute under traffic

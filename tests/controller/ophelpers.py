@@ -12,15 +12,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from fleetop.config import EtcdSettings
 from fleetop.controller.unitrender import owned_by
+from fleetop.etcd import Etcd
 from fleetop.etcdserver import free_port
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit, UnitState
 from fleetop.http import HttpSession, Timeouts
+from fleetop.keys import Keys
+from fleetop.models import Event, ServiceStatus
 
 T = TypeVar("T")
 NODE_MAIN = "from fleetop.node.cli import node_app; node_app()"
@@ -158,6 +164,43 @@ class Operator:
             return (await s.request("GET", "/metrics")).text
 
 
+class _Child(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Child)
+
+
+@contextmanager
+def running(child: C) -> Iterator[C]:
+    """Start a ``Node`` or ``Operator`` for the body of a ``with`` (a fixture's life), then stop it by PID."""
+    child.start()
+    try:
+        yield child
+    finally:
+        child.stop()
+
+
+@asynccontextmanager
+async def prefixed_etcd(endpoint: str, prefix: str) -> AsyncIterator[Etcd]:
+    """An etcd client on ``endpoint`` that sees only the keys below ``prefix`` (a test module's own)."""
+    async with await Etcd.connect(EtcdSettings(endpoints=(endpoint,), prefix=prefix)) as client:
+        yield client
+
+
+async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
+    """The status the operator wrote for service ``name``, if any."""
+    kv = await etcd.get(Keys().status("services", name))
+    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
+
+
+async def events_of(etcd: Etcd, name: str) -> list[Event]:
+    """The events the operator recorded for ``name``."""
+    items, _ = await etcd.list(Keys().events(name))
+    return [Event.model_validate_json(kv.value) for kv in items]
+
+
 def owned_mains(units: list[Unit], service: str) -> list[Unit]:
     """The main units fleetop owns for ``service``."""
     found = []
@@ -178,6 +221,22 @@ async def running_mains(fleet: FleetClient, service: str) -> dict[str, UnitState
         if current and state.active_state == "active" and state.sub_state == "running":
             running[state.name] = state
     return running
+
+
+def http_service(replicas: int, base: int) -> bytes:
+    """A service of ``python3 -m http.server`` instances on ``base`` + instance, each with a sidekick
+    that checks ``/`` every half second and registers for 5 s."""
+    body: dict[str, Any] = {
+        "replicas": replicas,
+        "ports": {"base": base},
+        "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
+        "discovery": {
+            "sidekick": True,
+            "check": {"http": "/", "interval": "0.5s", "timeout": "1s"},
+            "ttl": "5s",
+        },
+    }
+    return json.dumps(body).encode()
 
 
 def spec(replicas: int, exec_start: str = "/bin/sleep 1000", **extra: Any) -> bytes:

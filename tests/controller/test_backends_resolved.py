@@ -20,12 +20,11 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-from ophelpers import Node
+from ophelpers import Node, http_service
 
-from backends import fetch, http_backends, wait_port
+from backends import agent_running, fetch, http_backends, wait_port
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
 from fleetop.controller.manager import Manager
@@ -36,7 +35,7 @@ from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer, free_port
 from fleetop.keys import Keys
 from fleetop.models import AgentStatus, ProxyStatus, PublishedConfig
-from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.agent import AgentSettings
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
 from fleetop.proxy.render import RenderPaths
 from waiting import eventually
@@ -61,20 +60,6 @@ class StubDns:
         return self.table[name]
 
 
-def hello(replicas: int) -> bytes:
-    body: dict[str, Any] = {
-        "replicas": replicas,
-        "ports": {"base": BASE},
-        "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
-        "discovery": {
-            "sidekick": True,
-            "check": {"http": "/", "interval": "0.5s", "timeout": "1s"},
-            "ttl": "5s",
-        },
-    }
-    return json.dumps(body).encode()
-
-
 def edge(port: int) -> bytes:
     body = {
         "kind": "nginx",
@@ -89,13 +74,9 @@ def edge(port: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def node(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    running = Node(tmp_path_factory.mktemp("node"), machines=3, etcd_endpoint=etcd_server.endpoint)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def node_etcd(etcd_server: EtcdServer) -> str:
+    """The node's units find the session's etcd (the sidekicks register there)."""
+    return etcd_server.endpoint
 
 
 @pytest.fixture
@@ -151,12 +132,10 @@ async def nginx_with_agent(etcd: Etcd, root: Path, port: int) -> AsyncIterator[N
     settings = AgentSettings(
         proxy=PROXY, machine="m1", runtime_dir=target.parent, config_path=target, retry_min=0.05
     )
-    task = asyncio.create_task(ProxyAgent(etcd, KEYS, settings).run())
     try:
-        yield
+        async with agent_running(etcd, settings):
+            yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         process.stop()
 
 
@@ -188,7 +167,7 @@ async def test_an_unresolvable_backend_is_left_out_and_the_others_keep_flowing(
             await etcd.put("/services/ext/bad", b"no-such-host.invalid:80")
             await etcd.put("/services/ext/named", f"good.test:{named_backend.port}".encode())
             await etcd.put("/services/ext/far", f"127.0.2.1:{named_backend.port}".encode())
-            await etcd.put(KEYS.desired("services", "hello"), hello(2))
+            await etcd.put(KEYS.desired("services", "hello"), http_service(2, BASE))
             await etcd.put(KEYS.desired("proxies", PROXY), edge(port))
             async with operator(etcd_server.endpoint, node.endpoint, root, resolver):
                 try:
@@ -225,7 +204,7 @@ async def scenario(etcd: Etcd, port: int, named: str, dns: StubDns) -> None:
     assert any("no-such-host.invalid does not resolve" in m for m in messages), messages
     assert any("127.0.2.1" in m and "outside the allowed networks" in m for m in messages), messages
 
-    await etcd.put(KEYS.desired("services", "hello"), hello(3))
+    await etcd.put(KEYS.desired("services", "hello"), http_service(3, BASE))
 
     async def three_instances() -> bool:
         instances = await registered(etcd)

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, running_mains, spec
+from ophelpers import Node, Operator, events_of, owned_mains, running_mains, spec, status_of
 
 from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
@@ -27,7 +27,7 @@ from fleetop.etcdserver import EtcdServer, free_port
 from fleetop.fleet.client import FleetClient
 from fleetop.http import HttpSession, Timeouts
 from fleetop.keys import Keys
-from fleetop.models import Event, ProxyStatus, ServiceStatus
+from fleetop.models import ProxyStatus, ServiceStatus
 from waiting import eventually
 
 KEYS = Keys()
@@ -71,16 +71,6 @@ def prefix(request: pytest.FixtureRequest) -> str:
 async def etcd(etcd_server: EtcdServer, prefix: str) -> AsyncIterator[Etcd]:
     async for client in connect(etcd_server, prefix):
         yield client
-
-
-async def service_status(etcd: Etcd, name: str) -> ServiceStatus | None:
-    kv = await etcd.get(KEYS.status("services", name))
-    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
-
-
-async def events(etcd: Etcd, name: str) -> list[Event]:
-    found, _ = await etcd.list(KEYS.events(name))
-    return [Event.model_validate_json(kv.value) for kv in found]
 
 
 async def count_mains(fleet: FleetClient, name: str) -> int:
@@ -140,7 +130,9 @@ async def test_slow_custom_template_fails_alone(
         degraded = status.condition("Degraded")
         assert degraded is not None and "longer than 8s" in degraded.message
         assert "--render-timeout" in degraded.message
-        assert any(e.reason == "RenderFailed" and e.type == "Warning" for e in await events(etcd, "slowtpl"))
+        assert any(
+            e.reason == "RenderFailed" and e.type == "Warning" for e in await events_of(etcd, "slowtpl")
+        )
         assert await etcd.get(KEYS.proxy_config("slowtpl")) is None  # nothing published
         after = await etcd.get(KEYS.leader())
         assert after is not None and after.create_revision == leader.create_revision  # never lost its lease
@@ -199,7 +191,7 @@ async def test_ceilings_refuse_specs_with_a_reason(
     operator = start_operator(prefix, ["--max-instances-per-service", "4", "--max-instances", "6"])
 
     async def refused(name: str, reason: str) -> ServiceStatus | None:
-        status = await service_status(etcd, name)
+        status = await status_of(etcd, name)
         invalid = status.condition("Invalid") if status is not None else None
         return (
             status if invalid is not None and invalid.status == "True" and invalid.reason == reason else None
@@ -210,7 +202,7 @@ async def test_ceilings_refuse_specs_with_a_reason(
         status = await eventually(lambda: refused("huge", "ServiceInstanceCeiling"), CONVERGE, "huge refused")
         assert "replicas 5 exceeds the ceiling of 4" in (status.last_error or "")
         assert "--max-instances-per-service" in (status.last_error or "")
-        assert [e.type for e in await events(etcd, "huge") if e.reason == "ServiceInstanceCeiling"] == [
+        assert [e.type for e in await events_of(etcd, "huge") if e.reason == "ServiceInstanceCeiling"] == [
             "Warning"
         ]
 
@@ -223,13 +215,13 @@ async def test_ceilings_refuse_specs_with_a_reason(
         assert "over the ceiling of 6" in (status.last_error or "") and "--max-instances" in (
             status.last_error or ""
         )
-        assert any(e.reason == "ClusterInstanceCeiling" for e in await events(etcd, "second"))
+        assert any(e.reason == "ClusterInstanceCeiling" for e in await events_of(etcd, "second"))
         assert await count_mains(fleet, "second") == 0 and await count_mains(fleet, "huge") == 0
 
         await etcd.put(KEYS.desired("services", "first"), spec(1))  # makes room: second is admitted
         await eventually(lambda: running(fleet, "second", 4), CONVERGE, "second to run 4 once admitted")
         await eventually(lambda: running(fleet, "first", 1), CONVERGE, "first to run 1")
-        admitted = await service_status(etcd, "second")
+        admitted = await status_of(etcd, "second")
         assert admitted is not None and admitted.condition("Invalid") is None
     except AssertionError:
         print(operator.log_tail())

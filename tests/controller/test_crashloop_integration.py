@@ -16,13 +16,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, owned_mains
+from ophelpers import Node, Operator, events_of, owned_mains, running, status_of
 
-from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
@@ -36,51 +35,20 @@ BASE = 1.0
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, etcd_server: EtcdServer) -> Iterator[Node]:
-    """``fleetop node --machines 3`` whose machines point their units (sidekicks) at the test's etcd."""
-    running = Node(
-        tmp_path_factory.mktemp("node"), machines=3, extra_args=("--etcd-endpoints", etcd_server.endpoint)
-    )
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def node_etcd(etcd_server: EtcdServer) -> str:
+    """The node's machines point their units (sidekicks) at the test's etcd."""
+    return etcd_server.endpoint
 
 
 @pytest.fixture(scope="module")
 def operator(
     node: Node, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    proc = Operator(
-        tmp_path_factory.mktemp("operator"),
-        "crashloop",
-        etcd_server.endpoint,
-        PREFIX,
-        node.endpoint,
-        extra_args=("--restart-backoff", str(BASE)),
-    )
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("operator")
+    backoff = ("--restart-backoff", str(BASE))
+    child = Operator(base, "crashloop", etcd_server.endpoint, PREFIX, node.endpoint, extra_args=backoff)
+    with running(child) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
-        yield client
-
-
-async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
-    kv = await etcd.get(KEYS.status("services", name))
-    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
-
-
-async def events_of(etcd: Etcd, name: str) -> list[Event]:
-    items, _ = await etcd.list(KEYS.events(name))
-    return [Event.model_validate_json(kv.value) for kv in items]
 
 
 def count_of(events: list[Event], message: str) -> int:

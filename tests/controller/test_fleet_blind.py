@@ -15,18 +15,26 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, running_mains, spec
+from ophelpers import (
+    Node,
+    Operator,
+    events_of,
+    owned_mains,
+    running,
+    running_mains,
+    spec,
+    status_of,
+)
 
-from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
-from fleetop.models import Event, ServiceStatus
+from fleetop.models import ServiceStatus
 from fleetop.models.observed import OperatorObservation
 from waiting import eventually
 
@@ -46,18 +54,9 @@ def operator(
     node: Node, etcd_server: EtcdServer, dead_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     endpoints = f"{dead_endpoint},{node.endpoint}"
-    proc = Operator(tmp_path_factory.mktemp("operator"), "blind", etcd_server.endpoint, PREFIX, endpoints)
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("operator")
+    with running(Operator(base, "blind", etcd_server.endpoint, PREFIX, endpoints)) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
-        yield client
 
 
 def counter(metrics: str, name: str, labels: str = "") -> float:
@@ -68,11 +67,6 @@ def counter(metrics: str, name: str, labels: str = "") -> float:
 async def fleet_writes(operator: Operator) -> dict[str, float]:
     text = await operator.metrics()
     return {op: counter(text, "fleetop_fleet_api_calls_total", f'{{operation="{op}"}}') for op in WRITES}
-
-
-async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
-    kv = await etcd.get(KEYS.status("services", name))
-    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
 
 
 async def observed(etcd: Etcd) -> OperatorObservation | None:
@@ -99,11 +93,6 @@ async def converged(etcd: Etcd, fleet: FleetClient, name: str, replicas: int, op
         print(operator.log_tail())
         raise
     return result
-
-
-async def events_of(etcd: Etcd, name: str) -> list[Event]:
-    items, _ = await etcd.list(KEYS.events(name))
-    return [Event.model_validate_json(kv.value) for kv in items]
 
 
 async def test_fails_over_then_changes_nothing_while_fleet_is_frozen(

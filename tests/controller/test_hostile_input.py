@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from ophelpers import Node, Operator, running_mains, spec
+from ophelpers import Node, Operator, running, running_mains, spec
 
-from backends import handlers_seen, http_backends
+from backends import agent_running, handlers_seen, http_backends
 from fleetop.config import EtcdSettings
 from fleetop.controller.contain import FailureReporter
 from fleetop.controller.executor import Executor
@@ -34,7 +34,7 @@ from fleetop.etcdserver import EtcdServer, free_port
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys, is_name
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
-from fleetop.proxy.agent import AgentSettings, ProxyAgent
+from fleetop.proxy.agent import AgentSettings
 from fleetop.proxy.apply import initial_config, start_proxy
 from fleetop.proxy.policy import AgentPolicy
 from fleetop.proxy.render import RenderPaths
@@ -86,18 +86,9 @@ def operator(
 ) -> Iterator[Operator]:
     base = tmp_path_factory.mktemp("operator")
     root = ("--proxy-root", str(proxy_root))
-    proc = Operator(base, "hostile", etcd_server.endpoint, PREFIX, node.endpoint, extra_args=root)
-    proc.start()
-    try:
+    child = Operator(base, "hostile", etcd_server.endpoint, PREFIX, node.endpoint, extra_args=root)
+    with running(child) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
-        yield client
 
 
 def _status_model(kind: Kind) -> type[ServiceStatus] | type[ProxyStatus]:
@@ -334,12 +325,10 @@ async def serving(etcd: Etcd, proxy_root: Path, directory: Path, port: int) -> A
         retry_min=0.05,
         policy=AgentPolicy().with_dirs([proxy_root / "fz-edge"]),  # where the operator renders its pid file
     )
-    task = asyncio.create_task(ProxyAgent(etcd, Keys(), settings).run())
     try:
-        yield
+        async with agent_running(etcd, settings):
+            yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         process.stop()
 
 

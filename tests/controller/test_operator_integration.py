@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-from ophelpers import Node, Operator, owned_mains, running_mains, spec
+from ophelpers import Node, Operator, owned_mains, running, running_mains, spec, status_of
 
 from fleetop.config import EtcdSettings
 from fleetop.controller.leader import LeaderTimings
@@ -36,23 +36,9 @@ CONVERGE = 40.0
 def operator(
     node: Node, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    proc = Operator(tmp_path_factory.mktemp("operator"), "solo", etcd_server.endpoint, PREFIX, node.endpoint)
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("operator")
+    with running(Operator(base, "solo", etcd_server.endpoint, PREFIX, node.endpoint)) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
-        yield client
-
-
-async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
-    kv = await etcd.get(KEYS.status("services", name))
-    return None if kv is None else ServiceStatus.model_validate_json(kv.value)
 
 
 def available(status: ServiceStatus | None, replicas: int) -> bool:

@@ -16,13 +16,11 @@ import os
 import random
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-from ophelpers import Node, Operator, owned_mains
+from ophelpers import Node, Operator, http_service, owned_mains, running
 
-from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from fleetop.fleet.client import FleetClient
@@ -34,20 +32,6 @@ PREFIX = f"/t/regfollow-{os.getpid()}"
 KEYS = Keys()
 SERVER_RE = re.compile(r"^\s*server\s+(?:\S+\s+)?(\d+\.\d+\.\d+\.\d+:\d+)", re.MULTILINE)
 BASE = random.randrange(30000, 39000, 10)
-
-
-def web(replicas: int) -> bytes:
-    body: dict[str, Any] = {
-        "replicas": replicas,
-        "ports": {"base": BASE},
-        "unit": {"execStart": "python3 -m http.server --bind ${COREOS_PRIVATE_IPV4} %i"},
-        "discovery": {
-            "sidekick": True,
-            "check": {"http": "/", "interval": "0.5s", "timeout": "1s"},
-            "ttl": "5s",
-        },
-    }
-    return json.dumps(body).encode()
 
 
 def edge(*services: str) -> bytes:
@@ -62,32 +46,18 @@ def edge(*services: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def node(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """A node whose units find the session's etcd (the sidekicks register there)."""
-    running = Node(tmp_path_factory.mktemp("node"), machines=3, etcd_endpoint=etcd_server.endpoint)
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+def node_etcd(etcd_server: EtcdServer) -> str:
+    """The node's units find the session's etcd (the sidekicks register there)."""
+    return etcd_server.endpoint
 
 
 @pytest.fixture(scope="module")
 def operator(
     node: Node, etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    proc = Operator(tmp_path_factory.mktemp("operator"), "regs", etcd_server.endpoint, PREFIX, node.endpoint)
-    proc.start()
-    try:
+    base = tmp_path_factory.mktemp("operator")
+    with running(Operator(base, "regs", etcd_server.endpoint, PREFIX, node.endpoint)) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, operator: Operator) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=PREFIX)) as client:
-        yield client
 
 
 async def published(etcd: Etcd, proxy: str) -> set[str]:
@@ -113,7 +83,7 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
     service, proxy = "regs", "regs-edge"
     etcd_endpoint = etcd_server.endpoint
     try:
-        await etcd.put(KEYS.desired("services", service), web(3))
+        await etcd.put(KEYS.desired("services", service), http_service(3, BASE))
         await etcd.put(KEYS.desired("proxies", proxy), edge(service))
 
         async def three() -> dict[str, str] | None:
@@ -123,7 +93,7 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
 
         first = await eventually(three, 90, "3 registered instances in the published config")
 
-        await etcd.put(KEYS.desired("services", service), web(1))
+        await etcd.put(KEYS.desired("services", service), http_service(1, BASE))
 
         async def one() -> bool:
             mains = owned_mains(await fleet.list_units(), service)
@@ -163,7 +133,7 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
         assert described.returncode == 0 and b"Skipped:              2 registration(s)" in out, out.decode()
 
         # scaled up again: the config follows the instances the operator runs now, and only those
-        await etcd.put(KEYS.desired("services", service), web(3))
+        await etcd.put(KEYS.desired("services", service), http_service(3, BASE))
 
         async def back() -> set[str] | None:
             mains = {

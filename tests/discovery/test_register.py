@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,8 +62,9 @@ class Backend:
             self.proc = None
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Backend]:
+@pytest.fixture(name="backend")
+def backend_fixture(tmp_path: Path) -> Iterator[Backend]:
+    """A static HTTP server (also test_sidekick's)."""
     web = tmp_path / "www"
     web.mkdir()
     (web / "index.html").write_text("<h1>up</h1>\n")
@@ -73,16 +74,6 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
-    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
-    client = await Etcd.connect(settings)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def eventually(predicate: Callable[[], Awaitable[bool]], what: str, deadline: float = DEADLINE) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.discovery.test_register import Backend
+from tests.discovery.test_register import Backend, backend_fixture  # noqa: F401
 
 from etcd_tls import SecureEtcd, secure_etcd_fixture  # noqa: F401
 from fleetop.config import settings_from
@@ -31,19 +31,6 @@ from waiting import eventually
 KEY = "/services/web/8001"
 LONG_TTL = "120s"
 """Longer than any wait below: a key that goes away did not expire, it was deleted."""
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Backend]:
-    web = tmp_path / "www"
-    web.mkdir()
-    (web / "index.html").write_text("<h1>up</h1>\n")
-    server = Backend(web)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Sidekick:
@@ -179,19 +166,24 @@ def anonymous(secure_etcd: SecureEtcd, user: str) -> dict[str, str]:
     return env
 
 
-async def test_tls_client_certificate_and_user(
-    tmp_path: Path, secure_etcd: SecureEtcd, backend: Backend
-) -> None:
-    side = Sidekick(tmp_path, register_args(backend.port), anonymous(secure_etcd, "root"))
-    client = Gateway(settings_from({}, anonymous(secure_etcd, "root")))
+async def registers_then_withdraws(side: Sidekick, client: Gateway, what: str) -> str:
+    """Wait for ``side``'s key, stop it (exit 0): the key is gone. Its log."""
     try:
-        await eventually(lambda: value(client) is not None, what="registered over TLS as root")
+        await eventually(lambda: value(client) is not None, what=what)
         assert side.stop() == 0
         assert value(client) is None
     finally:
         side.close()
         client.close()
-    log = side.log.read_text()
+    return side.log.read_text()
+
+
+async def test_tls_client_certificate_and_user(
+    tmp_path: Path, secure_etcd: SecureEtcd, backend: Backend
+) -> None:
+    side = Sidekick(tmp_path, register_args(backend.port), anonymous(secure_etcd, "root"))
+    client = Gateway(settings_from({}, anonymous(secure_etcd, "root")))
+    log = await registers_then_withdraws(side, client, "registered over TLS as root")
     assert secure_etcd.root_password not in log
     assert "gRPC" not in log  # the lean path all along
 
@@ -201,14 +193,7 @@ async def test_a_certificate_with_a_common_name_registers_through_grpc(
 ) -> None:
     side = Sidekick(tmp_path, register_args(backend.port), secure_etcd.environ("root"))
     client = Gateway(settings_from({}, anonymous(secure_etcd, "root")))
-    try:
-        await eventually(lambda: value(client) is not None, what="registered through the gRPC client")
-        assert side.stop() == 0
-        assert value(client) is None
-    finally:
-        side.close()
-        client.close()
-    log = side.log.read_text()
+    log = await registers_then_withdraws(side, client, "registered through the gRPC client")
     assert "CommonName" in log and "gRPC client instead" in log
     assert secure_etcd.root_password not in log
 

@@ -9,18 +9,21 @@ which the node writes, and nothing there names a prefix.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 
 from ophelpers import NODE_MAIN, stop_process
 
+from fleetop.etcd import Etcd
 from fleetop.etcdserver import EtcdServer
 from waiting import eventually
 
@@ -84,4 +87,38 @@ def start_operator(
     return spawn(args, base / "operator.log")
 
 
-__all__ = ["NODE_MAIN", "Stack", "eventually", "start_node", "start_operator", "stop_process"]
+@contextlib.contextmanager
+def running_stack(base: Path, operator_args: Sequence[str] = ()) -> Iterator[Stack]:
+    """A stack under ``base`` for the body of a ``with`` (a module's life); each part stopped by PID."""
+    etcd = EtcdServer(base / "etcd")
+    etcd.start()
+    node: subprocess.Popen[bytes] | None = None
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        node, fleet_endpoint = start_node(base, etcd.endpoint)
+        proxy_root = base / "proxies"
+        operator = start_operator(base, etcd.endpoint, fleet_endpoint, proxy_root, operator_args)
+        yield Stack(base, etcd, fleet_endpoint, proxy_root, node, operator)
+    finally:
+        if operator is not None:
+            stop_process(operator)
+        if node is not None:
+            stop_process(node, timeout=60.0)
+        etcd.stop()
+
+
+async def put(etcd: Etcd, key: str, body: dict[str, Any]) -> None:
+    """Write ``body`` as JSON at ``key``."""
+    await etcd.put(key, json.dumps(body).encode())
+
+
+__all__ = [
+    "NODE_MAIN",
+    "Stack",
+    "eventually",
+    "put",
+    "running_stack",
+    "start_node",
+    "start_operator",
+    "stop_process",
+]

@@ -8,23 +8,18 @@ and every unit that runs fleetop must name it there for requests to get through.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shutil
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from e2ehelpers import Stack, eventually, start_node, start_operator, stop_process
+from e2ehelpers import Stack, eventually, put, running_stack
 
-from backends import fetch
-from fleetop.config import EtcdSettings
+from backends import answered_by
 from fleetop.controller.unitrender import owned_by
 from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcdserver import free_port
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.units import option_values
 from fleetop.node.execenv import DEFAULT_PATH
@@ -47,32 +42,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, installed: Path) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("e2e-path")
-    etcd = EtcdServer(base / "etcd")
-    etcd.start()
-    node: subprocess.Popen[bytes] | None = None
-    operator: subprocess.Popen[bytes] | None = None
-    try:
-        node, fleet_endpoint = start_node(base, etcd.endpoint)
-        proxy_root = base / "proxies"
-        extra = ["--fleetop-path", str(installed)]
-        operator = start_operator(base, etcd.endpoint, fleet_endpoint, proxy_root, extra)
-        yield Stack(base, etcd, fleet_endpoint, proxy_root, node, operator)
-    finally:
-        if operator is not None:
-            stop_process(operator)
-        if node is not None:
-            stop_process(node, timeout=60.0)
-        etcd.stop()
-
-
-@pytest.fixture
-async def etcd(stack: Stack) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(stack.etcd_endpoint,))) as client:
-        yield client
-
-
-async def put(etcd: Etcd, key: str, body: dict[str, Any]) -> None:
-    await etcd.put(key, json.dumps(body).encode())
+    with running_stack(base, ["--fleetop-path", str(installed)]) as started:
+        yield started
 
 
 async def registered(etcd: Etcd, service: str, count: int) -> set[str] | None:
@@ -83,18 +54,7 @@ async def registered(etcd: Etcd, service: str, count: int) -> set[str] | None:
 
 async def all_answer(port: int, backends: set[str]) -> bool:
     """Requests through the proxy reach every backend, and none fails."""
-    seen: set[str] = set()
-    for _ in range(40):
-        try:
-            status, handler = await asyncio.to_thread(fetch, port)
-        except OSError:
-            return False
-        if status != 200:
-            return False
-        seen.add(handler)
-        if seen == backends:
-            return True
-    return False
+    return await answered_by(port, 40, lambda seen: seen == backends) == backends
 
 
 async def test_sidekicks_register_and_a_managed_nginx_serves(

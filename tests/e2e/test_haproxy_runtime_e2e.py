@@ -13,16 +13,13 @@ import asyncio
 import json
 import os
 import signal
-import threading
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2ehelpers import Stack, eventually
 
-from backends import fetch, handlers_seen, http_backends
-from fleetop.config import EtcdSettings
+from backends import Load, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import free_port
@@ -37,12 +34,6 @@ KEYS = Keys()
 PROXY = "rt"
 SERVICE = "rtweb"
 CONVERGE = 90.0
-
-
-@pytest.fixture
-async def etcd(stack: Stack) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(stack.etcd_endpoint,))) as client:
-        yield client
 
 
 @pytest.fixture
@@ -103,41 +94,6 @@ async def holds(config: PublishedConfig) -> None:
     await eventually(same, 30, "show servers state equal to the published servers", every=0.05)
 
 
-@dataclass
-class Load:
-    port: int
-    sent: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Load:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sent += 1
-            try:
-                status, _ = fetch(self.port)
-                if status != 200:
-                    self.failures.append(f"HTTP {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self._stop.wait(0.01)
-
-    async def more(self, count: int) -> None:
-        """Wait until ``count`` more requests went through the proxy in its current state."""
-        target = self.sent + count
-        await eventually(lambda: self.sent >= target, 60, f"{count} more requests", every=0.05)
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-
-
 def _parent(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as stat:
         return int(stat.read().rpartition(b")")[2].split()[1])
@@ -174,7 +130,7 @@ async def test_backends_come_and_go_without_reloads_and_survive_a_kill(
         await eventually(lambda: _serves(port, {a.address}), CONVERGE, "the proxy serving")
         reloads = status.reloads
 
-        with Load(port) as load:
+        with Load(port, interval=0.01) as load:
             for backends in ([a, b], [b], [a, b, c], [c], [a, c]):
                 status = await change(etcd, port, backends)
                 await load.more(30)
@@ -198,7 +154,7 @@ async def test_backends_come_and_go_without_reloads_and_survive_a_kill(
         await eventually(lambda: _serves(port, {a.address, c.address}), CONVERGE, "serving after restart")
 
         await settled(etcd, [a, c])  # the agent (restarted with its unit or not) is on the newest
-        with Load(port) as load:
+        with Load(port, interval=0.01) as load:
             for backends in ([b, c], [a]):
                 status = await change(etcd, port, backends)
                 await load.more(30)

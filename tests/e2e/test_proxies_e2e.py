@@ -7,23 +7,19 @@ Everything is a real process on loopback. Waits use generous deadlines, never ti
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
-from e2ehelpers import Stack, eventually
+from e2ehelpers import Stack, eventually, put
 from typer.testing import CliRunner
 
-from backends import fetch
+from backends import Load, answered_by
 from fleetop.cli.main import app
-from fleetop.config import EtcdSettings
 from fleetop.etcd import Etcd
 from fleetop.etcdserver import free_port
 from fleetop.keys import Keys
@@ -64,16 +60,6 @@ def proxy_spec(kind: str, port: int, service: str, **extra: Any) -> dict[str, An
     return body
 
 
-@pytest.fixture
-async def etcd(stack: Stack) -> AsyncIterator[Etcd]:
-    async with await Etcd.connect(EtcdSettings(endpoints=(stack.etcd_endpoint,))) as client:
-        yield client
-
-
-async def put(etcd: Etcd, key: str, body: dict[str, Any]) -> None:
-    await etcd.put(key, json.dumps(body).encode())
-
-
 async def published(etcd: Etcd, proxy: str) -> PublishedConfig | None:
     kv = await etcd.get(KEYS.proxy_config(proxy))
     return None if kv is None else PublishedConfig.model_validate_json(kv.value)
@@ -101,51 +87,7 @@ async def agents(etcd: Etcd, proxy: str) -> list[AgentStatus]:
 
 async def handlers(port: int, requests: int = 30) -> set[str] | None:
     """The backends that answered ``requests`` requests, or None when one of them failed."""
-    seen: set[str] = set()
-    for _ in range(requests):
-        try:
-            status, handler = await asyncio.to_thread(fetch, port)
-        except OSError:
-            return None
-        if status != 200:
-            return None
-        seen.add(handler)
-    return seen
-
-
-@dataclass
-class Load:
-    """A steady stream of requests on loopback (one every ``interval`` s), bounded by ``limit`` s."""
-
-    port: int
-    interval: float = 0.015
-    limit: float = 180.0
-    sent: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Load:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.limit
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self.sent += 1
-            try:
-                status, _ = fetch(self.port)
-                if status != 200:
-                    self.failures.append(f"HTTP {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self._stop.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+    return await answered_by(port, requests)
 
 
 # -- processes the node started for us ----------------------------------------------------------------
@@ -245,7 +187,8 @@ async def test_zero_failed_requests_while_scaling(stack: Stack, etcd: Etcd) -> N
     for proxy, port in (("scale-nginx", nginx_port), ("scale-haproxy", haproxy_port)):
         await eventually(lambda p=proxy: _count(servers(etcd, p), 2), CONVERGE, f"{proxy} with 2 backends")
         await eventually(lambda p=port: _count_handlers(handlers(p), 2), CONVERGE, f"{proxy} serving both")
-    loads = {"nginx": Load(nginx_port).start(), "haproxy": Load(haproxy_port).start()}
+    steady = {"interval": 0.015, "limit": 180.0}  # one request every 15 ms, for 3 minutes at most
+    loads = {"nginx": Load(nginx_port, **steady).start(), "haproxy": Load(haproxy_port, **steady).start()}
     events = 0
     started = time.monotonic()
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import subprocess
 import sys
@@ -19,18 +18,16 @@ from typing import Any
 
 import pytest
 
-from backends import fetch, handlers_seen, http_backends
-from fleetop.config import settings_from
+from backends import ProxySite, agent_running, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcdserver import EtcdServer
 from fleetop.keys import Keys
-from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy import apply as apply_module
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
-from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
+from fleetop.proxy.apply import start_proxy
 from fleetop.proxy.published import FORMAT_COMPRESSED, encode_published
-from fleetop.proxy.render import RenderPaths, render
 
 PROXY = "edge"
 MACHINE = "m1"
@@ -43,47 +40,20 @@ def backends(tmp_path: Path) -> Iterator[list[Registration]]:
         yield regs
 
 
-class Site:
+class Site(ProxySite):
     """A running nginx with its config path, runtime paths and port."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port("127.0.0.1")
-        self.paths = RenderPaths(str(tmp_path / "run"))
-        self.target = tmp_path / "nginx.conf"
-        self.target.write_text(initial_config(PROXY, "nginx", f"127.0.0.1:{self.port}", self.paths))
-        self.process: ProxyProcess = start_proxy(
-            "nginx", self.target, self.paths, listen=("127.0.0.1", self.port)
-        )
+        super().__init__(tmp_path, "nginx", PROXY)
 
     def config(self, backends: list[Registration], generation: int, extra: str = "") -> PublishedConfig:
-        spec = ProxySpec.model_validate(
-            {
-                "kind": "nginx",
-                "listen": f"127.0.0.1:{self.port}",
-                "headers": {"handler": True},
-                "routes": [{"service": "web"}],
-            }
-        )
-        body = render(PROXY, spec, {"web": backends}, paths=self.paths).text + extra
-        return PublishedConfig(
-            hash=hashlib.sha256(body.encode()).hexdigest(), generation=generation, kind="nginx", body=body
-        )
+        return self.published(backends, generation, extra=extra)
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    running = Site(tmp_path)
-    try:
+    with Site(tmp_path) as running:
         yield running
-    finally:
-        running.process.stop()
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
-    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
-    async with await Etcd.connect(settings) as client:
-        yield client
 
 
 async def publish(etcd: Etcd, cfg: PublishedConfig | str) -> None:
@@ -124,13 +94,8 @@ async def running_agent(etcd: Etcd, site: Site) -> AsyncIterator[ProxyAgent]:
     settings = AgentSettings(
         proxy=PROXY, machine=MACHINE, runtime_dir=site.target.parent, config_path=site.target, retry_min=0.05
     )
-    agent = ProxyAgent(etcd, Keys(), settings)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with agent_running(etcd, settings) as agent:
         yield agent
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_agent_applies_published_configs_and_reports(

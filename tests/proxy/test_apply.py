@@ -13,24 +13,20 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from backends import fetch, handlers_seen, http_backends
+from backends import ProxySite, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
-from fleetop.etcdserver import free_port
 from fleetop.models import ProxySpec, PublishedConfig
 from fleetop.proxy.apply import (
     ApplyError,
-    ProxyProcess,
     apply_config,
     command_argv,
     initial_config,
     pid_file_of,
-    start_proxy,
     uses_shell,
 )
 from fleetop.proxy.render import RenderPaths, render
@@ -45,54 +41,21 @@ def backends(tmp_path: Path) -> Iterator[list[Registration]]:
         yield regs
 
 
-@dataclass
-class Proxy:
-    kind: Kind
-    port: int
-    target: Path
-    paths: RenderPaths
-    process: ProxyProcess
-
-    def published(
-        self, backends: list[Registration], *, generation: int = 1, extra: str = "", handler: bool = True
-    ) -> PublishedConfig:
-        spec = ProxySpec.model_validate(
-            {
-                "kind": self.kind,
-                "listen": f"127.0.0.1:{self.port}",
-                "headers": {"handler": handler},
-                "routes": [{"service": "web"}],
-            }
-        )
-        text = render("edge", spec, {"web": backends}, paths=self.paths).text + extra
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        return PublishedConfig(hash=digest, generation=generation, kind=self.kind, body=text)
-
-
-def start(kind: Kind, tmp_path: Path) -> Proxy:
-    port = free_port("127.0.0.1")
-    paths = RenderPaths(str(tmp_path / "run"))
-    target = tmp_path / f"{kind}.conf"
-    target.write_text(initial_config("edge", kind, f"127.0.0.1:{port}", paths))
-    process = start_proxy(kind, target, paths, listen=("127.0.0.1", port))
-    return Proxy(kind, port, target, paths, process)
-
-
 @pytest.fixture(params=["nginx", "haproxy"])
-def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxy]:
-    running = start(request.param, tmp_path)
+def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProxySite]:
+    running = ProxySite(tmp_path, request.param, "edge")
     try:
         yield running
     finally:
         running.process.stop()
 
 
-async def test_the_initial_config_serves_404(proxy: Proxy) -> None:
+async def test_the_initial_config_serves_404(proxy: ProxySite) -> None:
     status, _ = await asyncio.to_thread(fetch, proxy.port)
     assert status == 404
 
 
-async def test_apply_reaches_both_backends(proxy: Proxy, backends: list[Registration]) -> None:
+async def test_apply_reaches_both_backends(proxy: ProxySite, backends: list[Registration]) -> None:
     cfg = proxy.published(backends)
     result = await apply_config(cfg, proxy.target, check=None, reload=None, timeout=30)
     assert result.reloaded and result.hash == cfg.hash
@@ -104,7 +67,7 @@ async def test_apply_reaches_both_backends(proxy: Proxy, backends: list[Registra
 
 
 async def test_a_config_failing_its_check_is_never_installed(
-    proxy: Proxy, backends: list[Registration]
+    proxy: ProxySite, backends: list[Registration]
 ) -> None:
     good = proxy.published(backends)
     await apply_config(good, proxy.target, check=None, reload=None, timeout=30)
@@ -125,7 +88,7 @@ async def test_a_config_failing_its_check_is_never_installed(
 
 async def test_haproxy_reloads_without_failing_requests(tmp_path: Path, backends: list[Registration]) -> None:
     """Seamless reload (master-worker, expose-fd listeners): 10 reloads under a request loop, 0 errors."""
-    proxy = start("haproxy", tmp_path)
+    proxy = ProxySite(tmp_path, "haproxy", "edge")
     try:
         configs = [
             proxy.published(backends, generation=1),
@@ -281,7 +244,7 @@ async def test_a_superseded_config_is_not_installed(tmp_path: Path) -> None:
 async def test_a_reload_that_nginx_cannot_load_is_reported(tmp_path: Path) -> None:
     """The check passes (nginx -t does not bind), but the reload cannot bind the new port: nginx keeps
     the old config and forks no new worker, which the apply notices."""
-    proxy = start("nginx", tmp_path)
+    proxy = ProxySite(tmp_path, "nginx", "edge")
     try:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
@@ -330,7 +293,7 @@ def hang_up_backend(host: str, received: list[bytes]) -> Iterator[Registration]:
         listener.close()
 
 
-async def one_worker_left(proxy: Proxy, timeout: float = 30.0) -> None:
+async def one_worker_left(proxy: ProxySite, timeout: float = 30.0) -> None:
     """Wait until the master has only its new worker: nginx signals the old one 100 ms after starting
     the new one, HAProxy's old worker finishes its connections first."""
     children = Path(f"/proc/{proxy.process.pid}/task/{proxy.process.pid}/children")
@@ -352,7 +315,7 @@ def request(port: int, method: str) -> int:
 
 
 async def test_a_backend_hanging_up_is_retried_for_safe_methods_only(
-    proxy: Proxy, backends: list[Registration]
+    proxy: ProxySite, backends: list[Registration]
 ) -> None:
     """A backend that dies with a request in flight: GETs go to another server (nginx's default
     proxy_next_upstream, HAProxy's retry-on), a POST is never sent twice."""

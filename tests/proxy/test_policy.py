@@ -4,7 +4,6 @@ processes; the commands would leave marker files behind if they ran)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -18,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetop.config import settings_from
+from backends import agent_running
 from fleetop.errors import ConfigError
 from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcdserver import free_port
 from fleetop.keys import Keys
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
@@ -53,23 +52,11 @@ def _published(generation: int, **fields: object) -> PublishedConfig:
     )
 
 
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
-    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
-    async with await Etcd.connect(settings) as client:
-        yield client
-
-
 @contextlib.asynccontextmanager
 async def agent_with(etcd: Etcd, runtime: Path, policy: AgentPolicy) -> AsyncIterator[ProxyAgent]:
     settings = AgentSettings(proxy=PROXY, machine=MACHINE, runtime_dir=runtime, policy=policy, retry_min=0.05)
-    agent = ProxyAgent(etcd, Keys(), settings)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with agent_running(etcd, settings) as agent:
         yield agent
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _status(etcd: Etcd, cfg: PublishedConfig) -> AgentStatus | None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import AsyncIterator
 
 import pytest
 
-from fleetop.config import settings_from
 from fleetop.controller.proxystatus import collect_backends
 from fleetop.errors import FleetopError
 from fleetop.etcd import Etcd
@@ -90,13 +88,6 @@ def test_a_format_2_document_is_refused_by_a_format_1_reader() -> None:
 def test_a_config_too_large_even_compressed_is_refused_at_publish() -> None:
     with pytest.raises(PublishedFormatError, match="above the 1,000 bytes"):
         encode_published(config(big_body()), limit=1000)
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
-    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
-    async with await Etcd.connect(settings) as client:
-        yield client
 
 
 def hundred_thousand() -> PublishedConfig:

@@ -9,42 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http.server
 import logging
 import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from backends import fetch, handlers_seen, http_backends
-from fleetop.config import settings_from
+from backends import Load, ProxySite, agent_running, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcdserver import free_port
 from fleetop.keys import Keys
-from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
+from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
-from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
+from fleetop.proxy.apply import start_proxy
 from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError
 from fleetop.proxy.haproxy_servers import mismatch, parse_config
 from fleetop.proxy.policy import AgentPolicy, AllowedCommand
-from fleetop.proxy.render import RenderPaths, render
+from fleetop.proxy.render import RenderPaths
 from waiting import eventually
 
 PROXY = "edge"
 MACHINE = "m1"
-
-
-@pytest.fixture
-async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
-    settings = settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})
-    async with await Etcd.connect(settings) as client:
-        yield client
 
 
 @pytest.fixture
@@ -54,19 +44,12 @@ def pool(tmp_path: Path) -> Iterator[list[Registration]]:
         yield regs
 
 
-class Site:
+class Site(ProxySite):
     """A running HAProxy (master-worker, started here) with its config path and admin socket."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port("127.0.0.1")
-        self.paths = RenderPaths(str(tmp_path / "run"))
-        self.target = tmp_path / "haproxy.cfg"
-        self.target.write_text(initial_config(PROXY, "haproxy", f"127.0.0.1:{self.port}", self.paths))
-        self.process: ProxyProcess = self.start()
+        super().__init__(tmp_path, "haproxy", PROXY)
         self.generation = 0
-
-    def start(self) -> ProxyProcess:
-        return start_proxy("haproxy", self.target, self.paths, listen=("127.0.0.1", self.port))
 
     def kill(self) -> None:
         """SIGKILL the HAProxy this test started: its process group (master and workers) by its PID."""
@@ -74,18 +57,8 @@ class Site:
         self.process.process.wait(10)
 
     def config(self, backends: list[Registration], *, handler: bool = True) -> PublishedConfig:
-        spec = ProxySpec.model_validate(
-            {
-                "kind": "haproxy",
-                "listen": f"127.0.0.1:{self.port}",
-                "headers": {"handler": handler},
-                "routes": [{"service": "web"}],
-            }
-        )
-        body = render(PROXY, spec, {"web": backends}, paths=self.paths).text
         self.generation += 1
-        digest = hashlib.sha256(body.encode()).hexdigest()
-        return PublishedConfig(hash=digest, generation=self.generation, kind="haproxy", body=body)
+        return self.published(backends, self.generation, handler=handler)
 
     async def differs_from(self, cfg: PublishedConfig) -> str:
         """How the servers HAProxy holds differ from ``cfg``'s (``""``: exactly the same)."""
@@ -98,11 +71,8 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    running = Site(tmp_path)
-    try:
+    with Site(tmp_path) as running:
         yield running
-    finally:
-        running.process.stop()
 
 
 async def publish(etcd: Etcd, cfg: PublishedConfig) -> None:
@@ -147,45 +117,8 @@ async def running_agent(
         drain_timeout=drain_timeout,
         policy=AgentPolicy(commands=(AllowedCommand(("/bin/sh", "-c"), prefix=True),), source="the test"),
     )
-    agent = ProxyAgent(etcd, Keys(), settings, runtime_api=api)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with agent_running(etcd, settings, runtime_api=api) as agent:
         yield agent
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-@dataclass
-class Load:
-    """Requests through the proxy back to back on fresh connections, from a thread."""
-
-    port: int
-    sent: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Load:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sent += 1
-            try:
-                status, _ = fetch(self.port)
-                if status != 200:
-                    self.failures.append(f"HTTP {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self._stop.wait(0.002)
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
 
 
 async def change_servers(etcd: Etcd, site: Site, backends: list[Registration]) -> AgentStatus:
@@ -211,7 +144,7 @@ async def test_servers_change_at_runtime_under_traffic_and_survive_a_restart(
         assert status.applied_via == "reload" and status.reloads == 1  # the first one is not known to run
         await holds(site, first)
 
-        with Load(site.port) as load:
+        with Load(site.port, interval=0.002) as load:
             for backends in ([a, b], [b, c], [a, b, c], [c], [a, c], [a]):
                 status = await change_servers(etcd, site, backends)
         print(f"\n{load.sent} requests during 6 server changes, {len(load.failures)} failed")
@@ -231,7 +164,7 @@ async def test_servers_change_at_runtime_under_traffic_and_survive_a_restart(
         want = {a.address, b.address}
         assert await handlers_seen(site.port, want) == want
 
-        with Load(site.port) as load:
+        with Load(site.port, interval=0.002) as load:
             for backends in ([b, c], [c]):
                 status = await change_servers(etcd, site, backends)
         assert load.failures == [], load.failures[:10]

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from fleetop.errors import InputError
+
 MAX_VALUE_BYTES = 1024
 MAX_HOSTNAME = 253
 PREVIEW_CHARS = 60
@@ -227,3 +229,18 @@ def parse_registrations(
         else:
             invalid.append(parsed)
     return valid, invalid
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``--address`` → (host, port): ``10.0.0.5:8001``, ``[fd00::5]:8001``, ``web-1.internal:8001``.
+
+    The same strict rules as every reader of registrations (this module's), so a
+    sidekick can never write a value the operator or a proxy would refuse. Only the text form is
+    accepted here; the JSON form is for other writers.
+    """
+    if text.startswith("{"):
+        raise InputError(f"{preview(text)!r} is not host:port", where="--address")
+    try:
+        return parse_value(text)
+    except AddressError as exc:
+        raise InputError(f"{preview(text)!r}: {exc}", where="--address") from None

@@ -18,13 +18,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from fleetop.cli.common import cli_context
-from fleetop.config import EtcdSettings, settings_from
+from fleetop.config import EtcdSettings, etcd_flags, settings_from
 from fleetop.discovery.checks import HealthCheck
 from fleetop.discovery.register import ETCD_RETRY, RegisterConfig, run_register
 from fleetop.errors import ConfigError, FleetopError, InputError, TemporaryError
@@ -45,17 +44,6 @@ def _duration(value: str, flag: str) -> float:
     if seconds <= 0:
         raise InputError("must be positive", where=flag)
     return seconds
-
-
-def etcd_flags(inherited: Mapping[str, Any], endpoints: str | None, root: str | None) -> dict[str, Any]:
-    """The etcd flags for :func:`settings_from`: the main CLI's global ones (``fleetop --endpoints E
-    --prefix /root register ...``), overridden by this command's own ``--endpoints`` and ``--root``."""
-    flags = dict(inherited)
-    if endpoints:
-        flags["endpoints"] = endpoints
-    if root:
-        flags["prefix"] = root
-    return flags
 
 
 def register_command(

@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from fleetop.discovery.addresses import AddressError, parse_value, preview
+from fleetop.discovery.addresses import parse_address
 from fleetop.discovery.checks import CheckResult, HealthCheck, host_port_text
 from fleetop.errors import FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd import Compare, Etcd, LeaseKeeper, Op
@@ -42,21 +42,6 @@ CLEANUP_TIMEOUT = 3.0
 
 _INSTANCE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _KEY_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``--address`` → (host, port): ``10.0.0.5:8001``, ``[fd00::5]:8001``, ``web-1.internal:8001``.
-
-    The same strict rules as every reader of registrations (:mod:`fleetop.discovery.addresses`), so a
-    sidekick can never write a value the operator or a proxy would refuse. Only the text form is
-    accepted here; the JSON form is for other writers.
-    """
-    if text.startswith("{"):
-        raise InputError(f"{preview(text)!r} is not host:port", where="--address")
-    try:
-        return parse_value(text)
-    except AddressError as exc:
-        raise InputError(f"{preview(text)!r}: {exc}", where="--address") from None
 
 
 @dataclass(frozen=True, slots=True)

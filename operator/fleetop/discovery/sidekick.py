@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, NamedTuple
 
-from fleetop.config import EtcdSettings, settings_from
-from fleetop.discovery.addresses import AddressError, parse_value, preview
+from fleetop.config import EtcdSettings, etcd_flags, settings_from
+from fleetop.discovery.addresses import parse_address
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd_gateway import Gateway, GatewayRefusesCommonName
 from fleetop.keys import Keys
@@ -166,15 +166,6 @@ def _seconds(value: str, flag: str) -> float:
     return seconds
 
 
-def _address(text: str) -> tuple[str, int]:
-    if text.startswith("{"):
-        raise InputError(f"{preview(text)!r} is not host:port", where="--address")
-    try:
-        return parse_value(text)
-    except AddressError as exc:
-        raise InputError(f"{preview(text)!r}: {exc}", where="--address") from None
-
-
 def _check(args: argparse.Namespace) -> Check:
     chosen = [
         name
@@ -206,7 +197,7 @@ def _check(args: argparse.Namespace) -> Check:
 
 def build_config(args: argparse.Namespace) -> Config:
     """Validate the flags; :class:`InputError` names the one at fault. Nothing touches etcd before."""
-    host, port = _address(args.address)
+    host, port = parse_address(args.address)
     if not args.service or len(args.service) > 63 or not _NAME.match(args.service):
         raise InputError(
             f"service {args.service!r} must be 1-63 lowercase letters, digits or '-', starting and ending"
@@ -226,16 +217,6 @@ def build_config(args: argparse.Namespace) -> Config:
     keys = Keys()
     base = keys.registrations(prefix) if prefix else keys.default_registrations(args.service)
     return Config(base + args.instance, host, port, check, interval, -int(-ttl // 1))
-
-
-def etcd_flags(inherited: Mapping[str, Any], endpoints: str | None, root: str | None) -> dict[str, Any]:
-    """The main CLI's etcd flags (given before the verb), overridden by ``--endpoints`` and ``--root``."""
-    flags = dict(inherited)
-    if endpoints:
-        flags["endpoints"] = endpoints
-    if root:
-        flags["prefix"] = root
-    return flags
 
 
 # -- checks --------------------------------------------------------------------------------------------

@@ -336,11 +336,11 @@ def _template_of(spec: ProxySpec) -> jinja2.Template:
 
 
 def _render_checked(template: jinja2.Template, context: dict[str, Any]) -> str:
-    return _checked(lambda: template.render(context))
+    return checked(lambda: template.render(context))
 
 
-def _checked(run: Callable[[], str]) -> str:
-    """Run a render, turning whatever a template raises into a RenderError."""
+def checked(run: Callable[[], str]) -> str:
+    """Run a render, turning whatever a template raises into a RenderError (also the sandbox's worker)."""
     try:
         return run()
     except RenderError:
@@ -508,7 +508,7 @@ class FragmentRenderer:
             return cached.text
         values = dict(zip(names, scalars, strict=True))
         block = template.blocks[FRAGMENT_BLOCK]
-        text = _checked(lambda: "".join(block(template.new_context({**values, "service": view}))))
+        text = checked(lambda: "".join(block(template.new_context({**values, "service": view}))))
         self._fragments[view.name] = _Fragment(view, scalars, text)
         fresh.append(view.name)
         return text

@@ -37,8 +37,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jinja2
-
 from fleetop.discovery.addresses import Registration
 from fleetop.errors import TemporaryError
 from fleetop.models.proxy import ProxySpec
@@ -48,6 +46,7 @@ from fleetop.proxy.render import (
     RenderPaths,
     build_context,
     builtin_template_text,
+    checked,
     compile_template,
 )
 
@@ -90,27 +89,24 @@ def render_limited(
     else:
         template = compile_template(builtin_template_text(spec.kind), sandboxed=False)
     context = build_context(proxy_name, spec, backends, paths)
-    chunks: list[str] = []
-    size = 0
-    try:
-        for chunk in template.generate(context):
-            size += len(chunk.encode("utf-8"))
-            if size > max_bytes:
-                raise RenderError(
-                    f"the rendered config is larger than {max_bytes} bytes (fleetop run --render-max-bytes)"
-                )
-            chunks.append(chunk)
-    except RenderError:
-        raise
-    except jinja2.UndefinedError as exc:
-        raise RenderError(f"template refers to an undefined value: {exc.message}") from None
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"template failed: {exc}") from None
-    except MemoryError:
-        raise RenderError(f"template needs more than {WORKER_MEMORY >> 20} MiB of memory to render") from None
-    except Exception as exc:  # a custom template can raise anything (1/0, bad method call)
-        raise RenderError(f"template failed: {type(exc).__name__}: {exc}") from None
-    text = "".join(chunks)
+
+    def generate() -> str:
+        chunks: list[str] = []
+        size = 0
+        try:
+            for chunk in template.generate(context):
+                size += len(chunk.encode("utf-8"))
+                if size > max_bytes:
+                    limit = f"{max_bytes} bytes (fleetop run --render-max-bytes)"
+                    raise RenderError(f"the rendered config is larger than {limit}")
+                chunks.append(chunk)
+        except MemoryError:
+            raise RenderError(
+                f"template needs more than {WORKER_MEMORY >> 20} MiB of memory to render"
+            ) from None
+        return "".join(chunks)
+
+    text = checked(generate)
     return Rendered(text=text, hash=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
