@@ -175,8 +175,8 @@ class Gateway:
             index = (self._current + step) % len(endpoints)
             try:
                 return self._call_endpoint(index, path, body)
-            except (OSError, _Closed, ValueError) as exc:
-                self._disconnect()
+            except (OSError, _Closed, ValueError, EtcdUnavailable) as exc:
+                self._disconnect()  # unreachable, or a member without a leader: try the next one
                 failures.append(f"{endpoints[index]}: {_reason(exc)}")
         raise EtcdUnavailable(f"etcd unreachable ({'; '.join(failures)})")
 

@@ -59,14 +59,31 @@ def check_paths(values: dict[str, Any]) -> None:
     problem = program_path_problem(str(values["install"]["path"]))
     if problem is not None:
         raise InputError(problem, where="values", path="$.install.path")
-    for kind, path in (values["etcd"].get("credentials") or {}).items():
+    credentials = values["etcd"].get("credentials") or {}
+    if not isinstance(credentials, dict) or not set(credentials) <= {"sidekick", "agent", "proxy"}:
+        raise InputError(
+            "must be a mapping of sidekick, agent and proxy to credentials files",
+            where="values",
+            path="$.etcd.credentials",
+        )
+    for kind, path in credentials.items():
         problem = program_path_problem(str(path)) if path else None
         if problem is not None:
             raise InputError(problem, where="values", path=f"$.etcd.credentials.{kind}")
+    for index, proxy in enumerate(values.get("unmanagedProxies") or []):
+        config_path = proxy.get("configPath") if isinstance(proxy, dict) else None
+        problem = program_path_problem(str(config_path)) if config_path else None
+        if problem is not None:
+            raise InputError(problem, where="values", path=f"$.unmanagedProxies[{index}].configPath")
     try:
         RenderPaths(str(values["managedProxies"]["root"]))
     except RenderError as exc:
         raise InputError(str(exc), where="values", path="$.managedProxies.root") from None
+
+
+def _off_or_text(raw: Any) -> str:
+    """YAML reads a bare ``off`` as False."""
+    return "off" if raw is False else str(raw)
 
 
 def metrics_addresses(value: str, candidates: int) -> list[str]:
@@ -142,7 +159,7 @@ def render(values: dict[str, Any], source: Path = MANIFESTS_DIR) -> list[Rendere
     candidates = int(values["operator"]["replicas"])
     operator_unit = env.get_template("units/fleetop@.service.j2")
     for number, address in enumerate(
-        metrics_addresses(str(values["operator"]["metricsAddress"]), candidates)
+        metrics_addresses(_off_or_text(values["operator"]["metricsAddress"]), candidates)
     ):
         text = operator_unit.render({**context, "metrics_address": address})
         out.append(Rendered(f"units/fleetop@{number + 1}.service", text))

@@ -194,8 +194,7 @@ class Stack:
     def start(self) -> None:
         state = self.config.state_dir
         refuse_if_running(state)
-        state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o700)
+        make_dir(state)
         make_dir(state / "logs")
         self._start_etcd()
         node_args = ["node", "--machines", str(self.config.machines), "--state-dir", str(state / "node")]
@@ -217,8 +216,7 @@ class Stack:
             port = next_free_port(self.config.etcd_port)
         peer = next_free_port(port + 1, {port})
         self.etcd = EtcdServer(state / "etcd", client_port=port, peer_port=peer)
-        self.etcd.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.etcd.data_dir, 0o700)
+        make_dir(self.etcd.data_dir)
         self._add(Child("etcd", self.etcd.command(), state / "logs" / "etcd.log", stop_timeout=10.0))
         host, port = self.etcd.host, self.etcd.client_port
         self._wait_for(lambda: tcp_accepts(host, port), f"etcd on {self.etcd.endpoint}")

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from fleetop.errors import FleetopError
-from fleetop.filemodes import open_log
+from fleetop.filemodes import make_dir, open_log
 from fleetop.up import (
     Stack,
     UpConfig,
@@ -114,7 +114,7 @@ def _detach(machines: int, state_dir: Path, demo: bool, etcd_port: int) -> None:
     args = ["up", "--machines", str(machines), "--state-dir", str(state_dir), "--etcd-port", str(etcd_port)]
     if demo:
         args.append("--demo")
-    (state_dir / "logs").mkdir(exist_ok=True)
+    make_dir(state_dir / "logs")
     log_path = state_dir / "logs" / "up.log"
     with open_log(log_path) as log:
         process = subprocess.Popen(

@@ -316,8 +316,7 @@ def format_status(report: Report) -> str:
     if not report.etcd.healthy:
         leader_text = "unknown (etcd unreachable)"
     elif leader:
-        identity = leader.get("holderIdentity") or leader.get("identity") or "?"
-        leader_text = str(identity)
+        leader_text = leader_identity(report) or "?"
     else:
         leader_text = "none (is `fleetop run` running?)"
     out = [

@@ -435,7 +435,10 @@ class FleetInformer:
         log.warning("fleet is unreachable (%s): acting on nothing until it answers", error)
         self.synced.set()
         self._polled.set()
-        self._on_change(set(self.snapshot.owners), True)
+        try:
+            self._on_change(set(self.snapshot.owners), True)
+        except Exception:  # no key can stop an informer
+            log.exception("fleet: queueing the owners after a loss failed")
 
     async def poll_once(self, wall: float | None = None) -> None:
         started = time.monotonic()

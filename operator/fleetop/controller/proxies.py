@@ -254,9 +254,6 @@ class ProxyReconciler:
         due = max(due, MIN_REFRESH)
         return due if wait is None else min(wait, due)
 
-    renderer: FragmentRenderer = field(default_factory=FragmentRenderer)
-    """Keeps the rendered blocks of unchanged services between renders."""
-
     def _memory(self, name: str, spec: ProxySpec) -> ProxyMemory:
         memory = self.memory.get(name)
         if memory is None:

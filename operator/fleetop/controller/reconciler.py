@@ -257,6 +257,10 @@ class ServiceReconciler:
         outcome = await self.executor.apply(name, result.actions)
         if outcome.deferred:
             log.debug("%s: %d actions left for the next pass", name, outcome.deferred)
+        if outcome.deferred or outcome.error is not None:
+            # a re-creation the planner counted may not have reached fleet: keep the back-off records as
+            # they were, so the next pass plans that slot again with its count (not as a new slot)
+            self.memory[name] = dataclasses.replace(result.memory, restarts=memory.restarts)
         for event in result.events:
             await self.executor.record(name, event.reason, event.message, warning=event.warning)
         if outcome.error is not None and status is not None:

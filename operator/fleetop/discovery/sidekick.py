@@ -38,7 +38,7 @@ from fleetop.config import EtcdSettings, etcd_flags, settings_from
 from fleetop.discovery.addresses import parse_address
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd_gateway import Gateway, GatewayRefusesCommonName
-from fleetop.keys import Keys
+from fleetop.keys import Keys, is_name
 
 INFO, WARNING = 20, 30
 
@@ -81,9 +81,8 @@ CLEANUP_TIMEOUT = 1.5
 """Per request while stopping: past it the key is left to its lease."""
 _DETAIL_LIMIT = 300
 
-# The same rules as fleetop.models.base (names) and fleetop.discovery.register (instances, prefixes);
+# The same rules as fleetop.discovery.register (instances, prefixes);
 # repeated here so that the sidekick does not import pydantic.
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _INSTANCE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _KEY_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
@@ -198,7 +197,7 @@ def _check(args: argparse.Namespace) -> Check:
 def build_config(args: argparse.Namespace) -> Config:
     """Validate the flags; :class:`InputError` names the one at fault. Nothing touches etcd before."""
     host, port = parse_address(args.address)
-    if not args.service or len(args.service) > 63 or not _NAME.match(args.service):
+    if not is_name(args.service):
         raise InputError(
             f"service {args.service!r} must be 1-63 lowercase letters, digits or '-', starting and ending"
             " with a letter or digit",

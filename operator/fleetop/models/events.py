@@ -23,4 +23,8 @@ class Event(ObservedModel):
     def _text(cls, value: str) -> str:
         """A name read from a key that is not UTF-8 (etcd keys are bytes) is shown with U+FFFD, so the
         event about it can still be written as JSON."""
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate outside the escaped-byte range
+            raw = value.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "replace")

@@ -2,8 +2,9 @@
 
 A status is written only when it changes, so its age says nothing about whether it is still true. This
 record does: when the operator last saw fleet and through which endpoint, or since when fleet has not
-answered and which endpoints were tried. The leader rewrites it when that changes and otherwise every
-few seconds, so its own age also tells whether any operator is leading. ``fleetop status`` reads it.
+answered and which endpoints were tried. The leader writes it only when that changes (``heartbeat`` 0),
+so it is current while its writer holds the leader key; a record with a ``heartbeat`` > 0 is rewritten
+that often and judged by its age instead. ``fleetop status`` reads it.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO
 
+from fleetop.filemodes import make_dir
+
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 FILE_MODE = 0o600
 _BLOCK = 64 * 1024
@@ -49,8 +51,7 @@ def format_entry(when: float, host: str, ident: str, pid: int | None, message: s
 def open_append(path: Path) -> int:
     """Open (create) ``path`` for appending, mode 0600 in a 0700 directory; the descriptor is not
     inherited (a child gets it only as its stdout/stderr)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    make_dir(path.parent)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, FILE_MODE)
     os.fchmod(fd, FILE_MODE)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetop.errors import ConfigError
+from fleetop.filemodes import make_dir
 from fleetop.fleet.units import UnitOption, unit_hash
 
 FORMAT_VERSION = 2
@@ -56,9 +57,7 @@ class StoredUnit:
 
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) with mode 0700; tighten it if it already exists."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
+    return make_dir(path)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -225,6 +225,9 @@ class ProxyAgent:
                 self._given_up = cfg.hash
             if not exc.installed:
                 self._loaded = loaded  # the proxy still runs what it ran
+            if exc.reloaded:  # a reload (an undo included) leaves HAProxy with the file's servers only
+                for server_runtime in self._runtimes.values():
+                    server_runtime.forget()
             reloads = self.status.reloads + (1 if exc.reloaded else 0)
             self._report(error=str(exc), failed_hash=cfg.hash, reloads=reloads)
             return exc.stage != "check"
@@ -264,7 +267,8 @@ class ProxyAgent:
                 runtime.forget()  # a reloaded HAProxy holds only the file's servers
         elif any(runtime.draining for runtime in self._runtimes.values()):
             self._draining.set()
-        if cfg.kind == "haproxy" and result.via:
+        runtime_possible = self.settings.runtime_api and cfg.reload_cmd is None
+        if cfg.kind == "haproxy" and result.via and runtime_possible and not dropped:
             self._loaded = _Loaded(
                 cfg.body, model if model is not None else parse_config(cfg.body), _identity(result.target)
             )
@@ -402,7 +406,9 @@ def _ensure_runtime_dir(cfg: PublishedConfig, policy: AgentPolicy) -> None:
     """The directory of the pid file the config names must exist before ``nginx -t`` can pass; it is
     created only where the policy lets the agent write."""
     pid_file = pid_file_of(cfg.kind, cfg.body)
-    if pid_file is not None and pid_file.is_absolute() and policy.path_problem(pid_file, "") is None:
+    if pid_file is None or not pid_file.is_absolute() or pid_file.parent.is_dir():
+        return  # an existing directory is left as it is (it may be /run/nginx or /etc/nginx)
+    if policy.path_problem(pid_file, "") is None:
         make_dir(pid_file.parent, SHARED_DIR_MODE)
 
 

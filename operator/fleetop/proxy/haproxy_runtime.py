@@ -138,7 +138,6 @@ class ServerRuntime:
         self._worker: int | None = None  # the newest worker last seen answering
         self._lock = asyncio.Lock()
         self.draining: dict[tuple[str, str], float] = {}  # (backend, server) → deadline (loop time)
-        self.commands_sent = 0
 
     @staticmethod
     def _now() -> float:
@@ -159,7 +158,6 @@ class ServerRuntime:
             plan = plan_commands(desired, live)
             for command in plan.commands:
                 await self.api.run(command)
-                self.commands_sent += 1
             deadline = self._now() + self.drain_timeout
             kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
             self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}

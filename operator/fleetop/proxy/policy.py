@@ -36,6 +36,7 @@ import yaml
 from fleetop.errors import ConfigError, ProxyError
 from fleetop.models.status import PublishedConfig
 from fleetop.proxy.apply import CONFIG_TOKEN, ApplyError, Command, command_argv, pid_file_of
+from fleetop.proxy.haproxy_runtime import admin_socket_of
 
 DEFAULT_POLICY_FILE = "/etc/fleetop/proxy-agent.yaml"
 POLICY_ENV = "FLEETOP_AGENT_POLICY"
@@ -102,6 +103,10 @@ class AgentPolicy:
         if pid_file is not None and cfg.reload_cmd is None:
             # the built-in reload signals the pid read from this file: it must be the proxy's own
             problems.append(self.path_problem(pid_file, "the pid file"))
+        socket = admin_socket_of(cfg.body) if cfg.kind == "haproxy" else None
+        if socket is not None:
+            # the agent changes servers over this socket: it must be the proxy's own too
+            problems.append(self.path_problem(socket, "the admin socket"))
         found = [p for p in problems if p]
         if not found:
             return None

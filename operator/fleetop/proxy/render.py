@@ -329,7 +329,8 @@ def builtin_template_text(kind: str) -> str:
     return resource.read_text(encoding="utf-8")
 
 
-def _template_of(spec: ProxySpec) -> jinja2.Template:
+def template_of(spec: ProxySpec) -> jinja2.Template:
+    """A spec's own template (sandboxed) or its kind's built-in one, compiled (cached)."""
     if spec.template is not None:
         return compile_template(spec.template, sandboxed=True)
     return compile_template(builtin_template_text(spec.kind), sandboxed=False)
@@ -361,7 +362,7 @@ def render(
     paths: RenderPaths,
 ) -> Rendered:
     """The config text for ``spec`` with ``backends`` (service name → registrations), and its sha256."""
-    text = _render_checked(_template_of(spec), build_context(proxy_name, spec, backends, paths))
+    text = _render_checked(template_of(spec), build_context(proxy_name, spec, backends, paths))
     return Rendered(text=text, hash=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
@@ -443,7 +444,7 @@ class FragmentRenderer:
         if names is None:
             self.last = RenderStats(full=True)
             return render(proxy_name, spec, backends, paths=paths)
-        template = _template_of(spec)
+        template = template_of(spec)
         identity = (spec.kind, proxy_name, paths)
         if identity != self._identity:
             self._identity, self._fragments, self._skeleton = identity, {}, None

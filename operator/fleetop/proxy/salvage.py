@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleetop.models.status import PublishedConfig
@@ -104,6 +104,7 @@ async def apply_dropping_backends(
     the failure is not a backend's (or more than ``max_drops`` lines would go). ``runtime`` (HAProxy's
     runtime step) is tried with the config as published only: a salvaged body is reloaded."""
     current, dropped = cfg, list[Dropped]()
+    undone = False  # a failed check after the runtime step reloaded the proxy to undo it
     while True:
         try:
             result = await apply_config(
@@ -116,13 +117,15 @@ async def apply_dropping_backends(
                 runtime=runtime if current is cfg else None,
             )
         except ApplyError as exc:
+            exc.reloaded = exc.reloaded or undone
             if exc.stage != "check":
                 raise
             salvaged = drop_blamed(cfg.kind, current.body, exc.output)
             if salvaged is None or len(dropped) + len(salvaged[1]) > max_drops:
                 raise
+            undone = exc.reloaded
             body, more = salvaged
             dropped.extend(more)
             current = current.model_copy(update={"body": body})
             continue
-        return result, dropped
+        return (replace(result, reloaded=True) if undone else result), dropped

@@ -45,9 +45,8 @@ from fleetop.proxy.render import (
     RenderError,
     RenderPaths,
     build_context,
-    builtin_template_text,
     checked,
-    compile_template,
+    template_of,
 )
 
 log = logging.getLogger(__name__)
@@ -84,10 +83,7 @@ def render_limited(
     max_bytes: int,
 ) -> Rendered:
     """:func:`fleetop.proxy.render.render`, stopping with RenderError once the text passes ``max_bytes``."""
-    if spec.template is not None:
-        template = compile_template(spec.template, sandboxed=True)
-    else:
-        template = compile_template(builtin_template_text(spec.kind), sandboxed=False)
+    template = template_of(spec)
     context = build_context(proxy_name, spec, backends, paths)
 
     def generate() -> str:
