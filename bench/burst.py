@@ -29,7 +29,7 @@ from bench.harness import (
     put_json,
 )
 from bench.report import Target, WorkloadResult
-from fleetop.etcd import Etcd
+from fleetop.etcd.client import Etcd
 
 SIZE = 500
 WAIT_MAX_MS = 1000.0

@@ -2,7 +2,7 @@
 
 * :class:`Procs` starts children in their own sessions, remembers each ``Popen`` and stops exactly
   those (SIGTERM, then SIGKILL of the child's own process group) in reverse order, in ``finally``.
-* :class:`Stack` is one installation: a dedicated etcd (:class:`~fleetop.etcdserver.EtcdServer`),
+* :class:`Stack` is one installation: a dedicated etcd (:class:`~fleetop.local.etcdserver.EtcdServer`),
   ``fleetop node`` and one or more ``fleetop run`` operators with their metrics on loopback ports.
 * :class:`ProxyRig` is one unmanaged proxy (``managed: false``): nginx (``worker_processes 1``, the
   built-in template) or HAProxy started here on a valid empty config, and ``fleetop proxy-agent``
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from fleetop.config import settings_from
-from fleetop.etcd import Etcd, Snapshot
-from fleetop.etcdserver import EtcdServer, find_etcd_binary, free_port
+from fleetop.etcd.client import Etcd, Snapshot
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer, find_etcd_binary, free_port
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.node import procgroups
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy
@@ -276,7 +276,7 @@ def etcdctl(endpoint: str, *args: str, timeout: float = 30.0) -> str:
 
 async def put_many(etcd: Etcd, items: list[tuple[str, str]], batch: int = 100) -> None:
     """Write many keys quickly: transactions of ``batch`` puts (etcd allows 128 ops per txn)."""
-    from fleetop.etcd import Op
+    from fleetop.etcd.client import Op
 
     for start in range(0, len(items), batch):
         ops = [Op.put(k, v.encode()) for k, v in items[start : start + batch]]

@@ -23,8 +23,8 @@ from pathlib import Path
 from bench.harness import Options, fleetop_argv
 from bench.report import Target, WorkloadResult
 from fleetop.config import settings_from
-from fleetop.etcd_gateway import Gateway
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.gateway import Gateway
+from fleetop.local.etcdserver import EtcdServer, free_port
 
 SIDEKICKS = 30
 LEGACY_SIDEKICKS = 3

@@ -32,7 +32,7 @@ from bench.harness import (
     put_json,
 )
 from bench.report import Target, WorkloadResult
-from fleetop.etcdserver import free_port
+from fleetop.local.etcdserver import free_port
 
 LEASE = 15.0
 CONFD = "confd -watch: etcd down 20 s → first change in the file 6.6 s after it is back (2.9-7.6 s)"

@@ -43,8 +43,8 @@ from bench.harness import (
     put_json,
 )
 from bench.report import Target, WorkloadResult
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
+from fleetop.local.etcdserver import free_port
 
 KINDS: tuple[Kind, ...] = ("nginx", "haproxy")
 CONFD_P50, CONFD_P99 = 24.8, 36.2

@@ -41,8 +41,8 @@ from bench.harness import (
     put_many,
 )
 from bench.report import Target, WorkloadResult
-from fleetop.controller.proxystatus import collect_backends
-from fleetop.etcdserver import free_port
+from fleetop.controller.proxies.status import collect_backends
+from fleetop.local.etcdserver import free_port
 from fleetop.models import ProxySpec
 from fleetop.proxy.render import RenderPaths, render
 

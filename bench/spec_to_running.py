@@ -32,8 +32,8 @@ from bench.harness import (
     now,
 )
 from bench.report import WorkloadResult
-from fleetop.etcdserver import port_is_free
 from fleetop.fleet.client import FleetClient
+from fleetop.local.etcdserver import port_is_free
 from fleetop.models import ServiceStatus
 
 NAME = "s2r"

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Self
 
 from fleetop.discovery.addresses import Registration
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import free_port
 from fleetop.models import ProxySpec, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import Kind, ProxyProcess, initial_config, start_proxy

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fleetop.config import settings_from
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, find_etcd_binary
+from fleetop.etcd.client import Etcd
+from fleetop.local.etcdserver import EtcdServer, find_etcd_binary
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleetop.config import EtcdSettings, settings_from
-from fleetop.etcdserver import EtcdServer, EtcdTLS
+from fleetop.local.etcdserver import EtcdServer, EtcdTLS
 
 LIMITED_PREFIX = "/limited/"
 

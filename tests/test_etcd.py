@@ -1,4 +1,5 @@
-"""fleetop.etcd against a real etcd: keys, guarded writes, transactions, paged lists, leases, failover."""
+"""fleetop.etcd.client against a real etcd: keys, guarded writes, transactions, paged lists, leases,
+failover."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 
 from fleetop.config import EtcdSettings, settings_from
 from fleetop.errors import Conflict, EtcdUnavailable, InputError, NotLeader
-from fleetop.etcd import Compare, Etcd, LeaseKeeper, Op
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.client import Compare, Etcd, LeaseKeeper, Op
+from fleetop.local.etcdserver import EtcdServer, free_port
 from waiting import eventually
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from fleetop.config import settings_from
 from fleetop.errors import EtcdUnavailable, NotFound
-from fleetop.etcd_gateway import Gateway
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.gateway import Gateway
+from fleetop.local.etcdserver import EtcdServer, free_port
 
 
 def test_keys_under_the_root_transactions_and_leases(etcd_server: EtcdServer, etcd_prefix: str) -> None:

@@ -1,4 +1,4 @@
-"""fleetop.etcd against an etcd with TLS, client certificates and user authentication."""
+"""fleetop.etcd.client against an etcd with TLS, client certificates and user authentication."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from etcd_tls import LIMITED_PREFIX, SecureEtcd, secure_etcd_fixture  # noqa: F401
 from fleetop.config import settings_from
 from fleetop.errors import EtcdDenied, EtcdUnavailable, FleetopError
-from fleetop.etcd import Etcd
+from fleetop.etcd.client import Etcd
 
 
 async def test_ca_client_cert_and_password(secure_etcd: SecureEtcd) -> None:

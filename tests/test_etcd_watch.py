@@ -18,8 +18,8 @@ import pytest
 
 from fleetop.config import settings_from
 from fleetop.errors import Compacted, EtcdUnavailable
-from fleetop.etcd import Etcd, Events, Op, Snapshot, WatchBatch
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd, Events, Op, Snapshot, WatchBatch
+from fleetop.local.etcdserver import EtcdServer
 
 Seen = tuple[str, str, int, bytes]  # (type, key, mod_revision, value)
 
@@ -150,7 +150,7 @@ async def test_watch_broken_in_the_middle_of_a_backlog(
         expected.extend(("put", k, revision, value) for k in keys)
     assert len(expected) == 3000  # 2,020 revisions: etcd sends them in several backlog batches
 
-    caplog.set_level(logging.WARNING, logger="fleetop.etcd_watch")
+    caplog.set_level(logging.WARNING, logger="fleetop.etcd.watch")
     collector = Collector(etcd, "/b/", start, delay=0.2)
     await asyncio.wait_for(collector.first_batch.wait(), 20)
     assert len(collector.seen) < len(expected)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleetop.filemodes import make_dir, open_log, touch
-from fleetop.up import Child
+from fleetop.local.up import Child
 
 
 def _mode(path: Path) -> int:

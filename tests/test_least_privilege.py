@@ -13,7 +13,7 @@ import pytest
 
 from etcd_tls import SecureEtcd, start_secure_etcd
 from fleetop.errors import EtcdDenied
-from fleetop.etcd import Etcd
+from fleetop.etcd.client import Etcd
 
 ROLES_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "etcd-roles"
 USERS = {

@@ -11,10 +11,10 @@ import yaml
 from typer.testing import CliRunner
 
 from fleetop.cli.main import app
-from fleetop.controller.run import RunConfig
+from fleetop.cli.manifestrender import MANIFESTS_DIR, load_values, render
+from fleetop.controller.runtime.run import RunConfig
 from fleetop.errors import InputError
 from fleetop.fleet.units import check_option_values, parse_unit_file, parse_unit_name
-from fleetop.manifests import MANIFESTS_DIR, load_values, render
 from fleetop.models import parse_spec
 from fleetop.node.scheduler import validate_requirements
 

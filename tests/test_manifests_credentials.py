@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fleetop.cli.manifestrender import MANIFESTS_DIR, load_values, render
 from fleetop.errors import InputError
 from fleetop.fleet.units import parse_unit_file
-from fleetop.manifests import MANIFESTS_DIR, load_values, render
 
 
 def _render(tmp_path: Path, extra: dict[str, object]) -> dict[str, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fleetop.cli.manifestrender import MANIFESTS_DIR, load_values, render
 from fleetop.errors import ConfigError
-from fleetop.manifests import MANIFESTS_DIR, load_values, render
 
 
 def _render(tmp_path: Path, endpoint: object) -> dict[str, str]:

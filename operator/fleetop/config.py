@@ -72,7 +72,7 @@ class EtcdSettings(NamedTuple):
     ``endpoints`` are ``host:port`` without scheme (IPv6 hosts in brackets); ``tls`` says whether to
     speak TLS (an ``https://`` endpoint or any certificate file turns it on). ``prefix`` is the key
     root of this installation: ``""`` means ``/``, otherwise it starts with ``/`` and has no trailing
-    ``/``; :class:`fleetop.etcd.Etcd` prepends it to every key transparently.
+    ``/``; :class:`fleetop.etcd.client.Etcd` prepends it to every key transparently.
 
     A named tuple rather than a dataclass: ``dataclasses`` imports ``inspect``, a megabyte in every
     sidekick.

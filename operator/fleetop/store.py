@@ -1,4 +1,4 @@
-"""Typed access to specs, status and events in etcd, on top of ``fleetop.etcd``.
+"""Typed access to specs, status and events in etcd, on top of ``fleetop.etcd.client``.
 
 Specs are stored as the compact JSON people type (defaults left out, no ``kind``/``name``), so a spec
 written with ``etcdctl put`` and one written by ``fleetop apply`` look and read the same. A key holding
@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from fleetop.errors import NotFound, SpecInvalid
-from fleetop.etcd import Etcd, KeyValue
+from fleetop.etcd.client import Etcd, KeyValue
 from fleetop.keys import Keys
 from fleetop.models import (
     Event,

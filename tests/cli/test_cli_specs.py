@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetop.cli.main import app
-from fleetop.etcdserver import EtcdServer
+from fleetop.local.etcdserver import EtcdServer
 
 WEB_YAML = """\
 kind: Service

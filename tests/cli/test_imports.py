@@ -18,7 +18,7 @@ HEAVY = (
     *("grpc", "etcd3aio", "jinja2", "httpx", "pydantic", "typer", "rich", "yaml"),
     *(
         "fleetop.controller",
-        "fleetop.etcd",
+        "fleetop.etcd.client",
         "fleetop.store",
         "fleetop.models",
         "fleetop.proxy",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetop.etcdserver import EtcdServer, find_etcd_binary
+from fleetop.local.etcdserver import EtcdServer, find_etcd_binary
 
 
 def fleetop(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from backends import Load, answered_by
-from fleetop.etcdserver import find_etcd_binary, free_port, port_is_free
-from fleetop.up import Backoff, Child, Stack, UpConfig, describe_exit
+from fleetop.local.etcdserver import find_etcd_binary, free_port, port_is_free
+from fleetop.local.up import Backoff, Child, Stack, UpConfig, describe_exit
 from waiting import eventually
 
 

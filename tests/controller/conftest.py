@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from ophelpers import Node, Operator, prefixed_etcd, running
 
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
+from fleetop.local.etcdserver import EtcdServer
 
 
 @pytest.fixture(scope="module")

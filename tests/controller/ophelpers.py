@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from fleetop.config import EtcdSettings
-from fleetop.controller.unitrender import owned_by
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit, UnitState
+from fleetop.fleet.ownership import owned_by
 from fleetop.http import HttpSession, Timeouts
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import free_port
 from fleetop.models import Event, ServiceStatus
 
 T = TypeVar("T")

@@ -26,14 +26,14 @@ from ophelpers import Node, http_service
 
 from backends import agent_running, fetch, http_backends, wait_port
 from fleetop.config import EtcdSettings
-from fleetop.controller.leader import LeaderTimings
-from fleetop.controller.manager import Manager
-from fleetop.controller.run import RunConfig
+from fleetop.controller.runtime.leader import LeaderTimings
+from fleetop.controller.runtime.manager import Manager
+from fleetop.controller.runtime.run import RunConfig
 from fleetop.discovery.addresses import Registration
 from fleetop.discovery.resolve import LookupFailed, Resolver
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import AgentStatus, ProxyStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings
 from fleetop.proxy.apply import ProxyProcess, initial_config, start_proxy

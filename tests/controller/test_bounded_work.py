@@ -22,11 +22,11 @@ import pytest
 from ophelpers import Node, Operator, events_of, owned_mains, running_mains, spec, status_of
 
 from fleetop.config import EtcdSettings
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.http import HttpSession, Timeouts
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import ProxyStatus, ServiceStatus
 from waiting import eventually
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from ophelpers import Node, Operator, events_of, owned_mains, running, status_of
 
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import Event, ServiceStatus
 from waiting import eventually
 

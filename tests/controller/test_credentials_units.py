@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from fleetop.controller.proxyunits import ProxyLayout, desired_units
-from fleetop.controller.run import RunConfig
-from fleetop.controller.unitrender import RenderError, UnitSettings, render_sidekick, sidekick_template
+from fleetop.controller.proxies.units import ProxyLayout, desired_units
+from fleetop.controller.runtime.run import RunConfig
+from fleetop.controller.services.unitrender import render_sidekick, sidekick_template
+from fleetop.controller.unitfile import RenderError, UnitSettings
 from fleetop.errors import ConfigError
 from fleetop.fleet.units import UnitOption
 from fleetop.models import ProxySpec, ServiceSpec

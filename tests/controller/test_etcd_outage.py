@@ -9,10 +9,10 @@ from pathlib import Path
 from ophelpers import Node, Operator, owned_mains, running_mains, spec
 
 from fleetop.config import EtcdSettings
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ServiceStatus
 from waiting import eventually
 

@@ -10,11 +10,11 @@ from typing import cast
 import pytest
 
 from fleetop.config import EtcdSettings
-from fleetop.controller.executor import RECENT_EVENTS, Executor
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.controller.runtime.executor import RECENT_EVENTS, Executor
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import Event
 
 KEYS = Keys()

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from fleetop.config import EtcdSettings
-from fleetop.controller.executor import Executor
-from fleetop.controller.leader import LeaderElector, LeaderTimings
-from fleetop.controller.unitrender import render_main
+from fleetop.controller.runtime.executor import Executor
+from fleetop.controller.runtime.leader import LeaderElector, LeaderTimings
+from fleetop.controller.services.unitrender import render_main
 from fleetop.controller.world import CreateUnit, DestroyUnit, SetDesiredState
 from fleetop.errors import FleetUnavailable, NotLeader
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ServiceSpec
 
 TIMINGS = LeaderTimings(lease_duration=30.0, renew_deadline=20.0, retry_period=10.0)

@@ -30,10 +30,10 @@ from ophelpers import (
     status_of,
 )
 
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ServiceStatus
 from fleetop.models.observed import OperatorObservation
 from waiting import eventually

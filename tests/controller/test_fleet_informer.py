@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fleetop.controller.informers import QUIET_POLL_SHARE, FleetInformer
+from fleetop.controller.runtime.informers import QUIET_POLL_SHARE, FleetInformer
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Any
 
-from fleetop.controller.informers import FleetInformer
+from fleetop.controller.runtime.informers import FleetInformer
 from fleetop.errors import FleetUnavailable
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit

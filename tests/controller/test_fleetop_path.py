@@ -16,9 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetop.cli.main import app
-from fleetop.controller.planner import plan
-from fleetop.controller.run import RunConfig, fleetop_path_problem, own_fleetop
-from fleetop.controller.unitrender import UnitSettings, owned_by, render_main, render_sidekick
+from fleetop.controller.runtime.run import RunConfig, fleetop_path_problem, own_fleetop
+from fleetop.controller.services.planner import plan
+from fleetop.controller.services.unitrender import render_main, render_sidekick
+from fleetop.controller.unitfile import UnitSettings
 from fleetop.controller.world import (
     CreateUnit,
     DestroyUnit,
@@ -28,6 +29,7 @@ from fleetop.controller.world import (
     PlanMemory,
 )
 from fleetop.errors import ConfigError
+from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import unit_hash
 from fleetop.models import ServiceSpec
 

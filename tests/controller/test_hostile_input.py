@@ -24,15 +24,15 @@ from ophelpers import Node, Operator, running, running_mains, spec
 
 from backends import agent_running, handlers_seen, http_backends
 from fleetop.config import EtcdSettings
-from fleetop.controller.contain import FailureReporter
-from fleetop.controller.executor import Executor
-from fleetop.controller.informers import PrefixCache, follow
-from fleetop.controller.reconciler import Reconciler
+from fleetop.controller.runtime.contain import FailureReporter
+from fleetop.controller.runtime.executor import Executor
+from fleetop.controller.runtime.informers import PrefixCache, follow
+from fleetop.controller.services.reconciler import Reconciler
 from fleetop.errors import SpecInvalid
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys, is_name
+from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
 from fleetop.proxy.agent import AgentSettings
 from fleetop.proxy.apply import initial_config, start_proxy

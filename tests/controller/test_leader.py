@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fleetop.config import EtcdSettings
-from fleetop.controller.leader import LeaderElector, LeaderTimings, holder_of
+from fleetop.controller.runtime.leader import LeaderElector, LeaderTimings, holder_of
 from fleetop.errors import NotLeader
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 
 TIMINGS = LeaderTimings(lease_duration=3.0, renew_deadline=2.0, retry_period=0.5)
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from fleetop.controller.limits import (
+from fleetop.controller.runtime.run import RunConfig
+from fleetop.controller.services.limits import (
     CLUSTER_CEILING_REASON,
     SERVICE_CEILING_REASON,
     Demand,
@@ -15,7 +16,6 @@ from fleetop.controller.limits import (
     instances_of,
     service_refusal,
 )
-from fleetop.controller.run import RunConfig
 from fleetop.errors import ConfigError
 from fleetop.models import ServiceSpec
 

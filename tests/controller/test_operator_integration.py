@@ -14,16 +14,16 @@ import pytest
 from ophelpers import Node, Operator, owned_mains, running, running_mains, spec, status_of
 
 from fleetop.config import EtcdSettings
-from fleetop.controller.leader import LeaderTimings
-from fleetop.controller.run import RunConfig, run_operator
-from fleetop.controller.unitrender import owned_by
+from fleetop.controller.runtime.leader import LeaderTimings
+from fleetop.controller.runtime.run import RunConfig, run_operator
 from fleetop.errors import FleetopError
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
+from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import UnitOption
 from fleetop.http import HttpSession, Timeouts
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import ServiceStatus
 from waiting import eventually
 

@@ -23,11 +23,11 @@ import pytest
 from ophelpers import Node, Operator, owned_mains, spec
 
 from fleetop.config import EtcdSettings
-from fleetop.controller.leader import LeaderElector, LeaderTimings, holder_of
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.controller.runtime.leader import LeaderElector, LeaderTimings, holder_of
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from waiting import eventually
 
 PREFIX = f"/t/paused-{os.getpid()}"

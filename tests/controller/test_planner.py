@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from fleetop.controller.instances import UNSCHEDULED_GRACE
-from fleetop.controller.planner import plan
-from fleetop.controller.rollout import Limits
-from fleetop.controller.unitrender import owned_by, render_main, render_sidekick
+from fleetop.controller.services.instances import UNSCHEDULED_GRACE
+from fleetop.controller.services.planner import plan
+from fleetop.controller.services.rollout import Limits
+from fleetop.controller.services.unitrender import render_main, render_sidekick
 from fleetop.controller.world import (
     Action,
     CreateUnit,
@@ -38,6 +38,7 @@ from fleetop.controller.world import (
     Seen,
     SetDesiredState,
 )
+from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import UnitOption, unit_hash
 from fleetop.models import ServiceSpec
 

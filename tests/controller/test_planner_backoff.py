@@ -10,9 +10,9 @@ from itertools import pairwise
 import pytest
 from test_planner import NOW, World, apply, make_spec, names, old_of, world_of
 
-from fleetop.controller.planner import plan
-from fleetop.controller.report import memory_from_status
-from fleetop.controller.unitrender import owned_by, render_main
+from fleetop.controller.services.planner import plan
+from fleetop.controller.services.report import memory_from_status
+from fleetop.controller.services.unitrender import render_main
 from fleetop.controller.world import (
     BackoffPolicy,
     CreateUnit,
@@ -25,6 +25,7 @@ from fleetop.controller.world import (
     Seen,
     Stable,
 )
+from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import unit_hash
 from fleetop.models import ServiceSpec
 
@@ -418,7 +419,7 @@ def test_auto_rollback_is_in_the_spec_schema() -> None:
 
 
 def test_the_operator_setting_scales_the_back_off() -> None:
-    from fleetop.controller.run import RunConfig
+    from fleetop.controller.runtime.run import RunConfig
     from fleetop.errors import ConfigError
 
     assert RunConfig.from_flags({}, {}).restart_backoff == 10.0

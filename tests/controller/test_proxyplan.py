@@ -6,15 +6,11 @@ from typing import Any
 
 import pytest
 
-from fleetop.controller.proxyplan import plan_units
-from fleetop.controller.proxyunits import (
-    ProxyLayout,
-    agent_unit_name,
-    desired_units,
-    proxy_unit_name,
-)
-from fleetop.controller.unitrender import DEFAULT_FLEETOP, UnitSettings, owned_by
+from fleetop.controller.proxies.plan import plan_units
+from fleetop.controller.proxies.units import ProxyLayout, agent_unit_name, desired_units, proxy_unit_name
+from fleetop.controller.unitfile import DEFAULT_FLEETOP, UnitSettings
 from fleetop.controller.world import CreateUnit, DestroyUnit, ObservedState, ObservedUnit, SetDesiredState
+from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import UnitOption, option_values, unit_hash
 from fleetop.models import ProxySpec
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fleetop.controller.executor import same_status, status_bytes
-from fleetop.controller.proxystatus import (
+from fleetop.controller.proxies.status import (
     AgentSummary,
     BackendSet,
     Destinations,
@@ -19,6 +18,7 @@ from fleetop.controller.proxystatus import (
     registration_names,
     summarize_agents,
 )
+from fleetop.controller.runtime.executor import same_status, status_bytes
 from fleetop.discovery.resolve import Resolution
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
 from fleetop.models.networks import contains, parse_networks

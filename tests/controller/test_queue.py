@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from fleetop.controller.queue import Backoff, QueueShutDownError, WorkQueue, run_resync, run_workers
+from fleetop.controller.runtime.queue import Backoff, QueueShutDownError, WorkQueue, run_resync, run_workers
 from fleetop.errors import PermanentError, TemporaryError
 
 

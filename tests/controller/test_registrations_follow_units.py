@@ -21,10 +21,10 @@ from collections.abc import Iterator
 import pytest
 from ophelpers import Node, Operator, http_service, owned_mains, running
 
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ProxyStatus, PublishedConfig
 from waiting import eventually
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
-from fleetop.controller.informers import FleetLoss
-from fleetop.controller.observed import observation
+from fleetop.controller.runtime.informers import FleetLoss
+from fleetop.controller.runtime.observed import observation
 from fleetop.models.status import Condition
 
 SINCE = "2026-11-21T11:58:05Z"

@@ -7,24 +7,24 @@ from typing import Any
 
 import pytest
 
-from fleetop.controller.unitrender import (
-    DEFAULT_FLEETOP,
-    OWNER_SECTION,
-    Owner,
-    RenderError,
-    UnitSettings,
-    environment_assignment,
+from fleetop.controller.services.unitrender import (
     main_template,
     main_unit_name,
-    owned_by,
     register_command,
     render_main,
     render_sidekick,
     sidekick_template,
     sidekick_unit_name,
+)
+from fleetop.controller.unitfile import (
+    DEFAULT_FLEETOP,
+    RenderError,
+    UnitSettings,
+    environment_assignment,
     systemd_quote,
     template_hash,
 )
+from fleetop.fleet.ownership import OWNER_SECTION, Owner, owned_by
 from fleetop.fleet.units import (
     UnitOption,
     check_option_values,

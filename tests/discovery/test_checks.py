@@ -14,7 +14,7 @@ import pytest
 
 from fleetop.discovery.checks import CheckResult, HealthCheck, host_port_text
 from fleetop.errors import InputError
-from fleetop.etcdserver import free_port
+from fleetop.local.etcdserver import free_port
 
 
 def wait_listening(port: int, deadline: float = 10.0) -> None:

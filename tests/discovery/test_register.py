@@ -25,8 +25,8 @@ from fleetop.discovery.checks import HealthCheck
 from fleetop.discovery.cli import app, etcd_flags
 from fleetop.discovery.register import RegisterConfig, run_register
 from fleetop.errors import InputError
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.client import Etcd
+from fleetop.local.etcdserver import EtcdServer, free_port
 
 DEADLINE = 20.0
 

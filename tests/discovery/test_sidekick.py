@@ -24,8 +24,8 @@ from etcd_tls import SecureEtcd, secure_etcd_fixture  # noqa: F401
 from fleetop.config import settings_from
 from fleetop.discovery.sidekick import Config, build_config, parser
 from fleetop.errors import InputError
-from fleetop.etcd_gateway import Gateway
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.gateway import Gateway
+from fleetop.local.etcdserver import EtcdServer
 from waiting import eventually
 
 KEY = "/services/web/8001"

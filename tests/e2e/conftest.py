@@ -8,7 +8,7 @@ import pytest
 from e2ehelpers import Stack, running_stack
 
 from fleetop.config import EtcdSettings
-from fleetop.etcd import Etcd
+from fleetop.etcd.client import Etcd
 
 
 @pytest.fixture(scope="module")

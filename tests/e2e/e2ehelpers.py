@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 
 from ophelpers import NODE_MAIN, stop_process
 
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
+from fleetop.local.etcdserver import EtcdServer
 from waiting import eventually
 
 

@@ -17,11 +17,11 @@ import pytest
 from e2ehelpers import Stack, eventually, put, running_stack
 
 from backends import answered_by
-from fleetop.controller.unitrender import owned_by
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
+from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import option_values
+from fleetop.local.etcdserver import free_port
 from fleetop.node.execenv import DEFAULT_PATH
 
 pytestmark = pytest.mark.slow

@@ -21,9 +21,9 @@ from e2ehelpers import Stack, eventually
 
 from backends import Load, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import free_port
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.apply import pid_file_of
 from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError, admin_socket_of

@@ -25,9 +25,9 @@ from test_proxies_e2e import handlers, proxy_spec, web_spec
 from etcd_tls import SecureEtcd, start_secure_etcd
 from fleetop.config import EtcdSettings
 from fleetop.errors import EtcdDenied
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import free_port
 from fleetop.models import AgentStatus
 from waiting import eventually
 

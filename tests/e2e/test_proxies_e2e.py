@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from backends import Load, answered_by
 from fleetop.cli.main import app
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import free_port
 from fleetop.models import AgentStatus, ProxyStatus, PublishedConfig
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.fleet.model import MetadataOp, Unit
 from fleetop.fleet.units import UnitOption
 from fleetop.http import http_check, parse_endpoint
-from fleetop.node.main import NodeConfig, run_node
+from fleetop.node.server import NodeConfig, run_node
 
 SLEEP = [UnitOption("Service", "ExecStart", "/bin/sleep 1000")]
 FAST = RetryPolicy(attempts=3, initial=0.01, maximum=0.05, jitter=0.0, total=5.0)

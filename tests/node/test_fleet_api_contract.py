@@ -21,7 +21,7 @@ from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.fleet.model import MetadataOp
 from fleetop.fleet.units import UnitOption, unit_hash
 from fleetop.http import HttpResponse, raw_request
-from fleetop.node.main import NodeConfig, run_node
+from fleetop.node.server import NodeConfig, run_node
 from waiting import eventually
 
 SLEEP = [UnitOption("Service", "ExecStart", "/bin/sleep 1000")]

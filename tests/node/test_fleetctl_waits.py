@@ -28,7 +28,7 @@ import pytest_asyncio
 
 from fleetop.http import HttpSession, Timeouts
 from fleetop.node.engine import PACE
-from fleetop.node.main import NodeConfig, run_node
+from fleetop.node.server import NodeConfig, run_node
 from waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -10,8 +10,8 @@ import pytest
 
 from fleetop.errors import ConfigError
 from fleetop.fleet.units import UnitOption
-from fleetop.node.main import NodeConfig, machine_id, node_identity, open_listener, parse_metadata
 from fleetop.node.registry import Registry, StoredUnit
+from fleetop.node.server import NodeConfig, machine_id, node_identity, open_listener, parse_metadata
 from fleetop.node.wire import (
     WireError,
     decode_metadata_ops,

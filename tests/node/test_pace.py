@@ -8,8 +8,8 @@ import pytest
 
 from fleetop.errors import ConfigError
 from fleetop.node.engine import PACE, Engine
-from fleetop.node.main import PACE_ENV, NodeConfig, build_machines, pace_from_environment
 from fleetop.node.registry import Registry
+from fleetop.node.server import PACE_ENV, NodeConfig, build_machines, pace_from_environment
 from fleetop.node.supervisor import Supervisor
 
 

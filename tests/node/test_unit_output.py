@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from test_node_integration import WAIT, NodeProcess, cli, running_states, started
 
-from fleetop.etcdserver import free_port
 from fleetop.fleet.units import UnitOption
+from fleetop.local.etcdserver import free_port
 from waiting import eventually
 
 LOUD = """

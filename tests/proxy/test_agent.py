@@ -20,9 +20,9 @@ import pytest
 
 from backends import ProxySite, agent_running, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy import apply as apply_module
 from fleetop.proxy.agent import AgentSettings, ProxyAgent

@@ -19,9 +19,9 @@ import pytest
 
 from backends import agent_running
 from fleetop.errors import ConfigError
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import free_port
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.bootstrap import choose_config

@@ -9,10 +9,10 @@ import zlib
 
 import pytest
 
-from fleetop.controller.proxystatus import collect_backends
+from fleetop.controller.proxies.status import collect_backends
 from fleetop.errors import FleetopError
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer
+from fleetop.etcd.client import Etcd
+from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ProxySpec, PublishedConfig
 from fleetop.proxy.published import (
     COMPRESS_ABOVE,

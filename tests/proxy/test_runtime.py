@@ -21,9 +21,9 @@ import pytest
 
 from backends import Load, ProxySite, agent_running, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import free_port
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import start_proxy

@@ -19,9 +19,9 @@ import pytest
 from backends import fetch, handlers_seen, http_backends
 from fleetop.config import settings_from
 from fleetop.discovery.addresses import Registration
-from fleetop.etcd import Etcd
-from fleetop.etcdserver import EtcdServer, free_port
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import ApplyError, ProxyProcess, initial_config, start_proxy

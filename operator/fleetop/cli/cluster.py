@@ -27,7 +27,7 @@ from fleetop.cli.statusview import (
 )
 from fleetop.config import fleet_endpoints_from
 from fleetop.errors import FleetopError
-from fleetop.etcd import Events, Snapshot
+from fleetop.etcd.client import Events, Snapshot
 from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.http import Timeouts

@@ -48,7 +48,7 @@ def cli_context(ctx: typer.Context) -> CliContext:
 
 @asynccontextmanager
 async def open_store(cli: CliContext) -> AsyncIterator[Store]:
-    from fleetop.etcd import Etcd  # the gRPC client: imported by the verbs that use it, when they run
+    from fleetop.etcd.client import Etcd  # the gRPC client: imported by the verbs that use it, when they run
     from fleetop.keys import Keys
     from fleetop.store import Store
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fleetop.cli.common import echo, run
-from fleetop.manifests import MANIFESTS_DIR, load_values, render, write
+from fleetop.cli.manifestrender import MANIFESTS_DIR, load_values, render, write
 
 manifests_app = typer.Typer(
     help="Charts-like manifests for running fleetop on a real fleet cluster.", no_args_is_help=True

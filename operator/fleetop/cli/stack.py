@@ -15,7 +15,7 @@ import typer
 
 from fleetop.errors import FleetopError
 from fleetop.filemodes import make_dir, open_log
-from fleetop.up import (
+from fleetop.local.up import (
     Stack,
     UpConfig,
     default_state_dir,
@@ -77,7 +77,7 @@ def up(
         print(format_summary(stack.record()), end="", flush=True)
         supervisor.start()  # from here on, a part that exits is started again
         if demo:
-            from fleetop.demo import run_demo
+            from fleetop.local.demo import run_demo
 
             run_demo(stack.environment(), stack.stopping, print)
         print(

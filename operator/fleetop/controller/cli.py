@@ -139,7 +139,7 @@ def run_command(
     ] = None,
 ) -> None:
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
-    from fleetop.controller.run import RunConfig, run_operator, setup_logging
+    from fleetop.controller.runtime.run import RunConfig, run_operator, setup_logging
 
     flags: dict[str, Any] = dict(_root_flags(ctx))
     given = {

@@ -27,7 +27,7 @@ from fleetop.config import EtcdSettings, etcd_flags, settings_from
 from fleetop.discovery.checks import HealthCheck
 from fleetop.discovery.register import ETCD_RETRY, RegisterConfig, run_register
 from fleetop.errors import ConfigError, FleetopError, InputError, TemporaryError
-from fleetop.etcd import Etcd
+from fleetop.etcd.client import Etcd
 from fleetop.models.base import parse_duration
 
 log = logging.getLogger("fleetop.discovery.cli")

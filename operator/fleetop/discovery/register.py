@@ -6,7 +6,7 @@ This one keeps the same contract (the value is the bare text ``host:port`` that 
 etcdctl users read) and tightens it:
 
 - the first check runs at once and is retried quickly until it passes, then every ``interval``;
-- the key is bound to a lease that a :class:`~fleetop.etcd.LeaseKeeper` keeps alive, so a killed
+- the key is bound to a lease that a :class:`~fleetop.etcd.client.LeaseKeeper` keeps alive, so a killed
   sidekick's key expires within the TTL, and a failed check or SIGTERM deletes it at once;
 - etcd outages are ridden out: when etcd is back (and the instance healthy) a new lease is granted and
   the key written again; a key someone deleted is written again at the next check.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from fleetop.discovery.addresses import parse_address
 from fleetop.discovery.checks import CheckResult, HealthCheck, host_port_text
 from fleetop.errors import FleetopError, InputError, NotFound, TemporaryError
-from fleetop.etcd import Compare, Etcd, LeaseKeeper, Op
+from fleetop.etcd.client import Compare, Etcd, LeaseKeeper, Op
 from fleetop.keys import Keys
 from fleetop.models.base import check_name
 
@@ -48,7 +48,7 @@ _KEY_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 class RegisterConfig:
     """What to register where, and how to check it. Build it with :meth:`build`, which validates.
 
-    ``key`` is the logical key (``/services/web/8001``); :class:`~fleetop.etcd.Etcd` puts the
+    ``key`` is the logical key (``/services/web/8001``); :class:`~fleetop.etcd.client.Etcd` puts the
     installation root in front of it.
     """
 

@@ -5,7 +5,7 @@ pydantic and asyncio each one took 55-75 MB and 0.7 s of CPU to start. This one 
 :mod:`fleetop.discovery.register` (checks at once and quickly until the first pass, then every
 ``--interval``; the key ``host:port`` on a lease of ``--ttl`` kept alive while the check passes; deleted
 at once when a check fails or on SIGTERM/SIGINT; a new lease and the key again after etcd comes back or
-forgets the lease) and talks to etcd through its HTTP/JSON gateway (:mod:`fleetop.etcd_gateway`), with
+forgets the lease) and talks to etcd through its HTTP/JSON gateway (:mod:`fleetop.etcd.gateway`), with
 etcdctl's flags and environment (TLS, ``ETCDCTL_USER``/``ETCDCTL_PASSWORD``, never a password in argv).
 Measured with 30 on one machine: about 8 MB of memory each (proportional set size) and 0.05 s of CPU
 to start (``bench/lean.py``).
@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 from fleetop.config import EtcdSettings, etcd_flags, settings_from
 from fleetop.discovery.addresses import parse_address
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
-from fleetop.etcd_gateway import Gateway, GatewayRefusesCommonName
+from fleetop.etcd.gateway import Gateway, GatewayRefusesCommonName
 from fleetop.keys import Keys, is_name
 
 INFO, WARNING = 20, 30

@@ -99,7 +99,7 @@ def node(
     ctx.obj = state_dir
     if ctx.invoked_subcommand is not None:
         return
-    from fleetop.node.main import NodeConfig, run_node
+    from fleetop.node.server import NodeConfig, run_node
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -8,7 +8,7 @@ with the leader's start time until it is gone, so that after the node is SIGKILL
 ``cleanup_orphans`` can kill what is left, and only that: a group is signalled only while it still
 has members (the kernel does not reuse a PGID then) or its leader's start time still matches.
 
-Everything here reads ``/proc`` and knows nothing of units; ``fleetop.node.service`` decides when.
+Everything here reads ``/proc`` and knows nothing of units; ``fleetop.node.systemd_service`` decides when.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the states here are systemd's own (load, active, sub) triples. The same unit may
 modelled machines, so everything is keyed by (unit, machine id).
 
 ``Supervisor`` is the face the engine talks to; the work is done next to it:
-``fleetop.node.service`` runs one unit through systemd's state machine, ``fleetop.node.procgroups``
+``fleetop.node.systemd_service`` runs one unit through systemd's state machine, ``fleetop.node.procgroups``
 tracks its processes as process groups (and kills what a crashed node left behind), and
 ``fleetop.node.execenv`` says what those processes are given.
 """
@@ -23,8 +23,8 @@ from fleetop.errors import NotFound
 from fleetop.fleet.units import UnitOption
 from fleetop.node import procgroups
 from fleetop.node.execenv import DEFAULT_PATH, MachineContext
-from fleetop.node.service import RuntimeState, Service
 from fleetop.node.systemd import SpecifierContext, load_service
+from fleetop.node.systemd_service import RuntimeState, Service
 
 __all__ = ["DEFAULT_PATH", "MachineContext", "RuntimeState", "Supervisor"]
 

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fleetop.errors import FleetopError
-from fleetop.etcd import Etcd, LeaseKeeper, Snapshot
+from fleetop.etcd.client import Etcd, LeaseKeeper, Snapshot
 from fleetop.filemodes import SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig

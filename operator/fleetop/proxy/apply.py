@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Literal
 
 from fleetop.errors import ProxyError
-from fleetop.etcdserver import pid_alive
 from fleetop.filemodes import CONFIG_MODE, SHARED_DIR_MODE, make_dir, open_log, touch
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import PublishedConfig
+from fleetop.processes import pid_alive
 from fleetop.proxy.render import RenderPaths, render
 
 log = logging.getLogger(__name__)

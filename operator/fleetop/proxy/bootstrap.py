@@ -28,7 +28,7 @@ import typer
 
 from fleetop.config import settings_from
 from fleetop.errors import ConfigError, FleetopError
-from fleetop.etcd import Etcd
+from fleetop.etcd.client import Etcd
 from fleetop.filemodes import CONFIG_MODE, SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
 from fleetop.models.base import check_name

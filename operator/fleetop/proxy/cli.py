@@ -30,7 +30,7 @@ import typer
 
 from fleetop.config import EtcdSettings, settings_from
 from fleetop.errors import ConfigError, FleetopError, InputError, TemporaryError
-from fleetop.etcd import Etcd
+from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
 from fleetop.models.base import check_line, check_name
 from fleetop.proxy.agent import AgentSettings, ProxyAgent

@@ -1,0 +1,453 @@
+"""``reconcile("proxies/<name>")``: render a proxy's config from its routed services' registrations,
+publish it when it changed, run the proxy's units when it is managed, and report.
+
+Level-based like the service reconciler: every pass re-reads the spec, the registrations, what is
+published, what the agents report and fleet's units, all from the informers' caches, and decides from
+scratch. What a pass cannot see is kept in :class:`ProxyMemory`: the coalescing clock and what this
+process published and wrote last (the caches lag its own writes by one watch event).
+
+* Coalescing (``wait {min, max}``, :class:`~fleetop.proxy.coalesce.Quiescence`): a pass whose inputs
+  (spec revision, backend addresses) differ from the previous pass records a change; the config is
+  rendered at once after a quiet spell (leading edge), otherwise the pass returns "requeue after" the
+  rule's due time (trailing edge). Units and status are handled on every pass regardless.
+* Publishing: the rendered config goes to ``/fleetop/proxies/<name>/config`` only when its hash
+  differs from the published one, with the next generation, fenced on the leader key. A render that
+  fails (a broken custom template) leaves the published config alone and is reported in status
+  (``Degraded``, ``lastError``) and once as an event. A custom template renders in a worker process
+  with a time and a size limit (:mod:`fleetop.proxy.sandbox`), so it cannot stall the event loop.
+* Registrations of a routed service that registers through fleetop's sidekick are kept only for
+  instances whose main unit fleet holds as launched (:func:`~fleetop.controller.proxies.status.
+  collect_backends`); that set is one of a render's inputs, so a poll that shows a new unit or loses
+  a destroyed one re-renders (the informers queue the proxies that route to a service whose units
+  changed). Others are skipped, counted in status and reported once per distinct set as an event.
+* DNS names among the registrations are resolved before a render (:mod:`fleetop.discovery.resolve`:
+  timeout, TTL cache, threads of its own) and rendered as their addresses; a name that does not
+  resolve, or an address outside the proxy's (and the service's) ``allowedNetworks``, is skipped and
+  reported like an invalid value. The answers for the names of the last render are one of a pass's
+  inputs, and a pass comes back when one is due, so a changed answer renders again.
+* An invalid spec: ``Invalid=True`` in status, nothing published, its units left as they are.
+* A deleted spec: its units are destroyed, its published config and status deleted.
+* While fleet does not answer, nothing is changed in fleet: the units are neither planned nor
+  destroyed (the status keeps the units last seen), and a deleted proxy waits; configs are still
+  rendered and published, since they come from etcd and keep the proxies serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleetop.controller.proxies.cache import ProxyCaches
+from fleetop.controller.proxies.plan import UnitPlan, plan_units
+from fleetop.controller.proxies.status import (
+    BackendSet,
+    Destinations,
+    ProxyView,
+    build_status,
+    collect_backends,
+    decode_published,
+    describe_invalid,
+    describe_unlaunched,
+    invalid_status,
+    launched_instances,
+    network_rules,
+    published_hash,
+    registration_names,
+    summarize_agents,
+)
+from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
+from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
+from fleetop.controller.runtime.informers import Informers
+from fleetop.controller.services.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
+from fleetop.controller.services.unitrender import needs_sidekick
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
+from fleetop.controller.unitfile import RenderError as UnitRenderError
+from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
+from fleetop.errors import TemporaryError
+from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
+from fleetop.proxy.coalesce import Quiescence
+from fleetop.proxy.published import PublishedFormatError, encode_published
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderError, RenderPaths
+from fleetop.proxy.sandbox import RenderPool
+from fleetop.store import Entry
+
+log = logging.getLogger(__name__)
+
+MIN_REFRESH = 0.05
+"""Seconds: the soonest a pass comes back for an expired DNS answer."""
+
+Launched = dict[str, frozenset[str]]
+Inputs = tuple[
+    int,
+    tuple[tuple[str, int], ...],
+    tuple[tuple[str, tuple[str, ...]], ...],
+    tuple[tuple[str, tuple[str, ...], str], ...],
+]
+
+
+@dataclass
+class ProxyMemory:
+    """What one proxy's passes remember: coalescing, and this process's last writes."""
+
+    quiet: Quiescence
+    seen: Inputs | None = None
+    backends: BackendSet = field(default_factory=BackendSet)
+    """The registrations of the last render: what the published config (and the status) reflects."""
+    published: PublishedConfig | None = None
+    published_revision: int = 0
+    render_error: str | None = None
+    status: bytes | None = None
+    status_revision: int = 0
+    invalid_reported: int = 0
+    unlaunched_reported: frozenset[str] = frozenset()
+    invalid_generation: int = 0
+    reported: set[str] = field(default_factory=set)
+    names: frozenset[str] = frozenset()
+    """The DNS names among the last render's registrations: re-resolved on every pass (cached), and
+    the answers are one of the render's inputs, so a changed answer renders again."""
+    renderer: FragmentRenderer = field(default_factory=FragmentRenderer)
+    """Keeps the rendered blocks of unchanged services between renders."""
+
+
+class ProxyReconciler:
+    """Reconciles ``proxies/<name>`` keys."""
+
+    def __init__(
+        self,
+        informers: Informers,
+        caches: ProxyCaches,
+        executor: Executor,
+        *,
+        proxy_root: str = DEFAULT_PROXY_ROOT,
+        settings: UnitSettings = DEFAULT_UNITS,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sandbox: RenderPool | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.informers = informers
+        self.sandbox = sandbox
+        """Where custom templates render (a worker process, time and size limits); None: in-process."""
+        self.caches = caches
+        self.executor = executor
+        self.proxy_root = proxy_root
+        self.settings = settings
+        self.clock = clock
+        self.monotonic = monotonic
+        self.memory: dict[str, ProxyMemory] = {}
+        self.resolver = resolver if resolver is not None else Resolver()
+        self.renders = 0
+        self.publishes = 0
+
+    async def reconcile(self, name: str) -> float | None:
+        if not all(self.informers.synced().values()) or not self.caches.synced:
+            return SYNC_WAIT
+        entry = self.informers.entries["proxies"].get(name)
+        if entry is None:
+            return await self._deleted(name)
+        if entry.error is not None or not isinstance(entry.spec, ProxySpec):
+            return await self._invalid(name, entry)
+        spec = entry.spec
+        found = self._inputs(entry.mod_revision, spec)
+        if found is None:
+            return SYNC_WAIT
+        memory = self._memory(name, spec)
+        inputs: Inputs = (*found, await self._resolved(memory.names))
+        layout = ProxyLayout.of(name, spec, self.proxy_root, self.settings)
+        due, wait = self._coalesce(memory, inputs)
+        published = self._published(name, memory)
+        if due or (wait is None and self._must_render(memory, published)):
+            memory.backends = await self._backends(spec, memory)
+            try:
+                published = await self._render_and_publish(
+                    name, spec, memory.backends, layout, memory, published
+                )
+            except BaseException:
+                memory.seen = None  # not published: the retry must see these inputs as a change
+                raise
+            await self._report_invalid(name, memory, memory.backends)
+        units, unit_error = await self._units(name, spec, layout)
+        agents = summarize_agents(self.caches.agents(name), published.hash if published else "")
+        view = ProxyView(
+            entry.mod_revision, published, memory.backends, agents, units.units, memory.render_error
+        )
+        problems = [f"{n} exists and is not this proxy's" for n in units.blocked]
+        if unit_error is not None or problems:
+            view = dataclasses.replace(view, unit_error="; ".join([*problems, unit_error or ""]).strip("; "))
+        await self._write_status(name, build_status(view, self._stored(name), self.clock()))
+        return self._refresh_after(wait, memory)
+
+    # -- inputs -----------------------------------------------------------------------------------------
+    def _inputs(
+        self, generation: int, spec: ProxySpec
+    ) -> tuple[int, tuple[tuple[str, int], ...], tuple[tuple[str, tuple[str, ...]], ...]] | None:
+        """What a render depends on, cheaply: the spec's revision, the revision of each routed
+        service's registration cache (one cache per prefix, so it moves only when that prefix
+        changed) and the instances the operator runs of each sidekick service. None while a cache is
+        syncing. Parsing waits until a render is due, so the passes of a burst cost next to nothing."""
+        revisions: list[tuple[str, int]] = []
+        for service in sorted({route.service for route in spec.routes}):
+            prefix = self.informers.registration_prefix(service)
+            cache = self.informers.registrations.cache(prefix)
+            if cache is None:
+                return None
+            revisions.append((prefix, cache.revision))
+        launched = tuple((s, tuple(sorted(found))) for s, found in sorted(self._launched(spec).items()))
+        return generation, tuple(revisions), launched
+
+    def _launched(self, spec: ProxySpec) -> Launched:
+        """For each routed service whose instances register through fleetop's sidekick, the instances
+        whose main unit fleet holds as launched (from the last poll). Others are not listed: trusted."""
+        snapshot = self.informers.fleet.snapshot
+        found: Launched = {}
+        for service in sorted({route.service for route in spec.routes}):
+            entry = self.informers.entries["services"].get(service)
+            if entry is None or not isinstance(entry.spec, ServiceSpec) or not needs_sidekick(entry.spec):
+                continue
+            names = snapshot.owners.get(f"services/{service}", frozenset())
+            found[service] = launched_instances(
+                service, ((n, snapshot.units[n].desired_state) for n in names)
+            )
+        return found
+
+    async def _backends(self, spec: ProxySpec, memory: ProxyMemory) -> BackendSet:
+        """Registrations of every routed service, parsed, names resolved, destinations checked
+        (caches are synced: see :meth:`_inputs`)."""
+        items: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
+        for service in sorted({route.service for route in spec.routes}):
+            prefix = self.informers.registration_prefix(service)
+            cache = self.informers.registrations.cache(prefix)
+            pairs = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
+            items[service] = (prefix, pairs)
+        names = frozenset(registration_names(items))
+        resolved = await self.resolver.resolve(names)
+        if memory.seen is not None and memory.names != names:  # these answers are what this render saw
+            memory.seen = (*memory.seen[:3], resolved_view(resolved))
+        memory.names = names
+        return collect_backends(items, self._launched(spec), self._destinations(spec, resolved))
+
+    async def _resolved(self, names: frozenset[str]) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+        """The current answers for the names the last render used (from the cache while fresh)."""
+        return resolved_view(await self.resolver.resolve(names)) if names else ()
+
+    def _destinations(self, spec: ProxySpec, resolved: dict[str, Resolution]) -> Destinations:
+        """The proxy's ``allowedNetworks`` for every routed service, narrowed by a service's own."""
+        mine = tuple(spec.allowed_networks)
+        allowed = {}
+        for service in sorted({route.service for route in spec.routes}):
+            entry = self.informers.entries["services"].get(service)
+            own = (
+                entry.spec.discovery.allowed_networks
+                if entry and isinstance(entry.spec, ServiceSpec)
+                else None
+            )
+            allowed[service] = network_rules(mine) if own is None else network_rules(mine, tuple(own))
+        return Destinations(resolved, allowed)
+
+    def _refresh_after(self, wait: float | None, memory: ProxyMemory) -> float | None:
+        """Come back when a name the config uses is due for a new lookup (or sooner, for ``wait``)."""
+        due = self.resolver.next_refresh(memory.names) if memory.names else None
+        if due is None:
+            return wait
+        due = max(due, MIN_REFRESH)
+        return due if wait is None else min(wait, due)
+
+    def _memory(self, name: str, spec: ProxySpec) -> ProxyMemory:
+        memory = self.memory.get(name)
+        if memory is None:
+            memory = self.memory[name] = ProxyMemory(Quiescence(spec.wait.min, spec.wait.max))
+        memory.quiet.min, memory.quiet.max = spec.wait.min, spec.wait.max
+        return memory
+
+    def _coalesce(self, memory: ProxyMemory, inputs: Inputs) -> tuple[bool, float | None]:
+        """(render now, requeue after): a change is rendered when the quiescence rule says it is due;
+        until then the pass asks to come back at the due time (the burst's trailing edge)."""
+        now = self.monotonic()
+        if inputs != memory.seen:
+            spec_changed = memory.seen is None or memory.seen[0] != inputs[0]
+            memory.seen = inputs
+            burst = (
+                None if spec_changed else self._burst([prefix for prefix, _ in inputs[1]], memory.quiet.min)
+            )
+            if burst is None:
+                memory.quiet.changed(now)
+            else:
+                memory.quiet.changed(burst[0], burst_start=burst[1])
+        if not memory.quiet.pending:
+            return False, None
+        if memory.quiet.ready(now):
+            memory.quiet.rendered(now)
+            memory.render_error = None
+            return True, None
+        due = memory.quiet.due()
+        return False, max(0.001, (due if due is not None else now) - now)
+
+    def _burst(self, prefixes: list[str], gap: float) -> tuple[float, float] | None:
+        """When the routed registrations last changed and when that burst began, across prefixes."""
+        found = []
+        for prefix in prefixes:
+            cache = self.informers.registrations.cache(prefix)
+            burst = cache.burst(gap) if cache is not None else None
+            if burst is not None:
+                found.append(burst)
+        if not found:
+            return None
+        return max(last for last, _ in found), max(start for _, start in found)
+
+    @staticmethod
+    def _must_render(memory: ProxyMemory, published: PublishedConfig | None) -> bool:
+        """With no new inputs, render again only when the published config is not the one this
+        process published last (deleted, or written by someone else)."""
+        if memory.render_error is not None:
+            return False
+        return memory.published is None or published is None or published.hash != memory.published.hash
+
+    def _published(self, name: str, memory: ProxyMemory) -> PublishedConfig | None:
+        """The newest published config: the cache's, unless it has not seen this process's last write."""
+        kv = self.caches.published(name)
+        ours = memory.published
+        behind = kv is None or kv.mod_revision < memory.published_revision
+        if ours is not None and behind and self.caches.configs.revision < memory.published_revision:
+            return ours
+        return decode_published(kv.value) if kv is not None else None
+
+    # -- publishing -------------------------------------------------------------------------------------
+    async def _render_and_publish(
+        self,
+        name: str,
+        spec: ProxySpec,
+        backends: BackendSet,
+        layout: ProxyLayout,
+        memory: ProxyMemory,
+        published: PublishedConfig | None,
+    ) -> PublishedConfig | None:
+        self.renders += 1
+        paths = RenderPaths(layout.runtime_dir)
+        try:
+            if spec.template is not None and self.sandbox is not None:
+                rendered = await self.sandbox.render(name, spec, backends.valid, paths=paths)
+            else:
+                rendered = memory.renderer.render(name, spec, backends.valid, paths=paths)
+            digest = published_hash(rendered.hash, spec)
+            if published is not None and published.hash == digest:
+                memory.render_error = None
+                memory.reported.clear()
+                memory.published = published
+                return published
+            generation = (published.generation if published is not None else 0) + 1
+            config = rendered.published(spec, generation).model_copy(update={"hash": digest})
+            body = encode_published(config)
+        except (RenderError, PublishedFormatError) as exc:
+            memory.render_error = f"render failed: {exc}"
+            if memory.render_error not in memory.reported:
+                memory.reported.add(memory.render_error)
+                await self.executor.record(name, "RenderFailed", memory.render_error, warning=True)
+            return published
+        memory.render_error = None
+        memory.reported.clear()
+        revision = await self.executor.etcd.put(
+            self.executor.keys.proxy_config(name), body, fence=self.executor.fence()
+        )
+        self.publishes += 1
+        memory.published, memory.published_revision = config, revision
+        total = sum(len(v) for v in backends.valid.values())
+        log.info("proxy %s: published generation %d (%s, %d backends)", name, generation, digest[:12], total)
+        return config
+
+    async def _report_invalid(self, name: str, memory: ProxyMemory, backends: BackendSet) -> None:
+        count = backends.invalid_count
+        if count and count != memory.invalid_reported:
+            await self.executor.record(name, "InvalidRegistrations", describe_invalid(backends), warning=True)
+        memory.invalid_reported = count
+        unlaunched = backends.unlaunched_keys()
+        if unlaunched and unlaunched != memory.unlaunched_reported:
+            await self.executor.record(
+                name, "UnlaunchedRegistrations", describe_unlaunched(backends), warning=True
+            )
+        memory.unlaunched_reported = unlaunched
+
+    # -- units ------------------------------------------------------------------------------------------
+    async def _units(
+        self, name: str, spec: ProxySpec | None, layout: ProxyLayout | None
+    ) -> tuple[UnitPlan, str | None]:
+        """Plan and apply the proxy's units. Raises TemporaryError (retried) after a transient failure."""
+        desired: list[DesiredUnit] = []
+        if spec is not None and spec.managed and layout is not None:
+            try:
+                desired = desired_units(name, spec, layout)
+            except UnitRenderError as exc:
+                return UnitPlan([], []), f"cannot write the proxy's units: {exc}"
+        if self.informers.fleet.loss is not None:
+            stored = self._stored(name)
+            return UnitPlan([], list(stored.units) if stored is not None else []), None
+        observed = observe(self.informers.fleet.snapshot)
+        plan = plan_units(name, desired, observed.units, observed.states)
+        if not plan.actions:
+            return plan, None
+        outcome = await self.executor.apply(name, plan.actions)
+        self.informers.fleet.hurry(CONVERGING_POLL)
+        await self.informers.fleet.refresh()
+        if isinstance(outcome.error, TemporaryError):
+            raise outcome.error
+        return plan, str(outcome.error) if outcome.error is not None else None
+
+    # -- status -----------------------------------------------------------------------------------------
+    def _stored(self, name: str) -> ProxyStatus | None:
+        raw = self._stored_bytes(name)
+        if raw is None:
+            return None
+        try:
+            return ProxyStatus.model_validate_json(raw)
+        except ValueError:
+            return None
+
+    def _stored_bytes(self, name: str) -> bytes | None:
+        kv = self.caches.status(name)
+        memory = self.memory.get(name)
+        if memory is not None and memory.status is not None:
+            written = memory.status_revision
+            behind = kv is None or kv.mod_revision < written
+            if behind and self.caches.statuses.revision < written:
+                return memory.status
+        return kv.value if kv is not None else None
+
+    async def _write_status(self, name: str, status: ProxyStatus) -> None:
+        if same_status(self._stored_bytes(name), status):
+            return
+        body = status_bytes(status)
+        revision = await self.executor.etcd.put(
+            self.executor.keys.status("proxies", name), body, fence=self.executor.fence()
+        )
+        memory = self.memory.get(name)
+        if memory is not None:
+            memory.status, memory.status_revision = body, revision
+
+    async def _invalid(self, name: str, entry: Entry) -> float | None:
+        message = "; ".join(entry.error.all_messages()) if entry.error is not None else "not a proxy spec"
+        status = invalid_status(entry.mod_revision, message, self._stored(name), self.clock())
+        memory = self.memory.setdefault(name, ProxyMemory(Quiescence(0.0, 0.0)))
+        await self._write_status(name, status)
+        if memory.invalid_generation != entry.mod_revision:
+            memory.invalid_generation = entry.mod_revision
+            await self.executor.record(name, "SpecInvalid", f"spec is invalid: {message}", warning=True)
+        return None
+
+    async def _deleted(self, name: str) -> float | None:
+        """Destroy the units, then delete the published config and the status (fenced). While fleet
+        is lost: nothing (the poll that succeeds again queues this proxy)."""
+        if self.informers.fleet.loss is not None:
+            return None
+        plan, _ = await self._units(name, None, None)
+        fence = self.executor.fence
+        keys = self.executor.keys
+        if self.caches.published(name) is not None or name in self.memory:
+            await self.executor.etcd.delete(keys.proxy_config(name), fence=fence())
+        if self.caches.status(name) is not None or name in self.memory:
+            await self.executor.etcd.delete(keys.status("proxies", name), fence=fence())
+        if not plan.actions:
+            self.memory.pop(name, None)
+            self.executor.forget(name)
+        return None

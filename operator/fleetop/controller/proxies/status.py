@@ -1,0 +1,366 @@
+"""The proxy reconciler's decisions that need no I/O: backends, what to publish, and the status.
+
+Kept apart from :mod:`fleetop.controller.proxies.reconciler` so they are tested with plain values:
+
+* backends: the registrations directly under each routed service's prefix, parsed strictly; a value
+  that is not exactly an address is counted and reported, never rendered;
+* registrations follow the operator's own knowledge: for a service whose instances register through
+  fleetop's sidekick, a registration whose instance is not one of the service's main units that fleet
+  holds with desiredState ``launched`` (destroyed, never launched: a key a lost delete or a restored
+  lease left behind) is counted and reported too, and never rendered. A unit counts from the poll that
+  first shows it, before it runs, so a new instance's registration is not held back by its unit's
+  states. Registrations of other services (registrator, hand-written) are trusted as they are;
+* the published hash: the sha256 of the rendered text, which is what agents compare. A spec's own
+  ``checkCmd`` / ``reloadCmd`` / ``configPath`` travel with the config, so when one is set it is
+  folded into the hash too: changing only a command is a new config for the agents to apply;
+* the status: ``Published`` (a config for this spec is out), ``Available`` (at least one agent serves
+  the newest config), ``Degraded`` (the render or an agent failed), each keeping its
+  ``lastTransitionTime`` while its status stays, so a converged proxy gets a byte-identical status.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import ValidationError
+
+from fleetop.controller.conditions import rfc3339
+from fleetop.discovery.addresses import InvalidRegistration, Registration, parse_registration
+from fleetop.discovery.resolve import Resolution, names_of
+from fleetop.models.networks import IPNetwork, contains, parse_networks
+from fleetop.models.proxy import ProxySpec
+from fleetop.models.status import (
+    AgentCount,
+    AgentStatus,
+    Condition,
+    ConditionType,
+    ProxyStatus,
+    PublishedConfig,
+    UnitStatus,
+)
+from fleetop.proxy.published import PublishedFormatError
+from fleetop.proxy.published import decode_published as decode_wire
+
+
+@dataclass(frozen=True)
+class BackendSet:
+    """Parsed registrations per routed service, the refused ones, and the ones of instances that the
+    operator does not run (``unlaunched``: valid addresses, left out all the same)."""
+
+    valid: dict[str, list[Registration]] = field(default_factory=dict)
+    invalid: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
+    unlaunched: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
+
+    @property
+    def invalid_count(self) -> int:
+        return sum(len(v) for v in self.invalid.values())
+
+    @property
+    def skipped_count(self) -> int:
+        """Registrations left out of the config, for whatever reason."""
+        return self.invalid_count + sum(len(v) for v in self.unlaunched.values())
+
+    def unlaunched_keys(self) -> frozenset[str]:
+        return frozenset(r.key for regs in self.unlaunched.values() for r in regs)
+
+    def fingerprint(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """What the render depends on, comparable between passes."""
+        return tuple(
+            (service, tuple(sorted(r.address for r in regs))) for service, regs in sorted(self.valid.items())
+        )
+
+
+def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The instances of ``service`` whose main unit (``<service>@<instance>.service``) is among
+    ``units`` (``(name, desiredState)`` of the units fleet holds for it) with desiredState launched."""
+    found = set()
+    for name, desired_state in units:
+        prefix, _, rest = name.partition("@")
+        if prefix == service and rest.endswith(".service") and desired_state == "launched":
+            found.add(rest.removesuffix(".service"))
+    return frozenset(found)
+
+
+def registration_names(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]]) -> set[str]:
+    """The DNS names among the valid registrations of ``items`` (what must be resolved to render)."""
+    names = set()
+    for prefix, pairs in items.values():
+        for key, value in pairs:
+            instance = key[len(prefix) :] if key.startswith(prefix) else ""
+            parsed = parse_registration(key, value) if instance and "/" not in instance else None
+            if isinstance(parsed, Registration) and _is_name(parsed.host):
+                names.add(parsed.host)
+    return names
+
+
+class NetworkRules:
+    """Network lists an address must be in, every one of them. Hashed once: every backend of every
+    render is checked against the same rules, through a cache keyed by them."""
+
+    __slots__ = ("_hash", "lists")
+
+    def __init__(self, lists: Iterable[tuple[IPNetwork, ...]]) -> None:
+        self.lists = tuple(lists)
+        self._hash = hash(self.lists)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or (isinstance(other, NetworkRules) and self.lists == other.lists)
+
+
+@functools.lru_cache(maxsize=1024)
+def network_rules(*lists: tuple[str, ...]) -> NetworkRules:
+    """The rules for CIDR lists (``allowedNetworks`` of a proxy, then of a service), one object per
+    distinct lists."""
+    return NetworkRules(parse_networks(cidrs) for cidrs in lists)
+
+
+NO_RULES = NetworkRules(())
+
+
+@functools.lru_cache(maxsize=200_000)
+def _is_name(host: str) -> bool:
+    return bool(names_of([host]))
+
+
+@functools.lru_cache(maxsize=200_000)
+def _inside(host: str, rules: NetworkRules) -> bool:
+    """Cached: a render checks every backend on every pass, and the answer only depends on these."""
+    return all(contains(networks, host) for networks in rules.lists)
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where backends may be: each name's resolution, and per routed service the network lists an
+    address must be in (the proxy's ``allowedNetworks``, then the service's own, if any).
+    ``resolved`` None keeps names as they are (nothing resolved them, nothing to check them by)."""
+
+    resolved: Mapping[str, Resolution] | None = None
+    allowed: Mapping[str, NetworkRules] = field(default_factory=dict)
+
+    def targets(
+        self, service: str, parsed: Registration
+    ) -> tuple[list[Registration], list[InvalidRegistration]]:
+        """The registrations ``parsed`` stands for (one per address of a name), and those refused."""
+        rules = self.allowed.get(service, NO_RULES)
+        if not _is_name(parsed.host):
+            if _inside(parsed.host, rules):
+                return [parsed], []
+            hosts: tuple[str, ...] = (parsed.host,)
+        elif self.resolved is None:
+            return [parsed], []
+        else:
+            answer = self.resolved.get(parsed.host)
+            if answer is None or answer.error is not None or not answer.addresses:
+                reason = (
+                    answer.error if answer is not None and answer.error else f"{parsed.host} is not resolved"
+                )
+                return [], [InvalidRegistration(parsed.key, parsed.address, reason)]
+            hosts = answer.addresses
+        kept, refused = [], []
+        for host in hosts:
+            target = Registration(parsed.key, host, parsed.port)
+            if _inside(host, rules):
+                kept.append(target)
+                continue
+            via = f" ({parsed.host})" if host != parsed.host else ""
+            reason = f"{target.address}{via} is outside the allowed networks"
+            refused.append(InvalidRegistration(parsed.key, target.address, reason))
+        return kept, refused
+
+
+def collect_backends(
+    items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]],
+    launched: Mapping[str, frozenset[str]] | None = None,
+    destinations: Destinations | None = None,
+) -> BackendSet:
+    """``service -> (prefix, [(key, value)])`` → registrations of the keys directly under the prefix.
+
+    ``launched`` maps each service whose instances register through fleetop's sidekick to the
+    instances the operator runs (:func:`launched_instances`); other services' keys are all trusted.
+    ``destinations`` turns names into their addresses and refuses what lies outside the allowed
+    networks: an unresolvable name or a forbidden address is skipped and reported like a value that
+    does not parse, and every other backend still renders.
+    """
+    valid: dict[str, list[Registration]] = {}
+    invalid: dict[str, list[InvalidRegistration]] = {}
+    unlaunched: dict[str, list[InvalidRegistration]] = {}
+    known = launched or {}
+    where = destinations or Destinations()
+    for service, (prefix, pairs) in sorted(items.items()):
+        found, refused, unknown = valid.setdefault(service, []), [], []
+        runs = known.get(service)
+        for key, value in sorted(pairs):
+            instance = key[len(prefix) :] if key.startswith(prefix) else ""
+            if not instance or "/" in instance:
+                continue
+            parsed = parse_registration(key, value)
+            if not isinstance(parsed, Registration):
+                refused.append(parsed)
+            elif runs is not None and instance not in runs:
+                reason = f"instance {instance} is not a launched unit of service {service}"
+                unknown.append(InvalidRegistration(key, parsed.address, reason))
+            else:
+                kept, outside = where.targets(service, parsed)
+                found.extend(kept)
+                refused.extend(outside)
+        if refused:
+            invalid[service] = refused
+        if unknown:
+            unlaunched[service] = unknown
+    return BackendSet(valid, invalid, unlaunched)
+
+
+def _describe(skipped: Sequence[InvalidRegistration]) -> str:
+    shown = [f"{r.key} ({r.reason})" for r in skipped[:3]]
+    more = len(skipped) - len(shown)
+    return (
+        f"{len(skipped)} registration(s) skipped: "
+        + "; ".join(shown)
+        + (f"; and {more} more" if more > 0 else "")
+    )
+
+
+def describe_invalid(backends: BackendSet) -> str:
+    """One line for an event: how many were refused, and the first few reasons."""
+    return _describe([r for regs in backends.invalid.values() for r in regs])
+
+
+def describe_unlaunched(backends: BackendSet) -> str:
+    """One line for an event: registrations of instances the operator does not run."""
+    return _describe([r for regs in backends.unlaunched.values() for r in regs])
+
+
+def published_hash(text_hash: str, spec: ProxySpec) -> str:
+    """The hash agents compare: the text's own, or with the spec's commands folded in."""
+    extras = (spec.check_cmd, spec.reload_cmd, spec.config_path)
+    if all(value is None for value in extras):
+        return text_hash
+    body = json.dumps([text_hash, *extras], separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def decode_published(raw: bytes | None) -> PublishedConfig | None:
+    """The published config's header (hash, generation...; a compressed body is left out)."""
+    if raw is None:
+        return None
+    try:
+        return decode_wire(raw, body=False)
+    except PublishedFormatError:
+        return None
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    total: int
+    on_newest: int
+    errors: list[str]
+
+
+def summarize_agents(reports: Sequence[tuple[str, bytes]], newest: str) -> AgentSummary:
+    """``[(machine, AgentStatus JSON)]`` → counts and the agents' errors, ``agent <machine>: <error>``."""
+    total = on_newest = 0
+    errors: list[str] = []
+    for machine, raw in sorted(reports):
+        try:
+            report = AgentStatus.model_validate_json(raw)
+        except ValidationError:
+            errors.append(f"agent {machine}: unreadable status")
+            continue
+        total += 1
+        if newest and report.applied_hash == newest and report.error is None:
+            on_newest += 1
+        if report.error:
+            errors.append(f"agent {report.machine or machine}: {report.error}")
+        if report.dropped_backends:
+            dropped = "; ".join(report.dropped_backends)
+            errors.append(f"agent {report.machine or machine}: applied without backend(s) {dropped}")
+    return AgentSummary(total, on_newest, errors)
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    """Everything the status of one valid proxy is made from."""
+
+    generation: int
+    published: PublishedConfig | None
+    backends: BackendSet
+    agents: AgentSummary
+    units: list[UnitStatus]
+    render_error: str | None = None
+    unit_error: str | None = None
+
+
+def _condition(
+    kind: ConditionType, ok: bool, reason: str, message: str, stored: ProxyStatus | None, now: float
+) -> Condition:
+    status: Literal["True", "False"] = "True" if ok else "False"
+    previous = stored.condition(kind) if stored is not None else None
+    since = (
+        previous.last_transition_time
+        if previous is not None and previous.status == status and previous.last_transition_time
+        else rfc3339(now)
+    )
+    return Condition(type=kind, status=status, reason=reason, message=message, last_transition_time=since)
+
+
+def build_status(view: ProxyView, stored: ProxyStatus | None, now: float) -> ProxyStatus:
+    """The ProxyStatus for ``view``; unchanged conditions keep their transition time from ``stored``."""
+    published, agents = view.published, view.agents
+    newest = published.hash if published is not None else ""
+    errors = [e for e in (view.render_error, *agents.errors, view.unit_error) if e]
+    if view.render_error:
+        publish = _condition("Published", False, "RenderFailed", view.render_error, stored, now)
+    elif published is None:
+        publish = _condition("Published", False, "NotPublished", "no config published yet", stored, now)
+    else:
+        message = f"generation {published.generation}, {newest[:12]}"
+        publish = _condition("Published", True, "Published", message, stored, now)
+    if agents.on_newest:
+        text = f"{agents.on_newest} of {agents.total} agent(s) serve the newest config"
+        available = _condition("Available", True, "AgentsOnNewest", text, stored, now)
+    else:
+        reason = "NoAgents" if agents.total == 0 else "NoAgentOnNewest"
+        text = f"none of {agents.total} agent(s) serve the newest config"
+        available = _condition("Available", False, reason, text, stored, now)
+    if view.render_error:
+        degraded = _condition("Degraded", True, "RenderFailed", view.render_error, stored, now)
+    elif agents.errors:
+        degraded = _condition("Degraded", True, "AgentFailed", "; ".join(agents.errors), stored, now)
+    elif view.unit_error:
+        degraded = _condition("Degraded", True, "UnitsFailed", view.unit_error, stored, now)
+    else:
+        degraded = _condition("Degraded", False, "AsExpected", "", stored, now)
+    return ProxyStatus(
+        observed_generation=view.generation,
+        config_hash=newest,
+        generation=published.generation if published is not None else 0,
+        backends={service: len({r.address for r in regs}) for service, regs in view.backends.valid.items()},
+        skipped_registrations=view.backends.skipped_count,
+        agents=AgentCount(total=agents.total, on_newest=agents.on_newest),
+        conditions=[publish, available, degraded],
+        units=view.units,
+        last_error="; ".join(errors) if errors else None,
+    )
+
+
+def invalid_status(generation: int, message: str, stored: ProxyStatus | None, now: float) -> ProxyStatus:
+    """An invalid spec: ``Invalid=True`` with the JSON path and reason; the rest is kept as it was."""
+    previous = stored.condition("Invalid") if stored is not None else None
+    kept_since = previous is not None and previous.status == "True" and previous.last_transition_time
+    since = previous.last_transition_time if previous is not None and kept_since else rfc3339(now)
+    condition = Condition(
+        type="Invalid", status="True", reason="SpecInvalid", message=message, last_transition_time=since
+    )
+    base = stored or ProxyStatus()
+    kept = [c for c in base.conditions if c.type != "Invalid"]
+    return base.model_copy(
+        update={"observed_generation": generation, "conditions": [*kept, condition], "last_error": message}
+    )

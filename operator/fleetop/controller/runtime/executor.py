@@ -1,0 +1,323 @@
+"""The executor: carry a Plan out through fleet, write status when it changed, record events.
+
+The planner decides; this module only performs, in a safe order, and reports what happened:
+
+* order: every create first, then desired-state repairs, then destroys (a stable sort keeps the
+  planner's sidekick-before-main order). Creating before destroying is what makes a surge start
+  before it stops, so the first failure stops the pass: a destroy never runs after a failed create.
+* races are idempotent: a unit destroyed by someone else (404) is simply gone; a desired-state change
+  on a unit that vanished (409) is left to the next pass; a create never replaces a unit that fleet
+  holds under that name without our ``[X-Fleetop]`` section naming this service (fleet would replace
+  its content), whatever the cache said.
+* fencing: fleet's API cannot compare the leader key, so before each fleet write the executor calls
+  ``guard`` (the elector's :meth:`~fleetop.controller.runtime.leader.LeaderElector.check_leading`), which
+  raises NotLeader once this process's own monotonic clock says the lease was not renewed within
+  the renew deadline. A leader paused past its lease and resumed stops before writing, even in the
+  few loop iterations before its elector notices and cancels the pass. (The fleet client runs the
+  same guard before each retry of a write.) What cannot be fenced is a request already sent.
+* status is written only when it differs from what is stored (a write on every pass would trigger
+  its own reconcile), and is fenced on the leader key, as every event is. It carries the time the
+  current generation was first reported (``observedGenerationTime``): kept from the stored status
+  while the generation is the same, now when the spec changed (``fleetop status``'s CHANGED).
+* events: at most one per action or failed attempt, under ``keys.events(service)`` as
+  ``<ts>-<id>`` keys on a shared lease of about an hour that is granted again when it has expired.
+  An event with the same type, reason and message as one of the service's recent ones bumps that
+  event's ``count`` and time instead of adding a key (Kubernetes' event aggregation), so a crash
+  loop or a retried failure is one event with a count, not a flood.
+* bounded: a pass applies at most ``batch_size`` actions (in the order above) and reports the rest as
+  ``deferred``; the reconciler comes back for them in a later pass, which plans again from a fresh
+  read of the spec and of fleet. A pass of 10,000 creates would otherwise run for minutes on a plan
+  nobody may want any more (the spec deleted or scaled down meanwhile).
+* errors come back as a value (:class:`Outcome`); the reconciler decides: TemporaryError is retried
+  with backoff by the queue, anything else is reported in status and not retried until something
+  changes (or the periodic resync).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from fleetop.controller.runtime.metrics import OperatorMetrics
+from fleetop.controller.world import Action, CreateUnit, DestroyUnit, SetDesiredState
+from fleetop.errors import FleetAPIError, FleetopError, NotLeader
+from fleetop.etcd.client import Etcd, KeyValue
+from fleetop.fleet.client import FleetClient
+from fleetop.fleet.ownership import owned_by
+from fleetop.fleet.units import unit_hash
+from fleetop.keys import Keys
+from fleetop.models import Event, ServiceStatus
+
+log = logging.getLogger(__name__)
+
+Fence = Callable[[], tuple[str, bytes]]
+Guard = Callable[[], None]
+"""Raises NotLeader when this process may no longer write to fleet."""
+StatusResult = Literal["written", "unchanged", "deleted"]
+_ORDER = {CreateUnit: 0, SetDesiredState: 1, DestroyUnit: 2}
+LEASE_MARGIN = 120.0
+"""Seconds before the events lease's expiry at which a new one is granted instead."""
+RECENT_EVENTS = 32
+"""Distinct recent events per service that a repeat is aggregated into."""
+
+
+@dataclass
+class Outcome:
+    """What a pass did: the actions applied (as event messages) and the error that stopped it."""
+
+    applied: list[str] = field(default_factory=list)
+    skipped: int = 0
+    error: FleetopError | None = None
+    deferred: int = 0
+    """Actions left for a later pass (over the batch size): that pass plans them again."""
+
+
+def ordered(actions: Sequence[Action]) -> list[Action]:
+    """Creates, then desired-state repairs, then destroys; the planner's order within each."""
+    return sorted(actions, key=lambda a: _ORDER[type(a)])
+
+
+def rfc3339(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_bytes(status: BaseModel) -> bytes:
+    """Status as written to etcd: compact camelCase JSON."""
+    return json.dumps(status.model_dump(mode="json", by_alias=True), separators=(",", ":")).encode()
+
+
+def same_status(stored: bytes | None, status: BaseModel) -> bool:
+    """True when ``stored`` already says ``status`` (compared as decoded JSON, not bytes)."""
+    if stored is None:
+        return False
+    try:
+        return bool(json.loads(stored) == status.model_dump(mode="json", by_alias=True))
+    except ValueError:
+        return False
+
+
+class Executor:
+    """Applies plans for one operator process. ``fence()`` returns the current leader fence."""
+
+    def __init__(
+        self,
+        client: FleetClient,
+        etcd: Etcd,
+        keys: Keys,
+        fence: Fence,
+        *,
+        metrics: OperatorMetrics | None = None,
+        event_ttl: int = 3600,
+        clock: Callable[[], float] = time.time,
+        guard: Guard | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.client = client
+        self.etcd = etcd
+        self.keys = keys
+        self.fence = fence
+        self.metrics = metrics
+        self.event_ttl = event_ttl
+        self.clock = clock
+        self.guard = guard
+        self.batch_size = batch_size
+        """At most this many actions per :meth:`apply` (None: all of them)."""
+        self._lease = 0
+        self._lease_expires = 0.0
+        self._recent: dict[str, dict[tuple[str, str, str], tuple[str, Event]]] = {}
+
+    # -- fleet ----------------------------------------------------------------------------------------
+    async def apply(self, service: str, actions: Sequence[Action]) -> Outcome:
+        """Apply ``actions`` in a safe order, at most ``batch_size`` of them; stop at the first
+        failure and record it."""
+        outcome = Outcome()
+        steps = ordered(actions)
+        if self.batch_size is not None and len(steps) > self.batch_size:
+            outcome.deferred = len(steps) - self.batch_size
+            steps = steps[: self.batch_size]
+        for index, action in enumerate(steps):
+            try:
+                message = await self._one(service, action)
+            except NotLeader:
+                raise
+            except FleetopError as exc:
+                outcome.error = exc
+                outcome.skipped = len(steps) - index - 1
+                await self.record(
+                    service, type(exc).__name__, f"{_verb(action)} {action.name}: {exc}", warning=True
+                )
+                return outcome
+            if message:
+                outcome.applied.append(message)
+                await self.record(service, message.split(" ", 1)[0], message)
+        return outcome
+
+    async def _one(self, service: str, action: Action) -> str | None:
+        if isinstance(action, CreateUnit):
+            return await self._create(service, action)
+        if isinstance(action, DestroyUnit):
+            self._check_guard()
+            existed = await self.client.destroy_unit(action.name)
+            return f"Destroyed {action.name} ({action.reason})" if existed else None
+        try:
+            self._check_guard()
+            await self.client.set_desired_state(action.name, action.state)
+        except FleetAPIError as exc:
+            if exc.code in (404, 409):
+                log.info("%s: %s vanished before its desiredState could be set", service, action.name)
+                return None
+            raise
+        return f"SetDesiredState {action.name} to {action.state}"
+
+    async def _create(self, service: str, action: CreateUnit) -> str | None:
+        existing = await self.client.get_unit(action.name)
+        if existing is not None:
+            owner = owned_by(existing.options)
+            if owner is None or owner.service != service:
+                raise FleetAPIError(409, f"{action.name} exists and is not owned by service {service}")
+            if unit_hash(existing.options) != unit_hash(action.options):
+                # Our unit with other content: PUT would replace it in place. The cache was stale;
+                # the next pass plans from what fleet holds now.
+                log.info("%s: %s already exists with other content; not replacing it", service, action.name)
+                return None
+            if existing.desired_state == action.desired_state:
+                return None
+            self._check_guard()
+            await self.client.set_desired_state(action.name, action.desired_state)
+            return f"SetDesiredState {action.name} to {action.desired_state}"
+        self._check_guard()
+        result = await self.client.create_unit(action.name, action.options, action.desired_state)
+        if result == "created":
+            return f"Created {action.name}"
+        return None
+
+    def _check_guard(self) -> None:
+        """Right before a fleet write: NotLeader unless the lease is known fresh (by our own clock)."""
+        if self.guard is None:
+            return
+        try:
+            self.guard()
+        except NotLeader as exc:
+            log.warning("fleet write refused: %s", exc)
+            raise
+
+    # -- status ---------------------------------------------------------------------------------------
+    async def write_status(
+        self, service: str, status: ServiceStatus | None, stored: KeyValue | None
+    ) -> StatusResult:
+        """Write ``status`` unless ``stored`` already says it; None deletes the status key. Fenced."""
+        key = self.keys.status("services", service)
+        try:
+            if status is None:
+                if stored is None:
+                    return "unchanged"
+                await self.etcd.delete(key, fence=self.fence())
+                result: StatusResult = "deleted"
+            else:
+                status = self._stamped(status, stored)
+                if same_status(stored.value if stored else None, status):
+                    result = "unchanged"
+                else:
+                    await self.etcd.put(key, status_bytes(status), fence=self.fence())
+                    result = "written"
+        except NotLeader:
+            self._count_status("fenced")
+            raise
+        self._count_status(result)
+        return result
+
+    def _stamped(self, status: ServiceStatus, stored: KeyValue | None) -> ServiceStatus:
+        """``status`` with the time its generation was first reported: the stored one's if it reported
+        the same generation, else now."""
+        since: object = None
+        if stored is not None:
+            try:
+                previous = json.loads(stored.value)
+            except ValueError:
+                previous = None
+            if (
+                isinstance(previous, dict)
+                and previous.get("observedGeneration") == status.observed_generation
+            ):
+                since = previous.get("observedGenerationTime")
+        if not isinstance(since, str) or not since:
+            since = rfc3339(self.clock())
+        return status.model_copy(update={"observed_generation_time": since})
+
+    def _count_status(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.status_writes.labels(result).inc()
+
+    # -- events ---------------------------------------------------------------------------------------
+    async def record(self, service: str, reason: str, message: str, *, warning: bool = False) -> None:
+        """Write one Event (or bump the count of an identical previous one). Never raises, except
+        NotLeader: an event is a report, and failing to write it must not fail the pass."""
+        now = self.clock()
+        recent = self._recent.setdefault(service, {})
+        aggregate = ("Warning" if warning else "Normal", reason, message)
+        previous = recent.get(aggregate)
+        if previous is not None:
+            key = previous[0]
+            event = previous[1].model_copy(update={"count": previous[1].count + 1, "time": rfc3339(now)})
+        else:
+            stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            key = f"{self.keys.events(service)}{stamp}-{secrets.token_hex(3)}"
+            event = Event(
+                name=service,
+                type="Warning" if warning else "Normal",
+                reason=reason,
+                message=message,
+                time=rfc3339(now),
+            )
+        body = event.model_dump_json(by_alias=True).encode()
+        try:
+            await self._put_event(key, body)
+        except NotLeader:
+            raise
+        except FleetopError as exc:
+            log.warning("could not record event for %s (%s): %s", service, message, exc)
+            return
+        recent.pop(aggregate, None)
+        recent[aggregate] = (key, event)
+        while len(recent) > RECENT_EVENTS:
+            recent.pop(next(iter(recent)))
+        log.log(logging.WARNING if warning else logging.INFO, "%s: %s", service, message)
+        if self.metrics is not None:
+            self.metrics.events_recorded.labels(reason).inc()
+
+    async def _put_event(self, key: str, body: bytes) -> None:
+        lease = await self._events_lease()
+        try:
+            await self.etcd.put(key, body, lease=lease, fence=self.fence())
+        except NotLeader:
+            raise
+        except FleetopError:
+            # The lease may have been revoked or expired early (etcd restored, clock jumps): one more try.
+            self._lease = 0
+            await self.etcd.put(key, body, lease=await self._events_lease(), fence=self.fence())
+
+    async def _events_lease(self) -> int:
+        mono = time.monotonic()
+        if not self._lease or mono > self._lease_expires - LEASE_MARGIN:
+            self._lease = await self.etcd.grant(self.event_ttl)
+            self._lease_expires = mono + self.event_ttl
+        return self._lease
+
+    def forget(self, service: str) -> None:
+        self._recent.pop(service, None)
+
+
+def _verb(action: Action) -> str:
+    if isinstance(action, CreateUnit):
+        return "create"
+    if isinstance(action, DestroyUnit):
+        return "destroy"
+    return "set desiredState of"

@@ -1,0 +1,602 @@
+"""Informers: in-memory caches of etcd prefixes and of fleet, which say *which* key to reconcile.
+
+Reconciling is level-triggered: a reconcile reads these caches and decides from scratch, so an
+informer's only output besides its cache is a set of keys to enqueue. Nothing downstream acts on
+deltas.
+
+* :class:`PrefixCache` lists an etcd prefix and then watches it from the list's revision
+  (``Etcd.list_watch`` relists after a compaction and resumes after etcd restarts); each snapshot or
+  batch of events updates the cache and reports the keys that changed.
+* :class:`RegistrationCaches` keeps one :class:`PrefixCache` per registration prefix that the specs
+  name, started and stopped as specs change.
+* :class:`FleetInformer` polls fleet (which has no watch) for units, states and machines: every
+  ``fast`` seconds while something converges, every ``slow`` seconds when steady. It diffs snapshots
+  and reports the owners (from each unit's ``[X-Fleetop]`` section) whose units or states changed.
+  :meth:`FleetInformer.refresh` gives the reconciler read-your-writes: after the executor changed
+  units, the next plan for that service waits for a poll that started after the change.
+  When fleet stops answering (a poll fails, or one has hung for ``stall_after`` seconds) the informer
+  keeps its last snapshot but says it is blind (:attr:`FleetInformer.loss`: since when, why, which
+  endpoints were tried) and reports every owner, so each is re-judged without acting; the first poll
+  that succeeds again reports every owner once more.
+
+No key can stop an informer: a spec that cannot be read becomes an invalid entry
+(:meth:`~fleetop.store.Store.entry`), a change handler that fails is logged and the stream goes on,
+a fleet poll that fails for any reason counts as a failed poll, and :func:`follow` restarts a cache
+whatever ended it. Only cancellation ends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from fleetop.errors import FleetopError
+from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot
+from fleetop.fleet.client import FleetClient
+from fleetop.fleet.model import Machine, Unit, UnitState
+from fleetop.fleet.ownership import PROXY_ROLES, owned_by
+from fleetop.keys import Keys, is_name
+from fleetop.models import ProxySpec, ServiceSpec
+from fleetop.store import KIND_ORDER, Entry, Kind, Store, other_kind, shared_name
+
+log = logging.getLogger(__name__)
+
+ChangeHandler = Callable[[set[str]], None]
+"""Called with the full etcd keys that changed (put or deleted) in one snapshot or batch."""
+
+ARRIVALS_KEPT = 256
+
+
+class PrefixCache:
+    """``key -> KeyValue`` for everything under ``prefix``, kept current by list + watch."""
+
+    def __init__(self, etcd: Etcd, prefix: str, on_change: ChangeHandler) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+        self.items: dict[str, KeyValue] = {}
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self._on_change = on_change
+        # When changes arrived (monotonic), newest last: render coalescing judges a burst by when its
+        # changes happened, not by when a (possibly busy) reconcile pass got to see them.
+        self.arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)
+
+    async def run(self) -> None:
+        """Follow the prefix until cancelled. The first snapshot marks the cache synced."""
+        stream = self.etcd.list_watch(self.prefix)
+        async with contextlib.aclosing(stream):
+            async for update in stream:
+                changed = self._apply(update)
+                self.synced.set()
+                if changed:
+                    self.arrivals.append(time.monotonic())
+                    self._notify(changed)
+
+    def _notify(self, changed: set[str]) -> None:
+        """Report a change; a handler that fails loses this report, never the watch."""
+        try:
+            self._on_change(changed)
+        except Exception:
+            log.exception("handling a change under %s failed (%d keys)", self.prefix, len(changed))
+
+    def _apply(self, update: Snapshot | Events) -> set[str]:
+        if isinstance(update, Snapshot):
+            fresh = {kv.key: kv for kv in update.items}
+            changed = {
+                k for k in self.items.keys() | fresh.keys() if _differs(self.items.get(k), fresh.get(k))
+            }
+            self.items = fresh
+            self.revision = update.revision
+            return changed
+        changed = set()
+        for event in update.events:
+            if event.type == "delete":
+                self.items.pop(event.key, None)
+            else:
+                self.items[event.key] = KeyValue(
+                    event.key,
+                    event.value,
+                    event.create_revision,
+                    event.mod_revision,
+                    event.version,
+                    event.lease,
+                )
+            changed.add(event.key)
+        self.revision = max(self.revision, update.revision)
+        return changed
+
+    def get(self, key: str) -> KeyValue | None:
+        return self.items.get(key)
+
+    def burst(self, gap: float) -> tuple[float, float] | None:
+        """(when the latest change arrived, when its burst began): a burst is a run of changes less
+        than ``gap`` apart. None before any change; a burst longer than the history began at -inf."""
+        return burst_of(list(self.arrivals), gap, full=len(self.arrivals) == self.arrivals.maxlen)
+
+    def under(self, prefix: str) -> list[KeyValue]:
+        return [kv for key, kv in sorted(self.items.items()) if key.startswith(prefix)]
+
+
+def burst_of(arrivals: list[float], gap: float, *, full: bool = False) -> tuple[float, float] | None:
+    """Pure: the latest arrival and the start of the run of arrivals less than ``gap`` apart ending at it.
+    ``full`` says older arrivals were dropped, so a run reaching the oldest kept one began earlier."""
+    if not arrivals:
+        return None
+    index = len(arrivals) - 1
+    while index > 0 and arrivals[index] - arrivals[index - 1] < gap:
+        index -= 1
+    start = float("-inf") if index == 0 and full else arrivals[index]
+    return arrivals[-1], start
+
+
+def _differs(old: KeyValue | None, new: KeyValue | None) -> bool:
+    if old is None or new is None:
+        return old is not new
+    return old.mod_revision != new.mod_revision
+
+
+class RegistrationCaches:
+    """One :class:`PrefixCache` per registration prefix in use; :meth:`want` says which."""
+
+    def __init__(self, etcd: Etcd, on_change: Callable[[str, set[str]], None]) -> None:
+        self.etcd = etcd
+        self.caches: dict[str, PrefixCache] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._on_change = on_change
+        self._wanted: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def want(self, prefixes: Iterable[str]) -> None:
+        """The prefixes that specs name right now (each ending in ``/``)."""
+        wanted = set(prefixes)
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._wake.set()
+
+    def cache(self, prefix: str) -> PrefixCache | None:
+        """The cache of ``prefix`` once it has synced, else None (the caller requeues)."""
+        found = self.caches.get(prefix)
+        return found if found is not None and found.synced.is_set() else None
+
+    @property
+    def synced(self) -> bool:
+        return all(prefix in self.caches and self.caches[prefix].synced.is_set() for prefix in self._wanted)
+
+    async def run(self) -> None:
+        """Start and stop prefix caches as :meth:`want` changes, until cancelled."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                try:
+                    await self._reconcile_tasks()
+                except Exception:
+                    log.exception("starting or stopping registration watches failed (retrying in 1s)")
+                    await asyncio.sleep(1.0)
+                    self._wake.set()
+        finally:
+            await self._stop(list(self._tasks))
+
+    async def _reconcile_tasks(self) -> None:
+        await self._stop([p for p in self._tasks if p not in self._wanted])
+        for prefix in sorted(self._wanted - self._tasks.keys()):
+            cache = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
+            self.caches[prefix] = cache
+            self._tasks[prefix] = asyncio.create_task(follow(cache), name=f"registrations {prefix}")
+            log.debug("watching registrations under %s", prefix)
+
+    async def _stop(self, prefixes: list[str]) -> None:
+        tasks = [self._tasks.pop(p) for p in prefixes]
+        for prefix in prefixes:
+            self.caches.pop(prefix, None)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """One consistent-enough poll of fleet: units by name, states by unit name, machines by id."""
+
+    units: Mapping[str, Unit] = field(default_factory=dict)
+    states: Mapping[str, tuple[UnitState, ...]] = field(default_factory=dict)
+    machines: Mapping[str, Machine] = field(default_factory=dict)
+    owners: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Queue key (``services/web``) -> names of the units it owns."""
+    owner_of: Mapping[str, str] = field(default_factory=dict)
+    """Unit name -> queue key of its owner (owned units only)."""
+    started: float = 0.0
+    """``time.monotonic()`` when the poll began: a change made before it is visible in it."""
+
+    def owned(self, key: str) -> tuple[list[Unit], list[UnitState]]:
+        names = sorted(self.owners.get(key, frozenset()))
+        units = [self.units[n] for n in names]
+        states = [s for n in names for s in self.states.get(n, ())]
+        return units, states
+
+
+def owner_key(unit: Unit) -> str | None:
+    """The queue key of the owner of ``unit``, or None for a unit fleetop does not own."""
+    owner = owned_by(unit.options)
+    if owner is None:
+        return None
+    kind = "proxies" if owner.role in PROXY_ROLES else "services"
+    return f"{kind}/{owner.service}"
+
+
+def build_snapshot(
+    units: list[Unit],
+    states: list[UnitState],
+    machines: list[Machine],
+    started: float,
+    previous: FleetSnapshot | None = None,
+) -> FleetSnapshot:
+    """Index one poll. A unit that is the very object ``previous`` held (the client reuses what it
+    parsed from an unchanged page) keeps its owner without its options being read again."""
+    by_state: dict[str, list[UnitState]] = {}
+    for state in states:
+        by_state.setdefault(state.name, []).append(state)
+    owners: dict[str, set[str]] = {}
+    owner_of: dict[str, str] = {}
+    old_units = previous.units if previous is not None else {}
+    old_owner_of = previous.owner_of if previous is not None else {}
+    for unit in units:
+        key = old_owner_of.get(unit.name) if old_units.get(unit.name) is unit else owner_key(unit)
+        if key is not None:
+            owners.setdefault(key, set()).add(unit.name)
+            owner_of[unit.name] = key
+    return FleetSnapshot(
+        units={u.name: u for u in units},
+        states={name: tuple(found) for name, found in by_state.items()},
+        machines={m.id: m for m in machines},
+        owners={k: frozenset(v) for k, v in owners.items()},
+        owner_of=owner_of,
+        started=started,
+    )
+
+
+def changed_owners(old: FleetSnapshot, new: FleetSnapshot) -> set[str]:
+    """Owner keys whose units or states differ between two snapshots (either side)."""
+    changed: set[str] = set()
+    for key in old.owners.keys() | new.owners.keys():
+        before, after = old.owners.get(key, frozenset()), new.owners.get(key, frozenset())
+        if before != after:
+            changed.add(key)
+            continue
+        for name in after:
+            if old.units.get(name) != new.units.get(name) or old.states.get(name) != new.states.get(name):
+                changed.add(key)
+                break
+    # A state that lingers after its unit is gone still matters to whoever owned the unit last.
+    for name in old.states.keys() ^ new.states.keys():
+        unit = old.units.get(name) or new.units.get(name)
+        owner = owner_key(unit) if unit is not None else None
+        if owner is not None:
+            changed.add(owner)
+    return changed
+
+
+@dataclass(frozen=True)
+class FleetLoss:
+    """fleet stopped answering: since when (UNIX time the first unanswered poll began), why, and the
+    endpoints that were tried. Fixed for the whole outage, so a status built from it is stable."""
+
+    since: float
+    error: str
+    endpoints: tuple[str, ...]
+    last_seen: float | None
+    """UNIX time of the last poll that fleet answered (None: never, in this process)."""
+
+
+STALL_AFTER = 20.0
+"""Seconds a poll may run before fleet counts as not answering: longer than one request's read timeout,
+so that a failover to a second endpoint completes first."""
+
+QUIET_POLL_SHARE = 0.01
+"""The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
+operator's thread, sets how far apart quiet polls must be; 3,000 units: about 25 s)."""
+
+
+class FleetInformer:
+    """Polls fleet; ``on_change(keys, machines_changed)`` reports owners whose world changed."""
+
+    def __init__(
+        self,
+        client: FleetClient,
+        on_change: Callable[[set[str], bool], None],
+        *,
+        fast: float = 0.5,
+        slow: float = 5.0,
+        stall_after: float = STALL_AFTER,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.fast = fast
+        self.slow = slow
+        self.stall_after = stall_after
+        self.clock = clock
+        self.snapshot = FleetSnapshot()
+        self.synced = asyncio.Event()
+        """Set once fleet's state is known: a first snapshot, or that fleet cannot be seen (``loss``)."""
+        self.last_error: str | None = None
+        self.loss: FleetLoss | None = None
+        """Set while fleet does not answer: nothing may be planned from ``snapshot`` then."""
+        self.seen_at: float | None = None
+        """UNIX time the last answered poll began: how old ``snapshot`` is."""
+        self._on_change = on_change
+        self._hurry_until = 0.0
+        self._wake = asyncio.Event()
+        self._polled = asyncio.Event()
+        self._expecting: dict[str, float] = {}
+        self._poll_cpu = 0.0
+
+    def hurry(self, seconds: float = 30.0) -> None:
+        """Poll every ``fast`` seconds for the next ``seconds`` (something is converging)."""
+        self._hurry_until = max(self._hurry_until, time.monotonic() + seconds)
+
+    def expect(self, key: str) -> None:
+        """``key`` just changed fleet: until a poll that began after now has completed, the snapshot
+        cannot show it (:meth:`fresh_for` is False); that poll reports ``key`` as changed. The
+        operator's form of client-go's expectations: a worker never waits for fleet, and a pass
+        never plans from a snapshot older than its own last writes."""
+        self._expecting[key] = time.monotonic()
+        self._wake.set()
+
+    def fresh_for(self, key: str) -> bool:
+        since = self._expecting.get(key)
+        return since is None or self.snapshot.started >= since
+
+    @property
+    def interval(self) -> float:
+        """``fast`` while something converges; otherwise ``slow``, stretched on a cluster so large that
+        polling every ``slow`` seconds would take more than QUIET_POLL_SHARE of a core."""
+        if time.monotonic() < self._hurry_until:
+            return self.fast
+        return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
+
+    async def refresh(self, timeout: float = 10.0) -> bool:
+        """Poll now and wait for a snapshot that began after this call; False on timeout or while
+        fleet does not answer."""
+        asked = time.monotonic()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.snapshot.started < asked:
+                    if self.loss is not None:
+                        return False
+                    self._polled.clear()
+                    await self._polled.wait()
+                return True
+        return False
+
+    async def run(self) -> None:
+        """Poll until cancelled. Failed polls keep the last snapshot, mark fleet lost and back off (up
+        to ``slow``); a poll that hangs past ``stall_after`` marks it lost while it goes on waiting."""
+        failures = 0
+        while True:
+            self._wake.clear()
+            began, cpu, wall = time.monotonic(), time.thread_time(), self.clock()
+            try:
+                await self._poll_watched(wall)
+                self._poll_cpu = time.thread_time() - cpu
+                failures = 0
+                delay = self.interval
+            except Exception as exc:  # a bug reading one unit is a failed poll, not a dead informer
+                failures += 1
+                self.last_error = (
+                    str(exc) if isinstance(exc, FleetopError) else f"{type(exc).__name__}: {exc}"
+                )
+                self._lost(wall, self.last_error)
+                delay = min(self.slow, self.fast * 2**failures)
+                log.warning(
+                    "polling fleet failed: %s (retry in %.1fs)",
+                    self.last_error,
+                    delay,
+                    exc_info=not isinstance(exc, FleetopError),
+                )
+            ended = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            # At least as long idle as the poll took, however often it is woken: on a large cluster
+            # polling takes at most half of the operator's time, on a small one this is nothing.
+            idle = time.monotonic() - ended
+            if idle < ended - began:
+                await asyncio.sleep(ended - began - idle)
+
+    async def _poll_watched(self, wall: float) -> None:
+        """One poll; if it has not finished after ``stall_after`` seconds, fleet counts as lost (since
+        the poll began) while the poll goes on."""
+        poll = asyncio.create_task(self.poll_once(wall), name="fleet poll")
+        try:
+            done, _ = await asyncio.wait({poll}, timeout=self.stall_after)
+            if not done:
+                self._lost(wall, f"no answer within {self.stall_after:g}s")
+            await poll
+        finally:
+            if not poll.done():
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
+
+    def _lost(self, since: float, error: str) -> None:
+        """Record the start of an outage (once) and have every owner judged again."""
+        if self.loss is not None:
+            return
+        tried = tuple(self.client.unreachable) or tuple(self.client.endpoints)
+        self.loss = FleetLoss(since, error, tried, self.seen_at)
+        log.warning("fleet is unreachable (%s): acting on nothing until it answers", error)
+        self.synced.set()
+        self._polled.set()
+        try:
+            self._on_change(set(self.snapshot.owners), True)
+        except Exception:  # no key can stop an informer
+            log.exception("fleet: queueing the owners after a loss failed")
+
+    async def poll_once(self, wall: float | None = None) -> None:
+        started = time.monotonic()
+        wall = self.clock() if wall is None else wall
+        units = await self.client.list_units()
+        states = await self.client.list_states()
+        machines = await self.client.list_machines()
+        new = build_snapshot(units, states, machines, started, self.snapshot)
+        old, self.snapshot = self.snapshot, new
+        self.last_error = None
+        self.seen_at = wall
+        recovered, self.loss = self.loss is not None, None
+        if recovered:
+            log.info("fleet answers again: reconciling resumes")
+        first = not self.synced.is_set() or recovered
+        self.synced.set()
+        self._polled.set()
+        keys = set(new.owners) | set(old.owners) if first else changed_owners(old, new)
+        met = [key for key, since in self._expecting.items() if since <= started]
+        for key in met:
+            del self._expecting[key]
+        keys.update(met)
+        machines_changed = first or old.machines != new.machines
+        if keys or machines_changed:
+            try:
+                self._on_change(keys, machines_changed)
+            except Exception:  # the poll itself succeeded: fleet is not lost because a handler failed
+                log.exception("handling a change of fleet failed (%d owners)", len(keys))
+
+
+async def follow(cache: PrefixCache) -> None:
+    """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried
+    (cancellation alone ends it)."""
+    while True:
+        try:
+            await cache.run()
+        except FleetopError as exc:
+            log.warning("watching %s: %s (retrying in 1s)", cache.prefix, exc)
+        except Exception:
+            log.exception("watching %s failed (retrying in 1s)", cache.prefix)
+        await asyncio.sleep(1.0)
+
+
+class Informers:
+    """Every cache of one operator, and the index from a change to the queue keys it concerns.
+
+    ``enqueue`` receives ``services/<name>`` and ``proxies/<name>`` keys. A service's registrations
+    concern the service and every proxy that routes to it; a machine joining or leaving concerns every
+    service (placement); fleet changes concern the owners of the units that changed, and a service's
+    units also concern the proxies that route to it (their backends follow its launched units).
+    """
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        keys: Keys,
+        client: FleetClient,
+        enqueue: Callable[[str], None],
+        *,
+        fast: float,
+        slow: float,
+    ) -> None:
+        self.keys = keys
+        self.store = Store(etcd, keys)
+        self.enqueue = enqueue
+        self.services = PrefixCache(etcd, keys.desired("services"), lambda c: self._specs("services", c))
+        self.proxies = PrefixCache(etcd, keys.desired("proxies"), lambda c: self._specs("proxies", c))
+        self.statuses = PrefixCache(etcd, keys.status("services"), lambda c: None)
+        self.registrations = RegistrationCaches(etcd, self._registrations_changed)
+        self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow)
+        self.entries: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
+        """What reconcilers see: each spec as read, except the later of a service and a proxy that
+        share a name, which is invalid (:func:`shared_name`)."""
+        self._read: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
+        self._prefix_owners: dict[str, set[str]] = {}
+        self._routes: dict[str, set[str]] = {}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for cache in (self.services, self.proxies, self.statuses):
+                group.create_task(follow(cache), name=f"informer {cache.prefix}")
+            group.create_task(self.registrations.run(), name="informer registrations")
+            group.create_task(self.fleet.run(), name="informer fleet")
+
+    def synced(self) -> dict[str, bool]:
+        return {
+            "services": self.services.synced.is_set(),
+            "proxies": self.proxies.synced.is_set(),
+            "status": self.statuses.synced.is_set(),
+            "registrations": self.registrations.synced,
+            "fleet": self.fleet.synced.is_set(),
+        }
+
+    def known_keys(self) -> set[str]:
+        """Every key worth a periodic resync: specs, and owners of units in fleet."""
+        found = {f"{kind}/{name}" for kind, entries in self.entries.items() for name in entries}
+        return found | set(self.fleet.snapshot.owners)
+
+    def registration_prefix(self, service: str) -> str:
+        entry = self.entries["services"].get(service)
+        if entry is not None and isinstance(entry.spec, ServiceSpec):
+            return self.keys.registrations(entry.spec.registration_prefix(service))
+        return self.keys.default_registrations(service)
+
+    def _specs(self, kind: Kind, changed: set[str]) -> None:
+        cache = self.services if kind == "services" else self.proxies
+        read = self._read[kind]
+        for key in changed:
+            name = self.keys.name_of(key, kind)
+            if name is None:
+                continue
+            kv = cache.get(key)
+            entry = self.store.entry(kind, kv) if kv is not None else None
+            if entry is None:
+                read.pop(name, None)
+            else:
+                read[name] = entry
+            self._settle(name)
+            self.enqueue(f"{kind}/{name}")
+        self._reindex()
+
+    def _settle(self, name: str) -> None:
+        """Set both kinds' entries of ``name`` from what was read; queue the other kind's when its
+        entry changed (a service and a proxy of one name: the first declared keeps it)."""
+        for kind in KIND_ORDER:
+            entry = shared_name(kind, self._read[kind].get(name), self._read[other_kind(kind)].get(name))
+            previous = self.entries[kind].get(name)
+            if entry is None:
+                self.entries[kind].pop(name, None)
+            else:
+                self.entries[kind][name] = entry
+            if entry is not previous and (entry is None or previous is None or entry.error or previous.error):
+                self.enqueue(f"{kind}/{name}")
+
+    def _reindex(self) -> None:
+        """Which registration prefixes to watch, and who cares about each."""
+        routes: dict[str, set[str]] = {}
+        for proxy, entry in self.entries["proxies"].items():
+            if isinstance(entry.spec, ProxySpec):
+                for route in entry.spec.routes:
+                    routes.setdefault(route.service, set()).add(proxy)
+        owners: dict[str, set[str]] = {}
+        for service in {s for s in self.entries["services"] if is_name(s)} | routes.keys():
+            owners.setdefault(self.registration_prefix(service), set()).add(service)
+        self._routes, self._prefix_owners = routes, owners
+        self.registrations.want(owners)
+
+    def _registrations_changed(self, prefix: str, changed: set[str]) -> None:
+        for service in self._prefix_owners.get(prefix, ()):
+            self.enqueue(f"services/{service}")
+            for proxy in self._routes.get(service, ()):
+                self.enqueue(f"proxies/{proxy}")
+
+    def _fleet_changed(self, owners: set[str], machines_changed: bool) -> None:
+        for key in sorted(owners):
+            self.enqueue(key)
+            kind, _, service = key.partition("/")
+            for proxy in self._routes.get(service, ()) if kind == "services" else ():
+                self.enqueue(f"proxies/{proxy}")  # its backends follow the service's launched units
+        if machines_changed:
+            for name in self.entries["services"]:
+                self.enqueue(f"services/{name}")
