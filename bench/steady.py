@@ -33,7 +33,7 @@ from bench.harness import (
     put_many,
 )
 from bench.report import Target, WorkloadResult
-from fleetop.controller.services.reconciler import CONVERGING_POLL
+from fleetop.controller.runtime.contract import CONVERGING_POLL
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.models import ServiceStatus
@@ -167,9 +167,9 @@ async def run(opts: Options) -> WorkloadResult:
         fleet_calls = metric_sum(op1, "fleetop_fleet_api_calls_total") - metric_sum(
             op0, "fleetop_fleet_api_calls_total"
         )
-        status_writes = metric_sum(op1, "fleetop_status_writes_total", 'result="written"') - metric_sum(
-            op0, "fleetop_status_writes_total", 'result="written"'
-        )
+        status_writes = metric_sum(
+            op1, "fleetop_writes_total", 'what="status",result="written"'
+        ) - metric_sum(op0, "fleetop_writes_total", 'what="status",result="written"')
         result.value(f"{services} services x 3: time to converge from empty", "s", converge)
         result.value(
             "quiet: operator CPU",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fleetop.cli.documents import split_documents
 from fleetop.cli.patching import apply_patch
 from fleetop.controller.runtime.contain import degraded, failure_message
-from fleetop.controller.services.reconciler import Reconciler
+from fleetop.controller.runtime.contract import Dispatcher
 from fleetop.errors import InputError, SpecInvalid, TemporaryError
 from fleetop.keys import SEGMENT_CHARS, Keys, is_name, segment, unsegment
 from fleetop.models import Condition, ProxySpec, ServiceStatus, parse_proxy, parse_service, parse_spec
@@ -134,7 +134,11 @@ def test_good_names_pass(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in BAD_NAMES if n])
 def test_a_refused_name_gets_one_safe_status_key(name: str) -> None:
     keys = Keys("/root")
-    for key in (keys.status("services", name), keys.events(name).rstrip("/"), keys.proxy_config(name)):
+    for key in (
+        keys.status("services", name),
+        keys.events("services", name).rstrip("/"),
+        keys.proxy_config(name),
+    ):
         assert key.isprintable() and key.isascii()
     part = keys.status("services", name).removeprefix("/root/status/services/")
     assert part and "/" not in part and part not in (".", "..") and len(part) <= SEGMENT_CHARS
@@ -361,12 +365,12 @@ async def test_a_pass_that_fails_unexpectedly_is_reported_on_its_key_and_retried
     async def report(kind: str, name: str, exc: BaseException) -> None:
         reports.append((kind, name, type(exc).__name__))
 
-    reconciler = Reconciler({"services": Failing(RecursionError("deep"))}, report=report)
+    reconciler = Dispatcher({"services": Failing(RecursionError("deep"))}, report=report)
     with pytest.raises(RecursionError):
         await reconciler.reconcile("services/deep")
     assert reports == [("services", "deep", "RecursionError")]
     for exc in (TemporaryError("later"), asyncio.CancelledError()):
-        reconciler = Reconciler({"services": Failing(exc)}, report=report)
+        reconciler = Dispatcher({"services": Failing(exc)}, report=report)
         with pytest.raises(type(exc)):
             await reconciler.reconcile("services/x")
     assert len(reports) == 1  # fleetop's own errors and cancellation are not failures to report

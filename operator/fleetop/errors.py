@@ -9,6 +9,7 @@ see them.
     FleetopError
     ├── InputError            bad input from a user: file, document, key, JSON path; never retried
     │   └── SpecInvalid       a spec that does not validate (carries the JSON path)
+    │       └── NameTaken     a service and a proxy of one name: the one declared later
     ├── ConfigError           bad flags, environment, certificates
     ├── NotFound              a key, unit or resource that does not exist
     ├── Conflict              a compare-and-swap lost (someone else wrote first)
@@ -60,6 +61,13 @@ class SpecInvalid(InputError):
 
     def all_messages(self) -> list[str]:
         return [f"{path}: {message}" for path, message in self.errors]
+
+
+class NameTaken(SpecInvalid):
+    """A spec whose name the other kind's spec, declared first, already has (``$.name``)."""
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__([("$.name", message)], where=where)
 
 
 class ConfigError(FleetopError):

@@ -95,8 +95,17 @@ class Keys(NamedTuple):
         """The leader's account of how fresh its view is (``fleetop status`` reads it)."""
         return f"{self.root}/fleetop/observed"
 
-    def events(self, name: str = "") -> str:
-        return f"{self.root}/fleetop/events/{segment(name)}/" if name else f"{self.root}/fleetop/events/"
+    def events(self, kind: Kind | None = None, name: str = "") -> str:
+        """``/fleetop/events/<kind>/<name>/`` (a trailing ``/``: a prefix of ``<ts>-<id>`` keys); without
+        a name, every event of that kind; without a kind, every event. A service and a proxy of one
+        name (one of them refused) keep their events apart."""
+        if kind is None:
+            return f"{self.root}/fleetop/events/"
+        return (
+            f"{self.root}/fleetop/events/{kind}/{segment(name)}/"
+            if name
+            else f"{self.root}/fleetop/events/{kind}/"
+        )
 
     def proxy_config(self, proxy: str) -> str:
         return f"{self.root}/fleetop/proxies/{segment(proxy)}/config"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from fleetop.errors import NotFound, SpecInvalid
+from fleetop.errors import NameTaken, NotFound, SpecInvalid
 from fleetop.etcd.client import Etcd, KeyValue
 from fleetop.keys import Keys
 from fleetop.models import (
@@ -81,8 +81,8 @@ def other_kind(kind: Kind) -> Kind:
 def shared_name(kind: Kind, entry: Entry | None, other: Entry | None) -> Entry | None:
     """``entry`` as reconcilers should see it, given the other kind's spec of the same name: a service
     and a proxy of one name would share unit names (``<name>@1.service``, ``Conflicts=<name>@*``),
-    events and metrics, so the one declared later (on a tie, the proxy) is invalid until the
-    other is gone."""
+    so the one declared later (on a tie, the proxy) is invalid (:class:`~fleetop.errors.NameTaken`:
+    ``Invalid=True, NameTaken`` in its status) until the other is gone."""
     if entry is None or other is None:
         return entry
     if (entry.create_revision, kind == "proxies") < (other.create_revision, kind != "proxies"):
@@ -90,11 +90,9 @@ def shared_name(kind: Kind, entry: Entry | None, other: Entry | None) -> Entry |
     taken_by = KIND_NAMES[other_kind(kind)].lower()
     message = (
         f"the name {entry.name!r} is taken by {taken_by} {entry.name!r}, declared first (key {other.key}):"
-        " a service and a proxy cannot share a name (their units, events and status would mix)"
+        f" a service and a proxy cannot share a name (both would run units named {entry.name}@<n>.service)"
     )
-    return dataclasses.replace(
-        entry, spec=None, error=SpecInvalid([("$.name", message)], where=f"key {entry.key}")
-    )
+    return dataclasses.replace(entry, spec=None, error=NameTaken(message, where=f"key {entry.key}"))
 
 
 @dataclass(frozen=True)
@@ -186,16 +184,30 @@ class Store:
         return StatusEntry(name, status, None, kv.mod_revision)
 
     async def events(
-        self, name: str | None = None, *, limit: int | None = None, since_revision: int = 0
+        self,
+        name: str | None = None,
+        *,
+        kind: Kind | None = None,
+        limit: int | None = None,
+        since_revision: int = 0,
     ) -> builtins.list[Event]:
         """Recorded events, oldest first; those that do not parse are skipped.
+
+        ``name`` without ``kind``: the events of the service and of the proxy of that name (at most
+        one of them is valid, but the refused one has events too); ``kind`` alone: every event of
+        that kind; neither: every event.
 
         ``since_revision``: only events first written after that etcd revision. Events outlive their
         object by up to an hour, so a spec's ``create_revision`` keeps a deleted object's events
         (one of the same name, deleted and declared again) out of the new one's history; a repeated
         event keeps its key, and with it the revision it was first written at.
         """
-        items, _ = await self.etcd.list(self.keys.events(name or ""))
+        if name:
+            kinds: builtins.list[Kind] = [kind] if kind is not None else list(KIND_ORDER)
+            prefixes = [self.keys.events(k, name) for k in kinds]
+        else:
+            prefixes = [self.keys.events(kind)]
+        items = [kv for prefix in prefixes for kv in (await self.etcd.list(prefix))[0]]
         events: builtins.list[Event] = []
         for kv in items:
             if kv.create_revision <= since_revision:

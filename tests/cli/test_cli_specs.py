@@ -280,8 +280,8 @@ def test_events_are_listed_oldest_first(cli: Cli) -> None:
             "message": f"{reason} web@8001.service",
             "time": time,
         }
-        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/{key}", json.dumps(event))
-    cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/c", "{garbage")
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/services/web/{key}", json.dumps(event))
+    cli.etcdctl("put", f"{cli.prefix}/fleetop/events/services/web/c", "{garbage")
     code, out, err = cli("events", "--service", "web")
     assert code == 0, err
     rows = [line.split()[:3] for line in out.splitlines()[1:]]
@@ -294,7 +294,7 @@ def test_describe_lists_no_event_of_an_earlier_service_of_the_same_name(cli: Cli
     def event(key: str, message: str) -> None:
         body = {"kind": "Service", "name": "web", "type": "Normal", "reason": "Created", "message": message}
         body["time"] = "2026-11-21T10:00:01Z"
-        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/{key}", json.dumps(body))
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/services/web/{key}", json.dumps(body))
 
     spec = json.dumps({"replicas": 1, "unit": {"execStart": "/bin/sleep 1000"}})
     cli.etcdctl("put", f"{cli.prefix}/desired/services/web", spec)
@@ -337,7 +337,7 @@ def test_events_follow_prints_new_events_as_they_come(cli: Cli) -> None:
             "message": "fleet answered 409",
             "time": "2026-11-21T10:00:09Z",
         }
-        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/z", json.dumps(event))
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/services/web/z", json.dumps(event))
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.split()[:3] == ["Warning", "FleetAPIError", "service/web"], line

@@ -24,7 +24,7 @@ from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.ownership import owned_by
 from fleetop.http import HttpSession, Timeouts
-from fleetop.keys import Keys
+from fleetop.keys import Keys, Kind
 from fleetop.local.etcdserver import free_port
 from fleetop.models import Event, ServiceStatus
 
@@ -195,9 +195,9 @@ async def status_of(etcd: Etcd, name: str) -> ServiceStatus | None:
     return None if kv is None else ServiceStatus.model_validate_json(kv.value)
 
 
-async def events_of(etcd: Etcd, name: str) -> list[Event]:
-    """The events the operator recorded for ``name``."""
-    items, _ = await etcd.list(Keys().events(name))
+async def events_of(etcd: Etcd, name: str, kind: Kind = "services") -> list[Event]:
+    """The events the operator recorded for the service (or proxy) ``name``."""
+    items, _ = await etcd.list(Keys().events(kind, name))
     return [Event.model_validate_json(kv.value) for kv in items]
 
 

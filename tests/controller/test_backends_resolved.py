@@ -199,7 +199,7 @@ async def scenario(etcd: Etcd, port: int, named: str, dns: StubDns) -> None:
     body = await published_body(etcd)
     assert "no-such-host" not in body and "good.test" not in body and "127.0.2.1" not in body
     assert f"server {named};" in body
-    events, _ = await etcd.list(KEYS.events(PROXY))
+    events, _ = await etcd.list(KEYS.events("proxies", PROXY))
     messages = [json.loads(kv.value)["message"] for kv in events]
     assert any("no-such-host.invalid does not resolve" in m for m in messages), messages
     assert any("127.0.2.1" in m and "outside the allowed networks" in m for m in messages), messages

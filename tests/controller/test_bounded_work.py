@@ -131,7 +131,8 @@ async def test_slow_custom_template_fails_alone(
         assert degraded is not None and "longer than 8s" in degraded.message
         assert "--render-timeout" in degraded.message
         assert any(
-            e.reason == "RenderFailed" and e.type == "Warning" for e in await events_of(etcd, "slowtpl")
+            e.reason == "RenderFailed" and e.type == "Warning"
+            for e in await events_of(etcd, "slowtpl", "proxies")
         )
         assert await etcd.get(KEYS.proxy_config("slowtpl")) is None  # nothing published
         after = await etcd.get(KEYS.leader())

@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 
 from fleetop.config import EtcdSettings
+from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import RECENT_EVENTS, Executor
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
@@ -19,6 +20,7 @@ from fleetop.models import Event
 
 KEYS = Keys()
 FENCE = ("/fleetop/leader", b"test-leader")
+WEB, API = ObjectRef("services", "web"), ObjectRef("services", "api")
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ async def executor(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[E
 
 
 async def _stored(executor: Executor, service: str) -> list[Event]:
-    items, _ = await executor.etcd.list(KEYS.events(service))
+    items, _ = await executor.etcd.list(KEYS.events("services", service))
     return [Event.model_validate_json(kv.value) for kv in items]
 
 
@@ -43,9 +45,9 @@ async def _events(executor: Executor, service: str) -> dict[tuple[str, str, str]
 
 async def test_a_crash_loop_is_a_few_events_with_counts(executor: Executor) -> None:
     for _ in range(4):
-        await executor.record("web", "Created", "Created web@8001.service")
-        await executor.record("web", "BackOff", "Back-off restarting failed web@8001.service", warning=True)
-        await executor.record("web", "Destroyed", "Destroyed web@8001.service (failed)")
+        await executor.record(WEB, "Created", "Created web@8001.service")
+        await executor.record(WEB, "BackOff", "Back-off restarting failed web@8001.service", warning=True)
+        await executor.record(WEB, "Destroyed", "Destroyed web@8001.service (failed)")
     assert await _events(executor, "web") == {
         ("Normal", "Created", "Created web@8001.service"): 4,
         ("Warning", "BackOff", "Back-off restarting failed web@8001.service"): 4,
@@ -54,18 +56,18 @@ async def test_a_crash_loop_is_a_few_events_with_counts(executor: Executor) -> N
 
 
 async def test_type_and_service_keep_events_apart(executor: Executor) -> None:
-    await executor.record("web", "Failed", "create web@1.service: refused")
-    await executor.record("web", "Failed", "create web@1.service: refused", warning=True)
-    await executor.record("api", "Failed", "create web@1.service: refused")
+    await executor.record(WEB, "Failed", "create web@1.service: refused")
+    await executor.record(WEB, "Failed", "create web@1.service: refused", warning=True)
+    await executor.record(API, "Failed", "create web@1.service: refused")
     assert len(await _events(executor, "web")) == 2
     assert len(await _events(executor, "api")) == 1
 
 
 async def test_only_recent_events_aggregate(executor: Executor) -> None:
-    await executor.record("web", "Scaled", "first")
+    await executor.record(WEB, "Scaled", "first")
     for index in range(RECENT_EVENTS):
-        await executor.record("web", "Scaled", f"other {index}")
-    await executor.record("web", "Scaled", "first")
+        await executor.record(WEB, "Scaled", f"other {index}")
+    await executor.record(WEB, "Scaled", "first")
     stored = await _stored(executor, "web")
     assert len(stored) == RECENT_EVENTS + 2, "the oldest was forgotten, so its repeat is a new event"
     assert all(e.count == 1 for e in stored)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleetop.config import EtcdSettings
+from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.leader import LeaderElector, LeaderTimings
 from fleetop.controller.services.unitrender import render_main
@@ -25,6 +26,7 @@ from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ServiceSpec
 
+FENCED, STAMPED = ObjectRef("services", "fenced"), ObjectRef("services", "stamped")
 TIMINGS = LeaderTimings(lease_duration=30.0, renew_deadline=20.0, retry_period=10.0)
 
 
@@ -98,7 +100,7 @@ async def test_the_executor_sends_no_fleet_write_after_the_deadline(etcd: Etcd, 
             executor = Executor(fleet, etcd, Keys(), lambda: elector.fence, guard=elector.check_leading)
             clock.step(TIMINGS.renew_deadline)
             with pytest.raises(NotLeader):
-                await executor.apply("fenced", [create])
+                await executor.apply(FENCED, [create])
             assert await fleet.get_unit(name) is None, "a refused create reached fleet"
 
         async with leading(etcd, clock) as elector:
@@ -106,13 +108,13 @@ async def test_the_executor_sends_no_fleet_write_after_the_deadline(etcd: Etcd, 
             clock.step(TIMINGS.renew_deadline - 1.0)
             assert await elector._renew_within_deadline()
             clock.step(2.0)  # past the acquisition's deadline, inside the renewal's
-            outcome = await executor.apply("fenced", [create])
+            outcome = await executor.apply(FENCED, [create])
             assert outcome.error is None and outcome.applied == [f"Created {name}"]
 
             clock.step(TIMINGS.renew_deadline)  # no renewal since: every kind of write is refused
             for action in (SetDesiredState(name, "launched"), DestroyUnit(name, "test")):
                 with pytest.raises(NotLeader):
-                    await executor.apply("fenced", [action])
+                    await executor.apply(FENCED, [action])
             unit = await fleet.get_unit(name)
             assert unit is not None and unit.desired_state == "loaded", "a refused write reached fleet"
     finally:
@@ -182,7 +184,7 @@ async def test_status_carries_when_its_generation_was_first_reported(etcd: Etcd,
             status = ServiceStatus.model_validate(
                 {"observedGeneration": generation, "replicas": {"ready": ready}}
             )
-            await executor.write_status("stamped", status, await etcd.get(key))
+            await executor.write_status(STAMPED, status, await executor.read_now(key))
             stored = await etcd.get(key)
             assert stored is not None
             return ServiceStatus.model_validate_json(stored.value)
@@ -193,9 +195,9 @@ async def test_status_carries_when_its_generation_was_first_reported(etcd: Etcd,
         assert (await write(7, 2)).observed_generation_time == first.observed_generation_time
         assert (
             await executor.write_status(
-                "stamped",
+                STAMPED,
                 ServiceStatus.model_validate({"observedGeneration": 7, "replicas": {"ready": 2}}),
-                await etcd.get(key),
+                await executor.read_now(key),
             )
             == "unchanged"
         )

@@ -25,9 +25,9 @@ from ophelpers import Node, Operator, running, running_mains, spec
 from backends import agent_running, handlers_seen, http_backends
 from fleetop.config import EtcdSettings
 from fleetop.controller.runtime.contain import FailureReporter
+from fleetop.controller.runtime.contract import Dispatcher
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import PrefixCache, follow
-from fleetop.controller.services.reconciler import Reconciler
 from fleetop.errors import SpecInvalid
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
@@ -143,7 +143,7 @@ async def test_deeply_nested_value_is_invalid_and_the_neighbour_converges(
     await etcd.put(KEYS.desired("services", "neighbour"), spec(2))
     await converged(etcd, fleet, operator, "neighbour", 2)
     assert operator.running
-    events, _ = await etcd.list(KEYS.events("deep"))
+    events, _ = await etcd.list(KEYS.events("services", "deep"))
     assert any(b"SpecInvalid" in kv.value and b"Warning" in kv.value for kv in events)
 
 
@@ -416,7 +416,7 @@ async def test_a_failed_pass_is_reported_on_its_own_key(etcd_server: EtcdServer)
         executor = Executor(fleet, client, KEYS, lambda: (KEYS.leader(), b"me"))
         before = ServiceStatus(observed_generation=7, conditions=[Condition(type="Available", status="True")])
         await client.put(KEYS.status("services", "buggy"), before.model_dump_json(by_alias=True).encode())
-        reconciler = Reconciler({"services": Failing()}, report=FailureReporter(executor).report)
+        reconciler = Dispatcher({"services": Failing()}, report=FailureReporter(executor).report)
         for _ in range(2):
             with pytest.raises(MemoryError):
                 await reconciler.reconcile("services/buggy")
@@ -425,7 +425,7 @@ async def test_a_failed_pass_is_reported_on_its_own_key(etcd_server: EtcdServer)
         condition = status.condition("Degraded")
         assert condition is not None and (condition.status, condition.reason) == ("True", "ReconcileFailed")
         assert "MemoryError: absurd" in condition.message and status.condition("Available") is not None
-        events, _ = await client.list(KEYS.events("buggy"))
+        events, _ = await client.list(KEYS.events("services", "buggy"))
         assert len(events) == 1 and json.loads(events[0].value)["count"] == 2
         assert json.loads(events[0].value)["type"] == "Warning"
 

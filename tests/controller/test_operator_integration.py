@@ -81,7 +81,7 @@ async def test_launches_units_and_reports_available(
     assert names == ["hello@8001.service", "hello@8002.service", "hello@8003.service"]
     desired = await etcd.get(KEYS.desired("services", "hello"))
     assert desired is not None and status.observed_generation == desired.mod_revision
-    events, _ = await etcd.list(KEYS.events("hello"))
+    events, _ = await etcd.list(KEYS.events("services", "hello"))
     assert any(b"Created hello@8001.service" in kv.value for kv in events)
 
 
@@ -165,7 +165,7 @@ async def test_instances_of_a_stopped_machine_come_back_elsewhere(
         await converge(etcd, fleet, "move", 3, operator)
 
         async def lost_event() -> list[dict[str, str]]:
-            events, _ = await etcd.list(KEYS.events("move"))
+            events, _ = await etcd.list(KEYS.events("services", "move"))
             found = [json.loads(kv.value) for kv in events]
             return [e for e in found if e["reason"] == "MachineLost"]
 

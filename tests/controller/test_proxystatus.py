@@ -18,7 +18,7 @@ from fleetop.controller.proxies.status import (
     registration_names,
     summarize_agents,
 )
-from fleetop.controller.runtime.executor import same_status, status_bytes
+from fleetop.controller.runtime.executor import same_json, status_bytes
 from fleetop.discovery.resolve import Resolution
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
 from fleetop.models.networks import contains, parse_networks
@@ -135,7 +135,7 @@ def test_status_conditions_and_stable_transition_times() -> None:
         ("Degraded", "False"),
     ]
     again = build_status(view, first, 5000.0)
-    assert same_status(status_bytes(first), again)  # nothing changed: nothing to write
+    assert same_json(status_bytes(first), status_bytes(again))  # nothing changed: nothing to write
 
     broken = ProxyView(
         8, CONFIG, BackendSet(), AgentSummary(1, 0, ["agent m1: check failed"]), [], "render failed: x"

@@ -122,7 +122,7 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
         status = await eventually(reported, 30, "the proxy to report 2 skipped registrations")
         assert status.backends == {service: 1}
         assert await published(etcd, proxy) == {kept}, "a registration of an instance not run was published"
-        events, _ = await etcd.list(KEYS.events(proxy))
+        events, _ = await etcd.list(KEYS.events("proxies", proxy))
         bodies = [json.loads(kv.value) for kv in events]
         skipped = [e for e in bodies if e["reason"] == "UnlaunchedRegistrations"]
         assert skipped and f"/services/{service}/{BASE + 7}" in skipped[-1]["message"], bodies

@@ -31,6 +31,7 @@ from fleetop.etcd.client import Events, Snapshot
 from fleetop.fleet.client import FleetClient, RetryPolicy
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.http import Timeouts
+from fleetop.keys import Kind
 from fleetop.models import Event
 from fleetop.models.observed import OperatorObservation
 from fleetop.store import Store
@@ -159,21 +160,25 @@ def events(
             if not follow:
                 echo(format_events(await store.events(service)))
                 return
-            stream = store.etcd.list_watch(store.keys.events(service or ""))
+            # a service's and a proxy's events lie apart (/fleetop/events/<kind>/<name>/): follow both
+            kinds: tuple[Kind, ...] = ("services", "proxies")
+            prefixes = tuple(store.keys.events(kind, service) for kind in kinds) if service else ("",)
+            stream = store.etcd.list_watch(store.keys.events())
             async with contextlib.aclosing(stream):
                 async for update in stream:
-                    for event in _new_events(update):
+                    for event in _new_events(update, prefixes):
                         echo(format_event_line(event))
 
     run(body)
 
 
-def _new_events(update: Snapshot | Events) -> list[Event]:
-    """Events in a list-watch update, oldest first; values that do not parse are skipped."""
+def _new_events(update: Snapshot | Events, prefixes: tuple[str, ...] = ("",)) -> list[Event]:
+    """Events in a list-watch update under one of ``prefixes``, oldest first; values that do not parse
+    are skipped."""
     values = (
-        [kv.value for kv in update.items]
+        [kv.value for kv in update.items if kv.key.startswith(prefixes)]
         if isinstance(update, Snapshot)
-        else [e.value for e in update.events if e.type == "put"]
+        else [e.value for e in update.events if e.type == "put" and e.key.startswith(prefixes)]
     )
     parsed = []
     for value in values:

@@ -189,7 +189,7 @@ def describe(
             entry = await store.require(kind, name)
             status = await store.status(kind, name)
             # this spec's own events, not those of an earlier, deleted one of the same name
-            events = await store.events(name, limit=20, since_revision=entry.create_revision)
+            events = await store.events(name, kind=kind, limit=20, since_revision=entry.create_revision)
         return format_describe(entry, status, events)
 
     echo(run(body))

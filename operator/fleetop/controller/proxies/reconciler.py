@@ -1,17 +1,21 @@
 """``reconcile("proxies/<name>")``: render a proxy's config from its routed services' registrations,
 publish it when it changed, run the proxy's units when it is managed, and report.
 
-Level-based like the service reconciler: every pass re-reads the spec, the registrations, what is
-published, what the agents report and fleet's units, all from the informers' caches, and decides from
-scratch. What a pass cannot see is kept in :class:`ProxyMemory`: the coalescing clock and what this
-process published and wrote last (the caches lag its own writes by one watch event).
+It follows the reconciler contract (:mod:`fleetop.controller.runtime.contract`) as the service
+reconciler does: every pass re-reads the spec, the registrations, what is published, what the agents
+report and the proxy's own units (from the fleet index of the last poll), all from the informers'
+caches, and decides from scratch; every write (units, the published config, status, events) goes
+through the executor, whose write-if-changed also bridges the caches' lag behind this process's own
+writes. What a pass cannot see is kept in :class:`ProxyMemory`: the coalescing clock, the last
+render's inputs and what was reported.
 
 * Coalescing (``wait {min, max}``, :class:`~fleetop.proxy.coalesce.Quiescence`): a pass whose inputs
   (spec revision, backend addresses) differ from the previous pass records a change; the config is
   rendered at once after a quiet spell (leading edge), otherwise the pass returns "requeue after" the
   rule's due time (trailing edge). Units and status are handled on every pass regardless.
 * Publishing: the rendered config goes to ``/fleetop/proxies/<name>/config`` only when its hash
-  differs from the published one, with the next generation, fenced on the leader key. A render that
+  differs from the published one (:meth:`~fleetop.controller.runtime.executor.Executor.publish`), with
+  the next generation, fenced on the leader key. A render that
   fails (a broken custom template) leaves the published config alone and is reported in status
   (``Degraded``, ``lastError``) and once as an event. A custom template renders in a worker process
   with a time and a size limit (:mod:`fleetop.proxy.sandbox`), so it cannot stall the event loop.
@@ -25,7 +29,12 @@ process published and wrote last (the caches lag its own writes by one watch eve
   resolve, or an address outside the proxy's (and the service's) ``allowedNetworks``, is skipped and
   reported like an invalid value. The answers for the names of the last render are one of a pass's
   inputs, and a pass comes back when one is due, so a changed answer renders again.
-* An invalid spec: ``Invalid=True`` in status, nothing published, its units left as they are.
+* Units: planned from the proxy's own units in the last poll; after acting, the pass records an
+  expectation for ``proxies/<name>`` and returns (a worker never waits for fleet). Until a poll that
+  began after those actions has completed, passes plan nothing in fleet (the status keeps the units
+  last reported) but still render, publish and report; that poll queues the proxy again.
+* An invalid spec: ``Invalid=True`` in status (``NameTaken`` when a service declared first has the
+  name, ``SpecInvalid`` otherwise), nothing published, its units left as they are.
 * A deleted spec: its units are destroyed, its published config and status deleted.
 * While fleet does not answer, nothing is changed in fleet: the units are neither planned nor
   destroyed (the status keeps the units last seen), and a deleted proxy waits; configs are still
@@ -59,14 +68,16 @@ from fleetop.controller.proxies.status import (
     summarize_agents,
 )
 from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
-from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
-from fleetop.controller.runtime.informers import Informers
-from fleetop.controller.services.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
+from fleetop.controller.runtime.contract import CONVERGING_POLL, SYNC_WAIT, ObjectRef
+from fleetop.controller.runtime.executor import Executor
+from fleetop.controller.runtime.informers import FleetSnapshot, Informers
 from fleetop.controller.services.unitrender import needs_sidekick
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.unitfile import RenderError as UnitRenderError
+from fleetop.controller.world import ObservedState, ObservedUnit
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
-from fleetop.errors import TemporaryError
+from fleetop.errors import NameTaken, TemporaryError
+from fleetop.keys import Keys
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.published import PublishedFormatError, encode_published
@@ -97,10 +108,8 @@ class ProxyMemory:
     backends: BackendSet = field(default_factory=BackendSet)
     """The registrations of the last render: what the published config (and the status) reflects."""
     published: PublishedConfig | None = None
-    published_revision: int = 0
+    """The config this process last published or found published with the hash it rendered."""
     render_error: str | None = None
-    status: bytes | None = None
-    status_revision: int = 0
     invalid_reported: int = 0
     unlaunched_reported: frozenset[str] = frozenset()
     invalid_generation: int = 0
@@ -145,11 +154,12 @@ class ProxyReconciler:
     async def reconcile(self, name: str) -> float | None:
         if not all(self.informers.synced().values()) or not self.caches.synced:
             return SYNC_WAIT
+        ref = ObjectRef("proxies", name)
         entry = self.informers.entries["proxies"].get(name)
         if entry is None:
-            return await self._deleted(name)
+            return await self._deleted(ref)
         if entry.error is not None or not isinstance(entry.spec, ProxySpec):
-            return await self._invalid(name, entry)
+            return await self._invalid(ref, entry)
         spec = entry.spec
         found = self._inputs(entry.mod_revision, spec)
         if found is None:
@@ -158,18 +168,18 @@ class ProxyReconciler:
         inputs: Inputs = (*found, await self._resolved(memory.names))
         layout = ProxyLayout.of(name, spec, self.proxy_root, self.settings)
         due, wait = self._coalesce(memory, inputs)
-        published = self._published(name, memory)
+        published = self._published(name)
         if due or (wait is None and self._must_render(memory, published)):
             memory.backends = await self._backends(spec, memory)
             try:
                 published = await self._render_and_publish(
-                    name, spec, memory.backends, layout, memory, published
+                    ref, spec, memory.backends, layout, memory, published
                 )
             except BaseException:
                 memory.seen = None  # not published: the retry must see these inputs as a change
                 raise
-            await self._report_invalid(name, memory, memory.backends)
-        units, unit_error = await self._units(name, spec, layout)
+            await self._report_invalid(ref, memory, memory.backends)
+        units, unit_error = await self._units(ref, spec, layout)
         agents = summarize_agents(self.caches.agents(name), published.hash if published else "")
         view = ProxyView(
             entry.mod_revision, published, memory.backends, agents, units.units, memory.render_error
@@ -177,7 +187,8 @@ class ProxyReconciler:
         problems = [f"{n} exists and is not this proxy's" for n in units.blocked]
         if unit_error is not None or problems:
             view = dataclasses.replace(view, unit_error="; ".join([*problems, unit_error or ""]).strip("; "))
-        await self._write_status(name, build_status(view, self._stored(name), self.clock()))
+        status = build_status(view, self._stored(name), self.clock())
+        await self.executor.write_status(ref, status, self.caches.statuses)
         return self._refresh_after(wait, memory)
 
     # -- inputs -----------------------------------------------------------------------------------------
@@ -305,19 +316,18 @@ class ProxyReconciler:
             return False
         return memory.published is None or published is None or published.hash != memory.published.hash
 
-    def _published(self, name: str, memory: ProxyMemory) -> PublishedConfig | None:
+    def _published(self, name: str) -> PublishedConfig | None:
         """The newest published config: the cache's, unless it has not seen this process's last write."""
-        kv = self.caches.published(name)
-        ours = memory.published
-        behind = kv is None or kv.mod_revision < memory.published_revision
-        if ours is not None and behind and self.caches.configs.revision < memory.published_revision:
-            return ours
-        return decode_published(kv.value) if kv is not None else None
+        return decode_published(self.executor.stored(self.keys.proxy_config(name), self.caches.configs))
+
+    @property
+    def keys(self) -> Keys:
+        return self.informers.keys
 
     # -- publishing -------------------------------------------------------------------------------------
     async def _render_and_publish(
         self,
-        name: str,
+        ref: ObjectRef,
         spec: ProxySpec,
         backends: BackendSet,
         layout: ProxyLayout,
@@ -328,15 +338,10 @@ class ProxyReconciler:
         paths = RenderPaths(layout.runtime_dir)
         try:
             if spec.template is not None and self.sandbox is not None:
-                rendered = await self.sandbox.render(name, spec, backends.valid, paths=paths)
+                rendered = await self.sandbox.render(ref.name, spec, backends.valid, paths=paths)
             else:
-                rendered = memory.renderer.render(name, spec, backends.valid, paths=paths)
+                rendered = memory.renderer.render(ref.name, spec, backends.valid, paths=paths)
             digest = published_hash(rendered.hash, spec)
-            if published is not None and published.hash == digest:
-                memory.render_error = None
-                memory.reported.clear()
-                memory.published = published
-                return published
             generation = (published.generation if published is not None else 0) + 1
             config = rendered.published(spec, generation).model_copy(update={"hash": digest})
             body = encode_published(config)
@@ -344,59 +349,64 @@ class ProxyReconciler:
             memory.render_error = f"render failed: {exc}"
             if memory.render_error not in memory.reported:
                 memory.reported.add(memory.render_error)
-                await self.executor.record(name, "RenderFailed", memory.render_error, warning=True)
+                await self.executor.record(ref, "RenderFailed", memory.render_error, warning=True)
             return published
         memory.render_error = None
         memory.reported.clear()
-        revision = await self.executor.etcd.put(
-            self.executor.keys.proxy_config(name), body, fence=self.executor.fence()
-        )
+        if await self.executor.publish(ref.name, body, self.caches.configs) == "unchanged":
+            memory.published = published  # the same config, already published
+            return published
         self.publishes += 1
-        memory.published, memory.published_revision = config, revision
+        memory.published = config
         total = sum(len(v) for v in backends.valid.values())
-        log.info("proxy %s: published generation %d (%s, %d backends)", name, generation, digest[:12], total)
+        log.info(
+            "proxy %s: published generation %d (%s, %d backends)", ref.name, generation, digest[:12], total
+        )
         return config
 
-    async def _report_invalid(self, name: str, memory: ProxyMemory, backends: BackendSet) -> None:
+    async def _report_invalid(self, ref: ObjectRef, memory: ProxyMemory, backends: BackendSet) -> None:
         count = backends.invalid_count
         if count and count != memory.invalid_reported:
-            await self.executor.record(name, "InvalidRegistrations", describe_invalid(backends), warning=True)
+            await self.executor.record(ref, "InvalidRegistrations", describe_invalid(backends), warning=True)
         memory.invalid_reported = count
         unlaunched = backends.unlaunched_keys()
         if unlaunched and unlaunched != memory.unlaunched_reported:
             await self.executor.record(
-                name, "UnlaunchedRegistrations", describe_unlaunched(backends), warning=True
+                ref, "UnlaunchedRegistrations", describe_unlaunched(backends), warning=True
             )
         memory.unlaunched_reported = unlaunched
 
     # -- units ------------------------------------------------------------------------------------------
     async def _units(
-        self, name: str, spec: ProxySpec | None, layout: ProxyLayout | None
+        self, ref: ObjectRef, spec: ProxySpec | None, layout: ProxyLayout | None
     ) -> tuple[UnitPlan, str | None]:
-        """Plan and apply the proxy's units. Raises TemporaryError (retried) after a transient failure."""
+        """Plan the proxy's units and hand the actions to the executor, never waiting for fleet:
+        after acting, an expectation makes the passes until the next poll plan nothing in fleet (that
+        poll queues the proxy again). Raises TemporaryError (retried) after a transient failure."""
         desired: list[DesiredUnit] = []
         if spec is not None and spec.managed and layout is not None:
             try:
-                desired = desired_units(name, spec, layout)
+                desired = desired_units(ref.name, spec, layout)
             except UnitRenderError as exc:
                 return UnitPlan([], []), f"cannot write the proxy's units: {exc}"
-        if self.informers.fleet.loss is not None:
-            stored = self._stored(name)
+        fleet = self.informers.fleet
+        if fleet.loss is not None or not fleet.fresh_for(ref.key):
+            stored = self._stored(ref.name)
             return UnitPlan([], list(stored.units) if stored is not None else []), None
-        observed = observe(self.informers.fleet.snapshot)
-        plan = plan_units(name, desired, observed.units, observed.states)
+        units, states = observed_units(fleet.snapshot, ref.key, [d.name for d in desired])
+        plan = plan_units(ref.name, desired, units, states)
         if not plan.actions:
             return plan, None
-        outcome = await self.executor.apply(name, plan.actions)
-        self.informers.fleet.hurry(CONVERGING_POLL)
-        await self.informers.fleet.refresh()
+        outcome = await self.executor.apply(ref, plan.actions)
+        fleet.hurry(CONVERGING_POLL)
+        fleet.expect(ref.key)
         if isinstance(outcome.error, TemporaryError):
             raise outcome.error
         return plan, str(outcome.error) if outcome.error is not None else None
 
     # -- status -----------------------------------------------------------------------------------------
     def _stored(self, name: str) -> ProxyStatus | None:
-        raw = self._stored_bytes(name)
+        raw = self.executor.stored(self.keys.status("proxies", name), self.caches.statuses)
         if raw is None:
             return None
         try:
@@ -404,50 +414,47 @@ class ProxyReconciler:
         except ValueError:
             return None
 
-    def _stored_bytes(self, name: str) -> bytes | None:
-        kv = self.caches.status(name)
-        memory = self.memory.get(name)
-        if memory is not None and memory.status is not None:
-            written = memory.status_revision
-            behind = kv is None or kv.mod_revision < written
-            if behind and self.caches.statuses.revision < written:
-                return memory.status
-        return kv.value if kv is not None else None
-
-    async def _write_status(self, name: str, status: ProxyStatus) -> None:
-        if same_status(self._stored_bytes(name), status):
-            return
-        body = status_bytes(status)
-        revision = await self.executor.etcd.put(
-            self.executor.keys.status("proxies", name), body, fence=self.executor.fence()
-        )
-        memory = self.memory.get(name)
-        if memory is not None:
-            memory.status, memory.status_revision = body, revision
-
-    async def _invalid(self, name: str, entry: Entry) -> float | None:
+    async def _invalid(self, ref: ObjectRef, entry: Entry) -> float | None:
         message = "; ".join(entry.error.all_messages()) if entry.error is not None else "not a proxy spec"
-        status = invalid_status(entry.mod_revision, message, self._stored(name), self.clock())
-        memory = self.memory.setdefault(name, ProxyMemory(Quiescence(0.0, 0.0)))
-        await self._write_status(name, status)
+        reason = "NameTaken" if isinstance(entry.error, NameTaken) else "SpecInvalid"
+        stored = self._stored(ref.name)
+        status = invalid_status(entry.mod_revision, message, stored, self.clock(), reason)
+        memory = self.memory.setdefault(ref.name, ProxyMemory(Quiescence(0.0, 0.0)))
+        await self.executor.write_status(ref, status, self.caches.statuses)
         if memory.invalid_generation != entry.mod_revision:
             memory.invalid_generation = entry.mod_revision
-            await self.executor.record(name, "SpecInvalid", f"spec is invalid: {message}", warning=True)
+            await self.executor.record(ref, reason, f"spec is invalid: {message}", warning=True)
         return None
 
-    async def _deleted(self, name: str) -> float | None:
+    async def _deleted(self, ref: ObjectRef) -> float | None:
         """Destroy the units, then delete the published config and the status (fenced). While fleet
-        is lost: nothing (the poll that succeeds again queues this proxy)."""
-        if self.informers.fleet.loss is not None:
+        is lost, or has not yet been polled since this proxy's last actions: nothing (the poll that
+        succeeds, or shows them, queues this proxy)."""
+        fleet = self.informers.fleet
+        if fleet.loss is not None or not fleet.fresh_for(ref.key):
             return None
-        plan, _ = await self._units(name, None, None)
-        fence = self.executor.fence
-        keys = self.executor.keys
-        if self.caches.published(name) is not None or name in self.memory:
-            await self.executor.etcd.delete(keys.proxy_config(name), fence=fence())
-        if self.caches.status(name) is not None or name in self.memory:
-            await self.executor.etcd.delete(keys.status("proxies", name), fence=fence())
+        plan, _ = await self._units(ref, None, None)
+        await self.executor.publish(ref.name, None, self.caches.configs)
+        await self.executor.write_status(ref, None, self.caches.statuses)
         if not plan.actions:
-            self.memory.pop(name, None)
-            self.executor.forget(name)
+            self.memory.pop(ref.name, None)
+            self.executor.forget(ref)
         return None
+
+
+def observed_units(
+    snapshot: FleetSnapshot, key: str, names: list[str]
+) -> tuple[list[ObservedUnit], list[ObservedState]]:
+    """The units the proxy planner needs from one poll: those ``key`` owns, and those holding one of
+    the desired ``names`` (taken by someone else: reported, never touched), with their states."""
+    wanted = sorted(set(snapshot.owners.get(key, frozenset())) | {n for n in names if n in snapshot.units})
+    units = [snapshot.units[n] for n in wanted]
+    observed = [
+        ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id) for u in units
+    ]
+    states = [
+        ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
+        for n in sorted(set(wanted) | set(names))
+        for s in snapshot.states.get(n, ())
+    ]
+    return observed, states

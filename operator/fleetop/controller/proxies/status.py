@@ -351,13 +351,16 @@ def build_status(view: ProxyView, stored: ProxyStatus | None, now: float) -> Pro
     )
 
 
-def invalid_status(generation: int, message: str, stored: ProxyStatus | None, now: float) -> ProxyStatus:
-    """An invalid spec: ``Invalid=True`` with the JSON path and reason; the rest is kept as it was."""
+def invalid_status(
+    generation: int, message: str, stored: ProxyStatus | None, now: float, reason: str = "SpecInvalid"
+) -> ProxyStatus:
+    """An invalid spec: ``Invalid=True`` with ``reason`` and the JSON path and message; the rest is kept
+    as it was."""
     previous = stored.condition("Invalid") if stored is not None else None
     kept_since = previous is not None and previous.status == "True" and previous.last_transition_time
     since = previous.last_transition_time if previous is not None and kept_since else rfc3339(now)
     condition = Condition(
-        type="Invalid", status="True", reason="SpecInvalid", message=message, last_transition_time=since
+        type="Invalid", status="True", reason=reason, message=message, last_transition_time=since
     )
     base = stored or ProxyStatus()
     kept = [c for c in base.conditions if c.type != "Invalid"]

@@ -4,12 +4,14 @@ Anyone who may write ``/desired`` or a registration is a client of the operator,
 foresaw (or a bug it reaches) must not stop anything but its own key. Reading is already contained
 (a spec that cannot be read becomes an invalid entry, see :meth:`~fleetop.store.Store.entry`); this
 module covers planning and acting. :class:`FailureReporter` is called by the dispatcher
-(:class:`~fleetop.controller.services.reconciler.Reconciler`) when a pass raises something that is not one of
-fleetop's own errors: the key's status gets ``Degraded=True`` with reason ``ReconcileFailed`` and the
-exception, and a Warning event is recorded (repeats bump its count). The exception then goes on to
-the work queue, which retries the key with backoff (up to a minute) while every other key is
-reconciled as usual; the next pass that succeeds writes the status it decides, which replaces the
-condition. ``CancelledError`` is not an ``Exception`` and is never caught here.
+(:class:`~fleetop.controller.runtime.contract.Dispatcher`) when a pass raises something the queue does
+not simply retry (see the table in :mod:`~fleetop.controller.runtime.contract`): the key's status gets
+``Degraded=True`` with reason ``ReconcileFailed`` and the exception, and a Warning event is recorded
+(repeats bump its count), both through the executor. The exception then goes on to the work queue: a
+bug is retried with backoff (up to a minute) while every other key is reconciled as usual, a terminal
+error (fleet's 4xx, a denied etcd request, bad input) is not retried until the key is queued again;
+the next pass that succeeds writes the status it decides, which replaces the condition.
+``CancelledError`` is not an ``Exception`` and is never caught here.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import time
 from collections.abc import Callable
 
 from fleetop.controller.conditions import rfc3339
-from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
+from fleetop.controller.runtime.contract import ObjectRef, queue_meaning
+from fleetop.controller.runtime.executor import Executor
 from fleetop.errors import FleetopError
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
 from fleetop.models.base import shown
@@ -30,9 +33,11 @@ REASON = "ReconcileFailed"
 
 
 def failure_message(exc: BaseException) -> str:
-    """What status and the event say: the exception's type and (shortened) text."""
+    """What status and the event say: the exception's type and (shortened) text, and what the queue
+    does next."""
     text = shown(str(exc), 300)
-    return f"reconcile failed: {type(exc).__name__}{': ' + text if text else ''} (retried with backoff)"
+    then = "retried with backoff" if queue_meaning(exc) == "retry" else "not retried until the next change"
+    return f"reconcile failed: {type(exc).__name__}{': ' + text if text else ''} ({then})"
 
 
 def degraded(status: ServiceStatus | ProxyStatus, message: str, now: float) -> ServiceStatus | ProxyStatus:
@@ -55,22 +60,20 @@ class FailureReporter:
         self.clock = clock
 
     async def report(self, kind: str, name: str, exc: BaseException) -> None:
+        ref = ObjectRef("services" if kind == "services" else "proxies", name)
         message = failure_message(exc)
-        await self.executor.record(name, REASON, message, warning=True)
+        await self.executor.record(ref, REASON, message, warning=True)
         try:
-            await self._degrade(kind, name, message)
+            await self._degrade(ref, message)
         except FleetopError as error:
-            log.warning("could not mark %s/%s degraded: %s", kind, name, error)
+            log.warning("could not mark %s degraded: %s", ref.label, error)
 
-    async def _degrade(self, kind: str, name: str, message: str) -> None:
-        model = ServiceStatus if kind == "services" else ProxyStatus
-        key = self.executor.keys.status("services" if kind == "services" else "proxies", name)
-        kv = await self.executor.etcd.get(key)
+    async def _degrade(self, ref: ObjectRef, message: str) -> None:
+        model = ServiceStatus if ref.kind == "services" else ProxyStatus
+        cache = await self.executor.read_now(self.executor.keys.status(ref.kind, ref.name))
+        kv = cache.get(self.executor.keys.status(ref.kind, ref.name))
         try:
             stored = model.model_validate_json(kv.value) if kv is not None else model()
         except ValueError:
             stored = model()
-        status = degraded(stored, message, self.clock())
-        if same_status(kv.value if kv is not None else None, status):
-            return
-        await self.executor.etcd.put(key, status_bytes(status), fence=self.executor.fence())
+        await self.executor.write_status(ref, degraded(stored, message, self.clock()), cache)

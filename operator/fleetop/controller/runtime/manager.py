@@ -23,6 +23,7 @@ import time
 from fleetop.controller.proxies.cache import ProxyCaches
 from fleetop.controller.proxies.reconciler import ProxyReconciler
 from fleetop.controller.runtime.contain import FailureReporter
+from fleetop.controller.runtime.contract import Dispatcher
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.health import HealthApp, HealthServer, parse_address
 from fleetop.controller.runtime.informers import Informers
@@ -31,7 +32,7 @@ from fleetop.controller.runtime.metrics import OperatorMetrics
 from fleetop.controller.runtime.observed import ObservationWriter
 from fleetop.controller.runtime.queue import WorkQueue, run_resync, run_workers
 from fleetop.controller.runtime.run import RunConfig
-from fleetop.controller.services.reconciler import Reconciler, ServiceReconciler
+from fleetop.controller.services.reconciler import ServiceReconciler
 from fleetop.controller.world import BackoffPolicy
 from fleetop.discovery.resolve import Resolver
 from fleetop.errors import ConfigError, FleetopError
@@ -104,7 +105,7 @@ class Manager:
                 sandbox=self.sandbox,
                 resolver=self.resolver,
             )
-            reconciler = Reconciler(
+            reconciler = Dispatcher(
                 {"services": services, "proxies": proxies}, report=FailureReporter(executor).report
             )
             sources = self.metrics.sources
@@ -121,7 +122,7 @@ class Manager:
                 self.sandbox.close()
                 self.resolver.close()
 
-    async def _run_components(self, reconciler: Reconciler) -> None:
+    async def _run_components(self, reconciler: Dispatcher) -> None:
         async with asyncio.TaskGroup() as group:
             background = [
                 group.create_task(self.informers.run(), name="informers"),
@@ -157,7 +158,7 @@ class Manager:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--metrics-address {address}: {exc}") from exc
 
-    async def _controller(self, reconciler: Reconciler) -> None:
+    async def _controller(self, reconciler: Dispatcher) -> None:
         """Each term as leader: wait for the caches, queue everything, run workers until deposed."""
         while True:
             await self.leader.elected.wait()

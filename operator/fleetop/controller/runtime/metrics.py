@@ -21,7 +21,9 @@ Names (all prefixed ``fleetop_``):
 ``leader``                                     gauge      1 while this process is the leader
 ``informer_synced{informer}``                  gauge      1 once an informer's first list is in its cache
 ``events_recorded_total{reason}``              counter    events written to etcd
-``status_writes_total{result}``                counter    status writes: written / unchanged / fenced
+``writes_total{what,result}``                  counter    the executor's write-if-changed of status and
+                                                          published configs: written / unchanged /
+                                                          deleted / fenced / failed
 =============================================  =========  ===============================================
 """
 
@@ -137,10 +139,11 @@ class OperatorMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.status_writes = Counter(
-            "fleetop_status_writes",
-            "Status writes: written, unchanged (skipped), fenced (refused: not the leader).",
-            ["result"],
+        self.writes = Counter(
+            "fleetop_writes",
+            "Write-if-changed of status and published configs (what): written, unchanged (skipped),"
+            " deleted, fenced (refused: not the leader), failed.",
+            ["what", "result"],
             registry=self.registry,
         )
         self.leader_since = Gauge(

@@ -11,7 +11,8 @@ for one key collapses into one pass. Three guarantees make level-triggered recon
 
 :func:`run_workers` is the one place that turns a pass's (result, exception) into a queue action
 (controller-runtime's ``reconcileHandler``): reconcilers return "requeue after" or raise, and never
-touch the queue. Delayed adds are timer callbacks, so the queue owns no tasks of its own.
+touch the queue; what each outcome means is the table in :mod:`fleetop.controller.runtime.contract`.
+Delayed adds are timer callbacks, so the queue owns no tasks of its own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from fleetop.errors import NotLeader, PermanentError, TemporaryError
+from fleetop.controller.runtime.contract import TERMINAL_ERRORS
+from fleetop.errors import NotLeader, TemporaryError
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +236,7 @@ async def _handle(queue: WorkQueue, reconcile: Reconcile, key: str) -> str:
         log.info("reconcile %s: no longer the leader, dropping the key", key)
         queue.forget(key)
         return "terminal"
-    except PermanentError as exc:
+    except TERMINAL_ERRORS as exc:
         log.error("reconcile %s: %s (not retried until the next change or resync)", key, exc)
         queue.forget(key)
         return "terminal"

@@ -1,9 +1,9 @@
-"""``reconcile(key)``: read the cached world, ask the planner, hand the plan to the executor.
+"""``reconcile("services/<name>")``: read the cached world, ask the planner, hand the plan to the executor.
 
-The contract is controller-runtime's: the request is only a key (``services/web``), the result is
-only "requeue after N seconds" (or None), an exception means "retry with backoff", and every pass
-re-reads the world from the informers' caches and decides from scratch. The behaviour lives in the
-pure planner; this module converts fleet's entities into the planner's inputs and back.
+The contract (:mod:`fleetop.controller.runtime.contract`) is controller-runtime's: the request is only
+a key (``services/web``), the result is only "requeue after N seconds" (or None), an exception means
+what the contract's table says, and every pass re-reads the world from the informers' caches and
+decides from scratch. The behaviour lives in the pure planner; every write goes through the executor.
 
 Two things the planner cannot see are kept here:
 
@@ -34,11 +34,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
+from fleetop.controller.runtime.contract import CONVERGING_POLL, SYNC_WAIT, ObjectRef
 from fleetop.controller.runtime.executor import Executor, rfc3339
 from fleetop.controller.runtime.informers import FleetLoss, FleetSnapshot, Informers
 from fleetop.controller.runtime.metrics import OperatorMetrics
@@ -65,8 +65,7 @@ from fleetop.controller.world import (
     Transition,
 )
 from fleetop.discovery.addresses import Registration, parse_registration
-from fleetop.errors import FleetopError, NotLeader, SpecInvalid, TemporaryError
-from fleetop.etcd.client import KeyValue
+from fleetop.errors import NameTaken, SpecInvalid, TemporaryError
 from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
@@ -74,17 +73,6 @@ from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
 
 log = logging.getLogger(__name__)
-
-SYNC_WAIT = 0.25
-"""Seconds to wait before trying again when a cache this key needs has not synced yet."""
-CONVERGING_POLL = 30.0
-"""Seconds of fast fleet polling asked for after a pass that has not converged."""
-
-
-class KindReconciler(Protocol):
-    """One kind's reconcile: ``name`` -> requeue after (seconds) or None. Raises to retry."""
-
-    async def reconcile(self, name: str) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -199,13 +187,14 @@ class ServiceReconciler:
         return self._view[1]
 
     def stored_status(self, name: str) -> tuple[ServiceStatus | None, bytes | None]:
-        kv = self.informers.statuses.get(self.informers.keys.status("services", name))
-        if kv is None:
+        """The status as stored (the cache's, or this process's last write while the cache lags)."""
+        raw = self.executor.stored(self.informers.keys.status("services", name), self.informers.statuses)
+        if raw is None:
             return None, None
         try:
-            return ServiceStatus.model_validate_json(kv.value), kv.value
+            return ServiceStatus.model_validate_json(raw), raw
         except ValueError:
-            return None, kv.value
+            return None, raw
 
     async def reconcile(self, name: str) -> float | None:
         informers = self.informers
@@ -254,7 +243,8 @@ class ServiceReconciler:
         status = result.status
         if status is not None:
             status = status.model_copy(update={"backends": backends, "invalid_registrations": invalid})
-        outcome = await self.executor.apply(name, result.actions)
+        ref = ObjectRef("services", name)
+        outcome = await self.executor.apply(ref, result.actions)
         if outcome.deferred:
             log.debug("%s: %d actions left for the next pass", name, outcome.deferred)
         if outcome.deferred or outcome.error is not None:
@@ -262,10 +252,10 @@ class ServiceReconciler:
             # they were, so the next pass plans that slot again with its count (not as a new slot)
             self.memory[name] = dataclasses.replace(result.memory, restarts=memory.restarts)
         for event in result.events:
-            await self.executor.record(name, event.reason, event.message, warning=event.warning)
+            await self.executor.record(ref, event.reason, event.message, warning=event.warning)
         if outcome.error is not None and status is not None:
             status = status.model_copy(update={"last_error": str(outcome.error)})
-        await self.executor.write_status(name, status, self._stored_kv(name))
+        await self.executor.write_status(ref, status, informers.statuses)
         if result.actions:
             informers.fleet.hurry(CONVERGING_POLL)
             informers.fleet.expect(f"services/{name}")
@@ -296,11 +286,8 @@ class ServiceReconciler:
             }
             self.memory[name] = dataclasses.replace(memory, transitions={**memory.transitions, **moved})
         status = base.model_copy(update={"conditions": conditions})
-        await self.executor.write_status(name, status, self._stored_kv(name))
+        await self.executor.write_status(ObjectRef("services", name), status, self.informers.statuses)
         return None
-
-    def _stored_kv(self, name: str) -> KeyValue | None:
-        return self.informers.statuses.get(self.informers.keys.status("services", name))
 
     def _refusal(self, name: str, spec: ServiceSpec | None, snapshot: FleetSnapshot) -> Refusal | None:
         """Why ``spec`` is over an instance ceiling, or None."""
@@ -333,8 +320,9 @@ class ServiceReconciler:
     ) -> float | None:
         """Report the invalid spec in status (and once in events); touch nothing in fleet."""
         message = "; ".join(error.all_messages())
+        reason = "NameTaken" if isinstance(error, NameTaken) else "SpecInvalid"
         event = f"spec is invalid: {message}"
-        return await self._refused(name, entry.mod_revision, "SpecInvalid", message, stored, event=event)
+        return await self._refused(name, entry.mod_revision, reason, message, stored, event=event)
 
     async def _refused(
         self,
@@ -367,10 +355,11 @@ class ServiceReconciler:
                 "last_error": message,
             }
         )
-        await self.executor.write_status(name, status, self._stored_kv(name))
+        ref = ObjectRef("services", name)
+        await self.executor.write_status(ref, status, self.informers.statuses)
         if self._invalid_reported.get(name) != (generation, reason):
             self._invalid_reported[name] = (generation, reason)
-            await self.executor.record(name, reason, event or message, warning=True)
+            await self.executor.record(ref, reason, event or message, warning=True)
         return None
 
     def _track_lag(self, name: str, status: ServiceStatus | None, acted: bool, now: float) -> None:
@@ -393,46 +382,6 @@ class ServiceReconciler:
         self.memory.pop(name, None)
         self._invalid_reported.pop(name, None)
         self._unconverged_since.pop(name, None)
-        self.executor.forget(name)
+        self.executor.forget(ObjectRef("services", name))
         if self.metrics is not None:
             self.metrics.set_lag(name, None)
-
-
-FailureReport = Callable[[str, str, BaseException], Awaitable[None]]
-"""(kind, name, exception): report a pass that failed unexpectedly on its own key."""
-
-
-class Reconciler:
-    """Dispatches a queue key to its kind's reconciler (``services/web``, ``proxies/edge``).
-
-    A pass that raises something other than fleetop's own errors (a bug, an exhausted resource) is
-    reported on its key through ``report`` (:class:`~fleetop.controller.runtime.contain.FailureReporter`)
-    and re-raised, so the queue retries that key with backoff and no other key notices."""
-
-    def __init__(self, kinds: Mapping[str, KindReconciler], report: FailureReport | None = None) -> None:
-        self.kinds = kinds
-        self.report = report
-
-    async def reconcile(self, key: str) -> float | None:
-        kind, _, name = key.partition("/")
-        handler = self.kinds.get(kind)
-        if handler is None or not name:
-            log.error("unknown key %r: dropped", key)
-            return None
-        try:
-            return await handler.reconcile(name)
-        except FleetopError:
-            raise
-        except Exception as exc:
-            await self._report(kind, name, exc)
-            raise
-
-    async def _report(self, kind: str, name: str, exc: Exception) -> None:
-        if self.report is None:
-            return
-        try:
-            await self.report(kind, name, exc)
-        except NotLeader:
-            raise
-        except Exception:
-            log.exception("reporting the failure of %s/%s failed", kind, name)
