@@ -70,11 +70,10 @@ from fleetop.controller.proxies.status import (
 from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
 from fleetop.controller.runtime.contract import CONVERGING_POLL, SYNC_WAIT, ObjectRef
 from fleetop.controller.runtime.executor import Executor
-from fleetop.controller.runtime.informers import FleetSnapshot, Informers
+from fleetop.controller.runtime.informers import Informers
 from fleetop.controller.services.unitrender import needs_sidekick
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.unitfile import RenderError as UnitRenderError
-from fleetop.controller.world import ObservedState, ObservedUnit
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import NameTaken, TemporaryError
 from fleetop.keys import Keys
@@ -393,8 +392,7 @@ class ProxyReconciler:
         if fleet.loss is not None or not fleet.fresh_for(ref.key):
             stored = self._stored(ref.name)
             return UnitPlan([], list(stored.units) if stored is not None else []), None
-        units, states = observed_units(fleet.snapshot, ref.key, [d.name for d in desired])
-        plan = plan_units(ref.name, desired, units, states)
+        plan = plan_units(ref.name, desired, fleet.snapshot.index)
         if not plan.actions:
             return plan, None
         outcome = await self.executor.apply(ref, plan.actions)
@@ -440,21 +438,3 @@ class ProxyReconciler:
             self.memory.pop(ref.name, None)
             self.executor.forget(ref)
         return None
-
-
-def observed_units(
-    snapshot: FleetSnapshot, key: str, names: list[str]
-) -> tuple[list[ObservedUnit], list[ObservedState]]:
-    """The units the proxy planner needs from one poll: those ``key`` owns, and those holding one of
-    the desired ``names`` (taken by someone else: reported, never touched), with their states."""
-    wanted = sorted(set(snapshot.owners.get(key, frozenset())) | {n for n in names if n in snapshot.units})
-    units = [snapshot.units[n] for n in wanted]
-    observed = [
-        ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id) for u in units
-    ]
-    states = [
-        ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
-        for n in sorted(set(wanted) | set(names))
-        for s in snapshot.states.get(n, ())
-    ]
-    return observed, states

@@ -55,11 +55,11 @@ from pydantic import BaseModel
 
 from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.metrics import OperatorMetrics
-from fleetop.controller.world import Action, CreateUnit, DestroyUnit, SetDesiredState
+from fleetop.controller.world import Action, CreateUnit, DestroyUnit, SetDesiredState, owner_key
 from fleetop.errors import FleetAPIError, FleetopError, NotLeader
 from fleetop.etcd.client import Etcd, KeyValue
 from fleetop.fleet.client import FleetClient
-from fleetop.fleet.ownership import PROXY_ROLES, owned_by
+from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import unit_hash
 from fleetop.keys import Keys
 from fleetop.models import Event, ProxyStatus, ServiceStatus
@@ -226,8 +226,7 @@ class Executor:
         existing = await self.client.get_unit(action.name)
         if existing is not None:
             owner = owned_by(existing.options)
-            kind = None if owner is None else "proxies" if owner.role in PROXY_ROLES else "services"
-            if owner is None or (kind, owner.service) != (ref.kind, ref.name):
+            if owner is None or owner_key(owner) != ref.key:
                 raise FleetAPIError(409, f"{action.name} exists and is not owned by {ref.label}")
             if unit_hash(existing.options) != unit_hash(action.options):
                 # Our unit with other content: PUT would replace it in place. The cache was stale;
