@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from typer.testing import CliRunner
 
 from fleetop.cli.main import app
+from fleetop.config import EtcdSettings
+from fleetop.controller.runtime.contract import ObjectRef
+from fleetop.controller.runtime.executor import Executor
+from fleetop.etcd.client import Etcd
+from fleetop.fleet.client import FleetClient
+from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
 
 WEB_YAML = """\
@@ -290,6 +298,38 @@ def test_events_are_listed_oldest_first(cli: Cli) -> None:
     assert (code, out) == (0, "Events: <none>\n")
 
 
+def test_a_proxy_s_events_say_proxy_and_stay_apart_from_a_service_of_its_name(cli: Cli) -> None:
+    """Recorded by the operator's executor, as a pass records them."""
+    proxy = json.dumps({"kind": "nginx", "listen": "127.0.0.1:18080", "managed": False})
+    cli.etcdctl("put", f"{cli.prefix}/desired/proxies/web", proxy)
+
+    async def record() -> None:
+        keys = Keys()
+        settings = EtcdSettings(endpoints=(cli.server.endpoint,), prefix=cli.prefix)
+        async with await Etcd.connect(settings) as etcd:
+            await etcd.put(keys.leader(), b"me")
+            executor = Executor(cast(FleetClient, None), etcd, keys, lambda: (keys.leader(), b"me"))
+            await executor.record(
+                ObjectRef("proxies", "web"), "RenderFailed", "render failed: x", warning=True
+            )
+            await executor.record(
+                ObjectRef("services", "web"), "NameTaken", "taken by proxy 'web'", warning=True
+            )
+
+    asyncio.run(record())
+    assert "RenderFailed" in cli.etcdctl("get", "--prefix", f"{cli.prefix}/fleetop/events/proxies/web/")
+    assert "RenderFailed" not in cli.etcdctl("get", "--prefix", f"{cli.prefix}/fleetop/events/services/")
+    for args in (("events",), ("events", "--service", "web")):
+        code, out, err = cli(*args)
+        assert code == 0, err
+        rows = sorted(tuple(line.split()[:3]) for line in out.splitlines()[1:])
+        assert rows == [("Warning", "NameTaken", "service/web"), ("Warning", "RenderFailed", "proxy/web")], (
+            out
+        )
+    code, out, err = cli("describe", "proxy", "web")
+    assert code == 0 and "proxy/web" in out and "service/web" not in out, out
+
+
 def test_describe_lists_no_event_of_an_earlier_service_of_the_same_name(cli: Cli) -> None:
     def event(key: str, message: str) -> None:
         body = {"kind": "Service", "name": "web", "type": "Normal", "reason": "Created", "message": message}
@@ -337,6 +377,8 @@ def test_events_follow_prints_new_events_as_they_come(cli: Cli) -> None:
             "message": "fleet answered 409",
             "time": "2026-11-21T10:00:09Z",
         }
+        other = {**event, "name": "api", "reason": "Created"}  # another object's: not printed
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/services/api/y", json.dumps(other))
         cli.etcdctl("put", f"{cli.prefix}/fleetop/events/services/web/z", json.dumps(event))
         assert proc.stdout is not None
         line = proc.stdout.readline()

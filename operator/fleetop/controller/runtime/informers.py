@@ -12,8 +12,9 @@ deltas.
 * :class:`FleetInformer` polls fleet (which has no watch) for units, states and machines: every
   ``fast`` seconds while something converges, every ``slow`` seconds when steady. It diffs snapshots
   and reports the owners (from each unit's ``[X-Fleetop]`` section) whose units or states changed.
-  :meth:`FleetInformer.refresh` gives the reconciler read-your-writes: after the executor changed
-  units, the next plan for that service waits for a poll that started after the change.
+  :meth:`FleetInformer.expect` gives the reconcilers read-your-writes without waiting: after the
+  executor changed units, that key plans nothing in fleet until a poll that began after the change has
+  completed, and that poll queues the key again. Nothing waits for a poll.
   When fleet stops answering (a poll fails, or one has hung for ``stall_after`` seconds) the informer
   keeps its last snapshot but says it is blind (:attr:`FleetInformer.loss`: since when, why, which
   endpoints were tried) and reports every owner, so each is re-judged without acting; the first poll
@@ -351,7 +352,6 @@ class FleetInformer:
         self._on_change = on_change
         self._hurry_until = 0.0
         self._wake = asyncio.Event()
-        self._polled = asyncio.Event()
         self._expecting: dict[str, float] = {}
         self._poll_cpu = 0.0
 
@@ -378,21 +378,6 @@ class FleetInformer:
         if time.monotonic() < self._hurry_until:
             return self.fast
         return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
-
-    async def refresh(self, timeout: float = 10.0) -> bool:
-        """Poll now and wait for a snapshot that began after this call; False on timeout or while
-        fleet does not answer."""
-        asked = time.monotonic()
-        self._wake.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while self.snapshot.started < asked:
-                    if self.loss is not None:
-                        return False
-                    self._polled.clear()
-                    await self._polled.wait()
-                return True
-        return False
 
     async def run(self) -> None:
         """Poll until cancelled. Failed polls keep the last snapshot, mark fleet lost and back off (up
@@ -451,7 +436,6 @@ class FleetInformer:
         self.loss = FleetLoss(since, error, tried, self.seen_at)
         log.warning("fleet is unreachable (%s): acting on nothing until it answers", error)
         self.synced.set()
-        self._polled.set()
         try:
             self._on_change(set(self.snapshot.owners), True)
         except Exception:  # no key can stop an informer
@@ -472,7 +456,6 @@ class FleetInformer:
             log.info("fleet answers again: reconciling resumes")
         first = not self.synced.is_set() or recovered
         self.synced.set()
-        self._polled.set()
         keys = set(new.owners) | set(old.owners) if first else changed_owners(old, new)
         met = [key for key, since in self._expecting.items() if since <= started]
         for key in met:
