@@ -168,8 +168,8 @@ async def run(opts: Options) -> WorkloadResult:
             op0, "fleetop_fleet_api_calls_total"
         )
         status_writes = metric_sum(
-            op1, "fleetop_writes_total", 'what="status",result="written"'
-        ) - metric_sum(op0, "fleetop_writes_total", 'what="status",result="written"')
+            op1, "fleetop_writes_total", 'result="written",what="status"'
+        ) - metric_sum(op0, "fleetop_writes_total", 'result="written",what="status"')
         result.value(f"{services} services x 3: time to converge from empty", "s", converge)
         result.value(
             "quiet: operator CPU",

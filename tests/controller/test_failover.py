@@ -124,8 +124,8 @@ async def test_only_the_leader_acts_and_kill_9_hands_over(
     follower_metrics = await follower.metrics()
     assert counter(follower_metrics, "fleetop_leader") == 0
     assert counter(follower_metrics, "fleetop_fleet_api_calls_total", '{operation="create_unit"}') == 0
-    assert counter(follower_metrics, "fleetop_writes_total", '{what="status",result="written"}') == 0
-    assert counter(await leader.metrics(), "fleetop_writes_total", '{what="status",result="written"}') >= 1
+    assert counter(follower_metrics, "fleetop_writes_total", '{result="written",what="status"}') == 0
+    assert counter(await leader.metrics(), "fleetop_writes_total", '{result="written",what="status"}') >= 1
 
     leader.kill()
     killed_at = time.monotonic()

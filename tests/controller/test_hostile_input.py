@@ -196,6 +196,8 @@ async def test_a_service_and_a_proxy_cannot_share_a_name(
     await etcd.put(KEYS.desired("proxies", "twin"), json.dumps(PROXY_BODY).encode())
     status = await invalid_status(etcd, operator, "proxies", "twin")
     assert "taken by service 'twin'" in (status.last_error or "")
+    invalid = status.condition("Invalid")
+    assert invalid is not None and invalid.reason == "NameTaken"
     assert await etcd.get(KEYS.proxy_config("twin")) is None
     await converged(etcd, fleet, operator, "twin", 1)  # the service is untouched
     # once the service is gone, the proxy is valid and published

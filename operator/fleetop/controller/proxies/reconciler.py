@@ -353,8 +353,8 @@ class ProxyReconciler:
         memory.render_error = None
         memory.reported.clear()
         if await self.executor.publish(ref.name, body, self.caches.configs) == "unchanged":
-            memory.published = published  # the same config, already published
-            return published
+            memory.published = self._published(ref.name)  # this config, already published
+            return memory.published
         self.publishes += 1
         memory.published = config
         total = sum(len(v) for v in backends.valid.values())

@@ -70,8 +70,9 @@ class FailureReporter:
 
     async def _degrade(self, ref: ObjectRef, message: str) -> None:
         model = ServiceStatus if ref.kind == "services" else ProxyStatus
-        cache = await self.executor.read_now(self.executor.keys.status(ref.kind, ref.name))
-        kv = cache.get(self.executor.keys.status(ref.kind, ref.name))
+        key = self.executor.keys.status(ref.kind, ref.name)
+        cache = await self.executor.read_now(key)  # outside the informers' view: read it now
+        kv = cache.get(key)
         try:
             stored = model.model_validate_json(kv.value) if kv is not None else model()
         except ValueError:
