@@ -330,6 +330,16 @@ def test_a_proxy_s_events_say_proxy_and_stay_apart_from_a_service_of_its_name(cl
     assert code == 0 and "proxy/web" in out and "service/web" not in out, out
 
 
+def test_apply_refuses_a_proxy_named_as_a_service(cli: Cli, tmp_path: Path) -> None:
+    spec = json.dumps({"replicas": 1, "unit": {"execStart": "/bin/sleep 1000"}})
+    cli.etcdctl("put", f"{cli.prefix}/desired/services/web", spec)
+    path = tmp_path / "edge.yaml"
+    path.write_text("kind: Proxy\nname: web\nspec: {kind: nginx, listen: '127.0.0.1:8080'}\n")
+    code, out, err = cli("apply", "-f", str(path))
+    assert code != 0 and "service 'web' exists" in err and "web@<n>.service" in err, (out, err)
+    assert cli.raw("/desired/proxies/web") is None
+
+
 def test_describe_lists_no_event_of_an_earlier_service_of_the_same_name(cli: Cli) -> None:
     def event(key: str, message: str) -> None:
         body = {"kind": "Service", "name": "web", "type": "Normal", "reason": "Created", "message": message}

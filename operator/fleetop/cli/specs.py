@@ -15,7 +15,7 @@ from fleetop.cli.documents import Document, load_documents
 from fleetop.cli.output import OutputFormat, format_describe, format_diff, format_get, spec_yaml
 from fleetop.cli.patching import PatchType, apply_patch
 from fleetop.cli.wait import wait_for
-from fleetop.errors import Conflict, InputError, NotFound, SpecInvalid
+from fleetop.errors import Conflict, InputError, NameTaken, NotFound, SpecInvalid
 from fleetop.models.parse import encode_document, encode_spec, spec_document
 from fleetop.schemas import schema_documents, write_schemas
 from fleetop.store import KIND_NAMES, Entry, Kind, Store, parse_stored
@@ -65,14 +65,9 @@ async def _apply_one(store: Store, document: Document, dry_run: bool) -> tuple[s
     label = f"{KIND_NAMES[document.kind].lower()}/{document.name}"
     other: Kind = "proxies" if document.kind == "services" else "services"
     if current is None and await store.get(other, document.name) is not None:
-        raise SpecInvalid(
-            [
-                (
-                    "$.name",
-                    f"{KIND_NAMES[other].lower()} {document.name!r} exists: a service and a proxy cannot"
-                    " share a name (their units, events and status would mix)",
-                )
-            ],
+        raise NameTaken(
+            f"{KIND_NAMES[other].lower()} {document.name!r} exists: a service and a proxy cannot share a"
+            f" name (both would run units named {document.name}@<n>.service)",
             where=document.where,
         )
     proposed = spec_yaml(spec_document(document.spec))
