@@ -8,9 +8,10 @@ as controller-runtime's ``reconcile.go`` lays it down for a Kubernetes controlle
   what changed. Every pass reads the informers' caches (specs, status, registrations, published
   configs, agents' reports, the per-poll fleet index) and decides from scratch; two passes over the
   same world decide the same.
-* **Read caches → pure plan → executor.** A pass does no I/O of its own except awaiting the executor
-  (:class:`~fleetop.controller.runtime.executor.Executor`), which owns every write: fleet actions,
-  status, events and published proxy configs. Status and configs go through one write-if-changed
+* **Read caches → pure plan → executor.** A pass writes nothing itself: the executor
+  (:class:`~fleetop.controller.runtime.executor.Executor`) owns every write: fleet actions, status,
+  events and published proxy configs. (The only other things a pass awaits are what no cache can hold
+  and no write changes: DNS answers through the resolver's cache, a custom template's sandboxed render.) Status and configs go through one write-if-changed
   (:meth:`~fleetop.controller.runtime.executor.Executor.write_if_changed`) that returns what it did and
   counts it (``fleetop_writes_total{what,result}``); the executor also remembers its own last writes,
   so a pass never mistakes a cache that lags by one watch event for a change.
