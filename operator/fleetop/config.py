@@ -339,6 +339,14 @@ def _credentials(look: _Lookup) -> tuple[str | None, SecretStr | None]:
     return user.strip(), SecretStr(password)
 
 
+def inherited_flags(root: object) -> dict[str, Any]:
+    """The main CLI's global connection flags (``fleetop --endpoints E <verb>``), read from its context
+    object ``root`` (``ctx.find_root().obj``, which holds them as ``flags``); {} when a verb runs on its
+    own. Duck-typed, so that the verbs of the separate programs need not import the main CLI."""
+    flags = getattr(root, "flags", None)
+    return dict(flags) if isinstance(flags, dict) else {}
+
+
 def etcd_flags(inherited: Mapping[str, Any], endpoints: str | None, root: str | None) -> dict[str, Any]:
     """The etcd flags for :func:`settings_from`: the main CLI's global ones (``fleetop --endpoints E
     --prefix /root register ...``), overridden by the verb's own ``--endpoints`` and ``--root``

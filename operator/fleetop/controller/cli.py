@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetop.config import inherited_flags
 from fleetop.errors import FleetopError
 
 FLAGS = "Operator"
@@ -141,7 +142,7 @@ def run_command(
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
     from fleetop.controller.runtime.run import RunConfig, run_operator, setup_logging
 
-    flags: dict[str, Any] = dict(_root_flags(ctx))
+    flags: dict[str, Any] = inherited_flags(ctx.find_root().obj)
     given = {
         "endpoints": endpoints,
         "prefix": prefix,
@@ -181,13 +182,6 @@ def run_command(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-
-
-def _root_flags(ctx: typer.Context) -> dict[str, Any]:
-    """The main CLI's global connection flags, when mounted under it."""
-    obj = ctx.find_root().obj
-    flags = getattr(obj, "flags", None)
-    return dict(flags) if isinstance(flags, dict) else {}
 
 
 def main() -> None:

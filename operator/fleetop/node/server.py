@@ -279,8 +279,3 @@ async def _shutdown(
         await serve_task
     await engine.shutdown()
 
-
-if __name__ == "__main__":  # pragma: no cover - ``python -m fleetop.node.server``
-    from fleetop.node.cli import node_app
-
-    node_app(prog_name="fleetop node")
