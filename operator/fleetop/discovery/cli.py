@@ -95,7 +95,9 @@ def register_command(
             interval=_duration(interval, "--interval"),
             ttl=_duration(ttl, "--ttl"),
         )
-        settings = settings_from(etcd_flags(inherited_flags(ctx.find_root().obj), endpoints, root), os.environ)
+        settings = settings_from(
+            etcd_flags(inherited_flags(ctx.find_root().obj), endpoints, root), os.environ
+        )
     except (InputError, ConfigError) as exc:
         typer.echo(f"fleetop register: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

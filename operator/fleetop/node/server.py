@@ -278,4 +278,3 @@ async def _shutdown(
         server.force_exit = True
         await serve_task
     await engine.shutdown()
-
