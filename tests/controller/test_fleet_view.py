@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fleetop.controller.runtime.informers import build_snapshot
+from fleetop.controller.runtime.observe import observe
 from fleetop.controller.services.planner import plan, plan_view
-from fleetop.controller.services.reconciler import observe, view_of
+from fleetop.controller.services.reconciler import view_of
 from fleetop.controller.services.unitrender import render_main, render_sidekick
 from fleetop.controller.world import PlanMemory
 from fleetop.fleet.model import Machine, Unit, UnitState
