@@ -35,8 +35,7 @@ Module map
   ``settings``            ``fleetop run``'s settings in small documented groups.
   ``reconcile``           the reconcile contract and the dispatcher of queue keys.
   ``queue``               the work queue (client-go's): dedup, one worker per key, backoff.
-  ``informers``           caches of etcd prefixes and of fleet's poll, which enqueue keys.
-  ``observe``             a fleet snapshot as planner values; the pace of waiting passes.
+  ``informers``           caches of etcd prefixes and of fleet's poll (snapshot, index); they enqueue keys.
   ``executor``            carries a plan out through fleet; status and events, fenced.
   ``leader``              leader election on an etcd lease, with a renew deadline.
   ``contain``             a pass that fails unexpectedly is reported on its own key.
@@ -53,15 +52,16 @@ key
     A queue entry, ``<kind>/<name>`` (``services/web``). A reconcile gets only the key and reads the
     rest from the caches (level-based: it never depends on which event queued it).
 snapshot
-    One poll of fleet (:class:`~.runtime.informers.FleetSnapshot`): units, unit states, machines, and
-    each owned unit's owner key. fleet has no watch, so the snapshot is all the operator sees of it.
-index (view)
-    A snapshot indexed once per poll for the planners (:class:`~.services.instances.FleetView`: units
-    by name, states by unit, units grouped by the service they claim), so a pass costs what its own
-    service owns.
+    One poll of fleet (:class:`~.runtime.informers.FleetSnapshot`, fleet's own types): units, unit
+    states, machines, and each owned unit's owner key. fleet has no watch, so the snapshot is all the
+    operator sees of it.
+index
+    The same poll as planner values (:class:`~.world.FleetIndex`: units by name, states by unit,
+    machines, owned units grouped by owner key), built once per poll and shared by every pass of
+    both kinds, so a pass costs what its own key owns.
 scene
     The observations of one service's pass (:class:`~.services.instances.Scene`), cut from the index:
-    its units, states and registrations by unit name.
+    its units, states and registrations by unit name, and now.
 plan
     A planner's answer (:class:`~.world.Plan`): actions, status, events, new memory, requeue-after.
 action

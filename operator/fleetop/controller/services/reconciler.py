@@ -39,17 +39,15 @@ from dataclasses import replace
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
 from fleetop.controller.runtime.executor import Executor, rfc3339
-from fleetop.controller.runtime.informers import FleetLoss, FleetSnapshot, Informers
-from fleetop.controller.runtime.metrics import OperatorMetrics
-from fleetop.controller.runtime.observe import (
+from fleetop.controller.runtime.informers import (
     CONVERGING_POLL,
     SYNC_WAIT,
-    observed_machines,
-    observed_state,
-    observed_unit,
+    FleetLoss,
+    FleetSnapshot,
+    Informers,
 )
+from fleetop.controller.runtime.metrics import OperatorMetrics
 from fleetop.controller.runtime.settings import DEFAULT_LIMITS, WorkLimits
-from fleetop.controller.services.instances import FleetView
 from fleetop.controller.services.limits import (
     Demand,
     Refusal,
@@ -57,7 +55,7 @@ from fleetop.controller.services.limits import (
     instances_of,
     service_refusal,
 )
-from fleetop.controller.services.planner import plan_view
+from fleetop.controller.services.planner import plan
 from fleetop.controller.services.report import memory_from_status
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import (
@@ -75,19 +73,6 @@ from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
 
 log = logging.getLogger(__name__)
-
-
-def view_of(snapshot: FleetSnapshot) -> FleetView:
-    """The planner's index of one poll, from the grouping and the owners the snapshot already holds
-    (no unit's options are read again)."""
-    units = {name: observed_unit(u) for name, u in snapshot.units.items()}
-    states = {name: tuple(observed_state(s) for s in found) for name, found in snapshot.states.items()}
-    claimed = {
-        key.partition("/")[2]: [units[n] for n in sorted(names)]
-        for key, names in snapshot.owners.items()
-        if key.startswith("services/")
-    }
-    return FleetView(units, states, tuple(observed_machines(snapshot)), claimed)
 
 
 def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMemory:
@@ -154,13 +139,6 @@ class ServiceReconciler:
         self._invalid_reported: dict[str, tuple[int, str]] = {}
         self._admission: tuple[int, FleetSnapshot, dict[str, Refusal]] | None = None
         self._unconverged_since: dict[str, float] = {}
-        self._view: tuple[FleetSnapshot, FleetView] | None = None
-
-    def view(self, snapshot: FleetSnapshot) -> FleetView:
-        """The planner's index of ``snapshot``, built once per poll and shared by every pass."""
-        if self._view is None or self._view[0] is not snapshot:
-            self._view = (snapshot, view_of(snapshot))
-        return self._view[1]
 
     def stored_status(self, name: str) -> tuple[ServiceStatus | None, bytes | None]:
         kv = self.informers.statuses.get(self.informers.keys.status("services", name))
@@ -202,12 +180,11 @@ class ServiceReconciler:
         memory = self.memory.get(name) or seed_memory(stored, snapshot)
         now = self.clock()
         generation = entry.mod_revision if entry is not None else 0
-        view = self.view(snapshot)
-        result = plan_view(
+        result = plan(
             name,
             spec,
             generation,
-            view,
+            snapshot.index,
             registered,
             now,
             memory,
