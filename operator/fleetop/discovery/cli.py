@@ -22,8 +22,7 @@ from typing import Annotated
 
 import typer
 
-from fleetop.cli.common import cli_context
-from fleetop.config import EtcdSettings, etcd_flags, settings_from
+from fleetop.config import EtcdSettings, etcd_flags, inherited_flags, settings_from
 from fleetop.discovery.checks import HealthCheck
 from fleetop.discovery.register import ETCD_RETRY, RegisterConfig, run_register
 from fleetop.errors import ConfigError, FleetopError, InputError, TemporaryError
@@ -96,7 +95,9 @@ def register_command(
             interval=_duration(interval, "--interval"),
             ttl=_duration(ttl, "--ttl"),
         )
-        settings = settings_from(etcd_flags(cli_context(ctx).flags, endpoints, root), os.environ)
+        settings = settings_from(
+            etcd_flags(inherited_flags(ctx.find_root().obj), endpoints, root), os.environ
+        )
     except (InputError, ConfigError) as exc:
         typer.echo(f"fleetop register: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

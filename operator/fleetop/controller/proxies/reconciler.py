@@ -68,11 +68,10 @@ from fleetop.controller.proxies.status import (
     summarize_agents,
 )
 from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
-from fleetop.controller.runtime.contract import CONVERGING_POLL, SYNC_WAIT, ObjectRef
+from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import Executor
-from fleetop.controller.runtime.informers import Informers
-from fleetop.controller.services.unitrender import needs_sidekick
-from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
+from fleetop.controller.runtime.informers import CONVERGING_POLL, SYNC_WAIT, Informers
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
 from fleetop.controller.unitfile import RenderError as UnitRenderError
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import NameTaken, TemporaryError

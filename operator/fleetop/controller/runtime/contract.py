@@ -10,16 +10,18 @@ as controller-runtime's ``reconcile.go`` lays it down for a Kubernetes controlle
   same world decide the same.
 * **Read caches → pure plan → executor.** A pass writes nothing itself: the executor
   (:class:`~fleetop.controller.runtime.executor.Executor`) owns every write: fleet actions, status,
-  events and published proxy configs. (The only other things a pass awaits are what no cache can hold
-  and no write changes: DNS answers through the resolver's cache, a custom template's sandboxed render.) Status and configs go through one write-if-changed
+  events and published proxy configs. Status and configs go through one write-if-changed
   (:meth:`~fleetop.controller.runtime.executor.Executor.write_if_changed`) that returns what it did and
   counts it (``fleetop_writes_total{what,result}``); the executor also remembers its own last writes,
-  so a pass never mistakes a cache that lags by one watch event for a change.
+  so a pass never mistakes a cache that lags by one watch event for a change. (The only other things
+  a pass awaits are what no cache can hold and no write changes: DNS answers through the resolver's
+  cache, a custom template's sandboxed render.)
 * **No worker waits for fleet.** fleet has no watch: a pass that acted records an expectation for its
   key (:meth:`~fleetop.controller.runtime.informers.FleetInformer.expect`) and returns. Until a poll that
   *began* after those actions has completed (:meth:`~fleetop.controller.runtime.informers.FleetInformer.
   fresh_for` is False), the key's passes change nothing in fleet; that poll queues the key again.
-  A cache that has not synced yet is not waited for either: the pass returns :data:`SYNC_WAIT`.
+  A cache that has not synced yet is not waited for either: the pass returns
+  :data:`~fleetop.controller.runtime.informers.SYNC_WAIT`.
 * **The result is "requeue after N seconds" or None**, and an exception. The queue is the only place
   that turns them into a queue action (:func:`~fleetop.controller.runtime.queue.run_workers`);
   a reconciler never touches the queue.
@@ -86,11 +88,6 @@ from fleetop.errors import (
 from fleetop.keys import Kind
 
 log = logging.getLogger(__name__)
-
-SYNC_WAIT = 0.25
-"""Seconds to wait before trying again when a cache this key needs has not synced yet."""
-CONVERGING_POLL = 30.0
-"""Seconds of fast fleet polling asked for after a pass that has not converged."""
 
 TERMINAL_ERRORS: tuple[type[FleetopError], ...] = (PermanentError, InputError, ConfigError)
 """Errors the same pass would hit again: the queue forgets the key (see the table above)."""

@@ -38,15 +38,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
-from fleetop.controller.runtime.contract import CONVERGING_POLL, SYNC_WAIT, ObjectRef
+from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import Executor, rfc3339
-from fleetop.controller.runtime.informers import FleetLoss, FleetSnapshot, Informers
+from fleetop.controller.runtime.informers import (
+    CONVERGING_POLL,
+    SYNC_WAIT,
+    FleetLoss,
+    FleetSnapshot,
+    Informers,
+)
 from fleetop.controller.runtime.metrics import OperatorMetrics
+from fleetop.controller.runtime.settings import DEFAULT_LIMITS, WorkLimits
 from fleetop.controller.services.limits import (
-    DEFAULT_LIMITS,
     Demand,
     Refusal,
-    WorkLimits,
     cluster_refusals,
     instances_of,
     service_refusal,
