@@ -211,7 +211,7 @@ class ServiceReconciler:
         await self.executor.write_status(ref, status, informers.statuses)
         if result.actions:
             informers.fleet.hurry(CONVERGING_POLL)
-            informers.fleet.expect(f"services/{name}")
+            informers.fleet.expect(ref.key)
         if spec is None and not result.actions:
             self._forget(name)
         self._track_lag(name, status, bool(result.actions), now)
