@@ -70,11 +70,17 @@ action
     One fleet write a plan asks for: :class:`~.world.CreateUnit`, :class:`~.world.SetDesiredState`,
     :class:`~.world.DestroyUnit`, applied in that order.
 executor
-    Carries a plan's actions out (at most a batch per pass), fenced on leadership; writes status only
-    when it changed and records events (:mod:`~.runtime.executor`). Errors come back as a value.
+    Every write of a pass (:mod:`~.runtime.executor`): carries a plan's actions out (at most a batch per
+    pass), records events (with their object's kind), and writes status and published configs through
+    one write-if-changed that returns and counts what it did; fenced on leadership. Errors of fleet
+    actions come back as a value.
 expectation
     A key that just wrote to fleet is not planned again until a poll that began after the write has
-    completed (:meth:`~.runtime.informers.FleetInformer.expect`, client-go's expectations).
+    completed (:meth:`~.runtime.informers.FleetInformer.expect`, client-go's expectations); that poll
+    queues the key again. No worker waits for fleet.
+queue meaning
+    What the work queue does with a pass's result or exception: requeue after N seconds, retry with
+    backoff, or terminal (the table in :mod:`~.runtime.contract`).
 template
     ``Template=`` in a unit's ``[X-Fleetop]`` section: a short hash of its options with the instance
     as ``%i``; all instances of one spec share it, a changed spec is a new template (a rolling update).
