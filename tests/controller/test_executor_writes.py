@@ -13,16 +13,17 @@ from typing import cast
 import pytest
 
 from fleetop.config import EtcdSettings
+from fleetop.controller.runtime.contain import FailureReporter
 from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import PrefixCache, follow
 from fleetop.controller.runtime.metrics import OperatorMetrics
-from fleetop.errors import NotLeader
+from fleetop.errors import FleetAPIError, NotLeader
 from fleetop.etcd.client import Etcd, KeyValue
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
-from fleetop.models import ProxyStatus, PublishedConfig, ServiceStatus
+from fleetop.models import Event, ProxyStatus, PublishedConfig, ServiceStatus
 from fleetop.proxy.published import encode_published
 from waiting import eventually
 
@@ -163,3 +164,26 @@ async def test_status_of_either_kind_goes_through_it(etcd: Etcd, executor: Execu
     assert raw is not None and json.loads(raw.value)["observedGenerationTime"]
     assert await executor.write_status(EDGE, None, proxies) == "deleted"
     assert await etcd.get(KEYS.status("proxies", "edge")) is None
+
+
+async def test_the_failure_reporter_writes_through_it(
+    etcd: Etcd, executor: Executor, metrics: OperatorMetrics
+) -> None:
+    """A terminal error on a proxy: Degraded (not retried) on its status, kept otherwise, and a Proxy
+    event; the status write is the executor's, read from etcd at once (not from a cache)."""
+    before = ProxyStatus(observed_generation=4, config_hash="h1")
+    await etcd.put(KEYS.status("proxies", "edge"), before.model_dump_json(by_alias=True).encode())
+    reporter = FailureReporter(executor)
+    await reporter.report("proxies", "edge", FleetAPIError(400, "bad unit"))
+    raw = await etcd.get(KEYS.status("proxies", "edge"))
+    assert raw is not None
+    status = ProxyStatus.model_validate_json(raw.value)
+    degraded = status.condition("Degraded")
+    assert degraded is not None and degraded.reason == "ReconcileFailed"
+    assert "not retried" in degraded.message and status.config_hash == "h1"
+    assert count(metrics, "status", "written") == 1
+    await reporter.report("proxies", "edge", FleetAPIError(400, "bad unit"))
+    assert count(metrics, "status", "unchanged") == 1, "the same report twice is one write"
+    items, _ = await etcd.list(KEYS.events("proxies", "edge"))
+    events = [Event.model_validate_json(kv.value) for kv in items]
+    assert [(e.kind, e.reason, e.count) for e in events] == [("Proxy", "ReconcileFailed", 2)]
