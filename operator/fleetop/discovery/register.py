@@ -24,6 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from fleetop.backoff import exponential
 from fleetop.discovery.addresses import parse_address
 from fleetop.discovery.checks import CheckResult, HealthCheck, host_port_text
 from fleetop.errors import FleetopError, InputError, NotFound, TemporaryError
@@ -258,14 +259,14 @@ async def run_register(etcd: Etcd, config: RegisterConfig, *, stop: asyncio.Even
             else:
                 failures += 1
                 await registration.withdraw()
-                delay = config.fast_retry if not ever_healthy else _backoff(config, failures)
+                delay = (
+                    exponential(failures - 1, initial=config.fast_retry, cap=config.interval)
+                    if ever_healthy
+                    else config.fast_retry
+                )
             await _sleep(delay, stop, registration.lost)
     finally:
         await _final_withdraw(registration)
-
-
-def _backoff(config: RegisterConfig, failures: int) -> float:
-    return min(config.interval, config.fast_retry * 2.0 ** min(failures - 1, 20))
 
 
 async def _final_withdraw(registration: Registrar) -> None:

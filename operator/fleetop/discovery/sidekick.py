@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, NamedTuple
 
+from fleetop.backoff import exponential
 from fleetop.config import EtcdSettings, etcd_flags, settings_from
 from fleetop.discovery.addresses import parse_address
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
@@ -501,7 +502,11 @@ class Sidekick:
             else:
                 failures += 1
                 registrar.withdraw()
-                delay = self.fast_retry if not ever_healthy else self._backoff(failures)
+                delay = (
+                    exponential(failures - 1, initial=self.fast_retry, cap=self.config.interval)
+                    if ever_healthy
+                    else self.fast_retry
+                )
             self._sleep(delay)
 
     def _check_or_stop(self) -> CheckResult | None:
@@ -522,9 +527,6 @@ class Sidekick:
         ready, _, _ = select.select([self._wake_r], [], [], delay)
         if ready:
             os.read(self._wake_r, 4096)
-
-    def _backoff(self, failures: int) -> float:
-        return min(self.config.interval, self.fast_retry * 2.0 ** min(failures - 1, 20))
 
     def _final_withdraw(self, registrar: Registrar) -> None:
         """Deregister on the way out with short timeouts; the lease covers anything left."""
