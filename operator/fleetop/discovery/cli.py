@@ -28,22 +28,12 @@ from fleetop.discovery.checks import HealthCheck
 from fleetop.discovery.register import ETCD_RETRY, RegisterConfig, run_register
 from fleetop.errors import ConfigError, FleetopError, InputError, TemporaryError
 from fleetop.etcd.client import Etcd
-from fleetop.models.base import parse_duration
+from fleetop.timefmt import flag_seconds
 
 log = logging.getLogger("fleetop.discovery.cli")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-
-def _duration(value: str, flag: str) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise InputError(str(exc), where=flag) from None
-    if seconds <= 0:
-        raise InputError("must be positive", where=flag)
-    return seconds
 
 
 def register_command(
@@ -85,7 +75,7 @@ def register_command(
     """
     _setup_logging()
     try:
-        check_timeout = _duration(timeout, "--timeout")
+        check_timeout = flag_seconds(timeout, "--timeout")
         check = HealthCheck.from_flags(http=http, tcp=tcp, exec_=exec_, timeout=check_timeout)
         config = RegisterConfig.build(
             service=service,
@@ -93,8 +83,8 @@ def register_command(
             address=address,
             prefix=prefix,
             check=check,
-            interval=_duration(interval, "--interval"),
-            ttl=_duration(ttl, "--ttl"),
+            interval=flag_seconds(interval, "--interval"),
+            ttl=flag_seconds(ttl, "--ttl"),
         )
         settings = settings_from(etcd_flags(cli_context(ctx).flags, endpoints, root), os.environ)
     except (InputError, ConfigError) as exc:

@@ -40,6 +40,7 @@ from fleetop.discovery.addresses import parse_address
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd.gateway import Gateway, GatewayRefusesCommonName
 from fleetop.keys import Keys, is_name
+from fleetop.timefmt import flag_seconds
 
 INFO, WARNING = 20, 30
 
@@ -86,8 +87,6 @@ _DETAIL_LIMIT = 300
 # repeated here so that the sidekick does not import pydantic.
 _INSTANCE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _KEY_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
 class Check(NamedTuple):
@@ -156,16 +155,6 @@ def parser(prog: str = "fleetop register") -> argparse.ArgumentParser:
     return p
 
 
-def _seconds(value: str, flag: str) -> float:
-    match = _DURATION.match(value)
-    if not match:
-        raise InputError(f"{value!r} is not a duration (examples: 10, '10s', '500ms', '1m')", where=flag)
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise InputError("must be positive", where=flag)
-    return seconds
-
-
 def _check(args: argparse.Namespace) -> Check:
     chosen = [
         name
@@ -178,7 +167,7 @@ def _check(args: argparse.Namespace) -> Check:
     ]
     if len(chosen) > 1:
         raise InputError(f"choose one check, not {' and '.join(chosen)}")
-    timeout = _seconds(args.timeout, "--timeout")
+    timeout = flag_seconds(args.timeout, "--timeout")
     if args.http is not None:
         path = args.http
         if not path.startswith("/") or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in path):
@@ -210,8 +199,8 @@ def build_config(args: argparse.Namespace) -> Config:
     if prefix is not None and (not _KEY_PATH.fullmatch(prefix.rstrip("/")) or ".." in prefix.split("/")):
         raise InputError(f"{prefix!r} must be a key path like /services/{args.service}", where="--prefix")
     check = _check(args)
-    interval = _seconds(args.interval, "--interval")
-    ttl = _seconds(args.ttl, "--ttl")
+    interval = flag_seconds(args.interval, "--interval")
+    ttl = flag_seconds(args.ttl, "--ttl")
     if ttl < 1:
         raise InputError("the TTL must be at least 1s", where="--ttl")
     keys = Keys()
@@ -558,7 +547,7 @@ def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
     from fleetop.discovery.register import RegisterConfig
 
     check = HealthCheck.from_flags(
-        http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=_seconds(args.timeout, "--timeout")
+        http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=flag_seconds(args.timeout, "--timeout")
     )
     config = RegisterConfig.build(
         service=args.service,
@@ -566,8 +555,8 @@ def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
         address=args.address,
         prefix=args.prefix,
         check=check,
-        interval=_seconds(args.interval, "--interval"),
-        ttl=_seconds(args.ttl, "--ttl"),
+        interval=flag_seconds(args.interval, "--interval"),
+        ttl=flag_seconds(args.ttl, "--ttl"),
     )
     logging.basicConfig(
         level=logging.WARNING if log.level >= WARNING else logging.INFO,

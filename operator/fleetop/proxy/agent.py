@@ -31,9 +31,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from fleetop.backoff import exponential
@@ -56,6 +56,7 @@ from fleetop.proxy.published import PublishedFormatError, decode_published
 from fleetop.proxy.render import default_runtime_dir
 from fleetop.proxy.salvage import Dropped, apply_dropping_backends
 from fleetop.proxy.serverdiff import servers_only_change
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ STATUS_TTL = 30
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return rfc3339(time.time())
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from fleetop.controller.conditions import rfc3339
 from fleetop.discovery.addresses import InvalidRegistration, Registration, parse_registration
 from fleetop.discovery.resolve import Resolution, names_of
 from fleetop.models.networks import IPNetwork, contains, parse_networks
@@ -45,6 +44,7 @@ from fleetop.models.status import (
 )
 from fleetop.proxy.published import PublishedFormatError
 from fleetop.proxy.published import decode_published as decode_wire
+from fleetop.timefmt import rfc3339
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from fleetop.controller.conditions import rfc3339
 from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
 from fleetop.errors import FleetopError
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
 from fleetop.models.base import shown
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 

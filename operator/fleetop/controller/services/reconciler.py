@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
-from fleetop.controller.runtime.executor import Executor, rfc3339
+from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import FleetLoss, FleetSnapshot, Informers
 from fleetop.controller.runtime.metrics import OperatorMetrics
 from fleetop.controller.services.instances import FleetView
@@ -72,6 +72,7 @@ from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
 from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
