@@ -42,10 +42,9 @@ from typing import Any, Literal
 from fleetop.config import DEFAULT_FLEET_ENDPOINT, EtcdSettings, fleet_endpoints_from, settings_from
 from fleetop.controller.runtime.leader import LeaderTimings
 from fleetop.controller.services.limits import WorkLimits
-from fleetop.controller.unitfile import RenderError as UnitRenderError
 from fleetop.controller.unitfile import UnitSettings
-from fleetop.errors import ConfigError, FleetopError
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths
+from fleetop.errors import ConfigError, FleetopError, RenderError
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderPaths
 from fleetop.proxy.sandbox import RenderLimits
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,7 @@ class RunConfig:
         """What the units the operator writes take from this installation (fleetop's path, key root)."""
         try:
             return UnitSettings(self.fleetop_path, self.etcd.prefix, *self.credentials)
-        except UnitRenderError as exc:
+        except RenderError as exc:
             text = str(exc)
             flag = next(
                 (f"--{kind}-credentials" for kind in ("sidekick", "agent", "proxy") if text.startswith(kind)),
