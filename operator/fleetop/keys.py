@@ -51,6 +51,16 @@ def unsegment(text: str) -> str:
     return unquote(text, errors="surrogateescape")
 
 
+def child(key: str, prefix: str) -> str | None:
+    """The one segment of ``key`` right under ``prefix`` (which ends in ``/``): ``8001`` of
+    ``/services/web/8001`` under ``/services/web/``; None for a key elsewhere, the prefix itself, or
+    a key deeper down."""
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix) :]
+    return rest if rest and "/" not in rest else None
+
+
 class Keys:
     """Key builder: the logical keys of one installation (the root is the etcd client's)."""
 
@@ -99,10 +109,8 @@ class Keys:
         keys elsewhere, and for keys below a status. Under ``/desired`` nothing is written below a name,
         so a deeper key (``/desired/services/../x``) is a name with a ``/`` in it: refused like any
         invalid name, never ignored."""
-        base = self.desired(kind) if where == "desired" else self.status(kind)
-        if not key.startswith(base):
-            return None
-        rest = key[len(base) :]
         if where == "desired":
-            return rest or None
-        return unsegment(rest) if rest and "/" not in rest else None
+            base = self.desired(kind)
+            return (key[len(base) :] or None) if key.startswith(base) else None
+        segment = child(key, self.status(kind))
+        return unsegment(segment) if segment else None

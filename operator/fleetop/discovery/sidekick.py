@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import select
 import shlex
 import signal
@@ -36,10 +35,9 @@ from typing import Any, NamedTuple
 
 from fleetop.backoff import exponential
 from fleetop.config import EtcdSettings, etcd_flags, settings_from
-from fleetop.discovery.addresses import parse_address
+from fleetop.discovery.addresses import parse_address, registration_key
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd.gateway import Gateway, GatewayRefusesCommonName
-from fleetop.keys import Keys, is_name
 from fleetop.timefmt import flag_seconds
 
 INFO, WARNING = 20, 30
@@ -82,11 +80,6 @@ ETCD_RETRY = 1.0
 CLEANUP_TIMEOUT = 1.5
 """Per request while stopping: past it the key is left to its lease."""
 _DETAIL_LIMIT = 300
-
-# The same rules as fleetop.discovery.register (instances, prefixes);
-# repeated here so that the sidekick does not import pydantic.
-_INSTANCE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-_KEY_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 
 
 class Check(NamedTuple):
@@ -187,25 +180,13 @@ def _check(args: argparse.Namespace) -> Check:
 def build_config(args: argparse.Namespace) -> Config:
     """Validate the flags; :class:`InputError` names the one at fault. Nothing touches etcd before."""
     host, port = parse_address(args.address)
-    if not is_name(args.service):
-        raise InputError(
-            f"service {args.service!r} must be 1-63 lowercase letters, digits or '-', starting and ending"
-            " with a letter or digit",
-            where="--service",
-        )
-    if not _INSTANCE.fullmatch(args.instance):
-        raise InputError(f"{args.instance!r} must be letters, digits, '.', '_' or '-'", where="--instance")
-    prefix = args.prefix
-    if prefix is not None and (not _KEY_PATH.fullmatch(prefix.rstrip("/")) or ".." in prefix.split("/")):
-        raise InputError(f"{prefix!r} must be a key path like /services/{args.service}", where="--prefix")
+    key = registration_key(args.service, args.instance, args.prefix)
     check = _check(args)
     interval = flag_seconds(args.interval, "--interval")
     ttl = flag_seconds(args.ttl, "--ttl")
     if ttl < 1:
         raise InputError("the TTL must be at least 1s", where="--ttl")
-    keys = Keys()
-    base = keys.registrations(prefix) if prefix else keys.default_registrations(args.service)
-    return Config(base + args.instance, host, port, check, interval, -int(-ttl // 1))
+    return Config(key, host, port, check, interval, -int(-ttl // 1))
 
 
 # -- checks --------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from fleetop.controller.world import (
     Seen,
     Transition,
 )
-from fleetop.discovery.addresses import Registration, parse_registration
+from fleetop.discovery.addresses import Registration, registrations_under
 from fleetop.errors import FleetopError, NotLeader, SpecInvalid, TemporaryError
 from fleetop.etcd.client import KeyValue
 from fleetop.fleet.model import Unit, UnitState
@@ -153,14 +153,10 @@ def registrations_of(
     registered: dict[str, bool] = {}
     backends: list[Backend] = []
     invalid = 0
-    for key, value in items:
-        instance = key[len(prefix) :]
-        if not instance or "/" in instance:
-            continue
-        parsed = parse_registration(key, value)
+    for instance, parsed in registrations_under(prefix, items):
         if isinstance(parsed, Registration):
             registered[instance] = True
-            backends.append(Backend(key=key, address=parsed.address))
+            backends.append(Backend(key=parsed.key, address=parsed.address))
         else:
             invalid += 1
     return registered, backends, invalid
