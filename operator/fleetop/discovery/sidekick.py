@@ -517,7 +517,7 @@ class Sidekick:
             os.close(self._wake_w)
 
 
-def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
+def _serve_over_grpc(settings: EtcdSettings, config: Config, args: argparse.Namespace) -> None:
     """The same registration through :mod:`fleetop.discovery.register` (asyncio and the gRPC client):
     for a client certificate with a CommonName, which etcd's gateway refuses."""
     import asyncio
@@ -528,28 +528,23 @@ def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
     from fleetop.discovery.register import RegisterConfig
 
     check = HealthCheck.from_flags(
-        http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=flag_seconds(args.timeout, "--timeout")
+        http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=config.check.timeout
     )
-    config = RegisterConfig.build(
-        service=args.service,
-        instance=args.instance,
-        address=args.address,
-        prefix=args.prefix,
-        check=check,
-        interval=flag_seconds(args.interval, "--interval"),
-        ttl=flag_seconds(args.ttl, "--ttl"),
-    )
+    registration = RegisterConfig(config.key, config.host, config.port, check, config.interval, config.ttl)
     logging.basicConfig(
         level=logging.WARNING if log.level >= WARNING else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(serve(settings, config))
+    asyncio.run(serve(settings, registration))
 
 
-def main(argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None = None, *, over_grpc: bool = False
+) -> int:
     """``fleetop register ...``: exit 2 on bad input (before anything touches etcd), 1 when etcd refuses
-    (permissions), 0 after a signal. ``inherited`` are the main CLI's flags given before the verb."""
+    (permissions), 0 after a signal. ``inherited`` are the main CLI's flags given before the verb;
+    ``over_grpc`` registers through the gRPC client from the start (``python -m fleetop.discovery.cli``)."""
     args = parser().parse_args(argv)
     try:
         config = build_config(args)
@@ -558,11 +553,14 @@ def main(argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None 
         print(f"fleetop register: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if over_grpc:
+            _serve_over_grpc(settings, config, args)
+            return 0
         try:
             Sidekick(settings, config).run()
         except GatewayRefusesCommonName as exc:
             log.warning("%s; registering through the gRPC client instead (about 60 MB more)", exc)
-            _serve_over_grpc(settings, args)
+            _serve_over_grpc(settings, config, args)
     except FleetopError as exc:
         print(f"fleetop register: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, InputError | ConfigError) else EXIT_FAILURE
