@@ -23,6 +23,7 @@ from fleetop.controller.unitfile import UnitSettings
 from fleetop.controller.world import (
     CreateUnit,
     DestroyUnit,
+    FleetIndex,
     ObservedMachine,
     ObservedState,
     ObservedUnit,
@@ -74,7 +75,16 @@ def running_world(settings: UnitSettings) -> tuple[list[ObservedUnit], list[Obse
 
 def plan_with(settings: UnitSettings, world_settings: UnitSettings) -> tuple[list[str], list[str]]:
     units, states, registrations = running_world(world_settings)
-    result = plan(NAME, SPEC, 3, units, states, registrations, MACHINES, NOW, PlanMemory(), settings=settings)
+    result = plan(
+        NAME,
+        SPEC,
+        3,
+        FleetIndex.build(units, states, MACHINES),
+        registrations,
+        NOW,
+        PlanMemory(),
+        settings=settings,
+    )
     created = [a.name for a in result.actions if isinstance(a, CreateUnit)]
     destroyed = [a.name for a in result.actions if isinstance(a, DestroyUnit)]
     return created, destroyed
@@ -94,7 +104,16 @@ def test_a_new_path_surges_a_new_instance_before_any_old_one_goes() -> None:
 
 def test_the_new_sidekick_runs_the_new_path() -> None:
     units, states, registrations = running_world(OLD)
-    result = plan(NAME, SPEC, 3, units, states, registrations, MACHINES, NOW, PlanMemory(), settings=NEW)
+    result = plan(
+        NAME,
+        SPEC,
+        3,
+        FleetIndex.build(units, states, MACHINES),
+        registrations,
+        NOW,
+        PlanMemory(),
+        settings=NEW,
+    )
     [sidekick] = [a for a in result.actions if isinstance(a, CreateUnit) and "discovery" in a.name]
     [command] = [o.value for o in sidekick.options if o.name == "ExecStart"]
     assert command.startswith(f"{NEW.fleetop} register ")

@@ -61,7 +61,7 @@ from fleetop.controller.proxies.status import (
 from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
 from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
 from fleetop.controller.runtime.informers import Informers
-from fleetop.controller.services.reconciler import CONVERGING_POLL, SYNC_WAIT, observe
+from fleetop.controller.services.reconciler import CONVERGING_POLL, SYNC_WAIT
 from fleetop.controller.services.unitrender import needs_sidekick
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
@@ -382,8 +382,8 @@ class ProxyReconciler:
         if self.informers.fleet.loss is not None:
             stored = self._stored(name)
             return UnitPlan([], list(stored.units) if stored is not None else []), None
-        observed = observe(self.informers.fleet.snapshot)
-        plan = plan_units(name, desired, observed.units, observed.states)
+        index = self.informers.fleet.snapshot.index
+        plan = plan_units(name, desired, index)
         if not plan.actions:
             return plan, None
         outcome = await self.executor.apply(name, plan.actions)

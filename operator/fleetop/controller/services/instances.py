@@ -59,35 +59,6 @@ def _slot_of(pattern: re.Pattern[str], name: str) -> int | None:
     return int(digits)
 
 
-@dataclass(frozen=True, slots=True)
-class FleetView:
-    """fleet's units, states and machines indexed once per poll, so that a pass costs what its own
-    service owns rather than what the whole cluster holds. ``claimed`` groups the units whose
-    ``[X-Fleetop]`` section names a service (any role) by that service."""
-
-    units: Mapping[str, ObservedUnit]
-    states: Mapping[str, Sequence[ObservedState]]
-    machines: Sequence[ObservedMachine]
-    claimed: Mapping[str, Sequence[ObservedUnit]]
-
-    @classmethod
-    def index(
-        cls,
-        units: Sequence[ObservedUnit],
-        states: Sequence[ObservedState],
-        machines: Sequence[ObservedMachine],
-    ) -> FleetView:
-        by_state: dict[str, list[ObservedState]] = {}
-        for state in states:
-            by_state.setdefault(state.name, []).append(state)
-        claimed: dict[str, list[ObservedUnit]] = {}
-        for unit in units:
-            owner = owned_by(unit.options)
-            if owner is not None:
-                claimed.setdefault(owner.service, []).append(unit)
-        return cls({u.name: u for u in units}, by_state, tuple(machines), claimed)
-
-
 def read_ownership(service: str, units: Sequence[ObservedUnit]) -> Ownership:
     main_re = re.compile(rf"{re.escape(service)}@(\d+)\.service")
     side_re = re.compile(rf"{re.escape(service)}-discovery@(\d+)\.service")

@@ -35,14 +35,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import FleetLoss, FleetSnapshot, Informers
 from fleetop.controller.runtime.metrics import OperatorMetrics
-from fleetop.controller.services.instances import FleetView
 from fleetop.controller.services.limits import (
     DEFAULT_LIMITS,
     Demand,
@@ -52,14 +51,11 @@ from fleetop.controller.services.limits import (
     instances_of,
     service_refusal,
 )
-from fleetop.controller.services.planner import plan_view
+from fleetop.controller.services.planner import plan
 from fleetop.controller.services.report import memory_from_status
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import (
     BackoffPolicy,
-    ObservedMachine,
-    ObservedState,
-    ObservedUnit,
     PlanMemory,
     Seen,
     Transition,
@@ -67,7 +63,6 @@ from fleetop.controller.world import (
 from fleetop.discovery.addresses import Registration, registrations_under
 from fleetop.errors import FleetopError, NotLeader, SpecInvalid, TemporaryError
 from fleetop.etcd.client import KeyValue
-from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
 from fleetop.models.status import ReplicaCounts
@@ -86,45 +81,6 @@ class KindReconciler(Protocol):
     """One kind's reconcile: ``name`` -> requeue after (seconds) or None. Raises to retry."""
 
     async def reconcile(self, name: str) -> float | None: ...
-
-
-@dataclass(frozen=True)
-class _Observed:
-    units: list[ObservedUnit]
-    states: list[ObservedState]
-    machines: list[ObservedMachine]
-
-
-def _unit(u: Unit) -> ObservedUnit:
-    return ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id)
-
-
-def _state(s: UnitState) -> ObservedState:
-    return ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
-
-
-def _machines(snapshot: FleetSnapshot) -> list[ObservedMachine]:
-    return [ObservedMachine(m.id, m.primary_ip, dict(m.metadata)) for m in snapshot.machines.values()]
-
-
-def observe(snapshot: FleetSnapshot) -> _Observed:
-    """fleet's entities as the planner's input values (all units: names taken by others matter)."""
-    units = [_unit(u) for u in snapshot.units.values()]
-    states = [_state(s) for found in snapshot.states.values() for s in found]
-    return _Observed(units, states, _machines(snapshot))
-
-
-def view_of(snapshot: FleetSnapshot) -> FleetView:
-    """The planner's index of one poll, from the grouping and the owners the snapshot already holds
-    (no unit's options are read again)."""
-    units = {name: _unit(u) for name, u in snapshot.units.items()}
-    states = {name: tuple(_state(s) for s in found) for name, found in snapshot.states.items()}
-    claimed = {
-        key.partition("/")[2]: [units[n] for n in sorted(names)]
-        for key, names in snapshot.owners.items()
-        if key.startswith("services/")
-    }
-    return FleetView(units, states, tuple(_machines(snapshot)), claimed)
 
 
 def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMemory:
@@ -187,13 +143,6 @@ class ServiceReconciler:
         self._invalid_reported: dict[str, tuple[int, str]] = {}
         self._admission: tuple[int, FleetSnapshot, dict[str, Refusal]] | None = None
         self._unconverged_since: dict[str, float] = {}
-        self._view: tuple[FleetSnapshot, FleetView] | None = None
-
-    def view(self, snapshot: FleetSnapshot) -> FleetView:
-        """The planner's index of ``snapshot``, built once per poll and shared by every pass."""
-        if self._view is None or self._view[0] is not snapshot:
-            self._view = (snapshot, view_of(snapshot))
-        return self._view[1]
 
     def stored_status(self, name: str) -> tuple[ServiceStatus | None, bytes | None]:
         kv = self.informers.statuses.get(self.informers.keys.status("services", name))
@@ -235,12 +184,11 @@ class ServiceReconciler:
         memory = self.memory.get(name) or seed_memory(stored, snapshot)
         now = self.clock()
         generation = entry.mod_revision if entry is not None else 0
-        view = self.view(snapshot)
-        result = plan_view(
+        result = plan(
             name,
             spec,
             generation,
-            view,
+            snapshot.index,
             registered,
             now,
             memory,
