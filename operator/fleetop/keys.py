@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 Kind = Literal["services", "proxies"]
 _VALID_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_KEY_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 SEGMENT_CHARS = 200
 
@@ -49,6 +50,12 @@ def unsegment(text: str) -> str:
     if "%" not in text or "~" in text:
         return text
     return unquote(text, errors="surrogateescape")
+
+
+def is_key_path(text: str) -> bool:
+    """An etcd key path a registration prefix may be (``/services/web``, a trailing ``/`` allowed):
+    ``/``-separated segments of letters, digits, ``.``, ``_`` and ``-``, none of them ``..``."""
+    return bool(_KEY_PATH.fullmatch(text.rstrip("/"))) and ".." not in text.split("/")
 
 
 def child(key: str, prefix: str) -> str | None:

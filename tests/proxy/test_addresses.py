@@ -213,6 +213,7 @@ def test_registration_key() -> None:
         ("web", "a/b", None, "--instance"),
         ("web", "8001", "services/web", "--prefix"),
         ("web", "8001", "/services/../x", "--prefix"),
+        ("web", "8001", "/services/web\n", "--prefix"),
     ],
 )
 def test_registration_key_names_the_flag_at_fault(

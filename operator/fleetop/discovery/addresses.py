@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from fleetop.errors import InputError
-from fleetop.keys import Keys, child, is_name
+from fleetop.keys import Keys, child, is_key_path, is_name
 
 MAX_VALUE_BYTES = 1024
 MAX_HOSTNAME = 253
@@ -34,7 +34,6 @@ _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _ALL_DIGITS_RE = re.compile(r"[0-9]+")
 _IPV4_SHAPE_RE = re.compile(r"[0-9.]+")
 _INSTANCE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
-_KEY_PATH_RE = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 
 class AddressError(ValueError):
@@ -234,7 +233,7 @@ def registration_key(service: str, instance: str, prefix: str | None = None) -> 
         )
     if not _INSTANCE_RE.fullmatch(instance):
         raise InputError(f"{instance!r} must be letters, digits, '.', '_' or '-'", where="--instance")
-    if prefix is not None and (not _KEY_PATH_RE.fullmatch(prefix.rstrip("/")) or ".." in prefix.split("/")):
+    if prefix is not None and not is_key_path(prefix):
         raise InputError(f"{prefix!r} must be a key path like /services/{service}", where="--prefix")
     keys = Keys()
     return (keys.registrations(prefix) if prefix else keys.default_registrations(service)) + instance
