@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fleetop.cli.documents import split_documents
 from fleetop.cli.patching import apply_patch
 from fleetop.controller.runtime.contain import degraded, failure_message
-from fleetop.controller.services.reconciler import Reconciler
+from fleetop.controller.runtime.reconcile import Reconciler
 from fleetop.errors import InputError, SpecInvalid, TemporaryError
 from fleetop.keys import SEGMENT_CHARS, Keys, is_name, segment, unsegment
 from fleetop.models import Condition, ProxySpec, ServiceStatus, parse_proxy, parse_service, parse_spec

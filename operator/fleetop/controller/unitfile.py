@@ -35,7 +35,7 @@ from typing import Literal
 from fleetop.errors import RenderError
 from fleetop.fleet.ownership import OWNER_SECTION, owner_options
 from fleetop.fleet.units import UnitOption, check_option_values, regroup, serialize
-from fleetop.models.service import Placement
+from fleetop.models.service import Placement, ServiceSpec
 
 INSTANCE_SPECIFIER = "%i"
 TEMPLATE_LENGTH = 12
@@ -178,3 +178,9 @@ def finish_unit(body: list[UnitOption], service: str, role: str, template: str) 
     except ValueError as exc:
         raise RenderError(str(exc)) from exc
     return options
+
+
+def needs_sidekick(spec: ServiceSpec) -> bool:
+    """Whether ``spec``'s instances register through fleetop's sidekick: the service gets a discovery
+    unit per instance, and a proxy routing to it keeps only the instances fleet holds as launched."""
+    return spec.discovery.sidekick

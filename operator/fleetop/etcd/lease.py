@@ -19,15 +19,23 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from fleetop.backoff import HALF_JITTER, Backoff
 from fleetop.errors import EtcdUnavailable, FleetopError
 
-if TYPE_CHECKING:
-    from fleetop.etcd.client import Etcd
-
 log = logging.getLogger(__name__)
+
+
+class Leases(Protocol):
+    """The lease calls a keeper makes (:class:`fleetop.etcd.client.Etcd` has them). Declared here, where
+    they are used, so that the client may build on this module without this module importing it."""
+
+    async def grant(self, ttl: int) -> int: ...
+
+    async def revoke(self, lease: int) -> None: ...
+
+    async def keepalive_once(self, lease: int) -> int: ...
 
 
 class LeaseKeeper:
@@ -41,7 +49,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        etcd: Etcd,
+        etcd: Leases,
         lease: int,
         ttl: int,
         *,

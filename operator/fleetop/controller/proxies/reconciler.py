@@ -60,10 +60,8 @@ from fleetop.controller.proxies.status import (
 )
 from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
 from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
-from fleetop.controller.runtime.informers import Informers
-from fleetop.controller.services.reconciler import CONVERGING_POLL, SYNC_WAIT
-from fleetop.controller.services.unitrender import needs_sidekick
-from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
+from fleetop.controller.runtime.informers import CONVERGING_POLL, SYNC_WAIT, Informers
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import RenderError, TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec

@@ -49,11 +49,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LeaderTimings:
-    """Leader election: the lease's TTL, how long a leader may fail to renew, how often to retry."""
+    """Leader election: the lease's TTL, how long a leader may fail to renew, how often to retry.
+    controller-runtime's defaults; :meth:`check` keeps ``retry < renew deadline < lease``."""
 
     lease_duration: float = 15.0
+    """Seconds the leader key's lease lives without a renewal (``--lease-duration``)."""
     renew_deadline: float = 10.0
+    """Seconds a leader may fail to renew before it stops acting, well before its lease can expire
+    under it (``--renew-deadline``)."""
     retry_period: float = 2.0
+    """Seconds between renewals, and between a standby's attempts to take the lease (``--retry-period``)."""
 
     def check(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:

@@ -25,6 +25,7 @@ from fleetop.controller.conditions import (
     build_conditions,
     deadline_exceeded,
     next_progress,
+    unit_status,
 )
 from fleetop.controller.services import rollback as rollbacks
 from fleetop.controller.services.instances import UNSCHEDULED_GRACE, Desired, Instance, Scene
@@ -34,7 +35,6 @@ from fleetop.controller.services.restarts import state_text
 from fleetop.controller.services.rollout import Limits
 from fleetop.controller.world import (
     BackoffPolicy,
-    ObservedState,
     ObservedUnit,
     PlanMemory,
     Progress,
@@ -163,31 +163,6 @@ def _trouble(
     never, crashing = _failures(desired, outcome.instances, outcome.records, started)
     unschedulable = _unschedulable(scene, desired, outcome.instances, outcome.replace, limits)
     return Trouble(outcome.losses.troubles, unschedulable, never, crashing)
-
-
-def unit_status(
-    unit: ObservedUnit,
-    state: ObservedState | None,
-    role: str,
-    instance: str,
-    template: str,
-    *,
-    ready: bool = False,
-) -> UnitStatus:
-    """A unit as status reports it: fleet's view and systemd's states."""
-    return UnitStatus(
-        name=unit.name,
-        role=role,
-        instance=instance,
-        machine=unit.machine_id,
-        desired_state=unit.desired_state,
-        current_state=unit.current_state,
-        load_state=state.load_state if state else None,
-        active_state=state.active_state if state else None,
-        sub_state=state.sub_state if state else None,
-        template=template,
-        ready=ready,
-    )
 
 
 def _row(

@@ -42,10 +42,6 @@ def sidekick_unit_name(service: str, instance: int | str) -> str:
     return f"{service}-discovery@{instance}.service"
 
 
-def needs_sidekick(spec: ServiceSpec) -> bool:
-    return spec.discovery.sidekick
-
-
 def _main_body(spec: ServiceSpec, service: str) -> list[UnitOption]:
     unit = spec.unit
     description = unit.description or f"{service} instance {INSTANCE_SPECIFIER} (fleetop)"
