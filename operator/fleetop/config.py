@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from fleetop.errors import ConfigError
+from fleetop.timefmt import parse_go_duration
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 DEFAULT_FLEET_ENDPOINT = "unix:///var/run/fleet.sock"
@@ -38,8 +39,6 @@ DEFAULT_ENV_FILE = Path("/etc/etcd.environment")
 ENV_FILE_VAR = "FLEETOP_ETCD_ENV_FILE"
 
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class SecretStr:
@@ -245,16 +244,12 @@ def fleet_endpoints_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -
     return parse_fleet_endpoints(*found)
 
 
-def parse_duration(value: str, source: str) -> float:
-    """Seconds from ``"5"``, ``"2.5"``, ``"500ms"``, ``"1m30s"`` (Go's duration syntax, as etcdctl)."""
-    text = value.strip()
+def _timeout(value: str, source: str) -> float:
+    """An etcd timeout flag (Go's duration syntax, as etcdctl): more than 0, at most an hour."""
     try:
-        seconds = float(text)
-    except ValueError:
-        parts = _DURATION_PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ConfigError(f"{source}: {value!r} is not a duration (e.g. 5s, 500ms, 1m)") from None
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        seconds = parse_go_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if not 0 < seconds <= 3600:
         raise ConfigError(f"{source}: {value!r} must be between 0 and 1h")
     return seconds
@@ -388,7 +383,7 @@ def settings_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -> EtcdS
         ("command_timeout", "ETCDCTL_COMMAND_TIMEOUT", 5.0),
     ):
         found = look.get(field, variable)
-        timeouts[field] = parse_duration(*found) if found else default
+        timeouts[field] = _timeout(*found) if found else default
     prefix_found = look.get("prefix", "FLEETOP_PREFIX")
     server_name = look.get("tls_server_name", "FLEETOP_ETCD_TLS_SERVER_NAME")
     return EtcdSettings(

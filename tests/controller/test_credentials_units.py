@@ -8,8 +8,8 @@ import pytest
 from fleetop.controller.proxies.units import ProxyLayout, desired_units
 from fleetop.controller.runtime.settings import OperatorSettings
 from fleetop.controller.services.unitrender import render_sidekick, sidekick_template
-from fleetop.controller.unitfile import RenderError, UnitSettings
-from fleetop.errors import ConfigError
+from fleetop.controller.unitfile import UnitSettings
+from fleetop.errors import ConfigError, RenderError
 from fleetop.fleet.units import UnitOption
 from fleetop.models import ProxySpec, ServiceSpec
 

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal
 
 from fleetop.controller.world import ObservedState, ObservedUnit, Progress, Transition
 from fleetop.models.status import Condition, ConditionType, UnitStatus
+from fleetop.timefmt import rfc3339
 
 Status = Literal["True", "False", "Unknown"]
-
-
-def rfc3339(now: float) -> str:
-    """``2024-05-01T12:00:00Z`` from a UNIX time (seconds; the fraction is dropped)."""
-    return datetime.fromtimestamp(int(now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)

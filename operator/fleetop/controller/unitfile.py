@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from fleetop.errors import RenderError
 from fleetop.fleet.ownership import OWNER_SECTION, owner_options
 from fleetop.fleet.units import UnitOption, check_option_values, regroup, serialize
 from fleetop.models.service import Placement, ServiceSpec
@@ -49,10 +50,6 @@ _PROGRAM_PATH = _BARE_ARG - {"%", ":", "=", ","}
 """Characters of a program path written bare as the first word of ``ExecStart``: nothing systemd
 would split on, unquote, or expand (``%`` specifiers, ``$`` variables)."""
 PROGRAM_PATH_MAX = 4095
-
-
-class RenderError(ValueError):
-    """A spec that cannot be written as a unit file (a line too long, a forbidden character)."""
 
 
 def program_path_problem(path: str) -> str | None:

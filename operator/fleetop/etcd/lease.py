@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol
 
+from fleetop.backoff import HALF_JITTER, Backoff
 from fleetop.errors import EtcdUnavailable, FleetopError
-from fleetop.etcd.model import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class LeaseKeeper:
     async def _renew_before_deadline(self) -> bool:
         """Renew; retry with backoff while etcd is down. False once the lease is not provably alive."""
         loop = asyncio.get_running_loop()
-        delays = Backoff(initial=0.1, cap=max(0.2, self.ttl / 6))
+        delays = Backoff(0.1, max(0.2, self.ttl / 6), jitter=HALF_JITTER)
         while True:
             sent = loop.time()
             usable = self._deadline - self.margin - sent
@@ -156,7 +156,7 @@ class LeaseKeeper:
     async def _recover(self) -> None:
         """Wait for etcd, keep the lease if it survived or grant a new one and re-register."""
         loop = asyncio.get_running_loop()
-        delays = Backoff(initial=0.2, cap=5.0)
+        delays = Backoff(0.2, 5.0, jitter=HALF_JITTER)
         registered = True
         while True:
             try:

@@ -25,8 +25,9 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Protocol
 
+from fleetop.backoff import HALF_JITTER, Backoff
 from fleetop.errors import Compacted, EtcdUnavailable
-from fleetop.etcd.model import RECONNECT_CAP, Backoff, Events, KeyValue, Snapshot, WatchBatch
+from fleetop.etcd.model import RECONNECT_CAP, Events, KeyValue, Snapshot, WatchBatch
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ async def resume_watch(
     next is gone) and EtcdDenied; every EtcdUnavailable is retried.
     """
     next_revision = start_revision
-    delays = backoff or Backoff(initial=0.1, cap=RECONNECT_CAP)
+    delays = backoff or Backoff(0.1, RECONNECT_CAP, jitter=HALF_JITTER)
     while True:
         try:
             stream = etcd.watch_stream(prefix, next_revision, progress_notify=progress_notify)
@@ -94,7 +95,7 @@ async def reflect(
     """List ``prefix`` at one revision, yield it as a Snapshot, then yield Events from the next
     revision on; after a compaction list again and yield a new Snapshot. etcd outages are retried
     with capped, jittered backoff; the only errors that end it are permanent (EtcdDenied)."""
-    delays = backoff or Backoff(initial=0.1, cap=RECONNECT_CAP)
+    delays = backoff or Backoff(0.1, RECONNECT_CAP, jitter=HALF_JITTER)
     while True:
         try:
             items, revision = await etcd.list(prefix, page_size=page_size)

@@ -72,14 +72,13 @@ from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import CONVERGING_POLL, SYNC_WAIT, Informers
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
-from fleetop.controller.unitfile import RenderError as UnitRenderError
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
-from fleetop.errors import NameTaken, TemporaryError
+from fleetop.errors import NameTaken, RenderError, TemporaryError
 from fleetop.keys import Keys
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.published import PublishedFormatError, encode_published
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderError, RenderPaths
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderPaths
 from fleetop.proxy.sandbox import RenderPool
 from fleetop.store import Entry
 
@@ -385,7 +384,7 @@ class ProxyReconciler:
         if spec is not None and spec.managed and layout is not None:
             try:
                 desired = desired_units(ref.name, spec, layout)
-            except UnitRenderError as exc:
+            except RenderError as exc:
                 return UnitPlan([], []), f"cannot write the proxy's units: {exc}"
         fleet = self.informers.fleet
         if fleet.loss is not None or not fleet.fresh_for(ref.key):

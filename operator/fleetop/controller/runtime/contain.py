@@ -20,12 +20,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from fleetop.controller.conditions import rfc3339
 from fleetop.controller.runtime.contract import ObjectRef, queue_meaning
 from fleetop.controller.runtime.executor import Executor
 from fleetop.errors import FleetopError
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
 from fleetop.models.base import shown
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from fleetop.backoff import exponential
 from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit, owner_key
 from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot
@@ -404,7 +405,7 @@ class FleetInformer:
                     str(exc) if isinstance(exc, FleetopError) else f"{type(exc).__name__}: {exc}"
                 )
                 self._lost(wall, self.last_error)
-                delay = min(self.slow, self.fast * 2**failures)
+                delay = exponential(failures, initial=self.fast, cap=self.slow)
                 log.warning(
                     "polling fleet failed: %s (retry in %.1fs)",
                     self.last_error,

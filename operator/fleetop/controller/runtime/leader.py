@@ -38,9 +38,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleetop.backoff import HALF_JITTER, Backoff
 from fleetop.errors import ConfigError, Conflict, FleetopError, NotLeader
 from fleetop.etcd.client import Etcd
-from fleetop.etcd.model import RECONNECT_CAP, Backoff
+from fleetop.etcd.model import RECONNECT_CAP
 from fleetop.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class LeaderElector:
         """Campaign, lead, step down, campaign again... until cancelled or :meth:`resign` is called."""
         # etcd unreachable: ask again soon (each attempt is one cheap request), so that leadership is
         # back within a fraction of a second of etcd's return rather than a retry period later
-        delays = Backoff(initial=0.1, cap=min(RECONNECT_CAP, self.timings.retry_period))
+        delays = Backoff(0.1, min(RECONNECT_CAP, self.timings.retry_period), jitter=HALF_JITTER)
         try:
             while not self._resigned:
                 try:

@@ -40,10 +40,9 @@ from typing import Any, Literal, TypeVar
 from fleetop.config import DEFAULT_FLEET_ENDPOINT, EtcdSettings, Lookup, fleet_endpoints_from, settings_from
 from fleetop.controller.runtime.health import parse_address
 from fleetop.controller.runtime.leader import LeaderTimings
-from fleetop.controller.unitfile import RenderError as UnitRenderError
 from fleetop.controller.unitfile import UnitSettings, program_path_problem
-from fleetop.errors import ConfigError
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderError, RenderPaths
+from fleetop.errors import ConfigError, RenderError
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, RenderPaths
 from fleetop.proxy.sandbox import RenderLimits
 
 T = TypeVar("T")
@@ -220,7 +219,7 @@ class OperatorSettings:
                 install.agent_credentials,
                 install.proxy_credentials,
             )
-        except UnitRenderError as exc:
+        except RenderError as exc:
             text = str(exc)
             flag = next(
                 (f"--{kind}-credentials" for kind in ("sidekick", "agent", "proxy") if text.startswith(kind)),

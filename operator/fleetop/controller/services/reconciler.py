@@ -39,7 +39,7 @@ from dataclasses import replace
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
 from fleetop.controller.runtime.contract import ObjectRef
-from fleetop.controller.runtime.executor import Executor, rfc3339
+from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import (
     CONVERGING_POLL,
     SYNC_WAIT,
@@ -65,12 +65,13 @@ from fleetop.controller.world import (
     Seen,
     Transition,
 )
-from fleetop.discovery.addresses import Registration, parse_registration
+from fleetop.discovery.addresses import Registration, registrations_under
 from fleetop.errors import NameTaken, SpecInvalid, TemporaryError
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
 from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +102,10 @@ def registrations_of(
     registered: dict[str, bool] = {}
     backends: list[Backend] = []
     invalid = 0
-    for key, value in items:
-        instance = key[len(prefix) :]
-        if not instance or "/" in instance:
-            continue
-        parsed = parse_registration(key, value)
+    for instance, parsed in registrations_under(prefix, items):
         if isinstance(parsed, Registration):
             registered[instance] = True
-            backends.append(Backend(key=key, address=parsed.address))
+            backends.append(Backend(key=parsed.key, address=parsed.address))
         else:
             invalid += 1
     return registered, backends, invalid

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from fleetop.controller.conditions import (
     Counts,
@@ -26,7 +25,6 @@ from fleetop.controller.conditions import (
     build_conditions,
     deadline_exceeded,
     next_progress,
-    rfc3339,
     unit_status,
 )
 from fleetop.controller.services import rollback as rollbacks
@@ -56,6 +54,7 @@ from fleetop.models.status import (
     ServiceStatus,
     UnitStatus,
 )
+from fleetop.timefmt import parse_rfc3339, rfc3339
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +341,7 @@ def build_report(
 
 
 def _time(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    return parse_rfc3339(text).timestamp()
 
 
 def _record(row: RestartStatus) -> Restart:
