@@ -2,8 +2,9 @@
 
 The formatting is pure (``statusview.py``); this module does the I/O. A part that cannot be reached is
 shown as unreachable with the reason — the status screen is most needed exactly when something is down.
-``status`` reads etcd through :func:`open_reader` (no grpc); the fleet client and the gRPC client
-(``events --follow`` watches) are imported by the functions that use them.
+``status`` reads etcd through :func:`open_reader` (no grpc) and fleet over the standard library
+(the fleet client's ``plain`` sessions: no httpx); the fleet client and the gRPC client (``events
+--follow`` watches) are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit]
     from fleetop.fleet.client import FleetClient, RetryPolicy
     from fleetop.http import Timeouts
 
-    fleet = FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0))
+    fleet = FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0), plain=True)
     async with fleet:
         try:
             machines = await fleet.list_machines()
@@ -138,7 +139,7 @@ def _watch(cli: CliContext, fleet_flag: str | None, render: Any, interval: float
 async def fleet_listing(fleet_flag: str | None) -> tuple[list[Machine], list[Unit], list[UnitState]]:
     from fleetop.fleet.client import FleetClient
 
-    async with FleetClient(fleet_endpoint(fleet_flag)) as fleet:
+    async with FleetClient(fleet_endpoint(fleet_flag), plain=True) as fleet:
         machines, units, states = await asyncio.gather(
             fleet.list_machines(), fleet.list_units(), fleet.list_states()
         )
