@@ -232,6 +232,7 @@ class PlainSession:
         base = urlsplit(self.endpoint.base_url)
         self._scheme, self._host, self._port = base.scheme, base.hostname or "", base.port
         self._root = base.path.rstrip("/")
+        self._tls: Any = None
 
     async def request(
         self,
@@ -300,7 +301,8 @@ class PlainSession:
                 port = self._port or (443 if self._scheme == "https" else 80)
                 sock = socket.create_connection((self._host, port), timeout=t.connect)
                 if self._scheme == "https":
-                    sock = _tls_context().wrap_socket(sock, server_hostname=self._host)
+                    self._tls = self._tls or _tls_context()
+                    sock = self._tls.wrap_socket(sock, server_hostname=self._host)
         except TimeoutError:
             raise _Timeout("ConnectTimeout") from None
         sock.settimeout(max(t.read, t.write))

@@ -59,6 +59,12 @@ async def test_users_and_client_certificates(secure_etcd: SecureEtcd) -> None:
     environ["ETCDCTL_KEY"] = str(secure_etcd.files.anonymous_key)
     async with await ReadOnlyEtcd.connect(settings_from({}, environ)) as reads:
         assert (await reads.list("/"))[1] > 0
+    secure_etcd.etcdctl_run("put", "/limited/x", "y", user="root")
+    limited = dict(environ, ETCDCTL_USER=f"limited:{secure_etcd.limited_password}")
+    async with await ReadOnlyEtcd.connect(settings_from({}, limited)) as reads:  # no admin needed
+        assert [kv.value for kv in (await reads.list("/limited/"))[0]] == [b"y"]
+        with pytest.raises(EtcdDenied, match="list /desired/: etcd denied the request"):
+            await reads.list("/desired/")
     wrong = dict(environ, ETCDCTL_USER="root:not-the-password")
     with pytest.raises(EtcdDenied, match="rejected the user name or password of 'root'"):
         await ReadOnlyEtcd.connect(settings_from({}, wrong))
