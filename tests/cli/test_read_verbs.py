@@ -65,6 +65,10 @@ async def test_users_and_client_certificates(secure_etcd: SecureEtcd) -> None:
         assert [kv.value for kv in (await reads.list("/limited/"))[0]] == [b"y"]
         with pytest.raises(EtcdDenied, match="list /desired/: etcd denied the request"):
             await reads.list("/desired/")
+    anonymous = {k: v for k, v in environ.items() if k != "ETCDCTL_USER"}
+    async with await ReadOnlyEtcd.connect(settings_from({}, anonymous)) as reads:
+        with pytest.raises(EtcdDenied, match=r"get /limited/x: etcd denied the request: .*permission denied"):
+            await reads.get("/limited/x")  # as the gRPC client says it
     wrong = dict(environ, ETCDCTL_USER="root:not-the-password")
     with pytest.raises(EtcdDenied, match="rejected the user name or password of 'root'"):
         await ReadOnlyEtcd.connect(settings_from({}, wrong))

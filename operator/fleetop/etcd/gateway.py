@@ -377,7 +377,7 @@ def _decode(status: int, data: bytes, endpoint: str) -> dict[str, Any]:
     message = str(error.get("message") or error.get("error") or f"HTTP {status}")
     if status == 400 and b"CommonName of client" in data:
         raise GatewayRefusesCommonName(f"{endpoint}: {data.decode(errors='replace').strip()}")
-    if code == _UNAUTHENTICATED or "invalid auth token" in message:
+    if code == _UNAUTHENTICATED or "invalid auth token" in message or "user name is empty" in message:
         raise _Unauthenticated(message)
     if code == _NOT_FOUND:
         raise NotFound(message)
