@@ -215,7 +215,9 @@ class PlainSession:
     """The requests of :class:`HttpSession` over the standard library, for a process that makes a few and
     exits: one connection per request (so requests may run at once), each in a worker thread. The
     same :class:`HttpResponse`, the same errors and messages (``unavailable`` on a transport failure or
-    timeout), the same certificate authorities for ``https`` (certifi's, as httpx's default)."""
+    timeout; a refused TCP connection reads ``[Errno 111] Connection refused`` where httpx, through anyio,
+    says ``All connection attempts failed``), the same certificate authorities for ``https`` (certifi's,
+    as httpx's default)."""
 
     def __init__(
         self,
