@@ -29,6 +29,10 @@ import httpx
 
 from fleetop.errors import ConfigError, FleetUnavailable, TemporaryError
 
+Transport = httpx.AsyncBaseTransport
+"""What replaces the network under a session (``httpx.MockTransport`` in tests): callers outside this
+module name the type through this alias, never through httpx."""
+
 UNIX_BASE_URL = "http://fleet"
 """The base URL requests carry over a unix socket (the host part is never resolved)."""
 
@@ -120,7 +124,7 @@ class HttpSession:
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
         unavailable: type[TemporaryError] = FleetUnavailable,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.endpoint = parse_endpoint(endpoint)
         self._unavailable = unavailable

@@ -46,7 +46,7 @@ from fleetop.config import DEFAULT_FLEET_ENDPOINT, parse_fleet_endpoints
 from fleetop.errors import FleetAPIError, FleetUnavailable, InputError
 from fleetop.fleet.model import Machine, MetadataOp, Unit, UnitState, is_desired_state
 from fleetop.fleet.units import UnitOption, check_option_values, parse_unit_name
-from fleetop.http import HttpResponse, HttpSession, Timeouts, json_body
+from fleetop.http import HttpResponse, HttpSession, Timeouts, Transport, json_body
 
 DEFAULT_ENDPOINT = DEFAULT_FLEET_ENDPOINT
 API_PREFIX = "/fleet/v1"
@@ -125,7 +125,8 @@ class FleetClient:
 
     ``endpoint`` is one endpoint, a comma-separated list, or a sequence (default: ``FLEETCTL_ENDPOINT``,
     else ``unix:///var/run/fleet.sock``); a bad one raises ConfigError naming it. ``session_factory``
-    makes the session of one endpoint (tests pass one with an injected transport).
+    makes the session of one endpoint; ``transport`` (tests: ``httpx.MockTransport``) replaces the
+    network under the default sessions of every endpoint.
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class FleetClient:
         session_factory: Callable[[str], HttpSession] | None = None,
         stats: ClientStats | None = None,
         write_guard: Callable[[], None] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         given = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         text = given if isinstance(given, str) else ",".join(given)
@@ -146,7 +148,9 @@ class FleetClient:
         self.write_guard = write_guard
         timeouts = timeouts or Timeouts(connect=3.0, read=15.0, write=15.0, pool=3.0)
         self._factory = session_factory or (
-            lambda where: HttpSession(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
+            lambda where: HttpSession(
+                where, timeouts=timeouts, headers={"User-Agent": "fleetop"}, transport=transport
+            )
         )
         self._sessions: dict[int, HttpSession] = {}
         self._current = 0
