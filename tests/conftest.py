@@ -52,7 +52,7 @@ TASK_GRACE = 2.0
 """Seconds a task found running at the end of a test has to end by itself before it counts as left."""
 
 
-def _tasks_of_this_test() -> Callable[[], AsyncIterator[None]]:
+def _tasks_of_this_test(what: str) -> Callable[[], AsyncIterator[None]]:
     """An async fixture body: note the tasks alive when the test starts and, when the test and every
     fixture it set up after this one have ended, fail if a task started since is still not done."""
 
@@ -69,17 +69,22 @@ def _tasks_of_this_test() -> Callable[[], AsyncIterator[None]]:
         if left:
             await asyncio.gather(*left, return_exceptions=True)
             named = "\n".join(f"  {task.get_name()}: {task.get_coro()!r}" for task in left)
-            pytest.fail(f"tasks left running at the end of the test:\n{named}", pytrace=False)
+            pytest.fail(f"tasks left running at the end of the {what}:\n{named}", pytrace=False)
 
     return check
 
 
 _tasks_left_in_function_loop = pytest_asyncio.fixture(
     loop_scope="function", name="_tasks_left_in_function_loop"
-)(_tasks_of_this_test())
-_tasks_left_in_module_loop = pytest_asyncio.fixture(loop_scope="module", name="_tasks_left_in_module_loop")(
-    _tasks_of_this_test()
-)
+)(_tasks_of_this_test("test"))
+_tasks_left_in_module_loop = pytest_asyncio.fixture(
+    scope="module", loop_scope="module", name="_tasks_left_in_module_loop"
+)(_tasks_of_this_test("module"))
+
+
+def _loop_scope(node: pytest.Item | pytest.Collector) -> str:
+    marker = node.get_closest_marker("asyncio")
+    return (marker.kwargs.get("loop_scope") if marker is not None else None) or "function"
 
 
 @pytest.fixture(autouse=True)
@@ -87,17 +92,22 @@ def _no_pending_tasks(request: pytest.FixtureRequest) -> None:
     """Fail an asyncio test that leaves a task running at its end.
 
     pytest-asyncio runs each async test and its async fixtures in a loop of the test's loop scope
-    (function, or module where a module says so) and, when that loop closes, cancels whatever is
-    left without a word. So the check is an async fixture in the test's own loop, set up before
-    every other fixture of the test and therefore torn down after all of them: a task that a fixture
-    cancels in its teardown is fine, one that nobody ends is reported (and then cancelled). Tasks that
-    were running before the test began (a module-scoped fixture's server) are not the test's.
+    and, when that loop closes, cancels whatever is left without a word. So the check is an async
+    fixture in the test's own loop, set up before every other fixture of the test and therefore torn
+    down after all of them: a task that a fixture cancels in its teardown is fine, one that nobody
+    ends is reported (and then cancelled).
     """
-    if not is_async_test(request.node):
-        return
-    marker = request.node.get_closest_marker("asyncio")
-    scope = (marker.kwargs.get("loop_scope") if marker is not None else None) or "function"
-    request.getfixturevalue(f"_tasks_left_in_{scope}_loop")
+    if is_async_test(request.node) and _loop_scope(request.node) == "function":
+        request.getfixturevalue("_tasks_left_in_function_loop")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_pending_tasks_in_module(request: pytest.FixtureRequest) -> None:
+    """The same check for a module whose tests share one loop (``loop_scope="module"``): there a task
+    started during one test may rightly belong to a module fixture (a node's journal keeper), so the
+    check is made once, after the module's last fixture has been torn down."""
+    if _loop_scope(request.node) == "module":
+        request.getfixturevalue("_tasks_left_in_module_loop")
 
 
 def pytest_configure(config: pytest.Config) -> None:
