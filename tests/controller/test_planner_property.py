@@ -24,7 +24,7 @@ from simfleet import CALM, Faults, SimFleet
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.rollout import Limits
 from fleetop.controller.services.unitrender import main_unit_name, render_main, render_sidekick
-from fleetop.controller.world import CreateUnit, DestroyUnit, ObservedMachine, Plan, PlanMemory
+from fleetop.controller.world import CreateUnit, DestroyUnit, FleetIndex, ObservedMachine, Plan, PlanMemory
 from fleetop.fleet.units import UnitOption
 from fleetop.models import ServiceSpec
 
@@ -172,10 +172,8 @@ def _check_not_repeated(result: Plan, spec: ServiceSpec, fleet: SimFleet, now: f
         NAME,
         spec,
         7,
-        fleet.observed_units(),
-        fleet.observed_states(),
+        FleetIndex.build(fleet.observed_units(), fleet.observed_states(), fleet.machines),
         fleet.registrations(),
-        fleet.machines,
         now,
         result.memory,
     )
@@ -210,10 +208,8 @@ def test_plan_apply_converges_safely(scenario: Scenario) -> None:
             NAME,
             spec,
             7,
-            fleet.observed_units(),
-            fleet.observed_states(),
+            FleetIndex.build(fleet.observed_units(), fleet.observed_states(), fleet.machines),
             fleet.registrations(),
-            fleet.machines,
             now,
             memory,
         )
@@ -223,10 +219,8 @@ def test_plan_apply_converges_safely(scenario: Scenario) -> None:
                 NAME,
                 spec,
                 7,
-                fleet.observed_units(),
-                fleet.observed_states(),
+                FleetIndex.build(fleet.observed_units(), fleet.observed_states(), fleet.machines),
                 fleet.registrations(),
-                fleet.machines,
                 now + TICK,
                 result.memory,
             )

@@ -9,7 +9,14 @@ import pytest
 from fleetop.controller.proxies.plan import plan_units
 from fleetop.controller.proxies.units import ProxyLayout, agent_unit_name, desired_units, proxy_unit_name
 from fleetop.controller.unitfile import DEFAULT_FLEETOP, UnitSettings
-from fleetop.controller.world import CreateUnit, DestroyUnit, ObservedState, ObservedUnit, SetDesiredState
+from fleetop.controller.world import (
+    CreateUnit,
+    DestroyUnit,
+    FleetIndex,
+    ObservedState,
+    ObservedUnit,
+    SetDesiredState,
+)
 from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import UnitOption, option_values, unit_hash
 from fleetop.models import ProxySpec
@@ -99,14 +106,14 @@ def _names(actions: list[Any], kind: type) -> list[str]:
 )
 def test_counts(case: str, want: int, have: int, creates: list[str], destroys: list[str]) -> None:
     units, states = observed(desired(have)) if have else ([], [])
-    plan = plan_units(P, desired(want) if want else [], units, states)
+    plan = plan_units(P, desired(want) if want else [], FleetIndex.build(units, states))
     assert _names(plan.actions, CreateUnit) == creates, case
     assert _names(plan.actions, DestroyUnit) == destroys, case
 
 
 def test_changed_spec_replaces_proxy_and_agent_on_a_later_pass() -> None:
     units, states = observed(desired(1))
-    plan = plan_units(P, desired(1, listen=9090), units, states)
+    plan = plan_units(P, desired(1, listen=9090), FleetIndex.build(units, states))
     assert _names(plan.actions, DestroyUnit) == ["edge-agent@1.service", "edge@1.service"]
     assert _names(plan.actions, CreateUnit) == []  # the names are still taken this pass
     assert {a.reason for a in plan.actions if isinstance(a, DestroyUnit)} >= {"spec changed"}
@@ -114,17 +121,17 @@ def test_changed_spec_replaces_proxy_and_agent_on_a_later_pass() -> None:
 
 def test_failed_unit_is_destroyed_and_not_recreated_while_its_state_lingers() -> None:
     units, states = observed(desired(1), state="failed")
-    plan = plan_units(P, desired(1), units, states)
+    plan = plan_units(P, desired(1), FleetIndex.build(units, states))
     assert _names(plan.actions, DestroyUnit) == ["edge-agent@1.service", "edge@1.service"]
-    gone = plan_units(P, desired(1), [], states)
+    gone = plan_units(P, desired(1), FleetIndex.build([], states))
     assert _names(gone.actions, CreateUnit) == []
-    later = plan_units(P, desired(1), [], [])
+    later = plan_units(P, desired(1), FleetIndex.build([], []))
     assert _names(later.actions, CreateUnit) == ["edge@1.service", "edge-agent@1.service"]
 
 
 def test_missing_proxy_takes_its_agent_down_so_they_are_scheduled_together() -> None:
     units, states = observed(desired(1), drop={"edge@1.service"})
-    plan = plan_units(P, desired(1), units, states)
+    plan = plan_units(P, desired(1), FleetIndex.build(units, states))
     assert _names(plan.actions, CreateUnit) == ["edge@1.service"]
     assert _names(plan.actions, DestroyUnit) == ["edge-agent@1.service"]
 
@@ -132,7 +139,7 @@ def test_missing_proxy_takes_its_agent_down_so_they_are_scheduled_together() -> 
 def test_unowned_units_are_never_touched() -> None:
     foreign = ObservedUnit("edge@1.service", (UnitOption("Service", "ExecStart", "/bin/true"),))
     other = ObservedUnit("edge@9.service", (UnitOption("Service", "ExecStart", "/bin/true"),))
-    plan = plan_units(P, desired(1), [foreign, other], [])
+    plan = plan_units(P, desired(1), FleetIndex.build([foreign, other], []))
     assert plan.blocked == ["edge@1.service"]
     assert _names(plan.actions, DestroyUnit) == []
     assert _names(plan.actions, CreateUnit) == []
@@ -140,7 +147,7 @@ def test_unowned_units_are_never_touched() -> None:
 
 def test_stopped_unit_is_launched_again() -> None:
     units, states = observed(desired(1), desired_state="inactive")
-    plan = plan_units(P, desired(1), units, states)
+    plan = plan_units(P, desired(1), FleetIndex.build(units, states))
     assert _names(plan.actions, SetDesiredState) == ["edge@1.service", "edge-agent@1.service"]
     assert [u.ready for u in plan.units] == [False, False]
 
@@ -168,6 +175,6 @@ def test_proxy_units_name_fleetop_by_its_path_and_a_new_path_is_a_new_template()
         assert owned_by(old.options).template != owned_by(new.options).template  # type: ignore[union-attr]
     # like any changed spec: the old units go, and new ones come on a later pass
     units, states = observed(before)
-    plan = plan_units(P, after, units, states)
+    plan = plan_units(P, after, FleetIndex.build(units, states))
     assert _names(plan.actions, DestroyUnit) == ["edge-agent@1.service", "edge@1.service"]
     assert {a.reason for a in plan.actions if isinstance(a, DestroyUnit)} >= {"spec changed"}

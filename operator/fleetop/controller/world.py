@@ -1,4 +1,9 @@
-"""The planner's vocabulary: what it observes, what it remembers, and what it asks for.
+"""The planners' vocabulary: what they observe, what they remember, and what they ask for.
+
+One poll of fleet is a *snapshot* (:class:`~fleetop.controller.runtime.informers.FleetSnapshot`,
+fleet's own types); its *index* (:class:`FleetIndex`) is the same poll as planner values, grouped by
+owner, built once per poll; one pass of one service reads it as a *scene*
+(:class:`~fleetop.controller.services.instances.Scene`: that service's units, registrations and now).
 
 The planner is pure, so its inputs are plain immutable values. They mirror fleet's entities
 (``fleetop.fleet.model``) without importing them: the operator converts, and the planner stays
@@ -13,10 +18,12 @@ last template that was fully available and a rollback to it (:class:`Stable`, :c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fleetop.backoff import exponential
+from fleetop.fleet.ownership import PROXY_ROLES, Owner, owned_by
 from fleetop.fleet.units import UnitOption
 from fleetop.models.service import ServiceSpec
 from fleetop.models.status import ServiceStatus
@@ -52,6 +59,61 @@ class ObservedMachine:
     id: str
     primary_ip: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+# -- the index of one poll ---------------------------------------------------------------------------
+
+
+def owner_key(owner: Owner) -> str:
+    """The work-queue key of a unit's owner: ``services/<name>`` or ``proxies/<name>``."""
+    return f"{'proxies' if owner.role in PROXY_ROLES else 'services'}/{owner.service}"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetIndex:
+    """One poll of fleet (a snapshot) as the planners read it, built once per poll and shared by every
+    pass, so that a pass costs what its own key owns rather than what the whole cluster holds.
+
+    ``owned`` groups the units whose ``[X-Fleetop]`` section names an owner by the owner's queue key
+    (``services/web``, ``proxies/edge``). ``units`` holds every unit, owned or not: a name someone else
+    took matters to a planner choosing names."""
+
+    units: Mapping[str, ObservedUnit] = field(default_factory=dict)
+    states: Mapping[str, Sequence[ObservedState]] = field(default_factory=dict)
+    machines: Sequence[ObservedMachine] = ()
+    owned: Mapping[str, Sequence[ObservedUnit]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        units: Iterable[ObservedUnit],
+        states: Iterable[ObservedState] = (),
+        machines: Iterable[ObservedMachine] = (),
+    ) -> FleetIndex:
+        """Index hand-made observations (tests, tools); the operator's informer builds it from its
+        snapshot without reading any unit's options twice."""
+        by_state: dict[str, list[ObservedState]] = {}
+        for state in states:
+            by_state.setdefault(state.name, []).append(state)
+        owned: dict[str, list[ObservedUnit]] = {}
+        all_units = list(units)
+        for unit in all_units:
+            owner = owned_by(unit.options)
+            if owner is not None:
+                owned.setdefault(owner_key(owner), []).append(unit)
+        return cls(
+            {u.name: u for u in all_units},
+            {name: tuple(found) for name, found in by_state.items()},
+            tuple(machines),
+            {key: tuple(sorted(found, key=lambda u: u.name)) for key, found in owned.items()},
+        )
+
+    def owned_by(self, key: str) -> Sequence[ObservedUnit]:
+        """The units owned by queue key ``key`` (any role), in name order."""
+        return self.owned.get(key, ())
+
+    def states_of(self, units: Iterable[ObservedUnit]) -> list[ObservedState]:
+        return [s for u in units for s in self.states.get(u.name, ())]
 
 
 # -- actions ---------------------------------------------------------------------------------------
@@ -138,7 +200,7 @@ class BackoffPolicy:
         return cls(base, base * 30, base * 60)
 
     def delay(self, restarts: int) -> float:
-        return float(min(self.cap, self.base * 2 ** min(restarts, 30)))
+        return exponential(restarts, initial=self.base, cap=self.cap)
 
 
 RestartPhase = Literal["failed", "destroyed", "created"]

@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fleetop.controller.conditions import unit_status
 from fleetop.controller.proxies.units import DesiredUnit
-from fleetop.controller.services.report import unit_status
 from fleetop.controller.world import (
     LAUNCHED,
     Action,
     CreateUnit,
     DestroyUnit,
+    FleetIndex,
     ObservedState,
     ObservedUnit,
     SetDesiredState,
@@ -55,7 +56,7 @@ def _owned(proxy: str, units: Sequence[ObservedUnit]) -> dict[str, ObservedUnit]
     return found
 
 
-def _current_state(unit: ObservedUnit, states: Mapping[str, list[ObservedState]]) -> ObservedState | None:
+def _current_state(unit: ObservedUnit, states: Mapping[str, Sequence[ObservedState]]) -> ObservedState | None:
     """The state of the unit's own file on the unit's machine, if fleet reports one."""
     digest = unit_hash(unit.options)
     for state in states.get(unit.name, []):
@@ -64,7 +65,7 @@ def _current_state(unit: ObservedUnit, states: Mapping[str, list[ObservedState]]
     return None
 
 
-def _failed(unit: ObservedUnit, states: Mapping[str, list[ObservedState]]) -> bool:
+def _failed(unit: ObservedUnit, states: Mapping[str, Sequence[ObservedState]]) -> bool:
     state = _current_state(unit, states)
     return state is not None and state.active_state == "failed"
 
@@ -72,7 +73,7 @@ def _failed(unit: ObservedUnit, states: Mapping[str, list[ObservedState]]) -> bo
 def _doomed(
     desired: Mapping[str, DesiredUnit],
     owned: Mapping[str, ObservedUnit],
-    states: Mapping[str, list[ObservedState]],
+    states: Mapping[str, Sequence[ObservedState]],
 ) -> dict[str, str]:
     """Owned units to destroy this pass, with the reason."""
     doomed: dict[str, str] = {}
@@ -97,7 +98,7 @@ def _doomed(
     return doomed
 
 
-def _unit_status(unit: ObservedUnit, states: Mapping[str, list[ObservedState]]) -> UnitStatus:
+def _unit_status(unit: ObservedUnit, states: Mapping[str, Sequence[ObservedState]]) -> UnitStatus:
     owner = owned_by(unit.options)
     state = _current_state(unit, states)
     instance = unit.name.rpartition("@")[2].removesuffix(".service")
@@ -111,19 +112,17 @@ def _unit_status(unit: ObservedUnit, states: Mapping[str, list[ObservedState]]) 
 def plan_units(
     proxy: str,
     desired: Sequence[DesiredUnit],
-    units: Sequence[ObservedUnit],
-    states: Sequence[ObservedState],
+    index: FleetIndex,
 ) -> UnitPlan:
     """Decide one pass for the units of ``proxy``. ``desired`` empty: it should have none.
 
-    ``units`` are all of fleet's units (names taken by others matter), ``states`` all UnitStates.
+    ``index`` is fleet as indexed once per poll: the proxy's own units, and every name (names taken by
+    others matter).
     """
-    by_state: dict[str, list[ObservedState]] = {}
-    for state in states:
-        by_state.setdefault(state.name, []).append(state)
+    by_state = index.states
     wanted = {d.name: d for d in desired}
-    existing = {u.name: u for u in units}
-    owned = _owned(proxy, units)
+    existing = index.units
+    owned = _owned(proxy, index.owned_by(f"proxies/{proxy}"))
     doomed = _doomed(wanted, owned, by_state)
     creates: list[Action] = []
     repairs: list[Action] = []
@@ -137,7 +136,7 @@ def plan_units(
             continue  # never schedule an agent next to a proxy unit that is not ours
         if unit is None:
             digest = unit_hash(want.options)
-            if not any(s.hash == digest for s in by_state.get(want.name, [])):
+            if not any(s.hash == digest for s in by_state.get(want.name, ())):
                 creates.append(CreateUnit(want.name, want.options))
         elif want.name not in owned:
             blocked.append(want.name)

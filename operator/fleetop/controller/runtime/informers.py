@@ -36,12 +36,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from fleetop.backoff import exponential
 from fleetop.clock import SYSTEM_CLOCK, Clock
+from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit, owner_key
 from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Machine, Unit, UnitState
-from fleetop.fleet.ownership import PROXY_ROLES, owned_by
+from fleetop.fleet.ownership import owned_by
 from fleetop.keys import Keys, is_name
 from fleetop.models import ProxySpec, ServiceSpec
 from fleetop.store import KIND_ORDER, Entry, Kind, Store, other_kind, shared_name
@@ -217,6 +219,18 @@ class FleetSnapshot:
     """The informer's ``timer.now()`` (monotonic) when the poll began: a change made before it is
     visible in it."""
 
+    @functools.cached_property
+    def index(self) -> FleetIndex:
+        """This poll as the planners read it: built on first use, once per poll, shared by every pass
+        (no unit's options are read again: the owners are the ones this snapshot already holds)."""
+        units = {name: _observed_unit(u) for name, u in self.units.items()}
+        states = {name: tuple(_observed_state(s) for s in found) for name, found in self.states.items()}
+        machines = tuple(
+            ObservedMachine(m.id, m.primary_ip, dict(m.metadata)) for m in self.machines.values()
+        )
+        owned = {key: tuple(units[n] for n in sorted(names)) for key, names in self.owners.items()}
+        return FleetIndex(units, states, machines, owned)
+
     def owned(self, key: str) -> tuple[list[Unit], list[UnitState]]:
         names = sorted(self.owners.get(key, frozenset()))
         units = [self.units[n] for n in names]
@@ -224,13 +238,18 @@ class FleetSnapshot:
         return units, states
 
 
-def owner_key(unit: Unit) -> str | None:
+def _observed_unit(u: Unit) -> ObservedUnit:
+    return ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id)
+
+
+def _observed_state(s: UnitState) -> ObservedState:
+    return ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
+
+
+def unit_owner_key(unit: Unit) -> str | None:
     """The queue key of the owner of ``unit``, or None for a unit fleetop does not own."""
     owner = owned_by(unit.options)
-    if owner is None:
-        return None
-    kind = "proxies" if owner.role in PROXY_ROLES else "services"
-    return f"{kind}/{owner.service}"
+    return None if owner is None else owner_key(owner)
 
 
 def build_snapshot(
@@ -250,7 +269,7 @@ def build_snapshot(
     old_units = previous.units if previous is not None else {}
     old_owner_of = previous.owner_of if previous is not None else {}
     for unit in units:
-        key = old_owner_of.get(unit.name) if old_units.get(unit.name) is unit else owner_key(unit)
+        key = old_owner_of.get(unit.name) if old_units.get(unit.name) is unit else unit_owner_key(unit)
         if key is not None:
             owners.setdefault(key, set()).add(unit.name)
             owner_of[unit.name] = key
@@ -279,7 +298,7 @@ def changed_owners(old: FleetSnapshot, new: FleetSnapshot) -> set[str]:
     # A state that lingers after its unit is gone still matters to whoever owned the unit last.
     for name in old.states.keys() ^ new.states.keys():
         unit = old.units.get(name) or new.units.get(name)
-        owner = owner_key(unit) if unit is not None else None
+        owner = unit_owner_key(unit) if unit is not None else None
         if owner is not None:
             changed.add(owner)
     return changed
@@ -304,6 +323,13 @@ so that a failover to a second endpoint completes first."""
 QUIET_POLL_SHARE = 0.01
 """The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
 operator's thread, sets how far apart quiet polls must be; 3,000 units: about 25 s)."""
+
+SYNC_WAIT = 0.25
+"""Seconds a pass of any kind asks to wait before trying again when a cache its key needs has not
+synced yet."""
+CONVERGING_POLL = 30.0
+"""Seconds of fast fleet polling a pass of any kind asks for (:meth:`FleetInformer.hurry`) after it
+acted or has not converged."""
 
 
 class FleetInformer:
@@ -400,7 +426,7 @@ class FleetInformer:
                     str(exc) if isinstance(exc, FleetopError) else f"{type(exc).__name__}: {exc}"
                 )
                 self._lost(wall, self.last_error)
-                delay = min(self.slow, self.fast * 2**failures)
+                delay = exponential(failures, initial=self.fast, cap=self.slow)
                 log.warning(
                     "polling fleet failed: %s (retry in %.1fs)",
                     self.last_error,

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from fleetop.controller.services.readiness import Health, assess
 from fleetop.controller.services.unitrender import (
     main_template,
-    needs_sidekick,
     render_main,
     render_sidekick,
     sidekick_template,
 )
-from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
 from fleetop.controller.world import ObservedMachine, ObservedState, ObservedUnit, Seen
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN, Owner, owned_by
 from fleetop.fleet.units import UnitOption, unit_hash
@@ -57,35 +56,6 @@ def _slot_of(pattern: re.Pattern[str], name: str) -> int | None:
     if digits != str(int(digits)) or not 0 < int(digits) <= MAX_SLOT:
         return None
     return int(digits)
-
-
-@dataclass(frozen=True, slots=True)
-class FleetView:
-    """fleet's units, states and machines indexed once per poll, so that a pass costs what its own
-    service owns rather than what the whole cluster holds. ``claimed`` groups the units whose
-    ``[X-Fleetop]`` section names a service (any role) by that service."""
-
-    units: Mapping[str, ObservedUnit]
-    states: Mapping[str, Sequence[ObservedState]]
-    machines: Sequence[ObservedMachine]
-    claimed: Mapping[str, Sequence[ObservedUnit]]
-
-    @classmethod
-    def index(
-        cls,
-        units: Sequence[ObservedUnit],
-        states: Sequence[ObservedState],
-        machines: Sequence[ObservedMachine],
-    ) -> FleetView:
-        by_state: dict[str, list[ObservedState]] = {}
-        for state in states:
-            by_state.setdefault(state.name, []).append(state)
-        claimed: dict[str, list[ObservedUnit]] = {}
-        for unit in units:
-            owner = owned_by(unit.options)
-            if owner is not None:
-                claimed.setdefault(owner.service, []).append(unit)
-        return cls({u.name: u for u in units}, by_state, tuple(machines), claimed)
 
 
 def read_ownership(service: str, units: Sequence[ObservedUnit]) -> Ownership:

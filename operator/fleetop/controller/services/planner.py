@@ -49,7 +49,7 @@ Semantics chosen where the design is silent:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from fleetop.controller.conditions import invalid_condition
@@ -57,7 +57,6 @@ from fleetop.controller.services import rollback as rollbacks
 from fleetop.controller.services.instances import (
     UNSCHEDULED_GRACE,
     Desired,
-    FleetView,
     Instance,
     Ownership,
     Scene,
@@ -78,16 +77,14 @@ from fleetop.controller.services.restarts import (
 )
 from fleetop.controller.services.rollout import Decision, Limits, Member, decide
 from fleetop.controller.services.unitrender import main_unit_name, sidekick_unit_name
-from fleetop.controller.unitfile import DEFAULT_UNITS, RenderError, UnitSettings
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import (
     LAUNCHED,
     Action,
     BackoffPolicy,
     CreateUnit,
     DestroyUnit,
-    ObservedMachine,
-    ObservedState,
-    ObservedUnit,
+    FleetIndex,
     Plan,
     PlanEvent,
     PlanMemory,
@@ -96,11 +93,12 @@ from fleetop.controller.world import (
     Rollback,
     SetDesiredState,
 )
+from fleetop.errors import RenderError
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN
 from fleetop.models.service import ServiceSpec
 from fleetop.models.status import ServiceStatus
 
-__all__ = ["UNSCHEDULED_GRACE", "plan", "plan_view"]
+__all__ = ["UNSCHEDULED_GRACE", "plan"]
 
 DEFAULT_BACKOFF = BackoffPolicy()
 
@@ -109,10 +107,8 @@ def plan(
     name: str,
     spec: ServiceSpec | None,
     generation: int,
-    units: Sequence[ObservedUnit],
-    states: Sequence[ObservedState],
+    index: FleetIndex,
     registrations: Mapping[str, bool],
-    machines: Sequence[ObservedMachine],
     now: float,
     memory: PlanMemory,
     *,
@@ -122,30 +118,11 @@ def plan(
     """Decide one reconcile pass for service ``name``. ``spec`` None means the service was deleted.
     ``settings`` are the installation's settings the units it writes carry (fleetop's path, key root).
 
-    ``units`` are all of fleet's units (owned or not: names taken by others matter), ``states`` all
-    UnitStates, ``registrations`` maps an instance ("8001") to whether it is registered.
+    ``index`` is fleet as indexed once per poll (every unit, owned or not: names taken by others
+    matter), ``registrations`` maps an instance ("8001") to whether it is registered.
     """
-    view = FleetView.index(units, states, machines)
-    return plan_view(
-        name, spec, generation, view, registrations, now, memory, settings=settings, backoff=backoff
-    )
-
-
-def plan_view(
-    name: str,
-    spec: ServiceSpec | None,
-    generation: int,
-    view: FleetView,
-    registrations: Mapping[str, bool],
-    now: float,
-    memory: PlanMemory,
-    *,
-    settings: UnitSettings = DEFAULT_UNITS,
-    backoff: BackoffPolicy = DEFAULT_BACKOFF,
-) -> Plan:
-    """:func:`plan` over fleet as indexed once per poll: what the operator calls on every pass."""
-    ownership = read_ownership(name, view.claimed.get(name, ()))
-    world = Scene(name, view.units, view.states, registrations, view.machines, ownership, now)
+    ownership = read_ownership(name, index.owned_by(f"services/{name}"))
+    world = Scene(name, index.units, index.states, registrations, index.machines, ownership, now)
     if spec is None:
         return Plan(_destroy_everything(ownership), None, PlanMemory(), None)
     try:

@@ -34,96 +34,46 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
-from fleetop.controller.runtime.executor import Executor, rfc3339
-from fleetop.controller.runtime.informers import FleetLoss, FleetSnapshot, Informers
+from fleetop.controller.runtime.executor import Executor
+from fleetop.controller.runtime.informers import (
+    CONVERGING_POLL,
+    SYNC_WAIT,
+    FleetLoss,
+    FleetSnapshot,
+    Informers,
+)
 from fleetop.controller.runtime.metrics import OperatorMetrics
-from fleetop.controller.services.instances import FleetView
+from fleetop.controller.runtime.settings import DEFAULT_LIMITS, WorkLimits
 from fleetop.controller.services.limits import (
-    DEFAULT_LIMITS,
     Demand,
     Refusal,
-    WorkLimits,
     cluster_refusals,
     instances_of,
     service_refusal,
 )
-from fleetop.controller.services.planner import plan_view
+from fleetop.controller.services.planner import plan
 from fleetop.controller.services.report import memory_from_status
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import (
     BackoffPolicy,
-    ObservedMachine,
-    ObservedState,
-    ObservedUnit,
     PlanMemory,
     Seen,
     Transition,
 )
-from fleetop.discovery.addresses import Registration, parse_registration
-from fleetop.errors import FleetopError, NotLeader, SpecInvalid, TemporaryError
+from fleetop.discovery.addresses import Registration, registrations_under
+from fleetop.errors import SpecInvalid, TemporaryError
 from fleetop.etcd.client import KeyValue
-from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
 from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
-
-SYNC_WAIT = 0.25
-"""Seconds to wait before trying again when a cache this key needs has not synced yet."""
-CONVERGING_POLL = 30.0
-"""Seconds of fast fleet polling asked for after a pass that has not converged."""
-
-
-class KindReconciler(Protocol):
-    """One kind's reconcile: ``name`` -> requeue after (seconds) or None. Raises to retry."""
-
-    async def reconcile(self, name: str) -> float | None: ...
-
-
-@dataclass(frozen=True)
-class _Observed:
-    units: list[ObservedUnit]
-    states: list[ObservedState]
-    machines: list[ObservedMachine]
-
-
-def _unit(u: Unit) -> ObservedUnit:
-    return ObservedUnit(u.name, tuple(u.options), u.desired_state, u.current_state, u.machine_id)
-
-
-def _state(s: UnitState) -> ObservedState:
-    return ObservedState(s.name, s.hash, s.machine_id, s.load_state, s.active_state, s.sub_state)
-
-
-def _machines(snapshot: FleetSnapshot) -> list[ObservedMachine]:
-    return [ObservedMachine(m.id, m.primary_ip, dict(m.metadata)) for m in snapshot.machines.values()]
-
-
-def observe(snapshot: FleetSnapshot) -> _Observed:
-    """fleet's entities as the planner's input values (all units: names taken by others matter)."""
-    units = [_unit(u) for u in snapshot.units.values()]
-    states = [_state(s) for found in snapshot.states.values() for s in found]
-    return _Observed(units, states, _machines(snapshot))
-
-
-def view_of(snapshot: FleetSnapshot) -> FleetView:
-    """The planner's index of one poll, from the grouping and the owners the snapshot already holds
-    (no unit's options are read again)."""
-    units = {name: _unit(u) for name, u in snapshot.units.items()}
-    states = {name: tuple(_state(s) for s in found) for name, found in snapshot.states.items()}
-    claimed = {
-        key.partition("/")[2]: [units[n] for n in sorted(names)]
-        for key, names in snapshot.owners.items()
-        if key.startswith("services/")
-    }
-    return FleetView(units, states, tuple(_machines(snapshot)), claimed)
 
 
 def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMemory:
@@ -152,14 +102,10 @@ def registrations_of(
     registered: dict[str, bool] = {}
     backends: list[Backend] = []
     invalid = 0
-    for key, value in items:
-        instance = key[len(prefix) :]
-        if not instance or "/" in instance:
-            continue
-        parsed = parse_registration(key, value)
+    for instance, parsed in registrations_under(prefix, items):
         if isinstance(parsed, Registration):
             registered[instance] = True
-            backends.append(Backend(key=key, address=parsed.address))
+            backends.append(Backend(key=parsed.key, address=parsed.address))
         else:
             invalid += 1
     return registered, backends, invalid
@@ -190,13 +136,6 @@ class ServiceReconciler:
         self._invalid_reported: dict[str, tuple[int, str]] = {}
         self._admission: tuple[int, FleetSnapshot, dict[str, Refusal]] | None = None
         self._unconverged_since: dict[str, float] = {}
-        self._view: tuple[FleetSnapshot, FleetView] | None = None
-
-    def view(self, snapshot: FleetSnapshot) -> FleetView:
-        """The planner's index of ``snapshot``, built once per poll and shared by every pass."""
-        if self._view is None or self._view[0] is not snapshot:
-            self._view = (snapshot, view_of(snapshot))
-        return self._view[1]
 
     def stored_status(self, name: str) -> tuple[ServiceStatus | None, bytes | None]:
         kv = self.informers.statuses.get(self.informers.keys.status("services", name))
@@ -238,12 +177,11 @@ class ServiceReconciler:
         memory = self.memory.get(name) or seed_memory(stored, snapshot)
         now = self.clock()
         generation = entry.mod_revision if entry is not None else 0
-        view = self.view(snapshot)
-        result = plan_view(
+        result = plan(
             name,
             spec,
             generation,
-            view,
+            snapshot.index,
             registered,
             now,
             memory,
@@ -396,43 +334,3 @@ class ServiceReconciler:
         self.executor.forget(name)
         if self.metrics is not None:
             self.metrics.set_lag(name, None)
-
-
-FailureReport = Callable[[str, str, BaseException], Awaitable[None]]
-"""(kind, name, exception): report a pass that failed unexpectedly on its own key."""
-
-
-class Reconciler:
-    """Dispatches a queue key to its kind's reconciler (``services/web``, ``proxies/edge``).
-
-    A pass that raises something other than fleetop's own errors (a bug, an exhausted resource) is
-    reported on its key through ``report`` (:class:`~fleetop.controller.runtime.contain.FailureReporter`)
-    and re-raised, so the queue retries that key with backoff and no other key notices."""
-
-    def __init__(self, kinds: Mapping[str, KindReconciler], report: FailureReport | None = None) -> None:
-        self.kinds = kinds
-        self.report = report
-
-    async def reconcile(self, key: str) -> float | None:
-        kind, _, name = key.partition("/")
-        handler = self.kinds.get(kind)
-        if handler is None or not name:
-            log.error("unknown key %r: dropped", key)
-            return None
-        try:
-            return await handler.reconcile(name)
-        except FleetopError:
-            raise
-        except Exception as exc:
-            await self._report(kind, name, exc)
-            raise
-
-    async def _report(self, kind: str, name: str, exc: Exception) -> None:
-        if self.report is None:
-            return
-        try:
-            await self.report(kind, name, exc)
-        except NotLeader:
-            raise
-        except Exception:
-            log.exception("reporting the failure of %s/%s failed", kind, name)
