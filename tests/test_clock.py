@@ -86,3 +86,14 @@ async def test_the_system_clock_is_the_event_loop_s() -> None:
     with pytest.raises(TimeoutError):
         async with SYSTEM_CLOCK.timeout(0):
             await asyncio.Event().wait()
+
+
+async def test_what_is_due_now_does_not_wait_for_a_step() -> None:
+    clock = FakeClock()
+    fired = asyncio.Event()
+    clock.call_later(0, fired.set)
+    await asyncio.wait_for(fired.wait(), 5)
+    with pytest.raises(TimeoutError):
+        async with clock.timeout(0):
+            await asyncio.Event().wait()
+    assert clock.pending == 0

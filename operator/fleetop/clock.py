@@ -115,7 +115,9 @@ class FakeClock:
             timer.cancel()
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> Timer:
-        timer = _FakeTimer(self._now + max(0.0, seconds), callback)
+        if seconds <= 0:  # due now: run soon, as the event loop would, without waiting for a step
+            return asyncio.get_running_loop().call_soon(callback)
+        timer = _FakeTimer(self._now + seconds, callback)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return timer
 
@@ -127,7 +129,9 @@ class FakeClock:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(None) as scope:
             timer = None
-            if seconds is not None:
+            if seconds is not None and seconds <= 0:
+                scope.reschedule(loop.time())  # already past, as asyncio.timeout(0) is
+            elif seconds is not None:
                 timer = self.call_later(seconds, lambda: scope.reschedule(loop.time()))
             try:
                 yield scope
