@@ -61,8 +61,8 @@ def test_the_sidekick_is_standard_library_only() -> None:
     ("verb", "absent"),
     [
         ("manifests", ("grpc", "etcd3aio", "fleetop.node")),
-        ("status", ("fleetop.controller", "fleetop.node", "jinja2")),
-        ("get", ("fleetop.controller", "fleetop.node")),
+        ("status", ("grpc", "etcd3aio", "httpx", "fleetop.controller", "fleetop.node", "jinja2")),
+        ("get", ("grpc", "etcd3aio", "httpx", "jinja2", "jsonpatch", "fleetop.controller", "fleetop.node")),
     ],
 )
 def test_a_verb_imports_its_own_group_only(verb: str, absent: tuple[str, ...]) -> None:

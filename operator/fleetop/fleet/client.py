@@ -31,7 +31,7 @@ import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from tenacity import (
@@ -46,7 +46,10 @@ from fleetop.config import DEFAULT_FLEET_ENDPOINT, parse_fleet_endpoints
 from fleetop.errors import FleetAPIError, FleetUnavailable, InputError
 from fleetop.fleet.model import Machine, MetadataOp, Unit, UnitState, is_desired_state
 from fleetop.fleet.units import UnitOption, check_option_values, parse_unit_name
-from fleetop.http import HttpResponse, HttpSession, Timeouts, Transport, json_body
+from fleetop.http import HttpResponse, HttpSession, PlainSession, Session, Timeouts, json_body
+
+if TYPE_CHECKING:
+    from fleetop.http import Transport
 
 DEFAULT_ENDPOINT = DEFAULT_FLEET_ENDPOINT
 API_PREFIX = "/fleet/v1"
@@ -126,7 +129,9 @@ class FleetClient:
     ``endpoint`` is one endpoint, a comma-separated list, or a sequence (default: ``FLEETCTL_ENDPOINT``,
     else ``unix:///var/run/fleet.sock``); a bad one raises ConfigError naming it. ``session_factory``
     makes the session of one endpoint; ``transport`` (tests: ``httpx.MockTransport``) replaces the
-    network under the default sessions of every endpoint.
+    network under the default session of every endpoint; ``plain`` makes
+    :class:`~fleetop.http.PlainSession` ones (standard library, for a CLI verb that asks a few questions
+    and exits) instead of httpx's.
     """
 
     def __init__(
@@ -135,10 +140,11 @@ class FleetClient:
         *,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        session_factory: Callable[[str], HttpSession] | None = None,
+        session_factory: Callable[[str], Session] | None = None,
         stats: ClientStats | None = None,
         write_guard: Callable[[], None] | None = None,
         transport: Transport | None = None,
+        plain: bool = False,
     ) -> None:
         given = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         text = given if isinstance(given, str) else ",".join(given)
@@ -147,12 +153,15 @@ class FleetClient:
         self.stats = stats or ClientStats()
         self.write_guard = write_guard
         timeouts = timeouts or Timeouts(connect=3.0, read=15.0, write=15.0, pool=3.0)
+        kind = PlainSession if plain else HttpSession
         self._factory = session_factory or (
-            lambda where: HttpSession(
-                where, timeouts=timeouts, headers={"User-Agent": "fleetop"}, transport=transport
+            lambda where: (
+                HttpSession(where, timeouts=timeouts, headers={"User-Agent": "fleetop"}, transport=transport)
+                if transport is not None
+                else kind(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
             )
         )
-        self._sessions: dict[int, HttpSession] = {}
+        self._sessions: dict[int, Session] = {}
         self._current = 0
         self.unreachable: dict[str, str] = {}
         """Endpoint -> why it could not be reached, from the latest request that found none answering
@@ -164,7 +173,7 @@ class FleetClient:
         """The endpoint requests go to first: the one that answered last."""
         return self.endpoints[self._current]
 
-    def _session(self, index: int) -> HttpSession:
+    def _session(self, index: int) -> Session:
         session = self._sessions.get(index)
         if session is None:
             session = self._sessions[index] = self._factory(self.endpoints[index])
