@@ -533,6 +533,7 @@ class Informers:
         *,
         fast: float,
         slow: float,
+        timer: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.keys = keys
         self.store = Store(etcd, keys)
@@ -541,7 +542,7 @@ class Informers:
         self.proxies = PrefixCache(etcd, keys.desired("proxies"), lambda c: self._specs("proxies", c))
         self.statuses = PrefixCache(etcd, keys.status("services"), lambda c: None)
         self.registrations = RegistrationCaches(etcd, self._registrations_changed)
-        self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow)
+        self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow, timer=timer)
         self.entries: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
         """What reconcilers see: each spec as read, except the later of a service and a proxy that
         share a name, which is invalid (:func:`shared_name`)."""
