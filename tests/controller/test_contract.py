@@ -4,10 +4,9 @@ terminal), and whether the failure is reported on the key."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
+from fleetop.clock import FakeClock
 from fleetop.controller.runtime.contract import Dispatcher, queue_meaning
 from fleetop.controller.runtime.queue import Reconcile, WorkQueue, _handle
 from fleetop.errors import (
@@ -95,11 +94,14 @@ async def test_not_leader_is_dropped() -> None:
 
 
 async def test_a_temporary_error_s_delay_is_the_least_wait() -> None:
-    queue = WorkQueue()
+    clock = FakeClock()
+    queue = WorkQueue(clock=clock)
     await _handle(queue, raising(TemporaryError("render pool busy", delay=30.0)), KEY)
     assert KEY not in queue and queue.delayed == 1  # waiting on its timer, not queued now
-    due = queue._timers[KEY][0] - asyncio.get_running_loop().time()
-    assert due > 20.0, "the error's delay (30 s), not the first backoff step (5 ms)"
+    await clock.step(29.0)
+    assert KEY not in queue, "the error's delay (30 s), not the first backoff step (5 ms)"
+    await clock.step(2.0)
+    assert KEY in queue
     queue.shut_down()
 
 
