@@ -13,6 +13,14 @@ flight finish), and is deleted when ``del server`` accepts it (HAProxy refuses w
 connections) or, after ``drain_timeout``, once its sessions are shut down. Every answer that is not
 the expected one, and a ``show servers state`` that disagrees with the config after the commands,
 raise :class:`RuntimeAPIError` with HAProxy's own words; the agent then reloads the installed file.
+
+The commands of a change are planned against the servers the last verified ``show servers state``
+reported for its backends, kept while the same worker answers and updated by every command this
+module sends, so a change costs its commands and one read (the verification) instead of two reads
+around them: the read before is off the path from the published config to the first request. A
+plan from that memory that HAProxy refuses, or whose result disagrees, is planned again from what
+HAProxy reports then (someone else changed its servers, or it restarted without a pid file that
+would have told); only a disagreement then is an error.
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ class RuntimeAPIError(ProxyError):
     with HAProxy's answer."""
 
 
+class UnreachableError(RuntimeAPIError):
+    """The admin socket did not answer (HAProxy stopped or restarting, or too slow)."""
+
+
 def admin_socket_of(body: str) -> Path | None:
     """The unix admin socket an HAProxy config declares (``stats socket /path ... level admin``)."""
     for match in _STATS_SOCKET_RE.finditer(body):
@@ -77,11 +89,11 @@ class RuntimeAPI:
                 finally:
                     writer.close()
         except TimeoutError:
-            raise RuntimeAPIError(
+            raise UnreachableError(
                 f"{command!r}: no answer from {self.path} within {self.timeout:g} s"
             ) from None
         except OSError as exc:
-            raise RuntimeAPIError(f"cannot reach HAProxy at {self.path}: {exc.strerror or exc}") from None
+            raise UnreachableError(f"cannot reach HAProxy at {self.path}: {exc.strerror or exc}") from None
         return answer.decode("utf-8", errors="replace")
 
     async def run(self, command: Command) -> str:
@@ -138,6 +150,10 @@ class ServerRuntime:
         self._worker: int | None = None  # the newest worker last seen answering
         self._lock = asyncio.Lock()
         self.draining: dict[tuple[str, str], float] = {}  # (backend, server) → deadline (loop time)
+        self.known: dict[str, dict[str, LiveServer]] = {}
+        """Backend → its servers as the last verification saw them (and the commands since changed
+        them), for the worker that answered then; what the next change is planned against."""
+        self.replans = 0  # plans from memory that HAProxy contradicted (tests and logs)
 
     @staticmethod
     def _now() -> float:
@@ -146,28 +162,48 @@ class ServerRuntime:
     def forget(self) -> None:
         """After a reload or restart: the new process holds only the file's servers."""
         self.draining.clear()
+        self.known.clear()
 
     async def apply(self, desired: Mapping[str, Mapping[str, Server]]) -> int:
         """Make the backends named in ``desired`` hold exactly its servers, and verify them with
         ``show servers state``; the number of commands sent. Other backends are left alone."""
         async with self._lock:
             await self._newest_worker_answers()
-            live: dict[str, dict[str, LiveServer]] = {}
-            for backend in sorted(desired):
-                live.update(await self.api.servers(backend))
-            plan = plan_commands(desired, live)
-            for command in plan.commands:
-                await self.api.run(command)
-            deadline = self._now() + self.drain_timeout
-            kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
-            self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}
-            after: dict[str, dict[str, LiveServer]] = {}
-            for backend in sorted(desired):
-                after.update(await self.api.servers(backend))
-            wrong = mismatch(desired, after, set(self.draining))
-            if wrong:
-                raise RuntimeAPIError(f"'show servers state' disagrees with the config: {wrong}")
-            return len(plan.commands)
+            if not all(backend in self.known for backend in desired):
+                return await self._apply(desired, await self._read(desired))
+            try:
+                return await self._apply(desired, {b: dict(self.known[b]) for b in desired})
+            except UnreachableError:
+                raise
+            except RuntimeAPIError as exc:  # HAProxy holds something else than remembered
+                log.info("runtime plan from the last verified state failed (%s): reading it again", exc)
+                self.replans += 1
+                return await self._apply(desired, await self._read(desired))
+
+    async def _read(self, desired: Mapping[str, Mapping[str, Server]]) -> dict[str, dict[str, LiveServer]]:
+        live: dict[str, dict[str, LiveServer]] = {}
+        for backend in sorted(desired):
+            live.update(await self.api.servers(backend))
+        return live
+
+    async def _apply(
+        self, desired: Mapping[str, Mapping[str, Server]], live: Mapping[str, Mapping[str, LiveServer]]
+    ) -> int:
+        for backend in desired:
+            self.known.pop(backend, None)  # unknown until verified again
+        plan = plan_commands(desired, live)
+        for command in plan.commands:
+            await self.api.run(command)
+        deadline = self._now() + self.drain_timeout
+        kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
+        self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}
+        after = await self._read(desired)
+        wrong = mismatch(desired, after, set(self.draining))
+        if wrong:
+            raise RuntimeAPIError(f"'show servers state' disagrees with the config: {wrong}")
+        for backend in desired:
+            self.known[backend] = after.get(backend, {})
+        return len(plan.commands)
 
     async def _newest_worker_answers(self) -> None:
         master = _master_pid(self.pid_file) if self.pid_file is not None else None
@@ -182,6 +218,7 @@ class ServerRuntime:
             pid = next((line.split()[1] for line in answer.splitlines() if line.startswith("Pid:")), "")
             if pid == str(newest):
                 self._worker = newest
+                self.known.clear()  # a new worker holds the servers of its file
                 return
             if self._now() > deadline:
                 raise RuntimeAPIError(
@@ -204,5 +241,6 @@ class ServerRuntime:
                 answer = (await self.api.send(f"del server {target}")).strip()
                 if answer in (DELETED, GONE):
                     self.draining.pop(key, None)
+                    self.known.get(key[0], {}).pop(key[1], None)
                     if answer == DELETED:
                         log.info("deleted drained server %s", target)

@@ -354,6 +354,8 @@ def parse_servers_state(text: str) -> dict[str, dict[str, LiveServer]]:
 
 
 def _add(backend: str, server: Server) -> list[Command]:
+    """Add, then enable: HAProxy 2.6 takes ``add server ... enabled`` and reports the server ready,
+    but never sends it a request (it is not put into the balancing), so the two round trips stay."""
     target = f"{backend}/{server.name}"
     options = f" {' '.join(server.options)}" if server.options else ""
     commands = [Command(f"add server {target} {server.address}{options}", ("New server registered.",))]
