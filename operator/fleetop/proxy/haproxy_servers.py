@@ -247,8 +247,11 @@ def parse_section(section: Section) -> ParsedSection:
     return ParsedSection(tuple(skeleton), servers, settings, static)
 
 
+# A section keyword at the start of a line, matched from the newline before it: a pattern that
+# begins with a literal is searched for that character first, which makes cutting a 0.7 MB config
+# (10,000 servers) several times faster than trying a line-start pattern at every position.
 _SECTION_RE = re.compile(
-    r"^[ \t]*(" + "|".join(sorted(SECTIONS, key=len, reverse=True)) + r")(?=[ \t\r]|$)[^\n]*", re.MULTILINE
+    r"\n[ \t]*(" + "|".join(sorted(SECTIONS, key=len, reverse=True)) + r")(?=[ \t\r\n]|\Z)[^\n]*"
 )
 
 
@@ -256,7 +259,8 @@ def parse_config(body: str) -> ConfigModel:
     """Cut an HAProxy config into its sections (a section starts at its keyword, however indented,
     as HAProxy reads it)."""
     sections: list[Section] = []
-    starts = list(_SECTION_RE.finditer(body))
+    # in "\n" + body, a match starting at index i is the line that starts at body[i]
+    starts = list(_SECTION_RE.finditer("\n" + body))
     first = starts[0].start() if starts else len(body)
     if first:
         sections.append(Section("", "", body[:first]))

@@ -156,7 +156,9 @@ class BackendCollector:
         resolved = destinations.resolved
         for service in sorted(sources):
             prefix, read = sources[service][0], self._read[service]
-            answers = None if resolved is None else tuple((n, resolved.get(n)) for n in sorted(read.names))
+            answers: tuple[tuple[str, Resolution | None], ...] | None = None
+            if resolved is not None and read.names:
+                answers = tuple((n, resolved.get(n)) for n in sorted(read.names))
             inputs = (prefix, read.pairs, launched.get(service), destinations.allowed.get(service), answers)
             last = self._collected.get(service)
             if last is None or last.inputs != inputs:
