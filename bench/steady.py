@@ -33,7 +33,7 @@ from bench.harness import (
     put_many,
 )
 from bench.report import Target, WorkloadResult
-from fleetop.controller.services.reconciler import CONVERGING_POLL
+from fleetop.controller.runtime.informers import CONVERGING_POLL
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.models import ServiceStatus

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetop.config import EtcdSettings, parse_duration, parse_env_file, settings_from
+from fleetop.config import EtcdSettings, parse_env_file, settings_from
 from fleetop.errors import ConfigError
 
 NO_FILE = {"FLEETOP_ETCD_ENV_FILE": "/nonexistent/etcd.environment"}
@@ -170,8 +170,18 @@ def test_bad_endpoint_in_file_names_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "seconds"), [("5", 5.0), ("2.5", 2.5), ("500ms", 0.5), ("1m30s", 90.0), ("2s", 2.0)]
 )
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text, "X") == pytest.approx(seconds)
+def test_timeouts_read_go_durations(text: str, seconds: float) -> None:
+    assert settings_from({"command_timeout": text}, {}).command_timeout == pytest.approx(seconds)
+    assert settings_from({}, {"ETCDCTL_DIAL_TIMEOUT": text}).dial_timeout == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("soon", "is not a duration"), ("0", "between 0 and 1h"), ("2h", "between 0 and 1h")],
+)
+def test_a_bad_timeout_names_its_source(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"ETCDCTL_COMMAND_TIMEOUT.*{message}"):
+        settings_from({}, {"ETCDCTL_COMMAND_TIMEOUT": text})
 
 
 def test_settings_can_be_built_directly() -> None:

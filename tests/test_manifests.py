@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fleetop.cli.main import app
 from fleetop.cli.manifestrender import MANIFESTS_DIR, load_values, render
-from fleetop.controller.runtime.run import RunConfig
+from fleetop.controller.runtime.settings import OperatorSettings
 from fleetop.errors import InputError
 from fleetop.fleet.units import check_option_values, parse_unit_file, parse_unit_name
 from fleetop.models import parse_spec
@@ -82,7 +82,7 @@ def test_every_unit_follows_fleets_rules(rendered: dict[str, str]) -> None:
     assert "MachineMetadata=role=lb" in rendered["units/edge-agent.service"]
 
 
-def operator_config(text: str) -> RunConfig:
+def operator_config(text: str) -> OperatorSettings:
     """The configuration ``fleetop run`` would build from a rendered operator unit: its ExecStart flags
     over its Environment= lines (what systemd would give it; TLS files, which exist only on the
     machines, are left out)."""
@@ -99,19 +99,19 @@ def operator_config(text: str) -> RunConfig:
     program, verb, *words = exec_start.split()
     assert verb == "run"
     flags = {words[i].removeprefix("--").replace("-", "_"): words[i + 1] for i in range(0, len(words), 2)}
-    config = RunConfig.from_flags(flags, environ)
-    assert program == config.fleetop_path, "the operator names the fleetop that runs it"
+    config = OperatorSettings.from_flags(flags, environ)
+    assert program == config.install.fleetop_path, "the operator names the fleetop that runs it"
     return config
 
 
 def test_the_operators_units_configure_it(rendered: dict[str, str]) -> None:
     assert "units/fleetop@.service" not in rendered, "one file per candidate, each with its own address"
     configs = [operator_config(rendered[f"units/fleetop@{i}.service"]) for i in (1, 2)]
-    assert [c.metrics_address for c in configs] == ["127.0.0.1:9464", "127.0.0.1:9465"]
+    assert [c.metrics.address for c in configs] == ["127.0.0.1:9464", "127.0.0.1:9465"]
     for config in configs:
-        assert config.fleetop_path == "/opt/fleetop/bin/fleetop"
-        assert config.proxy_root == "/var/lib/fleetop/proxies"
-        assert config.fleet_endpoint == "unix:///var/run/fleet.sock"
+        assert config.install.fleetop_path == "/opt/fleetop/bin/fleetop"
+        assert config.proxies.root == "/var/lib/fleetop/proxies"
+        assert config.fleet.endpoint == "unix:///var/run/fleet.sock"
         assert config.etcd.endpoints == ("10.0.0.1:2379", "10.0.0.2:2379")
         assert config.unit_settings.key_root == "/team-a"
 
@@ -125,8 +125,8 @@ def test_install_path_proxy_root_and_addresses_reach_every_candidate(tmp_path: P
     }
     rendered = {r.path: r.text for r in render(load_values(MANIFESTS_DIR, _values(tmp_path, values)))}
     configs = [operator_config(rendered[f"units/fleetop@{i}.service"]) for i in (1, 2, 3)]
-    assert [c.metrics_address for c in configs] == ["0.0.0.0:9500", "0.0.0.0:9501", "0.0.0.0:9502"]
-    assert {(c.fleetop_path, c.proxy_root, c.fleet_endpoint) for c in configs} == {
+    assert [c.metrics.address for c in configs] == ["0.0.0.0:9500", "0.0.0.0:9501", "0.0.0.0:9502"]
+    assert {(c.install.fleetop_path, c.proxies.root, c.fleet.endpoint) for c in configs} == {
         ("/srv/fleetop-2/bin/fleetop", "/srv/proxies", "http://127.0.0.1:49153")
     }
 
@@ -134,7 +134,7 @@ def test_install_path_proxy_root_and_addresses_reach_every_candidate(tmp_path: P
 def test_metrics_off_is_off_for_every_candidate(tmp_path: Path) -> None:
     override = _values(tmp_path, {"operator": {"metricsAddress": "off"}})
     rendered = {r.path: r.text for r in render(load_values(MANIFESTS_DIR, override))}
-    assert [operator_config(rendered[f"units/fleetop@{i}.service"]).metrics_address for i in (1, 2)] == [
+    assert [operator_config(rendered[f"units/fleetop@{i}.service"]).metrics.address for i in (1, 2)] == [
         None,
         None,
     ]

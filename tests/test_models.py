@@ -116,6 +116,7 @@ def test_stored_form_is_compact_and_round_trips() -> None:
         ),
         ({"unit": {"execStart": "x"}, "discovery": {"ttl": "soon"}}, "$.discovery.ttl", "not a duration"),
         ({"unit": {"execStart": "x"}, "discovery": {"prefix": "/a/../b"}}, "$.discovery.prefix", "etcd key"),
+        ({"unit": {"execStart": "x"}, "discovery": {"prefix": "/a/b\n"}}, "$.discovery.prefix", "etcd key"),
         (
             {"unit": {"execStart": "x"}, "rollout": {"maxSurge": 0, "maxUnavailable": 0}},
             "$.rollout",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fleetop.cli.documents import split_documents
 from fleetop.cli.patching import apply_patch
 from fleetop.controller.runtime.contain import degraded, failure_message
-from fleetop.controller.services.reconciler import Reconciler
+from fleetop.controller.runtime.reconcile import Reconciler
 from fleetop.errors import InputError, SpecInvalid, TemporaryError
 from fleetop.keys import SEGMENT_CHARS, Keys, is_name, segment, unsegment
 from fleetop.models import Condition, ProxySpec, ServiceStatus, parse_proxy, parse_service, parse_spec
@@ -133,10 +133,10 @@ def test_good_names_pass(name: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n in BAD_NAMES if n])
 def test_a_refused_name_gets_one_safe_status_key(name: str) -> None:
-    keys = Keys("/root")
+    keys = Keys()
     for key in (keys.status("services", name), keys.events(name).rstrip("/"), keys.proxy_config(name)):
         assert key.isprintable() and key.isascii()
-    part = keys.status("services", name).removeprefix("/root/status/services/")
+    part = keys.status("services", name).removeprefix("/status/services/")
     assert part and "/" not in part and part not in (".", "..") and len(part) <= SEGMENT_CHARS
     assert not is_name(part) or part == name
     assert keys.name_of(keys.status("services", name), "services", "status") == (

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from fleetop.errors import ConfigError
+from fleetop.timefmt import parse_go_duration
 
 DEFAULT_ENDPOINT = "127.0.0.1:2379"
 DEFAULT_FLEET_ENDPOINT = "unix:///var/run/fleet.sock"
@@ -38,8 +39,6 @@ DEFAULT_ENV_FILE = Path("/etc/etcd.environment")
 ENV_FILE_VAR = "FLEETOP_ETCD_ENV_FILE"
 
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class SecretStr:
@@ -239,22 +238,18 @@ def parse_fleet_endpoints(value: str, source: str) -> tuple[str, ...]:
 def fleet_endpoints_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[str, ...]:
     """fleet's endpoints from ``--fleet-endpoint`` (flag name ``fleet_endpoint``), else
     ``FLEETCTL_ENDPOINT``, else ``unix:///var/run/fleet.sock``; validated (ConfigError names the bad one)."""
-    found = _Lookup(flags, environ).get("fleet_endpoint", "FLEETCTL_ENDPOINT")
+    found = Lookup(flags, environ).get("fleet_endpoint", "FLEETCTL_ENDPOINT")
     if found is None:
         return (DEFAULT_FLEET_ENDPOINT,)
     return parse_fleet_endpoints(*found)
 
 
-def parse_duration(value: str, source: str) -> float:
-    """Seconds from ``"5"``, ``"2.5"``, ``"500ms"``, ``"1m30s"`` (Go's duration syntax, as etcdctl)."""
-    text = value.strip()
+def _timeout(value: str, source: str) -> float:
+    """An etcd timeout flag (Go's duration syntax, as etcdctl): more than 0, at most an hour."""
     try:
-        seconds = float(text)
-    except ValueError:
-        parts = _DURATION_PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ConfigError(f"{source}: {value!r} is not a duration (e.g. 5s, 500ms, 1m)") from None
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        seconds = parse_go_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if not 0 < seconds <= 3600:
         raise ConfigError(f"{source}: {value!r} must be between 0 and 1h")
     return seconds
@@ -276,8 +271,14 @@ def _file(value: str, source: str) -> Path:
     return path
 
 
-class _Lookup:
-    """Looks a setting up in flags first, then the environment; remembers where it came from."""
+class Lookup:
+    """Looks a setting up in flags first, then the environment; remembers where it came from.
+
+    The one lookup of every fleetop setting (etcd's here, ``fleetop run``'s in
+    :mod:`fleetop.controller.runtime.settings`): :meth:`get` returns the value with its source
+    (``--lease-duration``, ``FLEETOP_LEASE_DURATION``; the environment file's values carry
+    ``ETCDCTL_ENDPOINTS in /etc/etcd.environment``), and every parser puts that source first in its
+    error, so a bad value is always traced to the place it was written."""
 
     def __init__(self, flags: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self.flags = flags
@@ -297,7 +298,7 @@ class _Lookup:
         return None
 
 
-def _endpoints(look: _Lookup) -> tuple[tuple[str, ...], bool]:
+def _endpoints(look: Lookup) -> tuple[tuple[str, ...], bool]:
     found = look.get("endpoints", "ETCDCTL_ENDPOINTS", "ETCD_ENDPOINT")
     if found is None:
         found = _from_env_file(look)
@@ -306,7 +307,7 @@ def _endpoints(look: _Lookup) -> tuple[tuple[str, ...], bool]:
     return parse_endpoints(*found)
 
 
-def _from_env_file(look: _Lookup) -> tuple[str, str] | None:
+def _from_env_file(look: Lookup) -> tuple[str, str] | None:
     explicit = look.get("env_file", ENV_FILE_VAR)
     if explicit is not None:
         path = Path(explicit[0]).expanduser()
@@ -323,7 +324,7 @@ def _from_env_file(look: _Lookup) -> tuple[str, str] | None:
     return None
 
 
-def _credentials(look: _Lookup) -> tuple[str | None, SecretStr | None]:
+def _credentials(look: Lookup) -> tuple[str | None, SecretStr | None]:
     found = look.get("user", "ETCDCTL_USER")
     if found is None:
         return None, None
@@ -337,6 +338,14 @@ def _credentials(look: _Lookup) -> tuple[str | None, SecretStr | None]:
             raise ConfigError(f"{source}: no password: use user:password or set ETCDCTL_PASSWORD")
         password = secret[0]
     return user.strip(), SecretStr(password)
+
+
+def inherited_flags(root: object) -> dict[str, Any]:
+    """The main CLI's global connection flags (``fleetop --endpoints E <verb>``), read from its context
+    object ``root`` (``ctx.find_root().obj``, which holds them as ``flags``); {} when a verb runs on its
+    own. Duck-typed, so that the verbs of the separate programs need not import the main CLI."""
+    flags = getattr(root, "flags", None)
+    return dict(flags) if isinstance(flags, dict) else {}
 
 
 def etcd_flags(inherited: Mapping[str, Any], endpoints: str | None, root: str | None) -> dict[str, Any]:
@@ -358,7 +367,7 @@ def settings_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -> EtcdS
     ``user`` (``user`` or ``user:password``), ``password``, ``dial_timeout``, ``command_timeout``,
     ``prefix``, ``env_file``. Raises :class:`ConfigError` naming the flag or variable at fault.
     """
-    look = _Lookup(flags, environ)
+    look = Lookup(flags, environ)
     endpoints, tls = _endpoints(look)
     files: dict[str, Path | None] = {}
     for field, variable in (("cacert", "ETCDCTL_CACERT"), ("cert", "ETCDCTL_CERT"), ("key", "ETCDCTL_KEY")):
@@ -374,7 +383,7 @@ def settings_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -> EtcdS
         ("command_timeout", "ETCDCTL_COMMAND_TIMEOUT", 5.0),
     ):
         found = look.get(field, variable)
-        timeouts[field] = parse_duration(*found) if found else default
+        timeouts[field] = _timeout(*found) if found else default
     prefix_found = look.get("prefix", "FLEETOP_PREFIX")
     server_name = look.get("tls_server_name", "FLEETOP_ETCD_TLS_SERVER_NAME")
     return EtcdSettings(

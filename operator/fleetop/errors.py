@@ -20,7 +20,8 @@ see them.
         ├── EtcdDenied        authentication or permission failure
         ├── Compacted         a watch asked for a revision etcd already compacted
         ├── FleetAPIError     fleet answered a 4xx error entity (``code``, ``message``)
-        └── ProxyError        a proxy config failed its check or its reload
+        ├── ProxyError        a proxy config failed its check or its reload
+        └── RenderError       a spec or config that cannot be written out: a unit file, a proxy config
 """
 
 from __future__ import annotations
@@ -124,3 +125,9 @@ class FleetAPIError(PermanentError):
 
 class ProxyError(PermanentError):
     """A proxy config failed its check, its install, or its reload."""
+
+
+class RenderError(PermanentError):
+    """What a spec or the installation asks for cannot be written out: a unit file (a line too long,
+    a character a unit cannot carry) or a proxy config (template syntax, an undefined name, an unsafe
+    value, a size or time limit). The message says which and is shown as it is (status, CLI)."""

@@ -14,20 +14,31 @@ Endpoints are written the way ``FLEETCTL_ENDPOINT`` takes them: ``unix:///var/ru
 entry, as fleetctl does); failing over between several is the fleet client's job, which keeps one
 session per endpoint. Tests inject an ``httpx`` transport (``MockTransport``) through
 :class:`HttpSession`'s ``transport`` instead of patching anything.
+
+A CLI verb that asks fleet three questions and exits (``fleetop status``) would spend more on importing
+httpx (and what it imports: httpcore, anyio, its own command line with click and pygments) than on the
+questions: :class:`PlainSession` asks them over the standard library's ``http.client``, one
+connection per request in a worker thread, with the same results and errors. httpx is imported when
+the first :class:`HttpSession` is made, not with this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
-from urllib.parse import urlsplit
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlencode, urlsplit
 
 from fleetop.errors import ConfigError, FleetUnavailable, TemporaryError
+
+if TYPE_CHECKING:
+    import http.client
+
+    import httpx
 
 UNIX_BASE_URL = "http://fleet"
 """The base URL requests carry over a unix socket (the host part is never resolved)."""
@@ -106,6 +117,22 @@ def _response(resp: httpx.Response) -> HttpResponse:
     )
 
 
+class Session(Protocol):
+    """What the fleet client needs of a session: :class:`HttpSession` or :class:`PlainSession`."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    ) -> HttpResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
 class HttpSession:
     """An HTTP/1.1 session to one endpoint. Use as ``async with`` or call ``aclose()``.
 
@@ -122,6 +149,8 @@ class HttpSession:
         unavailable: type[TemporaryError] = FleetUnavailable,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        import httpx
+
         self.endpoint = parse_endpoint(endpoint)
         self._unavailable = unavailable
         t = timeouts or Timeouts()
@@ -146,6 +175,8 @@ class HttpSession:
         headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
     ) -> HttpResponse:
         """Send one request; raise ``unavailable`` on any transport failure or timeout."""
+        import httpx
+
         pairs = params.items() if isinstance(params, Mapping) else (params or [])
         query: list[tuple[str, str | int | float | bool | None]] = list(pairs)
         try:
@@ -176,6 +207,131 @@ class HttpSession:
         await self.aclose()
 
 
+class _Timeout(Exception):
+    """A timeout of one phase, named as httpx names it (``ConnectTimeout``, ``ReadTimeout``...)."""
+
+
+class PlainSession:
+    """The requests of :class:`HttpSession` over the standard library, for a process that makes a few and
+    exits: one connection per request (so requests may run at once), each in a worker thread. The
+    same :class:`HttpResponse`, the same errors and messages (``unavailable`` on a transport failure or
+    timeout; a refused TCP connection reads ``[Errno 111] Connection refused`` where httpx, through anyio,
+    says ``All connection attempts failed``), the same certificate authorities for ``https`` (certifi's,
+    as httpx's default)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeouts: Timeouts | None = None,
+        headers: Mapping[str, str] | None = None,
+        unavailable: type[TemporaryError] = FleetUnavailable,
+    ) -> None:
+        self.endpoint = parse_endpoint(endpoint)
+        self._unavailable = unavailable
+        self._timeouts = timeouts or Timeouts()
+        self._headers = dict(headers or {})
+        base = urlsplit(self.endpoint.base_url)
+        self._scheme, self._host, self._port = base.scheme, base.hostname or "", base.port
+        self._root = base.path.rstrip("/")
+        self._tls: Any = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+    ) -> HttpResponse:
+        """Send one request; raise ``unavailable`` on any transport failure or timeout."""
+        pairs = list(params.items() if isinstance(params, Mapping) else (params or []))
+        target = self._root + path + (f"?{urlencode(pairs)}" if pairs else "")
+        sent = {**self._headers, **dict(headers.items() if isinstance(headers, Mapping) else headers or [])}
+        try:
+            return await asyncio.to_thread(self._exchange, method, target, content, sent)
+        except _Timeout as exc:
+            raise self._unavailable(f"{method} {path}: timed out ({exc})") from exc
+        except (OSError, ValueError) as exc:  # http.client's errors are OSError or ValueError
+            detail = str(exc) or type(exc).__name__
+            raise self._unavailable(f"{method} {path}: {detail}") from exc
+
+    def _exchange(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+    ) -> HttpResponse:
+        import http.client
+
+        connection = self._connect()
+        try:
+            phase = "WriteTimeout"
+            try:
+                connection.request(method, target, body=body, headers=headers)
+                phase = "ReadTimeout"
+                response = connection.getresponse()
+                data = response.read()
+            except TimeoutError:
+                raise _Timeout(phase) from None
+            except http.client.HTTPException as exc:
+                raise OSError(str(exc) or type(exc).__name__) from exc
+        finally:
+            connection.close()
+        lists: dict[str, list[str]] = {}
+        for key, value in response.getheaders():
+            lists.setdefault(key.lower(), []).append(value)
+        return HttpResponse(
+            status=response.status,
+            headers={k: ", ".join(v) for k, v in lists.items()},
+            body=data,
+            header_lists={k: tuple(v) for k, v in lists.items()},
+        )
+
+    def _connect(self) -> http.client.HTTPConnection:
+        import http.client
+
+        t = self._timeouts
+        try:
+            if self.endpoint.socket_path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(t.connect)
+                try:
+                    sock.connect(self.endpoint.socket_path)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                port = self._port or (443 if self._scheme == "https" else 80)
+                sock = socket.create_connection((self._host, port), timeout=t.connect)
+                if self._scheme == "https":
+                    self._tls = self._tls or _tls_context()
+                    sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+        except TimeoutError:
+            raise _Timeout("ConnectTimeout") from None
+        sock.settimeout(max(t.read, t.write))
+        connection = http.client.HTTPConnection(self._host or "fleet", self._port)
+        connection.sock = sock
+        return connection
+
+    async def aclose(self) -> None:
+        """Nothing is kept open between requests."""
+
+    async def __aenter__(self) -> PlainSession:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
+def _tls_context() -> Any:
+    import ssl
+
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - httpx depends on certifi
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 async def raw_request(
     endpoint: str,
     method: str,
@@ -192,6 +348,8 @@ async def raw_request(
 
 async def http_check(url: str, timeout: float) -> tuple[bool, str]:
     """GET ``url``; healthy on 2xx and 3xx. Never raises: returns (healthy, detail)."""
+    import httpx
+
     try:
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False

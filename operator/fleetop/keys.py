@@ -1,6 +1,7 @@
-"""The etcd key layout (DESIGN.md §2), under an optional root prefix (``--prefix``).
+"""The etcd key layout (DESIGN.md §2).
 
-Every key fleetop reads or writes is built here, so the layout is written down once.
+Every key fleetop reads or writes is built here, so the layout is written down once. Keys are logical
+(``/desired/services/web``): the etcd client puts the installation root (``--prefix``) in front.
 
 Names come from keys anyone may write (``etcdctl put /desired/services/UPPER``, ``.../../x``, a name
 with a newline or 300 characters). A spec with such a name is refused (``Invalid``), and that report
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal, NamedTuple
+from typing import Literal
 from urllib.parse import unquote
 
 Kind = Literal["services", "proxies"]
 _VALID_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_KEY_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 SEGMENT_CHARS = 200
 
@@ -50,69 +52,72 @@ def unsegment(text: str) -> str:
     return unquote(text, errors="surrogateescape")
 
 
-def normalize_prefix(prefix: str) -> str:
-    """``""``, ``"/"`` → ``""``; ``"team-a"``, ``"/team-a/"`` → ``"/team-a"``."""
-    stripped = prefix.strip().strip("/")
-    return f"/{stripped}" if stripped else ""
+def is_key_path(text: str) -> bool:
+    """An etcd key path a registration prefix may be (``/services/web``, a trailing ``/`` allowed):
+    ``/``-separated segments of letters, digits, ``.``, ``_`` and ``-``, none of them ``..``."""
+    return bool(_KEY_PATH.fullmatch(text.rstrip("/"))) and ".." not in text.split("/")
 
 
-class Keys(NamedTuple):
-    """Key builder. ``root`` is ``""`` for the default layout or ``/something``. (A named tuple: the
-    sidekick imports it, and ``dataclasses`` would cost it a megabyte.)"""
+def child(key: str, prefix: str) -> str | None:
+    """The one segment of ``key`` right under ``prefix`` (which ends in ``/``): ``8001`` of
+    ``/services/web/8001`` under ``/services/web/``; None for a key elsewhere, the prefix itself, or
+    a key deeper down."""
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix) :]
+    return rest if rest and "/" not in rest else None
 
-    root: str = ""
 
-    @classmethod
-    def under(cls, prefix: str) -> Keys:
-        return cls(normalize_prefix(prefix))
+class Keys:
+    """Key builder: the logical keys of one installation (the root is the etcd client's)."""
+
+    __slots__ = ()
 
     def desired(self, kind: Kind, name: str = "") -> str:
-        return f"{self.root}/desired/{kind}/{name}"
+        return f"/desired/{kind}/{name}"
 
     def status(self, kind: Kind, name: str = "") -> str:
-        return f"{self.root}/status/{kind}/{segment(name)}"
+        return f"/status/{kind}/{segment(name)}"
 
     def agent_status(self, proxy: str, machine: str = "") -> str:
         """An agent's report, ``/status/agents/<proxy>/<machine>``: outside ``/status/proxies/`` so an
         agent's role never covers the operator's proxy status, and one key per machine so a role can
         be limited to one machine's keys (``scripts/etcd-roles --agent-machine``)."""
-        return f"{self.root}/status/agents/{segment(proxy)}/{machine}"
+        return f"/status/agents/{segment(proxy)}/{machine}"
 
     def agent_statuses(self) -> str:
-        return f"{self.root}/status/agents/"
+        return "/status/agents/"
 
     def registrations(self, spec_prefix: str) -> str:
         """A discovery prefix from a spec (``/services/web``) as a key prefix ending in ``/``."""
-        return f"{self.root}{spec_prefix.rstrip('/')}/"
+        return f"{spec_prefix.rstrip('/')}/"
 
     def default_registrations(self, service: str) -> str:
         return self.registrations(f"/services/{service}")
 
     def leader(self) -> str:
-        return f"{self.root}/fleetop/leader"
+        return "/fleetop/leader"
 
     def observed(self) -> str:
         """The leader's account of how fresh its view is (``fleetop status`` reads it)."""
-        return f"{self.root}/fleetop/observed"
+        return "/fleetop/observed"
 
     def events(self, name: str = "") -> str:
-        return f"{self.root}/fleetop/events/{segment(name)}/" if name else f"{self.root}/fleetop/events/"
+        return f"/fleetop/events/{segment(name)}/" if name else "/fleetop/events/"
 
     def proxy_config(self, proxy: str) -> str:
-        return f"{self.root}/fleetop/proxies/{segment(proxy)}/config"
+        return f"/fleetop/proxies/{segment(proxy)}/config"
 
     def proxy_configs(self) -> str:
-        return f"{self.root}/fleetop/proxies/"
+        return "/fleetop/proxies/"
 
     def name_of(self, key: str, kind: Kind, where: Literal["desired", "status"] = "desired") -> str | None:
         """The object name in ``/desired/services/<name>`` or ``/status/services/<segment>``; None for
         keys elsewhere, and for keys below a status. Under ``/desired`` nothing is written below a name,
         so a deeper key (``/desired/services/../x``) is a name with a ``/`` in it: refused like any
         invalid name, never ignored."""
-        base = self.desired(kind) if where == "desired" else self.status(kind)
-        if not key.startswith(base):
-            return None
-        rest = key[len(base) :]
         if where == "desired":
-            return rest or None
-        return unsegment(rest) if rest and "/" not in rest else None
+            base = self.desired(kind)
+            return (key[len(base) :] or None) if key.startswith(base) else None
+        segment = child(key, self.status(kind))
+        return unsegment(segment) if segment else None

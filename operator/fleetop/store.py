@@ -1,5 +1,10 @@
 """Typed access to specs, status and events in etcd, on top of ``fleetop.etcd.client``.
 
+:class:`StoreReader` reads through anything with the gRPC client's ``get`` and ``list``
+(:class:`KeyReads`): the client itself, or :class:`fleetop.etcd.readonly.ReadOnlyEtcd` over etcd's
+HTTP/JSON gateway, which the CLI's read-only verbs use so they need not import grpc. :class:`Store`
+adds the writes, through the gRPC client.
+
 Specs are stored as the compact JSON people type (defaults left out, no ``kind``/``name``), so a spec
 written with ``etcdctl put`` and one written by ``fleetop apply`` look and read the same. A key holding
 garbage is returned as an entry with its error, never raised from a listing: one bad key must not
@@ -15,12 +20,12 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from fleetop.errors import NotFound, SpecInvalid
-from fleetop.etcd.client import Etcd, KeyValue
+from fleetop.etcd.model import KeyValue
 from fleetop.keys import Keys
 from fleetop.models import (
     Event,
@@ -33,6 +38,9 @@ from fleetop.models import (
 )
 from fleetop.models.base import shown
 from fleetop.models.parse import decode_json, encode_document, encode_spec, validation_errors
+
+if TYPE_CHECKING:
+    from fleetop.etcd.client import Etcd
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +113,20 @@ class StatusEntry:
     mod_revision: int
 
 
-class Store:
-    """Specs, status and events of one installation (one key root)."""
+class KeyReads(Protocol):
+    """The reads :class:`StoreReader` needs: those of :class:`fleetop.etcd.client.Etcd`."""
 
-    def __init__(self, etcd: Etcd, keys: Keys) -> None:
+    async def get(self, key: str) -> KeyValue | None: ...
+
+    async def list(
+        self, prefix: str = "", *, keys_only: bool = False, page_size: int = 1000
+    ) -> tuple[builtins.list[KeyValue], int]: ...
+
+
+class StoreReader:
+    """Specs, status and events of one installation (one key root), read only."""
+
+    def __init__(self, etcd: KeyReads, keys: Keys) -> None:
         self.etcd = etcd
         self.keys = keys
 
@@ -143,23 +161,6 @@ class Store:
         items, revision = await self.etcd.list(self.keys.desired(kind))
         entries = [e for kv in items if (e := self.entry(kind, kv)) is not None]
         return sorted(entries, key=lambda e: e.name), revision
-
-    async def put(self, name: str, spec: Spec, *, prev_mod_revision: int | None = None) -> int:
-        return await self.etcd.put(
-            self.keys.desired(kind_of(spec), name), encode_spec(spec), prev_mod_revision=prev_mod_revision
-        )
-
-    async def put_raw(
-        self, kind: Kind, name: str, document: dict[str, Any], *, prev_mod_revision: int
-    ) -> int:
-        """Write a document as given (after validating the very bytes written, as the operator will
-        read them), keeping the user's own form."""
-        body = encode_document(document)
-        parse_stored(kind, name, body, where=f"key {self.keys.desired(kind, name)}")
-        return await self.etcd.put(self.keys.desired(kind, name), body, prev_mod_revision=prev_mod_revision)
-
-    async def delete(self, kind: Kind, name: str) -> bool:
-        return await self.etcd.delete(self.keys.desired(kind, name))
 
     async def status(self, kind: Kind, name: str) -> StatusEntry | None:
         kv = await self.etcd.get(self.keys.status(kind, name))
@@ -206,6 +207,33 @@ class Store:
                 continue
         events.sort(key=lambda e: e.time)
         return events[-limit:] if limit else events
+
+
+class Store(StoreReader):
+    """Specs, status and events of one installation: reads, and writes through the gRPC client."""
+
+    etcd: Etcd
+
+    def __init__(self, etcd: Etcd, keys: Keys) -> None:
+        super().__init__(etcd, keys)
+        self.etcd = etcd
+
+    async def put(self, name: str, spec: Spec, *, prev_mod_revision: int | None = None) -> int:
+        return await self.etcd.put(
+            self.keys.desired(kind_of(spec), name), encode_spec(spec), prev_mod_revision=prev_mod_revision
+        )
+
+    async def put_raw(
+        self, kind: Kind, name: str, document: dict[str, Any], *, prev_mod_revision: int
+    ) -> int:
+        """Write a document as given (after validating the very bytes written, as the operator will
+        read them), keeping the user's own form."""
+        body = encode_document(document)
+        parse_stored(kind, name, body, where=f"key {self.keys.desired(kind, name)}")
+        return await self.etcd.put(self.keys.desired(kind, name), body, prev_mod_revision=prev_mod_revision)
+
+    async def delete(self, kind: Kind, name: str) -> bool:
+        return await self.etcd.delete(self.keys.desired(kind, name))
 
 
 def sort_entries(entries: Sequence[Entry]) -> list[Entry]:

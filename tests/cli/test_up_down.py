@@ -17,7 +17,7 @@ from typing import Any
 
 from backends import Load, answered_by
 from fleetop.local.etcdserver import find_etcd_binary, free_port, port_is_free
-from fleetop.local.up import Backoff, Child, Stack, UpConfig, describe_exit
+from fleetop.local.up import Child, Stack, UpConfig, describe_exit
 from waiting import eventually
 
 
@@ -125,11 +125,7 @@ def test_up_status_down(tmp_path: Path) -> None:
 # ---- supervision: the stack survives its parts --------------------------------------------------------
 
 
-def test_backoff_doubles_to_its_cap_and_resets_after_a_long_run() -> None:
-    backoff = Backoff(initial=1.0, maximum=30.0, reset_after=60.0)
-    assert [backoff.next(2.0) for _ in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
-    assert backoff.next(61.0) == 1.0  # it ran for a while: start over
-    assert backoff.next(0.5) == 2.0
+def test_an_exit_is_described_by_its_status_or_signal() -> None:
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "status 3"
 
 

@@ -26,9 +26,14 @@ from ophelpers import Node, http_service
 
 from backends import agent_running, fetch, http_backends, wait_port
 from fleetop.config import EtcdSettings
+from fleetop.controller.operator import build_manager
 from fleetop.controller.runtime.leader import LeaderTimings
-from fleetop.controller.runtime.manager import Manager
-from fleetop.controller.runtime.run import RunConfig
+from fleetop.controller.runtime.settings import (
+    FleetSettings,
+    MetricsSettings,
+    OperatorSettings,
+    ProxySettings,
+)
 from fleetop.discovery.addresses import Registration
 from fleetop.discovery.resolve import LookupFailed, Resolver
 from fleetop.etcd.client import Etcd
@@ -105,15 +110,15 @@ def moved_backend(named_backend: Registration, tmp_path: Path) -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def operator(etcd_endpoint: str, fleet: str, root: Path, resolver: Resolver) -> AsyncIterator[None]:
-    config = RunConfig(
+    config = OperatorSettings(
         etcd=EtcdSettings(endpoints=(etcd_endpoint,), prefix=PREFIX),
-        fleet_endpoint=fleet,
+        fleet=FleetSettings(endpoint=fleet),
         leader=LeaderTimings(lease_duration=3, renew_deadline=2, retry_period=0.5),
-        metrics_address=None,
+        metrics=MetricsSettings(None),
         identity="resolved-test",
-        proxy_root=str(root),
+        proxies=ProxySettings(root=str(root)),
     )
-    manager = Manager(config, resolver=resolver)
+    manager = build_manager(config, resolver=resolver)
     task = asyncio.create_task(manager.run())
     try:
         yield

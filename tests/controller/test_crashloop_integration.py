@@ -27,6 +27,7 @@ from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import Event, ServiceStatus
+from fleetop.timefmt import parse_rfc3339
 from waiting import eventually
 
 PREFIX = f"/t/crashloop-{os.getpid()}"
@@ -101,7 +102,7 @@ async def test_a_command_that_cannot_start_backs_off_and_says_why(
         names.update(u.name for u in owned_mains(await fleet.list_units(), name))
         status = await status_of(etcd, name)
         for row in status.restarts if status is not None else []:
-            delay = _seconds(row.next_try) - _seconds(row.last_failure)
+            delay = (parse_rfc3339(row.next_try) - parse_rfc3339(row.last_failure)).total_seconds()
             if row.phase == "failed" and (not delays or delays[-1] != delay):
                 delays.append(delay)
         return len(seen_at) >= 5
@@ -124,12 +125,6 @@ async def test_a_command_that_cannot_start_backs_off_and_says_why(
     status = await status_of(etcd, name)
     assert status is not None and status.restarts and status.restarts[0].restarts >= 4
     await remove(etcd, fleet, name)
-
-
-def _seconds(text: str) -> float:
-    from datetime import UTC, datetime
-
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
 
 def _main_script(base: Path) -> Path:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from fleetop.controller.proxies.units import ProxyLayout, desired_units
-from fleetop.controller.runtime.run import RunConfig
+from fleetop.controller.runtime.settings import OperatorSettings
 from fleetop.controller.services.unitrender import render_sidekick, sidekick_template
-from fleetop.controller.unitfile import RenderError, UnitSettings
-from fleetop.errors import ConfigError
+from fleetop.controller.unitfile import UnitSettings
+from fleetop.errors import ConfigError, RenderError
 from fleetop.fleet.units import UnitOption
 from fleetop.models import ProxySpec, ServiceSpec
 
@@ -62,9 +62,11 @@ def test_run_takes_the_credentials_from_flags_and_environment() -> None:
         "FLEETOP_PATH": "/opt/fleetop/bin/fleetop",
         "FLEETOP_AGENT_CREDENTIALS": "/etc/fleetop/agent.env",
     }
-    config = RunConfig.from_flags({"sidekick_credentials": "/etc/fleetop/side.env"}, environ)
+    config = OperatorSettings.from_flags({"sidekick_credentials": "/etc/fleetop/side.env"}, environ)
     settings = config.unit_settings
     assert settings.sidekick_credentials == "/etc/fleetop/side.env"
     assert settings.agent_credentials == "/etc/fleetop/agent.env"
-    with pytest.raises(ConfigError, match="credentials"):
-        RunConfig.from_flags({"agent_credentials": "agent.env"}, environ)
+    with pytest.raises(ConfigError, match=r"--agent-credentials: agent credentials file 'agent\.env'"):
+        OperatorSettings.from_flags({"agent_credentials": "agent.env"}, environ)
+    with pytest.raises(ConfigError, match=r"FLEETOP_AGENT_CREDENTIALS: agent credentials file 'agent\.env'"):
+        OperatorSettings.from_flags({}, {**environ, "FLEETOP_AGENT_CREDENTIALS": "agent.env"})

@@ -10,7 +10,6 @@ after SIGCONT it resumes and does what the spec says.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import os
 import re
 import signal
@@ -36,6 +35,7 @@ from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ServiceStatus
 from fleetop.models.observed import OperatorObservation
+from fleetop.timefmt import parse_rfc3339
 from waiting import eventually
 
 PREFIX = f"/t/blind-{os.getpid()}"
@@ -130,7 +130,7 @@ async def test_fails_over_then_changes_nothing_while_fleet_is_frozen(
         status = await eventually(unknown, 120, "steady's conditions to turn Unknown(FleetUnreachable)")
         available = status.condition("Available")
         assert available is not None
-        lost = calendar.timegm(time.strptime(available.last_transition_time, "%Y-%m-%dT%H:%M:%SZ"))
+        lost = parse_rfc3339(available.last_transition_time).timestamp()
         assert stopped_at - 5 <= lost <= time.time()  # since when fleet stopped answering (whole seconds)
         assert "fleet has not answered since" in available.message
         assert node.endpoint in available.message and dead_endpoint in available.message

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetop.cli.main import app
-from fleetop.controller.runtime.run import RunConfig, fleetop_path_problem, own_fleetop
+from fleetop.controller.runtime.settings import OperatorSettings, fleetop_path_problem, own_fleetop
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.unitrender import render_main, render_sidekick
 from fleetop.controller.unitfile import UnitSettings
@@ -169,10 +169,10 @@ def test_fleetop_on_path_is_the_last_resort(tmp_path: Path, monkeypatch: pytest.
 def test_the_flag_wins_over_the_environment_and_both_over_the_default(tmp_path: Path) -> None:
     flag, env = executable(tmp_path / "a/fleetop"), executable(tmp_path / "b/fleetop")
     environ = {"FLEETOP_PATH": str(env), "FLEETOP_PREFIX": "/team-a"}
-    assert RunConfig.from_flags({"fleetop_path": str(flag)}, environ).fleetop_path == str(flag)
-    config = RunConfig.from_flags({}, environ)
+    assert OperatorSettings.from_flags({"fleetop_path": str(flag)}, environ).install.fleetop_path == str(flag)
+    config = OperatorSettings.from_flags({}, environ)
     assert config.unit_settings == UnitSettings(str(env), "/team-a")
-    assert RunConfig.from_flags({}, {}).fleetop_path == own_fleetop()
+    assert OperatorSettings.from_flags({}, {}).install.fleetop_path == own_fleetop()
 
 
 @pytest.mark.parametrize(
@@ -185,15 +185,15 @@ def test_the_flag_wins_over_the_environment_and_both_over_the_default(tmp_path: 
 )
 def test_a_path_that_cannot_be_written_into_a_unit_is_a_config_error(path: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=f"--fleetop-path: .*{problem}"):
-        RunConfig.from_flags({"fleetop_path": path}, {})
-    with pytest.raises(ConfigError, match="--fleetop-path"):
-        RunConfig.from_flags({}, {"FLEETOP_PATH": path})
+        OperatorSettings.from_flags({"fleetop_path": path}, {})
+    with pytest.raises(ConfigError, match=f"FLEETOP_PATH: .*{problem}"):
+        OperatorSettings.from_flags({}, {"FLEETOP_PATH": path})
 
 
 def test_a_path_missing_here_is_reported_not_refused(tmp_path: Path) -> None:
     """The operator may run where the machines' fleetop is not: it warns (at start), it does not refuse."""
     missing = str(tmp_path / "nowhere/fleetop")
-    assert RunConfig.from_flags({"fleetop_path": missing}, {}).fleetop_path == missing
+    assert OperatorSettings.from_flags({"fleetop_path": missing}, {}).install.fleetop_path == missing
     assert fleetop_path_problem(missing) == f"--fleetop-path {missing} does not exist on this machine"
     plain = tmp_path / "plain"
     plain.write_text("")

@@ -27,7 +27,7 @@ from fleetop.config import EtcdSettings
 from fleetop.controller.runtime.contain import FailureReporter
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import PrefixCache, follow
-from fleetop.controller.services.reconciler import Reconciler
+from fleetop.controller.runtime.reconcile import Reconciler
 from fleetop.errors import SpecInvalid
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient

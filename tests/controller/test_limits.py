@@ -6,12 +6,11 @@ from typing import Any
 
 import pytest
 
-from fleetop.controller.runtime.run import RunConfig
+from fleetop.controller.runtime.settings import OperatorSettings, WorkLimits
 from fleetop.controller.services.limits import (
     CLUSTER_CEILING_REASON,
     SERVICE_CEILING_REASON,
     Demand,
-    WorkLimits,
     cluster_refusals,
     instances_of,
     service_refusal,
@@ -65,9 +64,9 @@ def test_cluster_ceiling_refuses_the_latest_change(demands: list[Demand], refuse
 
 
 def test_settings_from_flags_and_environment() -> None:
-    defaults = RunConfig.from_flags({}, {"FLEETOP_PATH": "/bin/sh"})
+    defaults = OperatorSettings.from_flags({}, {"FLEETOP_PATH": "/bin/sh"})
     assert defaults.limits == WorkLimits()
-    assert (defaults.render.timeout, defaults.render.max_bytes) == (5.0, 8 << 20)
+    assert (defaults.proxies.render.timeout, defaults.proxies.render.max_bytes) == (5.0, 8 << 20)
     environ = {
         "FLEETOP_PATH": "/bin/sh",
         "FLEETOP_BATCH_SIZE": "7",
@@ -75,9 +74,9 @@ def test_settings_from_flags_and_environment() -> None:
         "FLEETOP_RENDER_TIMEOUT": "2.5",
     }
     flags = {"max_instances_per_service": 3, "render_max_bytes": 65536}
-    config = RunConfig.from_flags(flags, environ)
+    config = OperatorSettings.from_flags(flags, environ)
     assert config.limits == WorkLimits(batch_size=7, max_instances_per_service=3, max_instances=99)
-    assert (config.render.timeout, config.render.max_bytes) == (2.5, 65536)
+    assert (config.proxies.render.timeout, config.proxies.render.max_bytes) == (2.5, 65536)
 
 
 @pytest.mark.parametrize(
@@ -92,4 +91,4 @@ def test_settings_from_flags_and_environment() -> None:
 )
 def test_bad_settings_are_refused(flags: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_flags(flags, {"FLEETOP_PATH": "/bin/sh"})
+        OperatorSettings.from_flags(flags, {"FLEETOP_PATH": "/bin/sh"})

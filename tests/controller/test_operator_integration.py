@@ -14,8 +14,9 @@ import pytest
 from ophelpers import Node, Operator, owned_mains, running, running_mains, spec, status_of
 
 from fleetop.config import EtcdSettings
+from fleetop.controller.operator import run_operator
 from fleetop.controller.runtime.leader import LeaderTimings
-from fleetop.controller.runtime.run import RunConfig, run_operator
+from fleetop.controller.runtime.settings import FleetSettings, MetricsSettings, OperatorSettings
 from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
@@ -203,11 +204,11 @@ async def test_run_operator_in_process_serves_health_and_resigns_on_cancel(
 ) -> None:
     prefix = f"{PREFIX}-inproc"
     port = free_port()
-    config = RunConfig(
+    config = OperatorSettings(
         etcd=EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=prefix),
-        fleet_endpoint=node.endpoint,
+        fleet=FleetSettings(endpoint=node.endpoint),
         leader=LeaderTimings(3.0, 2.0, 0.5),
-        metrics_address=f"127.0.0.1:{port}",
+        metrics=MetricsSettings(f"127.0.0.1:{port}"),
         identity="in-process",
     )
     task = asyncio.create_task(run_operator(config, handle_signals=False))

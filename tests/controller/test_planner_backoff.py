@@ -418,14 +418,14 @@ def test_auto_rollback_is_in_the_spec_schema() -> None:
 
 
 def test_the_operator_setting_scales_the_back_off() -> None:
-    from fleetop.controller.runtime.run import RunConfig
+    from fleetop.controller.runtime.settings import OperatorSettings
     from fleetop.errors import ConfigError
 
-    assert RunConfig.from_flags({}, {}).restart_backoff == 10.0
-    assert RunConfig.from_flags({}, {"FLEETOP_RESTART_BACKOFF": "2s"}).restart_backoff == 2.0
-    assert (
-        RunConfig.from_flags({"restart_backoff": 0.5}, {"FLEETOP_RESTART_BACKOFF": "2"}).restart_backoff
-        == 0.5
-    )
-    with pytest.raises(ConfigError, match="--restart-backoff"):
-        RunConfig.from_flags({}, {"FLEETOP_RESTART_BACKOFF": "soon"})
+    assert OperatorSettings.from_flags({}, {}).workers.restart_backoff == 10.0
+    assert OperatorSettings.from_flags({}, {"FLEETOP_RESTART_BACKOFF": "2s"}).workers.restart_backoff == 2.0
+    flag_wins = OperatorSettings.from_flags({"restart_backoff": 0.5}, {"FLEETOP_RESTART_BACKOFF": "2"})
+    assert flag_wins.workers.restart_backoff == 0.5
+    with pytest.raises(ConfigError, match="FLEETOP_RESTART_BACKOFF: 'soon' is not a number of seconds"):
+        OperatorSettings.from_flags({}, {"FLEETOP_RESTART_BACKOFF": "soon"})
+    with pytest.raises(ConfigError, match="--restart-backoff: 'soon' is not a number of seconds"):
+        OperatorSettings.from_flags({"restart_backoff": "soon"}, {})

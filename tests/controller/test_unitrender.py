@@ -18,12 +18,12 @@ from fleetop.controller.services.unitrender import (
 )
 from fleetop.controller.unitfile import (
     DEFAULT_FLEETOP,
-    RenderError,
     UnitSettings,
     environment_assignment,
     systemd_quote,
     template_hash,
 )
+from fleetop.errors import RenderError
 from fleetop.fleet.ownership import OWNER_SECTION, Owner, owned_by
 from fleetop.fleet.units import (
     UnitOption,

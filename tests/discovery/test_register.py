@@ -18,11 +18,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from fleetop.config import settings_from
+from fleetop.config import etcd_flags, settings_from
+from fleetop.discovery import sidekick
 from fleetop.discovery.checks import HealthCheck
-from fleetop.discovery.cli import app, etcd_flags
 from fleetop.discovery.register import RegisterConfig, run_register
 from fleetop.errors import InputError
 from fleetop.etcd.client import Etcd
@@ -293,13 +292,13 @@ def test_config_refuses_bad_input() -> None:
     ],
 )
 async def test_bad_address_exits_2_and_writes_nothing(
-    address: str, etcd_server: EtcdServer, etcd_prefix: str, etcd: Etcd
+    address: str, etcd_server: EtcdServer, etcd_prefix: str, etcd: Etcd, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--service", "web", "--instance", "8001", "--address", address,
             "--endpoints", etcd_server.endpoint, "--root", etcd_prefix]  # fmt: skip
-    result = await asyncio.to_thread(CliRunner().invoke, app, args)
-    assert result.exit_code == 2, result.output
-    assert "--address" in result.output
+    code = await asyncio.to_thread(sidekick.main, args, over_grpc=True)
+    assert code == 2
+    assert "--address" in capsys.readouterr().err
     items, _ = await etcd.list("/")
     assert items == []
 

@@ -48,7 +48,7 @@ def marker_processes(marker: str) -> dict[int, str]:
 
 
 class NodeProcess:
-    """A ``python -m fleetop.node.server`` child. Only this process and the unit processes it started
+    """A ``python -m fleetop.node.cli`` child. Only this process and the unit processes it started
     (found by the test's unique marker) are ever signalled, by PID."""
 
     def __init__(self, state_dir: Path, marker: str) -> None:
@@ -61,7 +61,7 @@ class NodeProcess:
         args = [
             sys.executable,
             "-m",
-            "fleetop.node.server",
+            "fleetop.node.cli",
             "--machines",
             "3",
             "--state-dir",

@@ -1,4 +1,4 @@
-"""Registration values: what is an address and what is refused (and why)."""
+"""Registration keys and values: what is an address and what is refused (and why)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from fleetop.discovery.addresses import (
     parse_registrations,
     parse_value,
     preview,
+    registration_key,
+    registrations_under,
 )
+from fleetop.errors import InputError
+from fleetop.keys import child
 
 VALID = [
     # article 001: etcdctl set /test/apache-8001 ${COREOS_PRIVATE_IPV4}:%i
@@ -170,3 +174,51 @@ def test_parse_value_accepts_str_and_preview_escapes() -> None:
     assert parse_value("10.0.0.1:80") == ("10.0.0.1", 80)
     assert preview("a\nb") == "a\\nb"
     assert preview("x" * 100).endswith("...")
+
+
+def test_registrations_under_a_prefix_are_its_direct_keys() -> None:
+    items = [
+        ("/services/web/8001", b"10.0.0.1:8001"),
+        ("/services/web/8002", b"junk"),
+        ("/services/web/a/b", b"10.0.0.1:80"),  # deeper: no instance
+        ("/services/web/", b"10.0.0.1:80"),  # the prefix itself
+        ("/services/webx/1", b"10.0.0.1:80"),  # another service
+    ]
+    found = list(registrations_under("/services/web/", items))
+    assert [(instance, type(parsed).__name__) for instance, parsed in found] == [
+        ("8001", "Registration"),
+        ("8002", "InvalidRegistration"),
+    ]
+    assert found[0][1] == Registration("/services/web/8001", "10.0.0.1", 8001)
+
+
+@pytest.mark.parametrize(
+    ("key", "prefix", "expected"),
+    [("/a/b", "/a/", "b"), ("/a/b/c", "/a/", None), ("/a/", "/a/", None), ("/ab", "/a/", None)],
+)
+def test_child_is_the_one_segment_under_a_prefix(key: str, prefix: str, expected: str | None) -> None:
+    assert child(key, prefix) == expected
+
+
+def test_registration_key() -> None:
+    assert registration_key("web", "8001") == "/services/web/8001"
+    assert registration_key("web", "8001", "/team/web/") == "/team/web/8001"
+
+
+@pytest.mark.parametrize(
+    ("service", "instance", "prefix", "flag"),
+    [
+        ("Web", "8001", None, "--service"),
+        ("web", "-1", None, "--instance"),
+        ("web", "a/b", None, "--instance"),
+        ("web", "8001", "services/web", "--prefix"),
+        ("web", "8001", "/services/../x", "--prefix"),
+        ("web", "8001", "/services/web\n", "--prefix"),
+    ],
+)
+def test_registration_key_names_the_flag_at_fault(
+    service: str, instance: str, prefix: str | None, flag: str
+) -> None:
+    with pytest.raises(InputError) as info:
+        registration_key(service, instance, prefix)
+    assert info.value.where == flag

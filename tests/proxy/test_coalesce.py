@@ -1,12 +1,10 @@
-"""Quiescence (wait {min, max}) with a fake clock, the hash gate, and the asyncio Debouncer."""
+"""Quiescence (wait {min, max}) with a fake clock."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from fleetop.proxy.coalesce import Debouncer, HashGate, Quiescence
+from fleetop.proxy.coalesce import Quiescence
 
 
 def test_a_change_after_quiet_renders_at_once() -> None:
@@ -66,66 +64,6 @@ def test_zero_wait_renders_every_change_at_once() -> None:
 def test_invalid_wait_is_refused() -> None:
     with pytest.raises(ValueError):
         Quiescence(min=2.0, max=1.0)
-
-
-def test_hash_gate_publishes_only_changes() -> None:
-    gate = HashGate()
-    assert gate.is_new("a")
-    gate.mark("a")
-    assert not gate.is_new("a") and gate.is_new("b")
-    assert not HashGate("x").is_new("x")
-
-
-async def test_debouncer_coalesces_a_burst_and_the_last_call_sees_the_final_state() -> None:
-    state = {"value": 0}
-    seen: list[int] = []
-
-    async def callback() -> None:
-        seen.append(state["value"])
-        await asyncio.sleep(0.01)  # a render + publish takes a moment
-
-    debouncer = Debouncer(callback, min_wait=0.05, max_wait=0.2)
-    task = asyncio.create_task(debouncer.run())
-    try:
-        for i in range(1, 501):  # 500 changes over ~0.4 s
-            state["value"] = i
-            debouncer.trigger()
-            if i % 25 == 0:
-                await asyncio.sleep(0.02)
-        while debouncer.pending or not seen or seen[-1] != 500:
-            await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    print(f"\n500 triggers → {len(seen)} calls: {seen}")
-    # leading edge: the first call ran at the first chance (the first pause after 25 changes),
-    # without waiting for min
-    assert seen[0] == 25
-    assert seen[-1] == 500
-    assert 2 <= len(seen) <= 20
-    assert seen == sorted(seen)
-
-
-async def test_debouncer_retries_a_failed_callback() -> None:
-    calls = 0
-    done = asyncio.Event()
-
-    async def flaky() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RuntimeError("etcd is down")
-        done.set()
-
-    debouncer = Debouncer(flaky, min_wait=0.0, max_wait=0.0, retry_delay=0.01)
-    task = asyncio.create_task(debouncer.run())
-    try:
-        debouncer.trigger()
-        await asyncio.wait_for(done.wait(), 5)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    assert calls == 2
 
 
 def test_a_burst_seen_by_slow_passes_renders_once_then_at_its_end() -> None:

@@ -10,8 +10,9 @@ import pytest
 from test_render import CASES, GOLDEN_RUNTIME, regs
 
 from fleetop.discovery.addresses import Registration
+from fleetop.errors import RenderError
 from fleetop.models import ProxySpec
-from fleetop.proxy.render import FragmentRenderer, RenderError, RenderPaths, block_names, render
+from fleetop.proxy.render import FragmentRenderer, RenderPaths, block_names, render
 
 PATHS = RenderPaths(GOLDEN_RUNTIME)
 KINDS = ("nginx", "haproxy")

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from fleetop.discovery.addresses import Registration
-from fleetop.errors import TemporaryError
+from fleetop.errors import RenderError, TemporaryError
 from fleetop.models import ProxySpec
-from fleetop.proxy.render import RenderError, RenderPaths, render
+from fleetop.proxy.render import RenderPaths, render
 from fleetop.proxy.sandbox import RenderLimits, RenderPool, render_limited
 
 PATHS = RenderPaths("/var/lib/fleetop/proxies/edge")

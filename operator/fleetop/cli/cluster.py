@@ -2,6 +2,9 @@
 
 The formatting is pure (``statusview.py``); this module does the I/O. A part that cannot be reached is
 shown as unreachable with the reason — the status screen is most needed exactly when something is down.
+``status`` reads etcd through :func:`open_reader` (no grpc) and fleet over the standard library
+(the fleet client's ``plain`` sessions: no httpx); the fleet client and the gRPC client (``events
+--follow`` watches) are imported by the functions that use them.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ import asyncio
 import contextlib
 import json
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleetop.cli.common import CliContext, cli_context, echo, open_store, run
+from fleetop.cli.common import CliContext, cli_context, echo, open_reader, open_store, run
 from fleetop.cli.output import format_event_line, format_events
 from fleetop.cli.statusview import (
     Health,
@@ -27,13 +30,13 @@ from fleetop.cli.statusview import (
 )
 from fleetop.config import fleet_endpoints_from
 from fleetop.errors import FleetopError
-from fleetop.etcd.client import Events, Snapshot
-from fleetop.fleet.client import FleetClient, RetryPolicy
-from fleetop.fleet.model import Machine, Unit, UnitState
-from fleetop.http import Timeouts
 from fleetop.models import Event
 from fleetop.models.observed import OperatorObservation
-from fleetop.store import Store
+
+if TYPE_CHECKING:
+    from fleetop.etcd.model import Events, Snapshot
+    from fleetop.fleet.model import Machine, Unit, UnitState
+    from fleetop.store import StoreReader
 
 
 def fleet_endpoint(flag: str | None) -> str:
@@ -44,7 +47,10 @@ def fleet_endpoint(flag: str | None) -> str:
 async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit], list[UnitState]]:
     """One look at fleet, failing over between the endpoints (each tried once, sequentially, so the
     client stays on the one that answered)."""
-    fleet = FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0))
+    from fleetop.fleet.client import FleetClient, RetryPolicy
+    from fleetop.http import Timeouts
+
+    fleet = FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0), plain=True)
     async with fleet:
         try:
             machines = await fleet.list_machines()
@@ -55,7 +61,7 @@ async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit]
     return Health(endpoint, True, detail), machines, units, states
 
 
-async def gather_etcd(store: Store, report: Report) -> None:
+async def gather_etcd(store: StoreReader, report: Report) -> None:
     leader = await store.etcd.get(store.keys.leader())
     if leader is not None:
         try:
@@ -78,7 +84,7 @@ async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
     fleet_task = asyncio.create_task(gather_fleet(endpoint))
     report = Report(now_utc(), Health(",".join(settings.endpoints), True), Health(endpoint, False))
     try:
-        async with open_store(cli) as store:
+        async with open_reader(cli) as store:
             await gather_etcd(store, report)
     except FleetopError as exc:
         report.etcd = Health(",".join(settings.endpoints), False, str(exc))
@@ -131,7 +137,9 @@ def _watch(cli: CliContext, fleet_flag: str | None, render: Any, interval: float
 
 
 async def fleet_listing(fleet_flag: str | None) -> tuple[list[Machine], list[Unit], list[UnitState]]:
-    async with FleetClient(fleet_endpoint(fleet_flag)) as fleet:
+    from fleetop.fleet.client import FleetClient
+
+    async with FleetClient(fleet_endpoint(fleet_flag), plain=True) as fleet:
         machines, units, states = await asyncio.gather(
             fleet.list_machines(), fleet.list_units(), fleet.list_states()
         )
@@ -170,6 +178,8 @@ def events(
 
 def _new_events(update: Snapshot | Events) -> list[Event]:
     """Events in a list-watch update, oldest first; values that do not parse are skipped."""
+    from fleetop.etcd.model import Snapshot
+
     values = (
         [kv.value for kv in update.items]
         if isinstance(update, Snapshot)

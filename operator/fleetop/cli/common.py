@@ -1,6 +1,8 @@
 """What every CLI command shares: the etcd connection options, running a coroutine, and turning the
 error tree into a message and an exit code (kubectl's: 1 for errors). The etcd client is imported
-when a command opens the store, not with this module (every command imports it)."""
+when a command opens the store, not with this module (every command imports it); the verbs that only
+read (``get``, ``describe``, ``diff``, ``status``) open :func:`open_reader`, which reads through etcd's
+HTTP/JSON gateway and imports no grpc."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from fleetop.errors import (
 )
 
 if TYPE_CHECKING:
-    from fleetop.store import Store
+    from fleetop.store import Store, StoreReader
 
 T = TypeVar("T")
 
@@ -54,6 +56,27 @@ async def open_store(cli: CliContext) -> AsyncIterator[Store]:
 
     async with await Etcd.connect(cli.settings()) as etcd:
         yield Store(etcd, Keys())
+
+
+@asynccontextmanager
+async def open_reader(cli: CliContext) -> AsyncIterator[StoreReader]:
+    """A store that only reads, through etcd's HTTP/JSON gateway (:mod:`fleetop.etcd.readonly`): same
+    answers and errors as :func:`open_store`, without importing grpc. etcd's gateway refuses a client
+    certificate with a CommonName; with one, it reads through the gRPC client instead."""
+    from fleetop.etcd.gateway import GatewayRefusesCommonName
+    from fleetop.etcd.readonly import ReadOnlyEtcd
+    from fleetop.keys import Keys
+    from fleetop.store import StoreReader
+
+    settings = cli.settings()
+    try:
+        reads = await ReadOnlyEtcd.connect(settings)
+    except GatewayRefusesCommonName:
+        async with open_store(cli) as store:
+            yield store
+        return
+    async with reads:
+        yield StoreReader(reads, Keys())
 
 
 def error_text(exc: FleetopError) -> str:

@@ -26,8 +26,8 @@ import yaml
 
 from fleetop.config import parse_fleet_endpoints
 from fleetop.controller.unitfile import program_path_problem
-from fleetop.errors import InputError
-from fleetop.proxy.render import RenderError, RenderPaths
+from fleetop.errors import InputError, RenderError
+from fleetop.proxy.render import RenderPaths
 
 MANIFESTS_DIR = Path(__file__).resolve().parents[3] / "manifests"
 

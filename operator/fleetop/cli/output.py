@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -36,6 +35,8 @@ def render_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, width
 
 
 def to_yaml(data: Any) -> str:
+    import yaml  # only the YAML outputs and ``describe`` pay for it
+
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 

@@ -1,24 +1,27 @@
-"""The declarative verbs: apply, get, describe, delete, scale, patch, diff, schema."""
+"""The declarative verbs: apply, get, describe, delete, scale, patch, diff, schema.
+
+What only some of them use (reading documents, patches, waiting, the schemas) is imported by those, so
+``get`` and ``describe`` do not pay for it; they and ``diff`` read through :func:`open_reader`.
+"""
 
 from __future__ import annotations
 
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
-from fleetop.cli.common import cli_context, echo, open_store, run
-from fleetop.cli.documents import Document, load_documents
+from fleetop.cli.common import cli_context, echo, open_reader, open_store, run
 from fleetop.cli.output import OutputFormat, format_describe, format_diff, format_get, spec_yaml
-from fleetop.cli.patching import PatchType, apply_patch
-from fleetop.cli.wait import wait_for
 from fleetop.errors import Conflict, InputError, NotFound, SpecInvalid
 from fleetop.models.parse import encode_document, encode_spec, spec_document
-from fleetop.schemas import schema_documents, write_schemas
 from fleetop.store import KIND_NAMES, Entry, Kind, Store, parse_stored
+
+if TYPE_CHECKING:
+    from fleetop.cli.documents import Document
+    from fleetop.cli.patching import PatchType
 
 RESOURCE_ALIASES: dict[str, Kind] = {
     "service": "services",
@@ -115,12 +118,18 @@ def apply(
                 echo(text)
                 targets.append((document.kind, document.name, revision))
             if wait and not dry_run:
+                from rich.console import Console
+
+                from fleetop.cli.wait import wait_for
+
                 await wait_for(store, targets, timeout, Console(stderr=True))
 
     run(body)
 
 
 def run_load(filename: str, *, error_code: int = 1) -> list[Document]:
+    from fleetop.cli.documents import load_documents
+
     async def load() -> list[Document]:
         return load_documents(filename)
 
@@ -154,7 +163,7 @@ def get(
     kind = run_kind(resource)
 
     async def body() -> str:
-        async with open_store(cli) as store:
+        async with open_reader(cli) as store:
             if name is not None:
                 entries = [await store.require(kind, name)]
                 status = await store.status(kind, name)
@@ -185,7 +194,7 @@ def describe(
     kind = run_kind(resource)
 
     async def body() -> str:
-        async with open_store(cli) as store:
+        async with open_reader(cli) as store:
             entry = await store.require(kind, name)
             status = await store.status(kind, name)
             # this spec's own events, not those of an earlier, deleted one of the same name
@@ -268,6 +277,8 @@ def patch(
     patch_type: Annotated[PatchKind, typer.Option("--type")] = PatchKind.merge,
 ) -> None:
     """Patch a stored spec: --type merge (RFC 7386) or --type json (RFC 6902)."""
+    from fleetop.cli.patching import apply_patch
+
     cli = cli_context(ctx)
     kind = run_kind(resource)
     ptype: PatchType = patch_type.value
@@ -291,7 +302,7 @@ def diff(
 
     async def body() -> bool:
         changed = False
-        async with open_store(cli) as store:
+        async with open_reader(cli) as store:
             for document in documents:
                 current = await store.get(document.kind, document.name)
                 key = store.keys.desired(document.kind, document.name)
@@ -310,6 +321,8 @@ def schema(
     directory: Annotated[Path, typer.Option("--dir", help="where to write")] = Path("crds"),
 ) -> None:
     """Print the JSON Schemas of the specs and status, or write them to crds/."""
+    from fleetop.schemas import schema_documents, write_schemas
+
     if write:
         for path in write_schemas(directory):
             echo(f"wrote {path}\n")

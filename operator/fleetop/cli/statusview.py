@@ -22,6 +22,7 @@ from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.models import ProxyStatus, ServiceStatus
 from fleetop.models.observed import OperatorObservation
 from fleetop.store import Entry, StatusEntry
+from fleetop.timefmt import parse_rfc3339
 
 
 @dataclass
@@ -58,7 +59,7 @@ STALE_HEARTBEATS = 3
 
 def _parse_time(text: str) -> datetime | None:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+        return parse_rfc3339(text) if text else None
     except ValueError:
         return None
 
@@ -120,7 +121,7 @@ def age(since: str, now: datetime) -> str:
     if not since:
         return "-"
     try:
-        then = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        then = parse_rfc3339(since)
     except ValueError:
         return "-"
     seconds = max(0, int((now - then).total_seconds()))

@@ -1,5 +1,7 @@
 """``fleetop run``: the operator as a command. The main CLI mounts it with
 ``app.command("run")(run_command)``; ``python -m fleetop.controller.cli`` runs it on its own.
+The flags are parsed into :class:`~fleetop.controller.runtime.settings.OperatorSettings` and the
+operator runs as :func:`fleetop.controller.operator.run_operator` wires it.
 
 Connection flags may come before the verb (``fleetop --endpoints ... run``, the main CLI's global
 options) or after it (``fleetop run --endpoints ...``); the latter win. Every flag has an environment
@@ -15,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetop.config import inherited_flags
 from fleetop.errors import FleetopError
 
 FLAGS = "Operator"
@@ -139,9 +142,11 @@ def run_command(
     ] = None,
 ) -> None:
     """Run the operator: watch desired state in etcd and keep fleet there (leader-elected)."""
-    from fleetop.controller.runtime.run import RunConfig, run_operator, setup_logging
+    from fleetop.controller.operator import run_operator
+    from fleetop.controller.runtime.run import setup_logging
+    from fleetop.controller.runtime.settings import OperatorSettings
 
-    flags: dict[str, Any] = dict(_root_flags(ctx))
+    flags: dict[str, Any] = inherited_flags(ctx.find_root().obj)
     given = {
         "endpoints": endpoints,
         "prefix": prefix,
@@ -169,25 +174,18 @@ def run_command(
     }
     flags.update({k: v for k, v in given.items() if v is not None})
     try:
-        config = RunConfig.from_flags(flags, os.environ)
+        settings = OperatorSettings.from_flags(flags, os.environ)
     except FleetopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    setup_logging(config.log_format, config.log_level)
+    setup_logging(settings.logging.format, settings.logging.level)
     try:
-        asyncio.run(run_operator(config))
+        asyncio.run(run_operator(settings))
     except FleetopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-
-
-def _root_flags(ctx: typer.Context) -> dict[str, Any]:
-    """The main CLI's global connection flags, when mounted under it."""
-    obj = ctx.find_root().obj
-    flags = getattr(obj, "flags", None)
-    return dict(flags) if isinstance(flags, dict) else {}
 
 
 def main() -> None:

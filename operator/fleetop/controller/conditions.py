@@ -5,24 +5,22 @@ happened, so the planner remembers when progress was last made (:class:`Progress
 condition last changed status (:class:`Transition`). ``lastTransitionTime`` moves only when a
 condition's status changes, so a converged service gets a byte-identical status on every pass and
 the executor has nothing to write.
+
+Both kinds' statuses list their units the same way (:func:`unit_status`: fleet's view and systemd's
+states), so that row is here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal
 
-from fleetop.controller.world import Progress, Transition
-from fleetop.models.status import Condition, ConditionType
+from fleetop.controller.world import ObservedState, ObservedUnit, Progress, Transition
+from fleetop.models.status import Condition, ConditionType, UnitStatus
+from fleetop.timefmt import rfc3339
 
 Status = Literal["True", "False", "Unknown"]
-
-
-def rfc3339(now: float) -> str:
-    """``2024-05-01T12:00:00Z`` from a UNIX time (seconds; the fraction is dropped)."""
-    return datetime.fromtimestamp(int(now), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,3 +230,28 @@ def unknown_conditions(
                 )
             )
     return result
+
+
+def unit_status(
+    unit: ObservedUnit,
+    state: ObservedState | None,
+    role: str,
+    instance: str,
+    template: str,
+    *,
+    ready: bool = False,
+) -> UnitStatus:
+    """A unit as status reports it: fleet's view and systemd's states."""
+    return UnitStatus(
+        name=unit.name,
+        role=role,
+        instance=instance,
+        machine=unit.machine_id,
+        desired_state=unit.desired_state,
+        current_state=unit.current_state,
+        load_state=state.load_state if state else None,
+        active_state=state.active_state if state else None,
+        sub_state=state.sub_state if state else None,
+        template=template,
+        ready=ready,
+    )

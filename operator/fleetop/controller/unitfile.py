@@ -32,9 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from fleetop.errors import RenderError
 from fleetop.fleet.ownership import OWNER_SECTION, owner_options
 from fleetop.fleet.units import UnitOption, check_option_values, regroup, serialize
-from fleetop.models.service import Placement
+from fleetop.models.service import Placement, ServiceSpec
 
 INSTANCE_SPECIFIER = "%i"
 TEMPLATE_LENGTH = 12
@@ -49,10 +50,6 @@ _PROGRAM_PATH = _BARE_ARG - {"%", ":", "=", ","}
 """Characters of a program path written bare as the first word of ``ExecStart``: nothing systemd
 would split on, unquote, or expand (``%`` specifiers, ``$`` variables)."""
 PROGRAM_PATH_MAX = 4095
-
-
-class RenderError(ValueError):
-    """A spec that cannot be written as a unit file (a line too long, a forbidden character)."""
 
 
 def program_path_problem(path: str) -> str | None:
@@ -181,3 +178,9 @@ def finish_unit(body: list[UnitOption], service: str, role: str, template: str) 
     except ValueError as exc:
         raise RenderError(str(exc)) from exc
     return options
+
+
+def needs_sidekick(spec: ServiceSpec) -> bool:
+    """Whether ``spec``'s instances register through fleetop's sidekick: the service gets a discovery
+    unit per instance, and a proxy routing to it keeps only the instances fleet holds as launched."""
+    return spec.discovery.sidekick

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fleetop.backoff import exponential
 from fleetop.fleet.ownership import PROXY_ROLES, Owner, owned_by
 from fleetop.fleet.units import UnitOption
 from fleetop.models.service import ServiceSpec
@@ -199,7 +200,7 @@ class BackoffPolicy:
         return cls(base, base * 30, base * 60)
 
     def delay(self, restarts: int) -> float:
-        return float(min(self.cap, self.base * 2 ** min(restarts, 30)))
+        return exponential(restarts, initial=self.base, cap=self.cap)
 
 
 RestartPhase = Literal["failed", "destroyed", "created"]

@@ -1,4 +1,4 @@
-"""Strict parsing of service registrations: the values under ``/services/<service>/<id>``.
+"""Strict parsing of service registrations: the keys ``/services/<service>/<id>`` and their values.
 
 Anything may write those keys: fleetop's sidekick, a shell ``etcdctl set`` in a unit file
 (articles 001-003: ``"10.0.0.5:8001"``), registrator (article 004: key ``<host>:<container>:<port>``,
@@ -19,10 +19,11 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from fleetop.errors import InputError
+from fleetop.keys import Keys, child, is_key_path, is_name
 
 MAX_VALUE_BYTES = 1024
 MAX_HOSTNAME = 253
@@ -32,6 +33,7 @@ _PORT_RE = re.compile(r"[0-9]{1,5}")
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _ALL_DIGITS_RE = re.compile(r"[0-9]+")
 _IPV4_SHAPE_RE = re.compile(r"[0-9.]+")
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 
 
 class AddressError(ValueError):
@@ -206,6 +208,35 @@ def parse_registration(key: str, value: bytes | str) -> Registration | InvalidRe
     except AddressError as exc:
         return InvalidRegistration(key=key, value_preview=preview(value), reason=str(exc))
     return Registration(key=key, host=host, port=port)
+
+
+def registrations_under(
+    prefix: str, items: Iterable[tuple[str, bytes]]
+) -> Iterator[tuple[str, Registration | InvalidRegistration]]:
+    """``(instance, parsed)`` for each key directly under ``prefix`` (a registration prefix ending in
+    ``/``), in the order given. A key elsewhere or deeper (``/services/web/a/b``) is no instance and is
+    passed over."""
+    for key, value in items:
+        instance = child(key, prefix)
+        if instance is not None:
+            yield instance, parse_registration(key, value)
+
+
+def registration_key(service: str, instance: str, prefix: str | None = None) -> str:
+    """The key ``fleetop register`` keeps: ``<prefix>/<instance>``, ``prefix`` being
+    ``/services/<service>`` unless given. :class:`InputError` names the flag at fault."""
+    if not is_name(service):
+        raise InputError(
+            f"service {service!r} must be 1-63 lowercase letters, digits or '-', starting and ending"
+            " with a letter or digit",
+            where="--service",
+        )
+    if not _INSTANCE_RE.fullmatch(instance):
+        raise InputError(f"{instance!r} must be letters, digits, '.', '_' or '-'", where="--instance")
+    if prefix is not None and not is_key_path(prefix):
+        raise InputError(f"{prefix!r} must be a key path like /services/{service}", where="--prefix")
+    keys = Keys()
+    return (keys.registrations(prefix) if prefix else keys.default_registrations(service)) + instance
 
 
 def parse_registrations(

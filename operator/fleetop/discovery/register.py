@@ -21,15 +21,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 
-from fleetop.discovery.addresses import parse_address
+from fleetop.backoff import exponential
+from fleetop.discovery.addresses import parse_address, registration_key
 from fleetop.discovery.checks import CheckResult, HealthCheck, host_port_text
 from fleetop.errors import FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd.client import Compare, Etcd, LeaseKeeper, Op
-from fleetop.keys import Keys
-from fleetop.models.base import check_name
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +37,6 @@ ETCD_RETRY = 1.0
 """Seconds between attempts to register while etcd is unreachable."""
 CLEANUP_TIMEOUT = 3.0
 """How long stopping may spend deleting the key and revoking the lease before leaving them to the TTL."""
-
-_INSTANCE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-_KEY_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,21 +74,12 @@ class RegisterConfig:
     ) -> RegisterConfig:
         """Validate the flags; raise :class:`InputError` naming the flag at fault."""
         host, port = parse_address(address)
-        try:
-            check_name(service, "service")
-        except ValueError as exc:
-            raise InputError(str(exc), where="--service") from None
-        if not _INSTANCE.fullmatch(instance):
-            raise InputError(f"{instance!r} must be letters, digits, '.', '_' or '-'", where="--instance")
-        if prefix is not None and (not _KEY_PATH.fullmatch(prefix.rstrip("/")) or ".." in prefix.split("/")):
-            raise InputError(f"{prefix!r} must be a key path like /services/{service}", where="--prefix")
+        key = registration_key(service, instance, prefix)
         if not interval > 0:
             raise InputError("the check interval must be positive", where="--interval")
         if ttl < 1:
             raise InputError("the TTL must be at least 1s", where="--ttl")
-        keys = Keys()
-        base = keys.registrations(prefix) if prefix else keys.default_registrations(service)
-        return cls(base + instance, host, port, check or HealthCheck(), interval, math.ceil(ttl))
+        return cls(key, host, port, check or HealthCheck(), interval, math.ceil(ttl))
 
     def describe(self) -> str:
         check = self.check.describe()
@@ -258,14 +244,14 @@ async def run_register(etcd: Etcd, config: RegisterConfig, *, stop: asyncio.Even
             else:
                 failures += 1
                 await registration.withdraw()
-                delay = config.fast_retry if not ever_healthy else _backoff(config, failures)
+                delay = (
+                    exponential(failures - 1, initial=config.fast_retry, cap=config.interval)
+                    if ever_healthy
+                    else config.fast_retry
+                )
             await _sleep(delay, stop, registration.lost)
     finally:
         await _final_withdraw(registration)
-
-
-def _backoff(config: RegisterConfig, failures: int) -> float:
-    return min(config.interval, config.fast_retry * 2.0 ** min(failures - 1, 20))
 
 
 async def _final_withdraw(registration: Registrar) -> None:

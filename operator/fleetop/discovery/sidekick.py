@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import select
 import shlex
 import signal
@@ -34,11 +33,12 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, NamedTuple
 
+from fleetop.backoff import exponential
 from fleetop.config import EtcdSettings, etcd_flags, settings_from
-from fleetop.discovery.addresses import parse_address
+from fleetop.discovery.addresses import parse_address, registration_key
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd.gateway import Gateway, GatewayRefusesCommonName
-from fleetop.keys import Keys, is_name
+from fleetop.timefmt import flag_seconds
 
 INFO, WARNING = 20, 30
 
@@ -80,13 +80,6 @@ ETCD_RETRY = 1.0
 CLEANUP_TIMEOUT = 1.5
 """Per request while stopping: past it the key is left to its lease."""
 _DETAIL_LIMIT = 300
-
-# The same rules as fleetop.discovery.register (instances, prefixes);
-# repeated here so that the sidekick does not import pydantic.
-_INSTANCE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-_KEY_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
 class Check(NamedTuple):
@@ -155,16 +148,6 @@ def parser(prog: str = "fleetop register") -> argparse.ArgumentParser:
     return p
 
 
-def _seconds(value: str, flag: str) -> float:
-    match = _DURATION.match(value)
-    if not match:
-        raise InputError(f"{value!r} is not a duration (examples: 10, '10s', '500ms', '1m')", where=flag)
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise InputError("must be positive", where=flag)
-    return seconds
-
-
 def _check(args: argparse.Namespace) -> Check:
     chosen = [
         name
@@ -177,7 +160,7 @@ def _check(args: argparse.Namespace) -> Check:
     ]
     if len(chosen) > 1:
         raise InputError(f"choose one check, not {' and '.join(chosen)}")
-    timeout = _seconds(args.timeout, "--timeout")
+    timeout = flag_seconds(args.timeout, "--timeout")
     if args.http is not None:
         path = args.http
         if not path.startswith("/") or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in path):
@@ -197,25 +180,13 @@ def _check(args: argparse.Namespace) -> Check:
 def build_config(args: argparse.Namespace) -> Config:
     """Validate the flags; :class:`InputError` names the one at fault. Nothing touches etcd before."""
     host, port = parse_address(args.address)
-    if not is_name(args.service):
-        raise InputError(
-            f"service {args.service!r} must be 1-63 lowercase letters, digits or '-', starting and ending"
-            " with a letter or digit",
-            where="--service",
-        )
-    if not _INSTANCE.fullmatch(args.instance):
-        raise InputError(f"{args.instance!r} must be letters, digits, '.', '_' or '-'", where="--instance")
-    prefix = args.prefix
-    if prefix is not None and (not _KEY_PATH.fullmatch(prefix.rstrip("/")) or ".." in prefix.split("/")):
-        raise InputError(f"{prefix!r} must be a key path like /services/{args.service}", where="--prefix")
+    key = registration_key(args.service, args.instance, args.prefix)
     check = _check(args)
-    interval = _seconds(args.interval, "--interval")
-    ttl = _seconds(args.ttl, "--ttl")
+    interval = flag_seconds(args.interval, "--interval")
+    ttl = flag_seconds(args.ttl, "--ttl")
     if ttl < 1:
         raise InputError("the TTL must be at least 1s", where="--ttl")
-    keys = Keys()
-    base = keys.registrations(prefix) if prefix else keys.default_registrations(args.service)
-    return Config(base + args.instance, host, port, check, interval, -int(-ttl // 1))
+    return Config(key, host, port, check, interval, -int(-ttl // 1))
 
 
 # -- checks --------------------------------------------------------------------------------------------
@@ -501,7 +472,11 @@ class Sidekick:
             else:
                 failures += 1
                 registrar.withdraw()
-                delay = self.fast_retry if not ever_healthy else self._backoff(failures)
+                delay = (
+                    exponential(failures - 1, initial=self.fast_retry, cap=self.config.interval)
+                    if ever_healthy
+                    else self.fast_retry
+                )
             self._sleep(delay)
 
     def _check_or_stop(self) -> CheckResult | None:
@@ -523,9 +498,6 @@ class Sidekick:
         if ready:
             os.read(self._wake_r, 4096)
 
-    def _backoff(self, failures: int) -> float:
-        return min(self.config.interval, self.fast_retry * 2.0 ** min(failures - 1, 20))
-
     def _final_withdraw(self, registrar: Registrar) -> None:
         """Deregister on the way out with short timeouts; the lease covers anything left."""
         quick = self.settings._replace(
@@ -545,7 +517,7 @@ class Sidekick:
             os.close(self._wake_w)
 
 
-def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
+def _serve_over_grpc(settings: EtcdSettings, config: Config, args: argparse.Namespace) -> None:
     """The same registration through :mod:`fleetop.discovery.register` (asyncio and the gRPC client):
     for a client certificate with a CommonName, which etcd's gateway refuses."""
     import asyncio
@@ -556,28 +528,23 @@ def _serve_over_grpc(settings: EtcdSettings, args: argparse.Namespace) -> None:
     from fleetop.discovery.register import RegisterConfig
 
     check = HealthCheck.from_flags(
-        http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=_seconds(args.timeout, "--timeout")
+        http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=config.check.timeout
     )
-    config = RegisterConfig.build(
-        service=args.service,
-        instance=args.instance,
-        address=args.address,
-        prefix=args.prefix,
-        check=check,
-        interval=_seconds(args.interval, "--interval"),
-        ttl=_seconds(args.ttl, "--ttl"),
-    )
+    registration = RegisterConfig(config.key, config.host, config.port, check, config.interval, config.ttl)
     logging.basicConfig(
         level=logging.WARNING if log.level >= WARNING else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(serve(settings, config))
+    asyncio.run(serve(settings, registration))
 
 
-def main(argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None = None, *, over_grpc: bool = False
+) -> int:
     """``fleetop register ...``: exit 2 on bad input (before anything touches etcd), 1 when etcd refuses
-    (permissions), 0 after a signal. ``inherited`` are the main CLI's flags given before the verb."""
+    (permissions), 0 after a signal. ``inherited`` are the main CLI's flags given before the verb;
+    ``over_grpc`` registers through the gRPC client from the start (``python -m fleetop.discovery.cli``)."""
     args = parser().parse_args(argv)
     try:
         config = build_config(args)
@@ -586,11 +553,14 @@ def main(argv: Sequence[str] | None = None, inherited: Mapping[str, Any] | None 
         print(f"fleetop register: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if over_grpc:
+            _serve_over_grpc(settings, config, args)
+            return 0
         try:
             Sidekick(settings, config).run()
         except GatewayRefusesCommonName as exc:
             log.warning("%s; registering through the gRPC client instead (about 60 MB more)", exc)
-            _serve_over_grpc(settings, args)
+            _serve_over_grpc(settings, config, args)
     except FleetopError as exc:
         print(f"fleetop register: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, InputError | ConfigError) else EXIT_FAILURE

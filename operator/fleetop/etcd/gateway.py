@@ -26,13 +26,13 @@ import threading
 from typing import Any, NamedTuple
 
 from fleetop.config import EtcdSettings
-from fleetop.errors import EtcdDenied, EtcdUnavailable, NotFound, PermanentError
+from fleetop.errors import Compacted, EtcdDenied, EtcdUnavailable, NotFound, PermanentError
 
 _MAX_RESPONSE = 64 << 20
 """A response larger than this is refused (etcd's own limit on a message is 4 MiB by default)."""
 
 # gRPC status codes that the gateway puts in its error bodies.
-_NOT_FOUND, _PERMISSION_DENIED, _UNAUTHENTICATED = 5, 7, 16
+_NOT_FOUND, _PERMISSION_DENIED, _OUT_OF_RANGE, _UNAUTHENTICATED = 5, 7, 11, 16
 _TEMPORARY = {1, 4, 8, 10, 13, 14}  # cancelled, deadline, exhausted, aborted, internal, unavailable
 
 
@@ -43,12 +43,23 @@ class GatewayRefusesCommonName(PermanentError):
 
 
 class KeyValue(NamedTuple):
-    """One key as the gateway returns it; ``key`` without the installation root."""
+    """One key as the gateway returns it; ``key`` without the installation root, decoded as UTF-8
+    with ``surrogateescape`` (as :mod:`fleetop.etcd.model` does, so any byte string survives)."""
 
     key: str
     value: bytes
     lease: int
     mod_revision: int
+    create_revision: int = 0
+    version: int = 0
+
+
+class Page(NamedTuple):
+    """One answer of :meth:`Gateway.range_page`: the keys, the store's revision, whether more follow."""
+
+    items: list[KeyValue]
+    revision: int
+    more: bool
 
 
 def _b64(data: str | bytes) -> str:
@@ -90,12 +101,36 @@ class Gateway:
 
     def range(self, key: str, *, prefix: bool = False, limit: int = 0) -> list[KeyValue]:
         """The key, or every key under ``key`` with ``prefix``, sorted by key."""
-        full = self.settings.key_of(key).encode()
-        body: dict[str, Any] = {"key": _b64(full), "limit": limit}
+        return self.range_page(key, prefix=prefix, limit=limit).items
+
+    def range_page(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        limit: int = 0,
+        revision: int = 0,
+        start: bytes | None = None,
+        keys_only: bool = False,
+    ) -> Page:
+        """One page of :meth:`range`: at most ``limit`` keys (0: all) at ``revision`` (0: the newest;
+        an older one that etcd compacted raises :class:`~fleetop.errors.Compacted`), from the full key
+        ``start`` on (with ``prefix``; a page's last key + ``\\0`` continues a listing)."""
+        full = self.settings.key_of(key).encode("utf-8", "surrogateescape")
+        if prefix and not full:
+            full = b"\0"  # every key (etcd's form for the whole keyspace)
+        body: dict[str, Any] = {"key": _b64(start if start is not None else full), "limit": limit}
         if prefix:
-            body["range_end"] = _b64(_prefix_end(full))
+            body["range_end"] = _b64(_prefix_end(full) if full != b"\0" else b"\0")
+        if revision:
+            body["revision"] = str(revision)
+        if keys_only:
+            body["keys_only"] = True
         reply = self.call("/v3/kv/range", body)
-        return [self._kv(item) for item in reply.get("kvs", [])]
+        items = [self._kv(item) for item in reply.get("kvs", [])]
+        header = reply.get("header")
+        current = int(header.get("revision", 0)) if isinstance(header, dict) else 0
+        return Page(items, current, bool(reply.get("more")))
 
     def put(self, key: str, value: str | bytes, *, lease: int = 0) -> None:
         body: dict[str, Any] = {"key": _b64(self.settings.key_of(key)), "value": _b64(value)}
@@ -163,9 +198,15 @@ class Gateway:
     def _authenticate(self) -> None:
         password = self.settings.password.get_secret_value() if self.settings.password else ""
         self._token = None
-        reply = self._call_failover(
-            "/v3/auth/authenticate", {"name": self.settings.user, "password": password}
-        )
+        try:
+            reply = self._call_failover(
+                "/v3/auth/authenticate", {"name": self.settings.user, "password": password}
+            )
+        except PermanentError as exc:
+            if "authentication is not enabled" not in str(exc):
+                raise
+            self._token = ""  # etcd has authentication off: go on without a token, as the gRPC client does
+            return
         self._token = str(reply["token"])
 
     def _call_failover(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -292,13 +333,15 @@ class Gateway:
                 raise ValueError("response too large")
 
     def _kv(self, item: dict[str, Any]) -> KeyValue:
-        key = base64.b64decode(item.get("key", "")).decode("utf-8", errors="replace")
+        key = base64.b64decode(item.get("key", "")).decode("utf-8", "surrogateescape")
         root = self.settings.prefix
         return KeyValue(
             key=key[len(root) :] if root and key.startswith(root) else key,
             value=base64.b64decode(item.get("value", "")),
             lease=int(item.get("lease", 0)),
             mod_revision=int(item.get("mod_revision", 0)),
+            create_revision=int(item.get("create_revision", 0)),
+            version=int(item.get("version", 0)),
         )
 
 
@@ -334,10 +377,12 @@ def _decode(status: int, data: bytes, endpoint: str) -> dict[str, Any]:
     message = str(error.get("message") or error.get("error") or f"HTTP {status}")
     if status == 400 and b"CommonName of client" in data:
         raise GatewayRefusesCommonName(f"{endpoint}: {data.decode(errors='replace').strip()}")
-    if code == _UNAUTHENTICATED or "invalid auth token" in message:
+    if code == _UNAUTHENTICATED or "invalid auth token" in message or "user name is empty" in message:
         raise _Unauthenticated(message)
     if code == _NOT_FOUND:
         raise NotFound(message)
+    if code == _OUT_OF_RANGE and "compacted" in message:
+        raise Compacted(0)  # a read at a compacted revision (the gateway does not say which one is left)
     if code == _PERMISSION_DENIED or "authentication failed" in message or "permission denied" in message:
         raise EtcdDenied(message)
     if code in _TEMPORARY or (status >= 500 and not code):

@@ -19,15 +19,23 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from fleetop.backoff import HALF_JITTER, Backoff
 from fleetop.errors import EtcdUnavailable, FleetopError
-from fleetop.etcd.model import Backoff
-
-if TYPE_CHECKING:
-    from fleetop.etcd.client import Etcd
 
 log = logging.getLogger(__name__)
+
+
+class Leases(Protocol):
+    """The lease calls a keeper makes (:class:`fleetop.etcd.client.Etcd` has them). Declared here, where
+    they are used, so that the client may build on this module without this module importing it."""
+
+    async def grant(self, ttl: int) -> int: ...
+
+    async def revoke(self, lease: int) -> None: ...
+
+    async def keepalive_once(self, lease: int) -> int: ...
 
 
 class LeaseKeeper:
@@ -41,7 +49,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        etcd: Etcd,
+        etcd: Leases,
         lease: int,
         ttl: int,
         *,
@@ -122,7 +130,7 @@ class LeaseKeeper:
     async def _renew_before_deadline(self) -> bool:
         """Renew; retry with backoff while etcd is down. False once the lease is not provably alive."""
         loop = asyncio.get_running_loop()
-        delays = Backoff(initial=0.1, cap=max(0.2, self.ttl / 6))
+        delays = Backoff(0.1, max(0.2, self.ttl / 6), jitter=HALF_JITTER)
         while True:
             sent = loop.time()
             usable = self._deadline - self.margin - sent
@@ -148,7 +156,7 @@ class LeaseKeeper:
     async def _recover(self) -> None:
         """Wait for etcd, keep the lease if it survived or grant a new one and re-register."""
         loop = asyncio.get_running_loop()
-        delays = Backoff(initial=0.2, cap=5.0)
+        delays = Backoff(0.2, 5.0, jitter=HALF_JITTER)
         registered = True
         while True:
             try:

@@ -8,7 +8,6 @@ so that any byte string survives the round trip.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -175,22 +174,3 @@ class OpResult:
 RECONNECT_CAP = 0.5
 """Seconds: the longest pause between two attempts to reach an unreachable etcd. An attempt costs one
 failed connection, and etcd's return is noticed within this."""
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to
-    ``cap``. ``reset()`` after a success so the next failure starts small again."""
-
-    def __init__(self, initial: float = 0.1, cap: float = 5.0, factor: float = 2.0) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.factor = factor
-        self._current = initial
-
-    def next(self) -> float:
-        delay = random.uniform(self._current / 2, self._current)
-        self._current = min(self.cap, self._current * self.factor)
-        return delay
-
-    def reset(self) -> None:
-        self._current = self.initial

@@ -23,19 +23,28 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from fleetop.backoff import HALF_JITTER, Backoff
 from fleetop.errors import Compacted, EtcdUnavailable
-from fleetop.etcd.model import RECONNECT_CAP, Backoff, Events, Snapshot, WatchBatch
-
-if TYPE_CHECKING:
-    from fleetop.etcd.client import Etcd
+from fleetop.etcd.model import RECONNECT_CAP, Events, KeyValue, Snapshot, WatchBatch
 
 log = logging.getLogger(__name__)
 
 
+class Watchable(Protocol):
+    """The two calls a watch is built from (:class:`fleetop.etcd.client.Etcd` has them). Declared here,
+    where they are used, so that the client may build on this module without this module importing it."""
+
+    def watch_stream(
+        self, prefix: str, start_revision: int, *, progress_notify: bool = False
+    ) -> AsyncGenerator[WatchBatch, None]: ...
+
+    async def list(self, prefix: str = "", *, page_size: int = 1000) -> tuple[list[KeyValue], int]: ...
+
+
 async def resume_watch(
-    etcd: Etcd,
+    etcd: Watchable,
     prefix: str,
     start_revision: int,
     *,
@@ -48,7 +57,7 @@ async def resume_watch(
     next is gone) and EtcdDenied; every EtcdUnavailable is retried.
     """
     next_revision = start_revision
-    delays = backoff or Backoff(initial=0.1, cap=RECONNECT_CAP)
+    delays = backoff or Backoff(0.1, RECONNECT_CAP, jitter=HALF_JITTER)
     while True:
         try:
             stream = etcd.watch_stream(prefix, next_revision, progress_notify=progress_notify)
@@ -81,12 +90,12 @@ def _accept(batch: WatchBatch, next_revision: int) -> WatchBatch | None:
 
 
 async def reflect(
-    etcd: Etcd, prefix: str, *, page_size: int = 1000, backoff: Backoff | None = None
+    etcd: Watchable, prefix: str, *, page_size: int = 1000, backoff: Backoff | None = None
 ) -> AsyncGenerator[Snapshot | Events, None]:
     """List ``prefix`` at one revision, yield it as a Snapshot, then yield Events from the next
     revision on; after a compaction list again and yield a new Snapshot. etcd outages are retried
     with capped, jittered backoff; the only errors that end it are permanent (EtcdDenied)."""
-    delays = backoff or Backoff(initial=0.1, cap=RECONNECT_CAP)
+    delays = backoff or Backoff(0.1, RECONNECT_CAP, jitter=HALF_JITTER)
     while True:
         try:
             items, revision = await etcd.list(prefix, page_size=page_size)

@@ -46,7 +46,7 @@ from fleetop.config import DEFAULT_FLEET_ENDPOINT, parse_fleet_endpoints
 from fleetop.errors import FleetAPIError, FleetUnavailable, InputError
 from fleetop.fleet.model import Machine, MetadataOp, Unit, UnitState, is_desired_state
 from fleetop.fleet.units import UnitOption, check_option_values, parse_unit_name
-from fleetop.http import HttpResponse, HttpSession, Timeouts, json_body
+from fleetop.http import HttpResponse, HttpSession, PlainSession, Session, Timeouts, json_body
 
 DEFAULT_ENDPOINT = DEFAULT_FLEET_ENDPOINT
 API_PREFIX = "/fleet/v1"
@@ -125,7 +125,9 @@ class FleetClient:
 
     ``endpoint`` is one endpoint, a comma-separated list, or a sequence (default: ``FLEETCTL_ENDPOINT``,
     else ``unix:///var/run/fleet.sock``); a bad one raises ConfigError naming it. ``session_factory``
-    makes the session of one endpoint (tests pass one with an injected transport).
+    makes the session of one endpoint (tests pass one with an injected transport); ``plain`` makes
+    :class:`~fleetop.http.PlainSession` ones (standard library, for a CLI verb that asks a few questions
+    and exits) instead of httpx's.
     """
 
     def __init__(
@@ -134,9 +136,10 @@ class FleetClient:
         *,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
-        session_factory: Callable[[str], HttpSession] | None = None,
+        session_factory: Callable[[str], Session] | None = None,
         stats: ClientStats | None = None,
         write_guard: Callable[[], None] | None = None,
+        plain: bool = False,
     ) -> None:
         given = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
         text = given if isinstance(given, str) else ",".join(given)
@@ -145,10 +148,11 @@ class FleetClient:
         self.stats = stats or ClientStats()
         self.write_guard = write_guard
         timeouts = timeouts or Timeouts(connect=3.0, read=15.0, write=15.0, pool=3.0)
+        kind = PlainSession if plain else HttpSession
         self._factory = session_factory or (
-            lambda where: HttpSession(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
+            lambda where: kind(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
         )
-        self._sessions: dict[int, HttpSession] = {}
+        self._sessions: dict[int, Session] = {}
         self._current = 0
         self.unreachable: dict[str, str] = {}
         """Endpoint -> why it could not be reached, from the latest request that found none answering
@@ -160,7 +164,7 @@ class FleetClient:
         """The endpoint requests go to first: the one that answered last."""
         return self.endpoints[self._current]
 
-    def _session(self, index: int) -> HttpSession:
+    def _session(self, index: int) -> Session:
         session = self._sessions.get(index)
         if session is None:
             session = self._sessions[index] = self._factory(self.endpoints[index])

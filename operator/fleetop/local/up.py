@@ -7,8 +7,8 @@ can stop a detached stack. State (etcd's data, the node's units) lives in the st
 ``down``/``up``.
 
 Once the stack is up, ``up`` supervises its parts as systemd's ``Restart=`` would, with a growing delay
-(``Backoff``: 1 s doubling to 30 s, back to 1 s after a part has run for a minute): a part that exits
-is started again with the same arguments, and the event is printed. Nothing else stops with it. The
+(:func:`restart_backoff`: 1 s doubling to 30 s, back to 1 s after a part has run for a minute): a part
+that exits is started again with the same arguments, and the event is printed. Nothing else stops with it. The
 operator is a controller: while it is away nothing converges, but the units the node runs (services,
 their sidekicks, managed proxies and their agents) keep serving, and a new operator takes over when
 the old one's leader lease has expired. A restarted etcd comes back with its data, and everything
@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetop.backoff import Backoff
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.filemodes import make_dir, open_log
 from fleetop.local.etcdserver import EtcdServer, free_port, port_is_free
@@ -82,23 +83,10 @@ def fleetop_command(config: UpConfig, *args: str) -> list[str]:
     return [config.python, "-m", "fleetop.cli.main", *args]
 
 
-@dataclass
-class Backoff:
-    """The delay before a part is started again (pure): ``initial`` after the first exit, doubling
-    with each exit that follows quickly, at most ``maximum``; a part that ran ``reset_after`` seconds
-    before it exited starts over from ``initial``."""
-
-    initial: float = 1.0
-    maximum: float = 30.0
-    reset_after: float = 60.0
-    last: float = 0.0
-
-    def next(self, ran_for: float) -> float:
-        if self.last and ran_for < self.reset_after:
-            self.last = min(self.last * 2, self.maximum)
-        else:
-            self.last = self.initial
-        return self.last
+def restart_backoff() -> Backoff:
+    """The delay before a part is started again: 1 s after the first exit, doubling with each exit
+    that follows quickly, at most 30 s; a part that ran a minute before it exited starts over."""
+    return Backoff(1.0, 30.0, reset_after=60.0)
 
 
 def describe_exit(returncode: int) -> str:
@@ -124,7 +112,7 @@ class Child:
     started_at: float = 0.0
     restart_at: float | None = None
     restarts: int = 0
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = field(default_factory=restart_backoff)
 
     @property
     def pid(self) -> int:

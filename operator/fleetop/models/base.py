@@ -13,13 +13,11 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from fleetop.timefmt import DURATION_PATTERN, parse_seconds
+
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 NAME_RE = re.compile(NAME_PATTERN)
 MAX_NAME = 63
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
-_DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|min|h)?\s*$"
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, None: 1.0}
 
 
 class StrictModel(BaseModel):
@@ -42,10 +40,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if not match:
-            raise ValueError(f"{value!r} is not a duration (examples: 10, '10s', '500ms', '1m')")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        seconds = parse_seconds(value)
     else:
         raise ValueError("a duration must be a number of seconds or a string like '10s'")
     if seconds < 0:
@@ -70,7 +65,7 @@ Duration = Annotated[
         {
             "anyOf": [
                 {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": _DURATION_PATTERN},
+                {"type": "string", "pattern": DURATION_PATTERN},
             ],
             "description": "seconds, or a string like '10s', '500ms', '1m'",
         }
@@ -96,7 +91,7 @@ def duration_between(low: float, high: float, what: str) -> tuple[AfterValidator
         {
             "anyOf": [
                 {"type": "number", "minimum": low, "maximum": high},
-                {"type": "string", "pattern": _DURATION_PATTERN},
+                {"type": "string", "pattern": DURATION_PATTERN},
             ],
             "description": (
                 f"seconds, or a string like '10s', '500ms', '1m'; from {format_duration(low)}"

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
+from fleetop.keys import is_key_path
 from fleetop.models.base import Duration, StrictModel, check_line, check_name, duration_between, shown
 from fleetop.models.networks import NetworkList
 
@@ -16,7 +17,6 @@ _UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.@\-]+\.(service|socket|path|timer|tar
 _OPTION_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9\-]*$")
 _SECTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9\-]*$")
 _PERCENT_RE = re.compile(r"^(\d{1,3})%$")
-_PREFIX_RE = re.compile(r"^(/[A-Za-z0-9_.\-]+)+$")
 _RESERVED_SECTIONS = {"X-Fleetop", "X-Fleet"}
 RESERVED_PREFIXES = ("desired", "status", "fleetop")
 """First segments of fleetop's own keys: a registration prefix under them could overwrite specs,
@@ -227,7 +227,7 @@ class Discovery(StrictModel):
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
         if value is not None:
-            if not _PREFIX_RE.match(value.rstrip("/")) or ".." in value.split("/"):
+            if not is_key_path(value):
                 raise ValueError(f"prefix {shown(value)!r} must be an etcd key path like '/services/web'")
             first = value.strip("/").split("/")[0]
             if first in RESERVED_PREFIXES:

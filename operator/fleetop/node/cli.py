@@ -3,7 +3,8 @@
 ``fleetop node --machines 3`` runs a node in the foreground. The subcommands reach a running node over
 its socket (the endpoint it wrote in its state directory, or ``--endpoint``) through the node's own
 endpoints, which are not part of fleet's API: ``machine stop|start ID`` and ``journal UNIT``.
-The main CLI mounts this as ``app.add_typer(node_app, name="node")``.
+The main CLI mounts this as ``app.add_typer(node_app, name="node")``; ``python -m fleetop.node.cli`` runs
+it on its own.
 """
 
 from __future__ import annotations
@@ -200,3 +201,7 @@ async def _follow(endpoint: str, unit: str, offset: int, machine: str | None) ->
                 sys.stdout.flush()
                 offset = int(resp.header(OFFSET_HEADER) or offset)
             await asyncio.sleep(0.5)
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m fleetop.node.cli``
+    node_app(prog_name="fleetop node")

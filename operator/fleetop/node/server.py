@@ -278,9 +278,3 @@ async def _shutdown(
         server.force_exit = True
         await serve_task
     await engine.shutdown()
-
-
-if __name__ == "__main__":  # pragma: no cover - ``python -m fleetop.node.server``
-    from fleetop.node.cli import node_app
-
-    node_app(prog_name="fleetop node")

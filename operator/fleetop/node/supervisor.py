@@ -24,7 +24,7 @@ from fleetop.fleet.units import UnitOption
 from fleetop.node import procgroups
 from fleetop.node.execenv import DEFAULT_PATH, MachineContext
 from fleetop.node.systemd import SpecifierContext, load_service
-from fleetop.node.systemd_service import RuntimeState, Service
+from fleetop.node.systemd_service import RuntimeState, SystemdService
 
 __all__ = ["DEFAULT_PATH", "MachineContext", "RuntimeState", "Supervisor"]
 
@@ -59,7 +59,7 @@ class Supervisor:
         self.base_env: dict[str, str] = dict(base_env)
         self.base_env.setdefault("PATH", DEFAULT_PATH)
         self.sequence = itertools.count(1)
-        self._units: dict[tuple[str, str], Service] = {}
+        self._units: dict[tuple[str, str], SystemdService] = {}
         self._journal_keeper: asyncio.Task[None] | None = None
 
     # ---- the engine's interface --------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class Supervisor:
             return
         loaded = load_service(unit, options, SpecifierContext(unit, machine.machine_id, machine.hostname))
         if current is None:
-            current = self._units[key] = Service(self, unit, machine)
+            current = self._units[key] = SystemdService(self, unit, machine)
             self._keep_journals_bounded()
         current.machine = machine
         current.apply(loaded, unit_hash)
@@ -124,7 +124,7 @@ class Supervisor:
         thousands of units would take longer to stop than anyone waits for it."""
         gate = asyncio.Semaphore(concurrency)
 
-        async def unload(current: Service) -> None:
+        async def unload(current: SystemdService) -> None:
             async with gate:
                 await self.unload(current.unit, current.machine.machine_id)
 
@@ -177,7 +177,7 @@ class Supervisor:
             except Exception:
                 log.exception("on_change callback failed")
 
-    def record_group(self, pgid: int, starttime: int, exact: bool, owner: Service) -> None:
+    def record_group(self, pgid: int, starttime: int, exact: bool, owner: SystemdService) -> None:
         procgroups.record_group(self.run_dir, pgid, starttime, exact, owner.machine.machine_id, owner.unit)
 
     def forget_group(self, pgid: int) -> None:

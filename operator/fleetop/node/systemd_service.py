@@ -92,7 +92,7 @@ class Host(Protocol):
 
     def changed(self) -> None: ...
 
-    def record_group(self, pgid: int, starttime: int, exact: bool, owner: Service) -> None: ...
+    def record_group(self, pgid: int, starttime: int, exact: bool, owner: SystemdService) -> None: ...
 
     def forget_group(self, pgid: int) -> None: ...
 
@@ -113,8 +113,9 @@ class _RateLimit:
         return self.count <= burst
 
 
-class Service:
-    """One unit on one machine: its loaded configuration and systemd's state machine for it."""
+class SystemdService:
+    """One systemd service on one modelled machine (not a ServiceSpec): its loaded unit configuration
+    and systemd's state machine for it."""
 
     def __init__(self, sup: Host, unit: str, machine: MachineContext) -> None:
         self.sup, self.unit, self.machine = sup, unit, machine

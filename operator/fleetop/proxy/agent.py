@@ -31,11 +31,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
+from fleetop.backoff import exponential
 from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd, LeaseKeeper, Snapshot
 from fleetop.filemodes import SHARED_DIR_MODE, make_dir
@@ -55,6 +56,7 @@ from fleetop.proxy.published import PublishedFormatError, decode_published
 from fleetop.proxy.render import default_runtime_dir
 from fleetop.proxy.salvage import Dropped, apply_dropping_backends
 from fleetop.proxy.serverdiff import servers_only_change
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ STATUS_TTL = 30
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return rfc3339(time.time())
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class AgentSettings:
     def allowed(self) -> AgentPolicy:
         """The policy with the agent's own runtime directory, which is always allowed."""
         return self.policy.with_dirs([self.runtime_dir])
+
+    def retry_delay(self, failures: int) -> float:
+        """The pause after ``failures`` failed attempts in a row: ``retry_min`` doubling to ``retry_max``."""
+        return exponential(failures - 1, initial=self.retry_min, cap=self.retry_max)
 
     def target(self, cfg: PublishedConfig) -> Path:
         if self.config_path is not None:
@@ -174,7 +180,7 @@ class ProxyAgent:
                 failures = 0
                 continue
             failures += 1
-            delay = min(self.settings.retry_max, self.settings.retry_min * 2 ** (failures - 1))
+            delay = self.settings.retry_delay(failures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), delay)
             self._changed.set()  # retry with whatever is newest by then
@@ -374,9 +380,7 @@ class ProxyAgent:
                     failures = 0
                     continue
                 failures += 1
-                await asyncio.sleep(
-                    min(self.settings.retry_max, self.settings.retry_min * 2 ** (failures - 1))
-                )
+                await asyncio.sleep(self.settings.retry_delay(failures))
                 self._dirty.set()
         finally:
             await writer.close()

@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 import typer
 
 from fleetop.config import settings_from
-from fleetop.errors import ConfigError, FleetopError
+from fleetop.errors import ConfigError, FleetopError, RenderError
 from fleetop.etcd.client import Etcd
 from fleetop.filemodes import CONFIG_MODE, SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
@@ -44,7 +44,7 @@ from fleetop.proxy.apply import (
 )
 from fleetop.proxy.policy import AgentPolicy, load_policy
 from fleetop.proxy.published import PublishedFormatError, decode_published
-from fleetop.proxy.render import RenderError, RenderPaths
+from fleetop.proxy.render import RenderPaths
 
 log = logging.getLogger(__name__)
 

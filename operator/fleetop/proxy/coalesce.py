@@ -8,20 +8,13 @@ reloading the proxy 40 times would drop connections for nothing. The rule, as co
 - changes during a burst wait until nothing changed for ``min``, but never longer than ``max``
   after the first change not yet rendered, so a never-ending trickle still renders.
 
-:class:`Quiescence` is the pure rule with the clock as an argument (tested with a fake clock);
-:class:`Debouncer` drives an async callback with it on the event loop. :class:`HashGate` is the
-renderer-side dedupe: publish only when the rendered text's hash changed.
+:class:`Quiescence` is the pure rule with the clock as an argument (tested with a fake clock); the
+proxy reconciler drives it from its passes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,75 +72,3 @@ class Quiescence:
         self.first_pending = None
         self.last_change = None
         self.leading = False
-
-
-class HashGate:
-    """Publish only when the text changed: remembers the last published hash."""
-
-    def __init__(self, published: str | None = None) -> None:
-        self.published = published
-
-    def is_new(self, digest: str) -> bool:
-        return digest != self.published
-
-    def mark(self, digest: str) -> None:
-        self.published = digest
-
-
-class Debouncer:
-    """Calls ``callback`` after changes, coalesced by :class:`Quiescence`.
-
-    ``trigger()`` is synchronous and cheap (call it from watch handlers); ``run()`` runs until
-    cancelled. The callback should read the current state when it starts: changes that arrive while
-    it runs are pending again and get their own call, so the last call always sees the final state.
-    A callback that raises is logged and retried after ``retry_delay``.
-    """
-
-    def __init__(
-        self,
-        callback: Callable[[], Awaitable[None]],
-        *,
-        min_wait: float,
-        max_wait: float,
-        clock: Callable[[], float] = time.monotonic,
-        retry_delay: float = 1.0,
-    ) -> None:
-        self._callback = callback
-        self._rule = Quiescence(min_wait, max_wait)
-        self._clock = clock
-        self._retry_delay = retry_delay
-        self._wake = asyncio.Event()
-        self.calls = 0
-
-    @property
-    def pending(self) -> bool:
-        return self._rule.pending
-
-    def trigger(self) -> None:
-        self._rule.changed(self._clock())
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            due = self._rule.due()
-            if due is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            delay = due - self._clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-                continue  # more changes may have moved the deadline; recompute
-            await self._call()
-
-    async def _call(self) -> None:
-        self._rule.rendered(self._clock())
-        self.calls += 1
-        try:
-            await self._callback()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("coalesced callback failed; retrying in %.1f s", self._retry_delay)
-            await asyncio.sleep(self._retry_delay)
-            self.trigger()

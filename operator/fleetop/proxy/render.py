@@ -30,7 +30,7 @@ import jinja2
 import jinja2.sandbox
 
 from fleetop.discovery.addresses import Registration
-from fleetop.errors import ProxyError
+from fleetop.errors import RenderError
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import PublishedConfig
 
@@ -39,14 +39,6 @@ _SAFE_PATH_RE = re.compile(r"/[A-Za-z0-9._/\-]*")
 DEFAULT_PROXY_ROOT = "/var/lib/fleetop/proxies"
 BUILTIN_TEMPLATES = {"nginx": "nginx.conf.j2", "haproxy": "haproxy.cfg.j2"}
 NOT_FOUND_BACKEND = "fleetop_not_found"
-
-
-class RenderError(ProxyError):
-    """A config could not be rendered: template syntax, an undefined name, or an unsafe value."""
-
-
-class UnsafeValueError(RenderError):
-    """A value with characters outside the safe set reached a template expression."""
 
 
 def checked_value(value: Any) -> str:
@@ -58,11 +50,11 @@ def checked_value(value: Any) -> str:
     if isinstance(value, jinja2.Undefined):
         str(value)  # StrictUndefined raises, naming what was undefined
     if isinstance(value, bool) or value is None:
-        raise UnsafeValueError(f"refusing to print {value!r} into a config (not a config value)")
+        raise RenderError(f"refusing to print {value!r} into a config (not a config value)")
     text = str(value)
     if not _SAFE_VALUE_RE.fullmatch(text):
         shown = text[:60].encode("unicode_escape").decode("ascii")
-        raise UnsafeValueError(
+        raise RenderError(
             f"refusing to print {shown!r} into a config: only letters, digits and ._:/-[]*~ are allowed"
         )
     return text

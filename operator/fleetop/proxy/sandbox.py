@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetop.discovery.addresses import Registration
-from fleetop.errors import TemporaryError
+from fleetop.errors import RenderError, TemporaryError
 from fleetop.models.proxy import ProxySpec
 from fleetop.proxy.render import (
     Rendered,
-    RenderError,
     RenderPaths,
     build_context,
     checked,

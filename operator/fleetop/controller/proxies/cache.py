@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from fleetop.controller.runtime.informers import PrefixCache, follow
 from fleetop.etcd.client import Etcd, KeyValue
-from fleetop.keys import Keys
+from fleetop.keys import Keys, child
 
 
 class ProxyCaches:
@@ -46,11 +46,8 @@ class ProxyCaches:
     def agents(self, proxy: str) -> list[tuple[str, bytes]]:
         """``[(machine, AgentStatus JSON)]`` of the agents reporting on ``proxy``."""
         prefix = self.keys.agent_status(proxy, "")
-        return [
-            (kv.key[len(prefix) :], kv.value)
-            for kv in self.reports.under(prefix)
-            if kv.key[len(prefix) :] and "/" not in kv.key[len(prefix) :]
-        ]
+        found = ((child(kv.key, prefix), kv.value) for kv in self.reports.under(prefix))
+        return [(machine, value) for machine, value in found if machine is not None]
 
     def known_keys(self) -> set[str]:
         """Proxies with a published config or a status: a deleted proxy's leftovers get cleaned up."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fleetop.controller.conditions import unit_status
 from fleetop.controller.proxies.units import DesiredUnit
-from fleetop.controller.services.report import unit_status
 from fleetop.controller.world import (
     LAUNCHED,
     Action,

@@ -60,17 +60,14 @@ from fleetop.controller.proxies.status import (
 )
 from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
 from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
-from fleetop.controller.runtime.informers import Informers
-from fleetop.controller.services.reconciler import CONVERGING_POLL, SYNC_WAIT
-from fleetop.controller.services.unitrender import needs_sidekick
-from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
-from fleetop.controller.unitfile import RenderError as UnitRenderError
+from fleetop.controller.runtime.informers import CONVERGING_POLL, SYNC_WAIT, Informers
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
-from fleetop.errors import TemporaryError
+from fleetop.errors import RenderError, TemporaryError
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.published import PublishedFormatError, encode_published
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderError, RenderPaths
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderPaths
 from fleetop.proxy.sandbox import RenderPool
 from fleetop.store import Entry
 
@@ -378,7 +375,7 @@ class ProxyReconciler:
         if spec is not None and spec.managed and layout is not None:
             try:
                 desired = desired_units(name, spec, layout)
-            except UnitRenderError as exc:
+            except RenderError as exc:
                 return UnitPlan([], []), f"cannot write the proxy's units: {exc}"
         if self.informers.fleet.loss is not None:
             stored = self._stored(name)

@@ -29,8 +29,7 @@ from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
-from fleetop.controller.conditions import rfc3339
-from fleetop.discovery.addresses import InvalidRegistration, Registration, parse_registration
+from fleetop.discovery.addresses import InvalidRegistration, Registration, registrations_under
 from fleetop.discovery.resolve import Resolution, names_of
 from fleetop.etcd.model import KeyValue
 from fleetop.models.networks import IPNetwork, contains, parse_networks
@@ -46,6 +45,7 @@ from fleetop.models.status import (
 )
 from fleetop.proxy.published import PublishedFormatError
 from fleetop.proxy.published import decode_published as decode_wire
+from fleetop.timefmt import rfc3339
 
 
 @dataclass(frozen=True)
@@ -183,9 +183,7 @@ def registration_names(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]
     """The DNS names among the valid registrations of ``items`` (what must be resolved to render)."""
     names = set()
     for prefix, pairs in items.values():
-        for key, value in pairs:
-            instance = key[len(prefix) :] if key.startswith(prefix) else ""
-            parsed = parse_registration(key, value) if instance and "/" not in instance else None
+        for _, parsed in registrations_under(prefix, pairs):
             if isinstance(parsed, Registration) and _is_name(parsed.host):
                 names.add(parsed.host)
     return names
@@ -290,16 +288,12 @@ def collect_backends(
     for service, (prefix, pairs) in sorted(items.items()):
         found, refused, unknown = valid.setdefault(service, []), [], []
         runs = known.get(service)
-        for key, value in sorted(pairs):
-            instance = key[len(prefix) :] if key.startswith(prefix) else ""
-            if not instance or "/" in instance:
-                continue
-            parsed = parse_registration(key, value)
+        for instance, parsed in registrations_under(prefix, sorted(pairs)):
             if not isinstance(parsed, Registration):
                 refused.append(parsed)
             elif runs is not None and instance not in runs:
                 reason = f"instance {instance} is not a launched unit of service {service}"
-                unknown.append(InvalidRegistration(key, parsed.address, reason))
+                unknown.append(InvalidRegistration(parsed.key, parsed.address, reason))
             else:
                 kept, outside = where.targets(service, parsed)
                 found.extend(kept)

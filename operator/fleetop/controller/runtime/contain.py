@@ -4,7 +4,7 @@ Anyone who may write ``/desired`` or a registration is a client of the operator,
 foresaw (or a bug it reaches) must not stop anything but its own key. Reading is already contained
 (a spec that cannot be read becomes an invalid entry, see :meth:`~fleetop.store.Store.entry`); this
 module covers planning and acting. :class:`FailureReporter` is called by the dispatcher
-(:class:`~fleetop.controller.services.reconciler.Reconciler`) when a pass raises something that is not one of
+(:class:`~fleetop.controller.runtime.reconcile.Reconciler`) when a pass raises something that is not one of
 fleetop's own errors: the key's status gets ``Degraded=True`` with reason ``ReconcileFailed`` and the
 exception, and a Warning event is recorded (repeats bump its count). The exception then goes on to
 the work queue, which retries the key with backoff (up to a minute) while every other key is
@@ -18,11 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from fleetop.controller.conditions import rfc3339
 from fleetop.controller.runtime.executor import Executor, same_status, status_bytes
 from fleetop.errors import FleetopError
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
 from fleetop.models.base import shown
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -55,6 +55,7 @@ from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import unit_hash
 from fleetop.keys import Keys
 from fleetop.models import Event, ServiceStatus
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,6 @@ class Outcome:
 def ordered(actions: Sequence[Action]) -> list[Action]:
     """Creates, then desired-state repairs, then destroys; the planner's order within each."""
     return sorted(actions, key=lambda a: _ORDER[type(a)])
-
-
-def rfc3339(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def status_bytes(status: BaseModel) -> bytes:

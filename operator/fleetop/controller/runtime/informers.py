@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from fleetop.backoff import exponential
 from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit, owner_key
 from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot
@@ -321,6 +322,13 @@ QUIET_POLL_SHARE = 0.01
 """The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
 operator's thread, sets how far apart quiet polls must be; 3,000 units: about 25 s)."""
 
+SYNC_WAIT = 0.25
+"""Seconds a pass of any kind asks to wait before trying again when a cache its key needs has not
+synced yet."""
+CONVERGING_POLL = 30.0
+"""Seconds of fast fleet polling a pass of any kind asks for (:meth:`FleetInformer.hurry`) after it
+acted or has not converged."""
+
 
 class FleetInformer:
     """Polls fleet; ``on_change(keys, machines_changed)`` reports owners whose world changed."""
@@ -412,7 +420,7 @@ class FleetInformer:
                     str(exc) if isinstance(exc, FleetopError) else f"{type(exc).__name__}: {exc}"
                 )
                 self._lost(wall, self.last_error)
-                delay = min(self.slow, self.fast * 2**failures)
+                delay = exponential(failures, initial=self.fast, cap=self.slow)
                 log.warning(
                     "polling fleet failed: %s (retry in %.1fs)",
                     self.last_error,

@@ -38,9 +38,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleetop.backoff import HALF_JITTER, Backoff
 from fleetop.errors import ConfigError, Conflict, FleetopError, NotLeader
 from fleetop.etcd.client import Etcd
-from fleetop.etcd.model import RECONNECT_CAP, Backoff
+from fleetop.etcd.model import RECONNECT_CAP
 from fleetop.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LeaderTimings:
-    """Leader election: the lease's TTL, how long a leader may fail to renew, how often to retry."""
+    """Leader election: the lease's TTL, how long a leader may fail to renew, how often to retry.
+    controller-runtime's defaults; :meth:`check` keeps ``retry < renew deadline < lease``."""
 
     lease_duration: float = 15.0
+    """Seconds the leader key's lease lives without a renewal (``--lease-duration``)."""
     renew_deadline: float = 10.0
+    """Seconds a leader may fail to renew before it stops acting, well before its lease can expire
+    under it (``--renew-deadline``)."""
     retry_period: float = 2.0
+    """Seconds between renewals, and between a standby's attempts to take the lease (``--retry-period``)."""
 
     def check(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
@@ -136,7 +142,7 @@ class LeaderElector:
         """Campaign, lead, step down, campaign again... until cancelled or :meth:`resign` is called."""
         # etcd unreachable: ask again soon (each attempt is one cheap request), so that leadership is
         # back within a fraction of a second of etcd's return rather than a retry period later
-        delays = Backoff(initial=0.1, cap=min(RECONNECT_CAP, self.timings.retry_period))
+        delays = Backoff(0.1, min(RECONNECT_CAP, self.timings.retry_period), jitter=HALF_JITTER)
         try:
             while not self._resigned:
                 try:

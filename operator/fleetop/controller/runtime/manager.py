@@ -1,16 +1,19 @@
-"""The manager: builds the components, owns their task group, and gates the workers on leadership.
+"""The manager: connects, builds the shared components, owns their task group, and gates the
+workers on leadership. It knows no kind by name: which reconciler handles which keys, and the caches
+each needs, come from the wiring it is given (:mod:`fleetop.controller.operator`).
 
 Every long-running piece has the same lifecycle, ``async def run()`` until cancelled
 (controller-runtime's Runnable). The manager only decides which run when:
 
-* always: the informers (followers keep their caches warm, so a failover starts from a synced
-  world), the leader elector, and the health server;
+* always: the informers and the kinds' own caches (followers keep their caches warm, so a failover
+  starts from a synced world), the leader elector, and the health server;
 * only while leader: the reconcile workers and the periodic resync. On election the caches are
-  awaited and every known key is queued; on losing the lease the workers are cancelled at once (the
-  renew deadline expires before the lease does, so they stop before anyone else can start).
+  awaited, every kind forgets what it remembered of the last term, and every known key is queued; on
+  losing the lease the workers are cancelled at once (the renew deadline expires before the lease
+  does, so they stop before anyone else can start).
 
 Shutdown order matters: stop the workers, then resign (so the successor never overlaps with a pass
-still in flight), then cancel everything else.
+still in flight), then cancel everything else, then leave the wiring (which closes what it opened).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
 
-from fleetop.controller.proxies.cache import ProxyCaches
-from fleetop.controller.proxies.reconciler import ProxyReconciler
 from fleetop.controller.runtime.contain import FailureReporter
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.health import HealthApp, HealthServer, parse_address
@@ -30,15 +35,64 @@ from fleetop.controller.runtime.leader import LeaderElector
 from fleetop.controller.runtime.metrics import OperatorMetrics
 from fleetop.controller.runtime.observed import ObservationWriter
 from fleetop.controller.runtime.queue import WorkQueue, run_resync, run_workers
-from fleetop.controller.runtime.run import RunConfig
-from fleetop.controller.services.reconciler import Reconciler, ServiceReconciler
-from fleetop.controller.world import BackoffPolicy
-from fleetop.discovery.resolve import Resolver
+from fleetop.controller.runtime.reconcile import KindReconciler, Reconciler
+from fleetop.controller.runtime.settings import OperatorSettings
 from fleetop.errors import ConfigError, FleetopError
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
-from fleetop.proxy.sandbox import RenderPool
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the manager has connected and built before any kind: handed to the wiring."""
+
+    etcd: Etcd
+    fleet: FleetClient
+    keys: Keys
+    informers: Informers
+    """The shared caches: fleet's poll, the desired specs, the statuses, the registrations."""
+    executor: Executor
+    """Fenced writes to fleet and etcd, events and statuses, gated on leadership."""
+    metrics: OperatorMetrics
+    enqueue: Callable[[str], None]
+    """Queue a key (``services/web``) for a pass."""
+
+
+@dataclass(frozen=True)
+class Controller:
+    """One kind of key: ``<kind>/<name>`` goes to ``reconciler``."""
+
+    kind: str
+    reconciler: KindReconciler
+    forget: Callable[[], None]
+    """Called at the start of every term as leader: what the kind remembered of an earlier term may be
+    stale, so it starts again from the stored status."""
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A kind's own informer, run (like the shared ones) by every replica, leader or not."""
+
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+    synced: Callable[[], bool]
+    """Whether it has listed once: the workers of a new term wait for every cache."""
+    known_keys: Callable[[], set[str]]
+    """The keys it knows of, queued on election and on every resync."""
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the operator's wiring gives the manager: the kinds and their caches."""
+
+    controllers: Sequence[Controller]
+    caches: Sequence[Cache] = ()
+
+
+Setup = Callable[[Cluster], AbstractAsyncContextManager[Wiring]]
+"""Builds the kinds on the cluster; leaving the context closes whatever they opened."""
+
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +103,14 @@ READY_TIMEOUT = 2.0
 class Manager:
     """One operator process. ``run()`` until cancelled or :meth:`request_stop`."""
 
-    def __init__(self, config: RunConfig, *, resolver: Resolver | None = None) -> None:
-        self.config = config
-        self.resolver = resolver if resolver is not None else Resolver()
+    def __init__(self, settings: OperatorSettings, setup: Setup) -> None:
+        self.settings = settings
+        self.setup = setup
         self.metrics = OperatorMetrics()
         self.queue = WorkQueue()
         self.health_url: str | None = None
-        self.sandbox = RenderPool(config.render)
-        """Worker processes for custom proxy templates, stopped when :meth:`run` ends."""
+        self.wiring = Wiring(controllers=())
+        """The kinds and their caches, once :meth:`run` has connected and set them up."""
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
 
@@ -68,13 +122,19 @@ class Manager:
         await self._started.wait()
 
     async def run(self) -> None:
-        config = self.config
-        async with await Etcd.connect(config.etcd) as etcd, FleetClient(config.fleet_endpoint) as client:
+        settings = self.settings
+        async with (
+            await Etcd.connect(settings.etcd) as etcd,
+            FleetClient(settings.fleet.endpoint) as client,
+        ):
             keys = Keys()
+            fleet = settings.fleet
             informers = Informers(
-                etcd, keys, client, self.queue.add, fast=config.fleet_poll_fast, slow=config.fleet_poll_slow
+                etcd, keys, client, self.queue.add, fast=fleet.poll_fast, slow=fleet.poll_slow
             )
-            leader = LeaderElector(etcd, keys, config.identity, config.leader, on_change=self._leader_changed)
+            leader = LeaderElector(
+                etcd, keys, settings.identity, settings.leader, on_change=self._leader_changed
+            )
             client.write_guard = leader.check_leading  # every attempt of a fleet write, retries too
             executor = Executor(
                 client,
@@ -82,53 +142,32 @@ class Manager:
                 keys,
                 lambda: leader.fence,
                 metrics=self.metrics,
-                event_ttl=config.event_ttl,
+                event_ttl=settings.workers.event_ttl,
                 guard=leader.check_leading,
-                batch_size=config.limits.batch_size,
-            )
-            services = ServiceReconciler(
-                informers,
-                executor,
-                self.metrics,
-                settings=config.unit_settings,
-                backoff=BackoffPolicy.scaled(config.restart_backoff),
-                limits=config.limits,
-            )
-            proxy_caches = ProxyCaches(etcd, keys, self.queue.add)
-            proxies = ProxyReconciler(
-                informers,
-                proxy_caches,
-                executor,
-                proxy_root=config.proxy_root,
-                settings=config.unit_settings,
-                sandbox=self.sandbox,
-                resolver=self.resolver,
-            )
-            reconciler = Reconciler(
-                {"services": services, "proxies": proxies}, report=FailureReporter(executor).report
+                batch_size=settings.limits.batch_size,
             )
             sources = self.metrics.sources
             sources.queue, sources.fleet_stats = self.queue, client.stats
             sources.is_leader, sources.synced = (lambda: leader.is_leader), informers.synced
-            self.etcd, self.informers, self.leader, self.services = etcd, informers, leader, services
-            self.proxy_caches, self.proxies = proxy_caches, proxies
+            self.etcd, self.informers, self.leader = etcd, informers, leader
             self.observed = ObservationWriter(
-                etcd, keys, informers.fleet, config.identity, lambda: leader.fence
+                etcd, keys, informers.fleet, settings.identity, lambda: leader.fence
             )
-            try:
+            cluster = Cluster(etcd, client, keys, informers, executor, self.metrics, self.queue.add)
+            async with self.setup(cluster) as wiring:
+                self.wiring = wiring
+                kinds = {c.kind: c.reconciler for c in wiring.controllers}
+                reconciler = Reconciler(kinds, report=FailureReporter(executor).report)
                 await self._run_components(reconciler)
-            finally:
-                self.sandbox.close()
-                self.resolver.close()
 
     async def _run_components(self, reconciler: Reconciler) -> None:
         async with asyncio.TaskGroup() as group:
             background = [
                 group.create_task(self.informers.run(), name="informers"),
-                group.create_task(self.proxy_caches.run(), name="proxy informers"),
                 group.create_task(self.leader.run(), name="leader election"),
             ]
-            if self.config.metrics_address:
+            background += [group.create_task(c.run(), name=c.name) for c in self.wiring.caches]
+            if self.settings.metrics.address:
                 server = self._health_server()
                 self.health_url = server.url
                 background.append(group.create_task(server.run(), name="health server"))
@@ -143,14 +182,14 @@ class Manager:
         controller.cancel()
         await asyncio.gather(controller, return_exceptions=True)
         with contextlib.suppress(FleetopError, TimeoutError):
-            async with asyncio.timeout(max(1.0, self.config.leader.retry_period)):
+            async with asyncio.timeout(max(1.0, self.settings.leader.retry_period)):
                 await self.leader.resign()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
 
     def _health_server(self) -> HealthServer:
-        address = self.config.metrics_address or ""
+        address = self.settings.metrics.address or ""
         try:
             host, port = parse_address(address)
             return HealthServer(HealthApp(self.metrics, self._ready, self._describe), host, port)
@@ -163,16 +202,21 @@ class Manager:
             await self.leader.elected.wait()
             if not await self._caches_synced_while_leading():
                 continue
-            self.services.memory.clear()
-            self.proxies.memory.clear()
+            for controller in self.wiring.controllers:
+                controller.forget()
             count = self.queue.resync(self._known_keys())
-            log.info("leading: %d keys queued, %d workers", count, self.config.workers)
+            log.info("leading: %d keys queued, %d workers", count, self.settings.workers.count)
             workers = asyncio.create_task(
                 run_workers(
-                    self.queue, reconciler.reconcile, self.config.workers, self.metrics.observe_reconcile
+                    self.queue,
+                    reconciler.reconcile,
+                    self.settings.workers.count,
+                    self.metrics.observe_reconcile,
                 )
             )
-            resync = asyncio.create_task(run_resync(self.queue, self.config.resync_period, self._known_keys))
+            resync = asyncio.create_task(
+                run_resync(self.queue, self.settings.workers.resync_period, self._known_keys)
+            )
             observed = asyncio.create_task(self.observed.run(), name="observed")
             deposed = asyncio.create_task(self.leader.deposed.wait())
             try:
@@ -184,11 +228,14 @@ class Manager:
             log.info("not leading any more: workers stopped")
 
     def _known_keys(self) -> set[str]:
-        return self.informers.known_keys() | self.proxy_caches.known_keys()
+        keys = set(self.informers.known_keys())
+        for cache in self.wiring.caches:
+            keys |= cache.known_keys()
+        return keys
 
     async def _caches_synced_while_leading(self) -> bool:
         while self.leader.is_leader:
-            if all(self.informers.synced().values()) and self.proxy_caches.synced:
+            if all(self.informers.synced().values()) and all(c.synced() for c in self.wiring.caches):
                 return True
             await asyncio.sleep(0.1)
         return False
@@ -215,9 +262,9 @@ class Manager:
     def _describe(self) -> dict[str, object]:
         leader = getattr(self, "leader", None)
         if leader is None:
-            return {"identity": self.config.identity}
+            return {"identity": self.settings.identity}
         return {
-            "identity": self.config.identity,
+            "identity": self.settings.identity,
             "leader": leader.observed_leader,
             "isLeader": leader.is_leader,
         }

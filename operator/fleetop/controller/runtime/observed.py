@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from fleetop.controller.conditions import rfc3339
 from fleetop.controller.runtime.informers import FleetInformer, FleetLoss
 from fleetop.errors import FleetopError, NotLeader
 from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
 from fleetop.models.observed import FleetObservation, OperatorObservation
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from fleetop.backoff import exponential, spread
 from fleetop.errors import NotLeader, PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,8 @@ class Backoff:
     jitter: float = 0.1
 
     def delay(self, failures: int) -> float:
-        raw = min(self.cap, self.base * (2.0 ** min(failures, 64)))
-        spread = raw * self.jitter
-        return max(0.0, min(self.cap, raw + random.uniform(-spread, spread)))
+        raw = exponential(failures, initial=self.base, cap=self.cap)
+        return spread(raw, (1 - self.jitter, 1 + self.jitter), cap=self.cap)
 
 
 class WorkQueue:

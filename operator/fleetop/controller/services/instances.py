@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from fleetop.controller.services.readiness import Health, assess
 from fleetop.controller.services.unitrender import (
     main_template,
-    needs_sidekick,
     render_main,
     render_sidekick,
     sidekick_template,
 )
-from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
 from fleetop.controller.world import ObservedMachine, ObservedState, ObservedUnit, Seen
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN, Owner, owned_by
 from fleetop.fleet.units import UnitOption, unit_hash

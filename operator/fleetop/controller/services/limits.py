@@ -23,25 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from fleetop.controller.runtime.settings import WorkLimits
 from fleetop.models.service import ServiceSpec
 
 SERVICE_CEILING_REASON = "ServiceInstanceCeiling"
 CLUSTER_CEILING_REASON = "ClusterInstanceCeiling"
-
-
-@dataclass(frozen=True)
-class WorkLimits:
-    """The bounds on one key's work; every field is a ``fleetop run`` setting."""
-
-    batch_size: int = 50
-    """Fleet writes (create, destroy, desiredState) one pass of one key may make (``--batch-size``)."""
-    max_instances_per_service: int = 1000
-    """Instances one service may declare (``--max-instances-per-service``)."""
-    max_instances: int = 5000
-    """Instances all services together may declare (``--max-instances``)."""
-
-
-DEFAULT_LIMITS = WorkLimits()
 
 
 @dataclass(frozen=True)

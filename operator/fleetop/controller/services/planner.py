@@ -77,7 +77,7 @@ from fleetop.controller.services.restarts import (
 )
 from fleetop.controller.services.rollout import Decision, Limits, Member, decide
 from fleetop.controller.services.unitrender import main_unit_name, sidekick_unit_name
-from fleetop.controller.unitfile import DEFAULT_UNITS, RenderError, UnitSettings
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import (
     LAUNCHED,
     Action,
@@ -93,6 +93,7 @@ from fleetop.controller.world import (
     Rollback,
     SetDesiredState,
 )
+from fleetop.errors import RenderError
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN
 from fleetop.models.service import ServiceSpec
 from fleetop.models.status import ServiceStatus

@@ -34,19 +34,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
 
 from fleetop.controller.conditions import source_lost_message, unknown_conditions
-from fleetop.controller.runtime.executor import Executor, rfc3339
-from fleetop.controller.runtime.informers import FleetLoss, FleetSnapshot, Informers
+from fleetop.controller.runtime.executor import Executor
+from fleetop.controller.runtime.informers import (
+    CONVERGING_POLL,
+    SYNC_WAIT,
+    FleetLoss,
+    FleetSnapshot,
+    Informers,
+)
 from fleetop.controller.runtime.metrics import OperatorMetrics
+from fleetop.controller.runtime.settings import DEFAULT_LIMITS, WorkLimits
 from fleetop.controller.services.limits import (
-    DEFAULT_LIMITS,
     Demand,
     Refusal,
-    WorkLimits,
     cluster_refusals,
     instances_of,
     service_refusal,
@@ -60,26 +64,16 @@ from fleetop.controller.world import (
     Seen,
     Transition,
 )
-from fleetop.discovery.addresses import Registration, parse_registration
-from fleetop.errors import FleetopError, NotLeader, SpecInvalid, TemporaryError
+from fleetop.discovery.addresses import Registration, registrations_under
+from fleetop.errors import SpecInvalid, TemporaryError
 from fleetop.etcd.client import KeyValue
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
 from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
+from fleetop.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
-
-SYNC_WAIT = 0.25
-"""Seconds to wait before trying again when a cache this key needs has not synced yet."""
-CONVERGING_POLL = 30.0
-"""Seconds of fast fleet polling asked for after a pass that has not converged."""
-
-
-class KindReconciler(Protocol):
-    """One kind's reconcile: ``name`` -> requeue after (seconds) or None. Raises to retry."""
-
-    async def reconcile(self, name: str) -> float | None: ...
 
 
 def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMemory:
@@ -108,14 +102,10 @@ def registrations_of(
     registered: dict[str, bool] = {}
     backends: list[Backend] = []
     invalid = 0
-    for key, value in items:
-        instance = key[len(prefix) :]
-        if not instance or "/" in instance:
-            continue
-        parsed = parse_registration(key, value)
+    for instance, parsed in registrations_under(prefix, items):
         if isinstance(parsed, Registration):
             registered[instance] = True
-            backends.append(Backend(key=key, address=parsed.address))
+            backends.append(Backend(key=parsed.key, address=parsed.address))
         else:
             invalid += 1
     return registered, backends, invalid
@@ -344,43 +334,3 @@ class ServiceReconciler:
         self.executor.forget(name)
         if self.metrics is not None:
             self.metrics.set_lag(name, None)
-
-
-FailureReport = Callable[[str, str, BaseException], Awaitable[None]]
-"""(kind, name, exception): report a pass that failed unexpectedly on its own key."""
-
-
-class Reconciler:
-    """Dispatches a queue key to its kind's reconciler (``services/web``, ``proxies/edge``).
-
-    A pass that raises something other than fleetop's own errors (a bug, an exhausted resource) is
-    reported on its key through ``report`` (:class:`~fleetop.controller.runtime.contain.FailureReporter`)
-    and re-raised, so the queue retries that key with backoff and no other key notices."""
-
-    def __init__(self, kinds: Mapping[str, KindReconciler], report: FailureReport | None = None) -> None:
-        self.kinds = kinds
-        self.report = report
-
-    async def reconcile(self, key: str) -> float | None:
-        kind, _, name = key.partition("/")
-        handler = self.kinds.get(kind)
-        if handler is None or not name:
-            log.error("unknown key %r: dropped", key)
-            return None
-        try:
-            return await handler.reconcile(name)
-        except FleetopError:
-            raise
-        except Exception as exc:
-            await self._report(kind, name, exc)
-            raise
-
-    async def _report(self, kind: str, name: str, exc: Exception) -> None:
-        if self.report is None:
-            return
-        try:
-            await self.report(kind, name, exc)
-        except NotLeader:
-            raise
-        except Exception:
-            log.exception("reporting the failure of %s/%s failed", kind, name)

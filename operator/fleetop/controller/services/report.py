@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from fleetop.controller.conditions import (
     Counts,
@@ -26,7 +25,7 @@ from fleetop.controller.conditions import (
     build_conditions,
     deadline_exceeded,
     next_progress,
-    rfc3339,
+    unit_status,
 )
 from fleetop.controller.services import rollback as rollbacks
 from fleetop.controller.services.instances import UNSCHEDULED_GRACE, Desired, Instance, Scene
@@ -36,7 +35,6 @@ from fleetop.controller.services.restarts import state_text
 from fleetop.controller.services.rollout import Limits
 from fleetop.controller.world import (
     BackoffPolicy,
-    ObservedState,
     ObservedUnit,
     PlanMemory,
     Progress,
@@ -56,6 +54,7 @@ from fleetop.models.status import (
     ServiceStatus,
     UnitStatus,
 )
+from fleetop.timefmt import parse_rfc3339, rfc3339
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,31 +163,6 @@ def _trouble(
     never, crashing = _failures(desired, outcome.instances, outcome.records, started)
     unschedulable = _unschedulable(scene, desired, outcome.instances, outcome.replace, limits)
     return Trouble(outcome.losses.troubles, unschedulable, never, crashing)
-
-
-def unit_status(
-    unit: ObservedUnit,
-    state: ObservedState | None,
-    role: str,
-    instance: str,
-    template: str,
-    *,
-    ready: bool = False,
-) -> UnitStatus:
-    """A unit as status reports it: fleet's view and systemd's states."""
-    return UnitStatus(
-        name=unit.name,
-        role=role,
-        instance=instance,
-        machine=unit.machine_id,
-        desired_state=unit.desired_state,
-        current_state=unit.current_state,
-        load_state=state.load_state if state else None,
-        active_state=state.active_state if state else None,
-        sub_state=state.sub_state if state else None,
-        template=template,
-        ready=ready,
-    )
 
 
 def _row(
@@ -367,7 +341,7 @@ def build_report(
 
 
 def _time(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    return parse_rfc3339(text).timestamp()
 
 
 def _record(row: RestartStatus) -> Restart:

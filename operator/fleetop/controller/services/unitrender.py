@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from fleetop.controller.unitfile import (
     DEFAULT_UNITS,
     INSTANCE_SPECIFIER,
-    RenderError,
     UnitSettings,
     companion_placement,
     environment_assignment,
@@ -28,6 +27,7 @@ from fleetop.controller.unitfile import (
     systemd_quote,
     template_hash,
 )
+from fleetop.errors import RenderError
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN
 from fleetop.fleet.units import UnitOption
 from fleetop.models.base import format_duration
@@ -40,10 +40,6 @@ def main_unit_name(service: str, instance: int | str) -> str:
 
 def sidekick_unit_name(service: str, instance: int | str) -> str:
     return f"{service}-discovery@{instance}.service"
-
-
-def needs_sidekick(spec: ServiceSpec) -> bool:
-    return spec.discovery.sidekick
 
 
 def _main_body(spec: ServiceSpec, service: str) -> list[UnitOption]:

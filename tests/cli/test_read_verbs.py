@@ -1,0 +1,142 @@
+"""The read-only verbs read etcd through its HTTP/JSON gateway (``fleetop.etcd.readonly``): the same keys,
+revisions and errors as the gRPC client, against a real etcd, plain and with TLS and users; a client
+certificate with a CommonName (which the gateway refuses) still reads, through the gRPC client. Run
+as a person runs them, they load neither grpc nor httpx (``status`` asks fleet over the standard
+library), Jinja2 nor the operator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from etcd_tls import SecureEtcd, secure_etcd_fixture  # noqa: F401
+from fleetop.config import settings_from
+from fleetop.errors import EtcdDenied, EtcdUnavailable
+from fleetop.etcd.client import Etcd
+from fleetop.etcd.gateway import Gateway
+from fleetop.etcd.readonly import ReadOnlyEtcd
+from fleetop.local.etcdserver import EtcdServer, free_port
+
+SPEC = '{"replicas": 2, "unit": {"execStart": "/bin/true"}}'
+
+
+async def test_gets_and_lists_match_the_grpc_client(etcd: Etcd) -> None:
+    lease = await etcd.grant(60)
+    for n in range(7):
+        await etcd.put(f"/desired/services/web-{n}", f'{{"replicas": {n}}}')
+    await etcd.put("/desired/services/web-3", "changed", lease=lease)  # a second version, on a lease
+    await etcd.put("/desired/services/\udcff", "a key that is not UTF-8")
+    await etcd.put("/desired/servicesX", "outside the prefix")
+    async with await ReadOnlyEtcd.connect(etcd.settings) as reads:
+        for page_size in (1000, 2, 1):
+            listed = await reads.list("/desired/services/", page_size=page_size)
+            assert listed == await etcd.list("/desired/services/")
+        keys_only = await reads.list("/desired/services/", keys_only=True, page_size=3)
+        assert keys_only == await etcd.list("/desired/services/", keys_only=True)
+        assert [kv.key for kv in keys_only[0]][-1] == "/desired/services/\udcff"
+        assert await reads.get("/desired/services/web-3") == await etcd.get("/desired/services/web-3")
+        assert await reads.get("/desired/services/nothing") is None
+        assert await reads.list("/nothing/") == ([], (await etcd.list("/nothing/"))[1])
+
+
+async def test_an_unreachable_etcd_is_named_after_the_dial_timeout() -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    settings = settings_from({"endpoints": dead, "dial_timeout": "0.3s"}, {})
+    with pytest.raises(
+        EtcdUnavailable, match=rf"cannot reach etcd at {dead} within 0.3 s: .*connection refused"
+    ):
+        await ReadOnlyEtcd.connect(settings)
+
+
+async def test_users_and_client_certificates(secure_etcd: SecureEtcd) -> None:
+    environ = secure_etcd.environ("root")
+    environ["ETCDCTL_CERT"] = str(secure_etcd.files.anonymous_cert)
+    environ["ETCDCTL_KEY"] = str(secure_etcd.files.anonymous_key)
+    async with await ReadOnlyEtcd.connect(settings_from({}, environ)) as reads:
+        assert (await reads.list("/"))[1] > 0
+    secure_etcd.etcdctl_run("put", "/limited/x", "y", user="root")
+    limited = dict(environ, ETCDCTL_USER=f"limited:{secure_etcd.limited_password}")
+    async with await ReadOnlyEtcd.connect(settings_from({}, limited)) as reads:  # no admin needed
+        assert [kv.value for kv in (await reads.list("/limited/"))[0]] == [b"y"]
+        with pytest.raises(EtcdDenied, match="list /desired/: etcd denied the request"):
+            await reads.list("/desired/")
+    anonymous = {k: v for k, v in environ.items() if k != "ETCDCTL_USER"}
+    async with await ReadOnlyEtcd.connect(settings_from({}, anonymous)) as reads:
+        with pytest.raises(EtcdDenied, match=r"get /limited/x: etcd denied the request: .*permission denied"):
+            await reads.get("/limited/x")  # as the gRPC client says it
+    wrong = dict(environ, ETCDCTL_USER="root:not-the-password")
+    with pytest.raises(EtcdDenied, match="rejected the user name or password of 'root'"):
+        await ReadOnlyEtcd.connect(settings_from({}, wrong))
+
+
+def fleetop(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``fleetop ARGS`` in a fresh interpreter; stdout, then the modules it loaded on stderr's last line."""
+    code = (
+        "import json, sys\nfrom fleetop.cli.main import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\nsys.exit(code)"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "FLEET"))}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def modules(done: subprocess.CompletedProcess[str]) -> set[str]:
+    return set(json.loads(done.stderr.splitlines()[-1]))
+
+
+def test_a_common_name_certificate_reads_through_grpc(secure_etcd: SecureEtcd, tmp_path: Path) -> None:
+    secure_etcd.etcdctl_run("put", "/limited/x", "y", user="root")
+    with_name = secure_etcd.environ("root")  # its client certificate has a CommonName
+    anonymous = dict(
+        with_name,
+        ETCDCTL_CERT=str(secure_etcd.files.anonymous_cert),
+        ETCDCTL_KEY=str(secure_etcd.files.anonymous_key),
+    )
+    shown = {}
+    no_fleet = {"FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}"}
+    for label, environ in (("gateway", anonymous), ("grpc", with_name)):
+        done = fleetop({**environ, **no_fleet}, "get", "services")
+        assert done.returncode == 0, done.stderr
+        shown[label] = done.stdout
+        assert ("grpc" in modules(done)) == (label == "grpc")
+    assert shown["gateway"] == shown["grpc"] == "No resources found.\n"
+
+
+def test_the_read_verbs_load_no_grpc(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path) -> None:
+    env = {
+        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
+        "FLEETOP_PREFIX": etcd_prefix,
+        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
+    }
+    with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
+        gateway.put("/desired/services/web", SPEC)
+    heavy = ("grpc", "etcd3aio", "jinja2", "fleetop.controller", "fleetop.etcd.client")
+    for args, code, also in (
+        (("get", "services"), 0, ("httpx",)),
+        (("get", "services", "web", "-o", "json"), 0, ("httpx",)),
+        (("describe", "service", "web"), 0, ("httpx",)),
+        (("status",), 1, ("httpx",)),  # fleet unreachable: exit 1, etcd's part shown
+    ):
+        done = fleetop(env, *args)
+        assert done.returncode == code, done.stderr
+        assert "web" in done.stdout
+        absent = (*heavy, *also)
+        assert sorted(m for m in modules(done) if any(m == a or m.startswith(a + ".") for a in absent)) == []
+
+
+async def test_plaintext_to_a_tls_server_hints_at_https(secure_etcd: SecureEtcd) -> None:
+    settings = settings_from({"endpoints": secure_etcd.server.endpoint, "dial_timeout": "1s"}, {})
+    with pytest.raises(EtcdUnavailable, match="https://"):
+        await ReadOnlyEtcd.connect(settings)
