@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,7 +30,7 @@ from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import start_proxy
 from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError
-from fleetop.proxy.haproxy_servers import mismatch, parse_config
+from fleetop.proxy.haproxy_servers import Command, mismatch, parse_config
 from fleetop.proxy.policy import AgentPolicy, AllowedCommand
 from fleetop.proxy.render import RenderPaths
 from waiting import eventually
@@ -232,10 +233,10 @@ class RefusingAPI(RuntimeAPI):
     refuse = True
     ANSWER = "Backend must use a dynamic load balancing to support dynamic servers.\n"
 
-    async def send(self, command: str) -> str:
+    async def send_line(self, command: str) -> str:
         if self.refuse and command.startswith("add server"):
             return self.ANSWER
-        return await super().send(command)
+        return await super().send_line(command)
 
 
 async def test_a_refused_runtime_command_falls_back_to_a_checked_reload(
@@ -366,6 +367,21 @@ async def test_haproxy_rules_the_runtime_diff_relies_on(tmp_path: Path) -> None:
         assert "maintenance" in await api.send("del server roundrobin/s2")
         assert (await api.send("set server roundrobin/s2 state maint")).strip() == ""
         assert (await api.send("del server roundrobin/s2")).strip() == "Server deleted."
+        add, enable = (
+            Command("add server roundrobin/s3 127.0.0.8:80", ("New server registered.",)),
+            Command("enable server roundrobin/s3", ("",), chained=True),
+        )
+        await api.run_chain([add, enable])  # one line, one answer: the add's
+        assert not (await api.servers("roundrobin"))["roundrobin"]["s3"].maint
+        with pytest.raises(RuntimeAPIError, match="dynamic load balancing"):
+            await api.run_chain([replace(add, text="add server hashed/s3 127.0.0.8:80"), enable])
+        with pytest.raises(RuntimeAPIError, match="No such server"):  # the add's answer is not enough
+            await api.run_chain(
+                [
+                    replace(add, text="add server roundrobin/s4 127.0.0.8:80"),
+                    replace(enable, text="enable server roundrobin/nothing"),
+                ]
+            )
     finally:
         proxy.stop()
 
@@ -441,14 +457,14 @@ async def test_the_first_server_of_an_empty_backend_is_added_at_runtime(
 
 
 class RecordingAPI(RuntimeAPI):
-    """The real admin socket, remembering every command sent (for all instances: the agent makes
-    its own)."""
+    """The real admin socket, remembering every line sent (for all instances: the agent makes its
+    own)."""
 
     sent: ClassVar[list[str]] = []
 
-    async def send(self, command: str) -> str:
+    async def send_line(self, command: str) -> str:
         RecordingAPI.sent.append(command)
-        return await super().send(command)
+        return await super().send_line(command)
 
 
 async def test_a_change_is_planned_from_the_last_verified_state_and_read_once(
@@ -467,6 +483,14 @@ async def test_a_change_is_planned_from_the_last_verified_state_and_read_once(
         await change_servers(etcd, site, [b])
         asked = [c for c in RecordingAPI.sent if not c.startswith(("show info", "del server"))]
         assert asked == [f"set server svc_web/{a.address} state maint", "show servers state svc_web"], asked
+        RecordingAPI.sent.clear()
+        await change_servers(etcd, site, [a, b])  # added and enabled on one line
+        asked = [c for c in RecordingAPI.sent if not c.startswith(("show info", "del server"))]
+        target = f"svc_web/{a.address}"
+        added = f"add server {target} {a.address}; enable server {target}"
+        if asked[0].startswith("set server"):  # a was still draining: made ready again
+            added = f"set server {target} state ready"
+        assert asked == [added, "show servers state svc_web"], asked
 
 
 async def test_servers_changed_behind_the_agents_back_are_planned_again_from_haproxy(
@@ -495,8 +519,8 @@ class BlindAPI(RuntimeAPI):
 
     hide: ClassVar[str] = ""
 
-    async def send(self, command: str) -> str:
-        answer = await super().send(command)
+    async def send_line(self, command: str) -> str:
+        answer = await super().send_line(command)
         if not (BlindAPI.hide and command.startswith("show servers state")):
             return answer
         return "\n".join(line for line in answer.splitlines() if BlindAPI.hide not in line.split())

@@ -3,9 +3,11 @@
 HAProxy's runtime API is a line protocol on the ``stats socket`` the config declares (the built-in
 template: a unix socket in the proxy's runtime directory, ``mode 600 level admin``). Only a unix
 socket with ``level admin`` is used, never a TCP one: whoever can reach the socket can reconfigure
-the proxy, and a file mode is the simplest way to say who can. One connection per command, the way
+the proxy, and a file mode is the simplest way to say who can. One connection per line, the way
 ``socat`` sends them: HAProxy answers and closes, so an answer is everything read until EOF, and a
-restarted HAProxy is simply reached on the next command.
+restarted HAProxy is simply reached on the next command. A line holds one command, except that a
+new server's ``add server`` and ``enable server`` go on one line (``;``-separated, each checked on
+its own), so a server takes requests after one round trip.
 
 :class:`ServerRuntime` applies a planned change (:mod:`fleetop.proxy.haproxy_servers`) and owns the
 servers being drained: a removed server goes into maintenance at once (no new requests; requests in
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fleetop.errors import ProxyError
@@ -61,6 +63,11 @@ class UnreachableError(RuntimeAPIError):
     """The admin socket did not answer (HAProxy stopped or restarting, or too slow)."""
 
 
+def _single(command: str) -> None:
+    if "\n" in command or ";" in command:
+        raise RuntimeAPIError(f"refusing to send {command!r}: one command, no separators")
+
+
 def admin_socket_of(body: str) -> Path | None:
     """The unix admin socket an HAProxy config declares (``stats socket /path ... level admin``)."""
     for match in _STATS_SOCKET_RE.finditer(body):
@@ -77,8 +84,13 @@ class RuntimeAPI:
         self.timeout = timeout
 
     async def send(self, command: str) -> str:
-        if "\n" in command or ";" in command:
-            raise RuntimeAPIError(f"refusing to send {command!r}: one command, no separators")
+        """Send one command (no separators: nothing from a config can add a command)."""
+        _single(command)
+        return await self.send_line(command)
+
+    async def send_line(self, line: str) -> str:
+        """Send a line whose commands were checked (:meth:`send`, :meth:`run_chain`); the answer."""
+        command = line
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_unix_connection(str(self.path), limit=_ANSWER_LIMIT)
@@ -101,6 +113,23 @@ class RuntimeAPI:
         answer = await self.send(command.text)
         if not command.succeeded(answer):
             raise RuntimeAPIError(f"'{command.text}' was refused: {answer.strip() or '(no answer)'}")
+        return answer
+
+    async def run_chain(self, commands: Sequence[Command]) -> str:
+        """Send ``commands`` as one line joined by ``;`` (HAProxy runs them in order, answering each):
+        one round trip for all. Every command after the first answers nothing when it succeeds, so
+        the answer must be the first one's success answer and nothing else."""
+        if len(commands) == 1:
+            return await self.run(commands[0])
+        if any(command.ok != ("",) for command in commands[1:]):
+            raise ValueError("only commands that answer nothing on success can be chained")
+        for command in commands:
+            _single(command.text)
+        line = "; ".join(command.text for command in commands)
+        answer = await self.send_line(line)
+        said = [text.strip() for text in answer.splitlines() if text.strip()]
+        if len(said) > 1 or not commands[0].succeeded(said[0] if said else ""):
+            raise RuntimeAPIError(f"'{line}' was refused: {answer.strip() or '(no answer)'}")
         return answer
 
     async def servers(self, backend: str | None = None) -> dict[str, dict[str, LiveServer]]:
@@ -192,8 +221,8 @@ class ServerRuntime:
         for backend in desired:
             self.known.pop(backend, None)  # unknown until verified again
         plan = plan_commands(desired, live)
-        for command in plan.commands:
-            await self.api.run(command)
+        for chain in _chains(plan.commands):
+            await self.api.run_chain(chain)
         deadline = self._now() + self.drain_timeout
         kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
         self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}
@@ -244,3 +273,14 @@ class ServerRuntime:
                     self.known.get(key[0], {}).pop(key[1], None)
                     if answer == DELETED:
                         log.info("deleted drained server %s", target)
+
+
+def _chains(commands: Sequence[Command]) -> list[list[Command]]:
+    """The commands grouped into lines: a chained command joins the line of the one before it."""
+    lines: list[list[Command]] = []
+    for command in commands:
+        if command.chained and lines:
+            lines[-1].append(command)
+        else:
+            lines.append([command])
+    return lines

@@ -143,6 +143,9 @@ class Command:
 
     text: str
     ok: tuple[str, ...]
+    chained: bool = False
+    """Sent on the line of the command before it (``a; b``: one connection, one round trip); only a
+    command that answers nothing on success (``ok == ("",)``) is chained."""
 
     def succeeded(self, answer: str) -> bool:
         answer = answer.strip()
@@ -358,14 +361,14 @@ def parse_servers_state(text: str) -> dict[str, dict[str, LiveServer]]:
 
 
 def _add(backend: str, server: Server) -> list[Command]:
-    """Add, then enable: HAProxy 2.6 takes ``add server ... enabled`` and reports the server ready,
-    but never sends it a request (it is not put into the balancing), so the two round trips stay."""
+    """Add, then enable, on one line: HAProxy 2.6 takes ``add server ... enabled`` and reports the
+    server ready, but never sends it a request (it is not put into the balancing)."""
     target = f"{backend}/{server.name}"
     options = f" {' '.join(server.options)}" if server.options else ""
     commands = [Command(f"add server {target} {server.address}{options}", ("New server registered.",))]
     if "check" in server.options:
-        commands.append(Command(f"enable health {target}", ("",)))
-    commands.append(Command(f"enable server {target}", ("",)))
+        commands.append(Command(f"enable health {target}", ("",), chained=True))
+    commands.append(Command(f"enable server {target}", ("",), chained=True))
     return commands
 
 
