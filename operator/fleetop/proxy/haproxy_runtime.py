@@ -17,9 +17,9 @@ the expected one, and a ``show servers state`` that disagrees with the config af
 raise :class:`RuntimeAPIError` with HAProxy's own words; the agent then reloads the installed file.
 
 The commands of a change are planned against the servers the last verified ``show servers state``
-reported for its backends, kept while the same worker answers and updated by every command this
-module sends, so a change costs its commands and one read (the verification) instead of two reads
-around them: the read before is off the path from the published config to the first request. A
+reported for its backends, kept while the same worker answers (and without the servers deleted
+once drained since), so a change costs its commands and one read (the verification) instead of two
+reads around them: the read before is off the path from the published config to the first request. A
 plan from that memory that HAProxy refuses, or whose result disagrees, is planned again from what
 HAProxy reports then (someone else changed its servers, or it restarted without a pid file that
 would have told); only a disagreement then is an error.
@@ -90,19 +90,18 @@ class RuntimeAPI:
 
     async def send_line(self, line: str) -> str:
         """Send a line whose commands were checked (:meth:`send`, :meth:`run_chain`); the answer."""
-        command = line
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_unix_connection(str(self.path), limit=_ANSWER_LIMIT)
                 try:
-                    writer.write(command.encode("ascii") + b"\n")
+                    writer.write(line.encode("ascii") + b"\n")
                     await writer.drain()
                     answer = await reader.read(-1)
                 finally:
                     writer.close()
         except TimeoutError:
             raise UnreachableError(
-                f"{command!r}: no answer from {self.path} within {self.timeout:g} s"
+                f"{line!r}: no answer from {self.path} within {self.timeout:g} s"
             ) from None
         except OSError as exc:
             raise UnreachableError(f"cannot reach HAProxy at {self.path}: {exc.strerror or exc}") from None
@@ -182,7 +181,6 @@ class ServerRuntime:
         self.known: dict[str, dict[str, LiveServer]] = {}
         """Backend → its servers as the last verification saw them (and the commands since changed
         them), for the worker that answered then; what the next change is planned against."""
-        self.replans = 0  # plans from memory that HAProxy contradicted (tests and logs)
 
     @staticmethod
     def _now() -> float:
@@ -206,7 +204,6 @@ class ServerRuntime:
                 raise
             except RuntimeAPIError as exc:  # HAProxy holds something else than remembered
                 log.info("runtime plan from the last verified state failed (%s): reading it again", exc)
-                self.replans += 1
                 return await self._apply(desired, await self._read(desired))
 
     async def _read(self, desired: Mapping[str, Mapping[str, Server]]) -> dict[str, dict[str, LiveServer]]:
