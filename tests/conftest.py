@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from pytest_asyncio.plugin import is_async_test
 
 from fleetop.config import settings_from
 from fleetop.etcd.client import Etcd
@@ -46,16 +48,66 @@ def etcdctl_bin() -> str:
     return find_etcd_binary("etcdctl")
 
 
+TASK_GRACE = 2.0
+"""Seconds a task found running at the end of a test has to end by itself before it counts as left."""
+
+
+def _tasks_of_this_test(what: str) -> Callable[[], AsyncIterator[None]]:
+    """An async fixture body: note the tasks alive when the test starts and, when the test and every
+    fixture it set up after this one have ended, fail if a task started since is still not done."""
+
+    async def check() -> AsyncIterator[None]:
+        before = set(asyncio.all_tasks())
+        yield
+        here = asyncio.current_task()  # the teardown's own task (not the setup's)
+        left = [t for t in asyncio.all_tasks() if t is not here and t not in before and not t.done()]
+        if left:  # a task still ending (a cancelled call's clean-up inside grpc) is not left behind
+            await asyncio.wait(left, timeout=TASK_GRACE)
+            left = [t for t in left if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+            named = "\n".join(f"  {task.get_name()}: {task.get_coro()!r}" for task in left)
+            pytest.fail(f"tasks left running at the end of the {what}:\n{named}", pytrace=False)
+
+    return check
+
+
+_tasks_left_in_function_loop = pytest_asyncio.fixture(
+    loop_scope="function", name="_tasks_left_in_function_loop"
+)(_tasks_of_this_test("test"))
+_tasks_left_in_module_loop = pytest_asyncio.fixture(
+    scope="module", loop_scope="module", name="_tasks_left_in_module_loop"
+)(_tasks_of_this_test("module"))
+
+
+def _loop_scope(node: pytest.Item | pytest.Collector) -> str:
+    marker = node.get_closest_marker("asyncio")
+    return (marker.kwargs.get("loop_scope") if marker is not None else None) or "function"
+
+
 @pytest.fixture(autouse=True)
-def _no_pending_tasks() -> Iterator[None]:
-    """Fail a test that leaves asyncio tasks behind in a loop that is still running."""
-    yield
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done() and t is not asyncio.current_task()]
-    assert not pending, f"tasks left pending: {pending}"
+def _no_pending_tasks(request: pytest.FixtureRequest) -> None:
+    """Fail an asyncio test that leaves a task running at its end.
+
+    pytest-asyncio runs each async test and its async fixtures in a loop of the test's loop scope
+    and, when that loop closes, cancels whatever is left without a word. So the check is an async
+    fixture in the test's own loop, set up before every other fixture of the test and therefore torn
+    down after all of them: a task that a fixture cancels in its teardown is fine, one that nobody
+    ends is reported (and then cancelled).
+    """
+    if is_async_test(request.node) and _loop_scope(request.node) == "function":
+        request.getfixturevalue("_tasks_left_in_function_loop")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_pending_tasks_in_module(request: pytest.FixtureRequest) -> None:
+    """The same check for a module whose tests share one loop (``loop_scope="module"``): there a task
+    started during one test may rightly belong to a module fixture (a node's journal keeper), so the
+    check is made once, after the module's last fixture has been torn down."""
+    if _loop_scope(request.node) == "module":
+        request.getfixturevalue("_tasks_left_in_module_loop")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -37,8 +37,13 @@ from fleetop.errors import ConfigError, FleetUnavailable, TemporaryError
 
 if TYPE_CHECKING:
     import http.client
+    from typing import TypeAlias
 
     import httpx
+
+    Transport: TypeAlias = httpx.AsyncBaseTransport
+    """What replaces the network under a session (``httpx.MockTransport`` in tests); a name for
+    annotations only, so that neither this module nor its callers import httpx to mention it."""
 
 UNIX_BASE_URL = "http://fleet"
 """The base URL requests carry over a unix socket (the host part is never resolved)."""
@@ -147,7 +152,7 @@ class HttpSession:
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
         unavailable: type[TemporaryError] = FleetUnavailable,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Transport | None = None,
     ) -> None:
         import httpx
 

@@ -318,6 +318,18 @@ def test_events_follow_prints_new_events_as_they_come(cli: Cli) -> None:
     import os
     import sys
 
+    def put_event(key: str, reason: str, time: str) -> None:
+        event = {
+            "kind": "Service",
+            "name": "web",
+            "type": "Warning",
+            "reason": reason,
+            "message": "fleet answered 409",
+            "time": time,
+        }
+        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/{key}", json.dumps(event))
+
+    put_event("a", "Earlier", "2026-11-21T10:00:01Z")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fleetop.cli.main", "events", "--follow", "--service", "web"],
         stdout=subprocess.PIPE,
@@ -326,19 +338,12 @@ def test_events_follow_prints_new_events_as_they_come(cli: Cli) -> None:
         env={**os.environ, **cli.env},
     )
     try:
-        import time
-
-        time.sleep(1.5)  # let it list and start watching; an event written earlier is listed anyway
-        event = {
-            "kind": "Service",
-            "name": "web",
-            "type": "Warning",
-            "reason": "FleetAPIError",
-            "message": "fleet answered 409",
-            "time": "2026-11-21T10:00:09Z",
-        }
-        cli.etcdctl("put", f"{cli.prefix}/fleetop/events/web/z", json.dumps(event))
         assert proc.stdout is not None
+        # The earlier event is printed from the listing; the watch follows from that listing's
+        # revision, so whatever is written once it is printed comes next, however slow the start.
+        line = proc.stdout.readline()
+        assert line.split()[:3] == ["Warning", "Earlier", "service/web"], line
+        put_event("z", "FleetAPIError", "2026-11-21T10:00:09Z")
         line = proc.stdout.readline()
         assert line.split()[:3] == ["Warning", "FleetAPIError", "service/web"], line
     finally:

@@ -1,18 +1,18 @@
 """A small, pure model of a fleet cluster, to test the planner against over many steps.
 
 Not a fake of fleet's API: it models only what the planner reads and what fleet is observed to do
-(``fleet-observed.md`` §8, §10, §13): units are scheduled a tick after they are created, onto the
-least-loaded machine that their ``[X-Fleet]`` section allows (MachineMetadata, MachineID, MachineOf,
-Conflicts in both directions), or stay silently unscheduled; they run a tick later; a destroyed
+(``fleet-observed.md`` §8, §10, §13): units are scheduled a tick after they are created by the
+scheduler ``fleetop node`` runs (:func:`fleetop.node.scheduler.schedule`, fleet's own rules: the
+least-loaded machine that the ``[X-Fleet]`` section allows, MachineMetadata, MachineID, MachineOf,
+Conflicts in both directions as Go globs), or stay silently unscheduled; they run a tick later; a destroyed
 unit's state lingers for a few ticks; failures show only in the systemd states; sidekicks register
 their instance once both run. Faults are switched on per tick and drawn from a seeded ``Random``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fleetop.controller.world import (
@@ -24,7 +24,8 @@ from fleetop.controller.world import (
     ObservedUnit,
     SetDesiredState,
 )
-from fleetop.fleet.units import UnitOption, option_values, unit_hash
+from fleetop.fleet.units import UnitOption, unit_hash
+from fleetop.node.scheduler import SchedMachine, SchedUnit, schedule
 
 
 @dataclass
@@ -123,10 +124,12 @@ class SimFleet:
                     unit.current = "launched"
             elif unit.desired != "launched" and unit.current == "launched":
                 unit.current = "loaded"
+        waiting = []
         for unit in sorted(self.units.values(), key=lambda u: u.name):
-            waiting = unit.desired == "launched" and unit.machine is None and not unit.stuck
-            if waiting and self.rng.random() >= self.faults.delay:
-                unit.machine = self._place(unit)
+            ready = unit.desired == "launched" and unit.machine is None and not unit.stuck
+            if ready and self.rng.random() >= self.faults.delay:
+                waiting.append(unit)
+        self._place(waiting)
         for unit in self.units.values():
             if unit.current == "launched" and not unit.failed and self.rng.random() < self.faults.fail:
                 unit.failed = True
@@ -149,33 +152,16 @@ class SimFleet:
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    def _place(self, unit: SimUnit) -> str | None:
-        candidates = [m for m in self.machines if self._allows(unit, m)]
-        if not candidates:
-            return None
-        load = {m.id: 0 for m in self.machines}
-        for other in self.units.values():
-            if other.machine:
-                load[other.machine] += 1
-        return min(candidates, key=lambda m: (load[m.id], m.id)).id
-
-    def _allows(self, unit: SimUnit, machine: ObservedMachine) -> bool:
-        wanted: dict[str, set[str]] = {}
-        for pair in option_values(unit.options, "X-Fleet", "MachineMetadata"):
-            key, _, value = pair.partition("=")
-            wanted.setdefault(key, set()).add(value)
-        if any(machine.metadata.get(k) not in values for k, values in wanted.items()):
-            return False
-        if any(mid != machine.id for mid in option_values(unit.options, "X-Fleet", "MachineID")):
-            return False
-        for target in option_values(unit.options, "X-Fleet", "MachineOf"):
-            other = self.units.get(target)
-            if other is None or other.machine != machine.id:
-                return False
-        here = [u for u in self.units.values() if u.machine == machine.id and u.name != unit.name]
-        return not any(_conflict(unit, other) or _conflict(other, unit) for other in here)
-
-
-def _conflict(unit: SimUnit, other: SimUnit) -> bool:
-    patterns: Iterable[str] = option_values(unit.options, "X-Fleet", "Conflicts")
-    return any(fnmatch.fnmatchcase(other.name, p) for p in patterns)
+    def _place(self, waiting: Sequence[SimUnit]) -> None:
+        """Place the units due this tick as fleet's scheduler would, next to the units already placed
+        (which stay where they are: the model does not reschedule)."""
+        if not waiting:
+            return
+        placed = [u for u in self.units.values() if u.machine is not None]
+        decided = schedule(
+            [SchedUnit(u.name, u.options, "launched") for u in [*placed, *waiting]],
+            [SchedMachine(m.id, m.metadata) for m in self.machines],
+            {u.name: u.machine for u in placed if u.machine is not None},
+        )
+        for unit in waiting:
+            unit.machine = decided.placements.get(unit.name)

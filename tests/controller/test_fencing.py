@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetop.clock import FakeClock
 from fleetop.config import EtcdSettings
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.leader import LeaderElector, LeaderTimings
@@ -29,7 +30,7 @@ TIMINGS = LeaderTimings(lease_duration=30.0, renew_deadline=20.0, retry_period=1
 
 
 class SteppedClock:
-    """A monotonic clock that only moves when the test says so."""
+    """A UNIX-time clock that only moves when the test says so."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -50,7 +51,7 @@ async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]
 
 
 @contextlib.asynccontextmanager
-async def leading(etcd: Etcd, clock: SteppedClock) -> AsyncIterator[LeaderElector]:
+async def leading(etcd: Etcd, clock: FakeClock) -> AsyncIterator[LeaderElector]:
     """An elector that holds the leader key, driven by hand: no renew loop runs, the test renews."""
     elector = LeaderElector(etcd, Keys(), "fenced", TIMINGS, clock=clock)
     assert await elector._try_acquire()
@@ -62,26 +63,26 @@ async def leading(etcd: Etcd, clock: SteppedClock) -> AsyncIterator[LeaderElecto
 
 
 async def test_the_guard_follows_the_elector_s_own_clock(etcd: Etcd) -> None:
-    clock = SteppedClock()
+    clock = FakeClock()
     follower = LeaderElector(etcd, Keys(), "follower", TIMINGS, clock=clock)
     with pytest.raises(NotLeader):
         follower.check_leading()
     async with leading(etcd, clock) as elector:
         elector.check_leading()
-        clock.step(TIMINGS.renew_deadline - 0.5)
+        await clock.step(TIMINGS.renew_deadline - 0.5)
         elector.check_leading()  # still inside the deadline
-        clock.step(1.0)
+        await clock.step(1.0)
         with pytest.raises(NotLeader, match="renew deadline"):
             elector.check_leading()
         assert await elector._renew_within_deadline() is False, "past the deadline: step down, no renewal"
 
 
 async def test_a_renewal_sent_in_time_makes_writes_allowed_again(etcd: Etcd) -> None:
-    clock = SteppedClock()
+    clock = FakeClock()
     async with leading(etcd, clock) as elector:
-        clock.step(TIMINGS.renew_deadline - 1.0)
+        await clock.step(TIMINGS.renew_deadline - 1.0)
         assert await elector._renew_within_deadline()
-        clock.step(2.0)  # past the first deadline, inside the one the renewal started
+        await clock.step(2.0)  # past the first deadline, inside the one the renewal started
         elector.check_leading()
         elector._set_leader(False)  # deposed: refused whatever the clock says
         with pytest.raises(NotLeader):
@@ -89,27 +90,27 @@ async def test_a_renewal_sent_in_time_makes_writes_allowed_again(etcd: Etcd) -> 
 
 
 async def test_the_executor_sends_no_fleet_write_after_the_deadline(etcd: Etcd, fleet: FleetClient) -> None:
-    clock = SteppedClock()
+    clock = FakeClock()
     spec = ServiceSpec.model_validate({"replicas": 1, "unit": {"execStart": "/bin/sleep 1000"}})
     name = "fenced@1.service"
     create = CreateUnit(name, tuple(render_main(spec, "fenced", 1)), desired_state="loaded")
     try:
         async with leading(etcd, clock) as elector:
             executor = Executor(fleet, etcd, Keys(), lambda: elector.fence, guard=elector.check_leading)
-            clock.step(TIMINGS.renew_deadline)
+            await clock.step(TIMINGS.renew_deadline)
             with pytest.raises(NotLeader):
                 await executor.apply("fenced", [create])
             assert await fleet.get_unit(name) is None, "a refused create reached fleet"
 
         async with leading(etcd, clock) as elector:
             executor = Executor(fleet, etcd, Keys(), lambda: elector.fence, guard=elector.check_leading)
-            clock.step(TIMINGS.renew_deadline - 1.0)
+            await clock.step(TIMINGS.renew_deadline - 1.0)
             assert await elector._renew_within_deadline()
-            clock.step(2.0)  # past the acquisition's deadline, inside the renewal's
+            await clock.step(2.0)  # past the acquisition's deadline, inside the renewal's
             outcome = await executor.apply("fenced", [create])
             assert outcome.error is None and outcome.applied == [f"Created {name}"]
 
-            clock.step(TIMINGS.renew_deadline)  # no renewal since: every kind of write is refused
+            await clock.step(TIMINGS.renew_deadline)  # no renewal since: every kind of write is refused
             for action in (SetDesiredState(name, "launched"), DestroyUnit(name, "test")):
                 with pytest.raises(NotLeader):
                     await executor.apply("fenced", [action])
@@ -175,7 +176,7 @@ async def test_status_carries_when_its_generation_was_first_reported(etcd: Etcd,
     wall = SteppedClock()
     wall.now = 1_790_000_000.0
     key = Keys().status("services", "stamped")
-    async with leading(etcd, SteppedClock()) as elector:
+    async with leading(etcd, FakeClock()) as elector:
         executor = Executor(fleet, etcd, Keys(), lambda: elector.fence, clock=wall)
 
         async def write(generation: int, ready: int) -> ServiceStatus:

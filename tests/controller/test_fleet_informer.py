@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from fleetop.controller.runtime.informers import QUIET_POLL_SHARE, FleetInformer
+from fleetop.clock import FakeClock
+from fleetop.controller.runtime.informers import QUIET_POLL_SHARE, STALL_AFTER, FleetInformer
 from fleetop.fleet.client import FleetClient
-from fleetop.fleet.model import Unit
+from fleetop.fleet.model import Machine, Unit, UnitState
 
 KEY = "services/web"
 
@@ -69,29 +70,46 @@ async def test_an_expectation_is_met_only_by_a_poll_that_began_after_it(gated: G
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_a_poll_leaves_at_least_its_own_duration_idle(gated: GatedClient) -> None:
+class SlowFleet:
+    """A fleet whose every listing takes ``seconds`` on the test's clock (no I/O: the pacing alone)."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.polls: list[tuple[float, float]] = []
+        self.endpoints = ("unix:///var/run/fleet.sock",)
+        self.unreachable: dict[str, str] = {}
+
+    async def list_units(self) -> list[Unit]:
+        began = self.clock.now()
+        await self.clock.sleep(self.seconds)
+        self.polls.append((began, self.clock.now()))
+        return []
+
+    async def list_states(self) -> list[UnitState]:
+        return []
+
+    async def list_machines(self) -> list[Machine]:
+        return []
+
+
+async def test_a_poll_leaves_at_least_its_own_duration_idle() -> None:
     """Woken on every action, the informer still polls at most half of the time."""
-    informer = FleetInformer(gated, lambda keys, _: None, fast=0.0, slow=0.0)  # type: ignore[arg-type]
-    starts: list[float] = []
-    real = gated.list_units
-
-    async def slow_list() -> list[Unit]:
-        loop = asyncio.get_running_loop()
-        starts.append(loop.time())
-        await asyncio.sleep(0.2)  # a poll that takes 0.2 s
-        return await real()
-
-    gated.list_units = slow_list  # type: ignore[method-assign]
+    clock = FakeClock()
+    fleet = SlowFleet(clock, 0.2)
+    informer = FleetInformer(fleet, lambda keys, _: None, fast=0.0, slow=0.0, timer=clock)  # type: ignore[arg-type]
     task = asyncio.create_task(informer.run())
     try:
-        while len(starts) < 4:
+        for _ in range(200):  # an action every 10 ms, for 2 s
             informer.expect(KEY)
-            await asyncio.sleep(0.01)
+            await clock.step(0.01)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert all(gap >= 0.4 for gap in gaps), gaps
+    assert len(fleet.polls) >= 4
+    for (began, ended), (following, _) in itertools.pairwise(fleet.polls):
+        assert ended - began == pytest.approx(0.2)
+        assert following - ended == pytest.approx(0.2), "idle as long as the poll took, not longer"
 
 
 async def test_quiet_polls_are_spaced_by_their_cpu_cost(gated: GatedClient) -> None:
@@ -113,6 +131,40 @@ async def test_quiet_polls_are_spaced_by_their_cpu_cost(gated: GatedClient) -> N
         assert informer.interval >= 0.05 / QUIET_POLL_SHARE
         informer.hurry(30)
         assert informer.interval == 0.1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_poll_hanging_for_stall_after_marks_fleet_lost_until_it_ends() -> None:
+    clock = FakeClock()
+    fleet = SlowFleet(clock, 0.0)
+    reported: list[tuple[set[str], bool]] = []
+    informer = FleetInformer(fleet, lambda k, m: reported.append((k, m)), fast=1.0, slow=5.0, timer=clock)  # type: ignore[arg-type]
+    hang = asyncio.Event()
+    hang.set()
+    real = fleet.list_units
+
+    async def held() -> list[Unit]:
+        await hang.wait()
+        return await real()
+
+    fleet.list_units = held  # type: ignore[method-assign]
+    task = asyncio.create_task(informer.run())
+    try:
+        await clock.step(0)
+        assert informer.synced.is_set() and informer.loss is None
+        hang.clear()
+        await clock.step(5.0)  # the next (slow) poll begins, and hangs
+        reported.clear()
+        await clock.step(STALL_AFTER - 0.1)
+        assert informer.loss is None, "a poll may take up to stall_after"
+        await clock.step(0.1)
+        assert informer.loss is not None and informer.loss.error == f"no answer within {STALL_AFTER:g}s"
+        assert reported == [(set(), True)], "everyone is judged again"
+        hang.set()
+        await clock.step(0)
+        assert informer.loss is None, "the hung poll finished: fleet answers again"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -1,22 +1,29 @@
-"""Leader election against a real etcd: one leader, takeover on lease loss and on resign, fencing."""
+"""Leader election against a real etcd: one leader, takeover on lease loss and on resign, fencing.
+
+The electors run on a FakeClock: renewals, retry periods and the renew deadline happen when the test
+steps it, never because the machine was slow. etcd (and its leases) runs in real time; the tests wait
+for what etcd does with generous deadlines and assert no durations.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 
+from fleetop.clock import FakeClock
 from fleetop.config import EtcdSettings
 from fleetop.controller.runtime.leader import LeaderElector, LeaderTimings, holder_of
 from fleetop.errors import NotLeader
 from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
+from waiting import eventually
 
-TIMINGS = LeaderTimings(lease_duration=3.0, renew_deadline=2.0, retry_period=0.5)
+TIMINGS = LeaderTimings(lease_duration=30.0, renew_deadline=20.0, retry_period=5.0)
+"""etcd's lease outlives every test: a lease ends here because the test ends it, not by its TTL."""
 
 
 @pytest.fixture
@@ -28,9 +35,9 @@ async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]
 
 @contextlib.asynccontextmanager
 async def candidates(
-    etcd: Etcd, *names: str
+    etcd: Etcd, clock: FakeClock, *names: str
 ) -> AsyncIterator[tuple[list[LeaderElector], list[asyncio.Task[None]]]]:
-    electors = [LeaderElector(etcd, Keys(), name, TIMINGS) for name in names]
+    electors = [LeaderElector(etcd, Keys(), name, TIMINGS, clock=clock) for name in names]
     tasks = [asyncio.create_task(e.run(), name=f"candidate {e.identity}") for e in electors]
     try:
         yield electors, tasks
@@ -43,70 +50,86 @@ async def candidates(
 
 
 async def wait_for_leader(
-    electors: list[LeaderElector], timeout: float, exclude: LeaderElector | None = None
+    electors: list[LeaderElector], exclude: LeaderElector | None = None
 ) -> LeaderElector:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        leaders = [e for e in electors if e.is_leader and e is not exclude]
-        if leaders:
-            return leaders[0]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no leader within {timeout}s")
+    """The first elector (other than ``exclude``) seen leading; etcd's answers come in real time."""
+
+    def leader() -> LeaderElector | None:
+        return next((e for e in electors if e.is_leader and e is not exclude), None)
+
+    found: LeaderElector = await eventually(leader, 30, "a leader", every=0.02)
+    return found
+
+
+async def renewal(leader: LeaderElector, clock: FakeClock) -> None:
+    """Step one retry period and wait until the renewal it starts has been answered by etcd."""
+    await clock.step(TIMINGS.retry_period)
+    await eventually(lambda: not leader.is_leader or leader.renewed_at == clock.now(), 30, "the renewal")
 
 
 async def test_two_candidates_elect_exactly_one(etcd: Etcd) -> None:
-    async with candidates(etcd, "a", "b") as (electors, _):
-        leader = await wait_for_leader(electors, 5)
-        for _ in range(20):  # it stays that way across several renewals
-            assert sum(e.is_leader for e in electors) == 1
-            await asyncio.sleep(0.1)
+    clock = FakeClock()
+    async with candidates(etcd, clock, "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors)
+        follower = next(e for e in electors if e is not leader)
+        await eventually(lambda: follower.observed_leader == leader.identity, 30, "the follower to see it")
+        for _ in range(5):  # it stays that way across several renewals (and the follower's re-checks)
+            await renewal(leader, clock)
+            assert [e.is_leader for e in electors].count(True) == 1 and leader.is_leader
+            leader.check_leading()
         stored = await etcd.get(Keys().leader())
         assert stored is not None and stored.value == leader.value
         assert holder_of(stored.value) == leader.identity
-        follower = next(e for e in electors if e is not leader)
         assert follower.observed_leader == leader.identity
+        assert leader.transitions == 1 and follower.transitions == 0
 
 
 async def test_lost_lease_makes_the_leader_step_down_and_the_other_take_over(etcd: Etcd) -> None:
-    async with candidates(etcd, "a", "b") as (electors, _):
-        leader = await wait_for_leader(electors, 5)
+    clock = FakeClock()
+    async with candidates(etcd, clock, "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors)
         await etcd.revoke(leader._lease)  # the lease is gone, as after a partition longer than its TTL
-        started = time.monotonic()
-        successor = await wait_for_leader(electors, TIMINGS.lease_duration + 2, exclude=leader)
-        assert time.monotonic() - started < TIMINGS.lease_duration + 2
-        await asyncio.sleep(TIMINGS.retry_period * 2)
-        assert sum(e.is_leader for e in electors) == 1
-        assert successor.is_leader
+        successor = await wait_for_leader(electors, exclude=leader)  # watching the key, it saw it go
+        await renewal(leader, clock)  # the old leader finds out at its next renewal
+        await eventually(lambda: not leader.is_leader, 30, "the old leader to step down")
+        with pytest.raises(NotLeader):
+            leader.check_leading()
+        await renewal(successor, clock)
+        assert [e.is_leader for e in electors].count(True) == 1
+        assert successor.is_leader and leader.observed_leader == successor.identity
 
 
-async def test_a_leader_that_stops_renewing_is_replaced_within_the_lease(etcd: Etcd) -> None:
-    async with candidates(etcd, "frozen", "standby") as (electors, tasks):
-        leader = await wait_for_leader(electors, 5)
+async def test_a_leader_that_stops_renewing_is_replaced(etcd: Etcd) -> None:
+    clock = FakeClock()
+    async with candidates(etcd, clock, "frozen", "standby") as (electors, tasks):
+        leader = await wait_for_leader(electors)
         index = electors.index(leader)
         tasks[index].cancel()  # stops renewing without resigning, like a hung or killed process
         await asyncio.gather(tasks[index], return_exceptions=True)
-        started = time.monotonic()
-        successor = await wait_for_leader(electors, TIMINGS.lease_duration + 3, exclude=leader)
+        assert not leader.is_leader
+        successor = await wait_for_leader(electors, exclude=leader)
         assert successor is not leader
-        assert time.monotonic() - started <= TIMINGS.lease_duration + 3
 
 
-async def test_resign_hands_over_within_about_a_second(etcd: Etcd) -> None:
-    async with candidates(etcd, "a", "b") as (electors, _):
-        leader = await wait_for_leader(electors, 5)
-        await asyncio.sleep(0.3)  # the follower is watching the key by now
-        started = time.monotonic()
+async def test_resign_hands_over_without_waiting_for_a_retry_period(etcd: Etcd) -> None:
+    clock = FakeClock()
+    async with candidates(etcd, clock, "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors)
+        follower = next(e for e in electors if e is not leader)
+        await eventually(lambda: follower.observed_leader == leader.identity, 30, "the follower to see it")
+        before = clock.now()
         await leader.resign()
         assert not leader.is_leader
-        successor = await wait_for_leader(electors, 3, exclude=leader)
-        took = time.monotonic() - started
-        assert successor is not leader
-        assert took < 1.5, f"takeover after resign took {took:.2f}s"
+        with pytest.raises(NotLeader):
+            leader.check_leading()
+        successor = await wait_for_leader(electors, exclude=leader)
+        assert successor is follower
+        assert clock.now() == before, "the standby followed the key's deletion, not a retry period"
 
 
 async def test_fenced_write_by_the_loser_is_refused(etcd: Etcd) -> None:
-    async with candidates(etcd, "a", "b") as (electors, _):
-        leader = await wait_for_leader(electors, 5)
+    async with candidates(etcd, FakeClock(), "a", "b") as (electors, _):
+        leader = await wait_for_leader(electors)
         loser = next(e for e in electors if e is not leader)
         key = "/status/services/fenced"
         await etcd.put(key, b"from the leader", fence=leader.fence)
@@ -129,29 +152,37 @@ def test_timings_must_leave_room_to_step_down() -> None:
 
 
 async def test_a_leader_cut_off_by_an_etcd_outage_resumes_when_etcd_is_back(tmp_path: object) -> None:
-    """It steps down during the outage (it cannot renew), and takes leadership back as soon as etcd
-    returns — its key and lease are still there — instead of waiting out a 30 s lease."""
+    """It steps down at the renew deadline during the outage (it cannot renew), and when etcd returns
+    takes leadership back on its own lease — still there — instead of waiting out a 30 s lease."""
     from pathlib import Path
 
     server = EtcdServer(Path(str(tmp_path)) / "data")
     server.start()
+    clock = FakeClock()
     timings = LeaderTimings(lease_duration=30.0, renew_deadline=2.0, retry_period=0.5)
     settings = EtcdSettings(endpoints=(server.endpoint,), dial_timeout=1.0, command_timeout=1.0)
     try:
         async with await Etcd.connect(settings) as client:
-            elector = LeaderElector(client, Keys(), "solo", timings)
+            elector = LeaderElector(client, Keys(), "solo", timings, clock=clock)
             task = asyncio.create_task(elector.run())
             try:
-                await wait_for_leader([elector], 10)
+                await wait_for_leader([elector])
+                lease = elector._lease
                 server.stop()
-                deadline = time.monotonic() + 20
-                while elector.is_leader and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                assert not elector.is_leader, "a leader that cannot renew must step down"
+                # one retry period starts a renewal that cannot be answered; at the renew deadline
+                # its timeout fires and the leader steps down, however long etcd takes to fail it
+                await clock.step(timings.renew_deadline)
+                await eventually(lambda: not elector.is_leader, 30, "the leader to step down")
+                with pytest.raises(NotLeader):
+                    elector.check_leading()
                 server.start()
-                back = time.monotonic()
-                await wait_for_leader([elector], 15)
-                assert time.monotonic() - back < timings.lease_duration / 2
+
+                async def led_again() -> bool:
+                    await clock.step(timings.retry_period)  # its retries wait on the clock
+                    return elector.is_leader
+
+                await eventually(led_again, 30, "leadership back")
+                assert elector._lease == lease, "resumed on its own lease, not a new one"
                 assert elector.transitions == 3  # led, stepped down, led again
             finally:
                 await elector.resign()

@@ -1,4 +1,8 @@
-"""The work queue: dedupe, per-key exclusion, backoff growth and cap, delayed adds, resync, workers."""
+"""The work queue: dedupe, per-key exclusion, backoff growth and cap, delayed adds, resync, workers.
+
+Every delay runs on a FakeClock that the test steps: nothing here sleeps, so what is asserted (which
+key came back, after which delay, how many passes) does not depend on how busy the machine is.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from fleetop.clock import FakeClock
 from fleetop.controller.runtime.queue import Backoff, QueueShutDownError, WorkQueue, run_resync, run_workers
 from fleetop.errors import PermanentError, TemporaryError
 
@@ -38,7 +43,8 @@ async def test_key_added_while_processing_is_requeued_after_done() -> None:
 
 
 async def test_workers_never_process_one_key_concurrently() -> None:
-    queue = WorkQueue()
+    clock = FakeClock()
+    queue = WorkQueue(clock=clock)
     active: Counter[str] = Counter()
     overlaps: list[str] = []
     passes: Counter[str] = Counter()
@@ -48,7 +54,7 @@ async def test_workers_never_process_one_key_concurrently() -> None:
         if active[key] > 1:
             overlaps.append(key)
         passes[key] += 1
-        await asyncio.sleep(0.005)
+        await clock.sleep(0.005)
         active[key] -= 1
         return None
 
@@ -56,8 +62,9 @@ async def test_workers_never_process_one_key_concurrently() -> None:
     for _ in range(30):
         for key in ("a", "b", "c"):
             queue.add(key)
-        await asyncio.sleep(0.002)
-    await asyncio.sleep(0.1)
+        await clock.step(0.002)
+    await clock.step(0.1)
+    assert queue.depth == 0 and not queue.processing
     queue.shut_down()
     await asyncio.wait_for(task, 5)
     assert not overlaps
@@ -91,13 +98,20 @@ async def test_rate_limited_adds_back_off_and_forget_resets() -> None:
 
 
 async def test_add_after_keeps_the_earliest_and_add_now_wins() -> None:
-    queue = WorkQueue()
+    clock = FakeClock()
+    queue = WorkQueue(clock=clock)
     queue.add_after("k", 10.0)
     queue.add_after("k", 0.02)
     queue.add_after("k", 5.0)
     assert queue.depth == 0 and queue.delayed == 1
-    assert await asyncio.wait_for(queue.get(), 1.0) == "k"
+    await clock.step(0.019)
+    assert queue.depth == 0, "not due yet"
+    await clock.step(0.001)
+    assert queue.depth == 1 and queue.delayed == 0
+    assert await queue.get() == "k"
     queue.done("k")
+    await clock.step(10.0)
+    assert queue.depth == 0, "the later delays were dropped, not kept for later"
     queue.add_after("j", 10.0)
     queue.add("j")
     assert queue.delayed == 0 and queue.depth == 1
@@ -105,37 +119,37 @@ async def test_add_after_keeps_the_earliest_and_add_now_wins() -> None:
 
 
 async def test_failing_key_is_retried_with_growing_delay_then_forgotten() -> None:
-    queue = WorkQueue(Backoff(base=0.01, cap=1.0, jitter=0.0))
+    clock = FakeClock()
+    queue = WorkQueue(Backoff(base=0.01, cap=1.0, jitter=0.0), clock=clock)
     calls: list[float] = []
-    loop = asyncio.get_running_loop()
 
     async def reconcile(key: str) -> float | None:
-        calls.append(loop.time())
+        calls.append(clock.now())
         if len(calls) < 5:
             raise RuntimeError("boom")
         return None
 
     task = asyncio.create_task(run_workers(queue, reconcile, workers=2))
     queue.add("k")
-    for _ in range(200):
-        if len(calls) >= 5:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    await clock.step(10.0)
+    assert queue.depth == 0 and queue.delayed == 0
     queue.shut_down()
     await asyncio.wait_for(task, 5)
-    assert len(calls) == 5
     gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert gaps[-1] > gaps[0]
+    assert gaps == pytest.approx([0.01, 0.02, 0.04, 0.08]), "each retry waits twice as long"
     assert queue.failures("k") == 0
 
 
 async def test_permanent_error_is_not_retried_temporary_uses_its_delay() -> None:
-    queue = WorkQueue(Backoff(base=0.001, cap=0.01, jitter=0.0))
+    clock = FakeClock()
+    queue = WorkQueue(Backoff(base=0.001, cap=0.01, jitter=0.0), clock=clock)
     calls: Counter[str] = Counter()
+    times: list[float] = []
 
     async def reconcile(key: str) -> float | None:
         calls[key] += 1
+        if key == "temp":
+            times.append(clock.now())
         if key == "perm":
             raise PermanentError("never")
         if calls[key] == 1:
@@ -148,20 +162,33 @@ async def test_permanent_error_is_not_retried_temporary_uses_its_delay() -> None
     )
     queue.add("perm")
     queue.add("temp")
-    await asyncio.sleep(0.3)
+    start = clock.now()
+    await clock.step(0.3)
     queue.shut_down()
     await asyncio.wait_for(task, 5)
     assert calls["perm"] == 1
     assert calls["temp"] == 3
+    assert [t - start for t in times] == pytest.approx([0.0, 0.05, 0.08]), "the error's delay, then 0.03"
     assert ("perm", "terminal") in outcomes
     assert [o for k, o in outcomes if k == "temp"] == ["error", "requeue", "success"]
 
 
 async def test_resync_queues_every_known_key() -> None:
-    queue = WorkQueue()
+    clock = FakeClock()
+    queue = WorkQueue(clock=clock)
     known = ["services/a", "services/b", "proxies/p"]
-    task = asyncio.create_task(run_resync(queue, 0.02, lambda: known))
-    await asyncio.sleep(0.07)
+    rounds: list[float] = []
+
+    def keys() -> list[str]:
+        rounds.append(clock.now())
+        return known
+
+    task = asyncio.create_task(run_resync(queue, 20.0, keys))
+    start = clock.now()
+    await clock.step(19.0)
+    assert queue.depth == 0 and not rounds
+    await clock.step(51.0)
+    assert [t - start for t in rounds] == [20.0, 40.0, 60.0]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -173,7 +200,8 @@ async def test_resync_queues_every_known_key() -> None:
 async def test_shut_down_wakes_waiting_getters() -> None:
     queue = WorkQueue()
     getter = asyncio.create_task(queue.get())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
+    assert not getter.done()
     queue.shut_down()
     with pytest.raises(QueueShutDownError):
         await asyncio.wait_for(getter, 1)

@@ -34,6 +34,7 @@ from fleetop.fleet.units import (
     unit_hash,
 )
 from fleetop.models import ServiceSpec
+from fleetop.node.unitparse import split_words
 
 BASE: dict[str, Any] = {"replicas": 2, "unit": {"execStart": "/usr/bin/app --port %i"}}
 
@@ -256,31 +257,6 @@ def test_environment_assignment(key: str, value: str, rendered: str) -> None:
     assert environment_assignment(key, value) == rendered
 
 
-def _unquote_systemd(text: str) -> list[str]:
-    """A reading of systemd's splitting rules, enough to check that quoting round-trips."""
-    words: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i] == " ":
-            i += 1
-            continue
-        word = ""
-        if text[i] == '"':
-            i += 1
-            while text[i] != '"':
-                if text[i] == "\\":
-                    i += 1
-                word += text[i]
-                i += 1
-            i += 1
-        else:
-            while i < len(text) and text[i] != " ":
-                word += text[i]
-                i += 1
-        words.append(word)
-    return words
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -293,7 +269,7 @@ def _unquote_systemd(text: str) -> list[str]:
 )
 def test_exec_check_is_one_argument(command: str) -> None:
     spec = spec_of(ports={"base": 8001}, discovery={"sidekick": True, "check": {"exec": command}})
-    words = _unquote_systemd(register_command(spec, "web", 8001))
+    words = split_words(register_command(spec, "web", 8001))  # as systemd reads ExecStart
     assert words[words.index("--exec") + 1] == command
 
 

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,8 +55,12 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 async def fake_fleet(path: Path, handler: Handler) -> AsyncIterator[list[int]]:
     """A unix-socket server that reads one request and lets ``handler`` answer (or not)."""
     hits: list[int] = []
+    handlers: set[asyncio.Task[Any]] = set()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
         hits.append(1)
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             await reader.readuntil(b"\r\n\r\n")
@@ -70,6 +75,8 @@ async def fake_fleet(path: Path, handler: Handler) -> AsyncIterator[list[int]]:
     finally:
         server.close()
         await server.wait_closed()
+        if handlers:  # each ends when its client hangs up: wait_closed() does not wait for them
+            await asyncio.wait(handlers, timeout=10)
 
 
 async def answer_500(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -86,7 +93,8 @@ async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await asyncio.sleep(5)
+    """Reads on, answering nothing, until the client gives up and hangs up."""
+    await reader.read()
 
 
 async def test_retries_until_a_late_node_answers(short_dir: Path) -> None:

@@ -31,7 +31,7 @@ import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from tenacity import (
@@ -47,6 +47,9 @@ from fleetop.errors import FleetAPIError, FleetUnavailable, InputError
 from fleetop.fleet.model import Machine, MetadataOp, Unit, UnitState, is_desired_state
 from fleetop.fleet.units import UnitOption, check_option_values, parse_unit_name
 from fleetop.http import HttpResponse, HttpSession, PlainSession, Session, Timeouts, json_body
+
+if TYPE_CHECKING:
+    from fleetop.http import Transport
 
 DEFAULT_ENDPOINT = DEFAULT_FLEET_ENDPOINT
 API_PREFIX = "/fleet/v1"
@@ -125,7 +128,8 @@ class FleetClient:
 
     ``endpoint`` is one endpoint, a comma-separated list, or a sequence (default: ``FLEETCTL_ENDPOINT``,
     else ``unix:///var/run/fleet.sock``); a bad one raises ConfigError naming it. ``session_factory``
-    makes the session of one endpoint (tests pass one with an injected transport); ``plain`` makes
+    makes the session of one endpoint; ``transport`` (tests: ``httpx.MockTransport``) replaces the
+    network under the default session of every endpoint; ``plain`` makes
     :class:`~fleetop.http.PlainSession` ones (standard library, for a CLI verb that asks a few questions
     and exits) instead of httpx's.
     """
@@ -139,6 +143,7 @@ class FleetClient:
         session_factory: Callable[[str], Session] | None = None,
         stats: ClientStats | None = None,
         write_guard: Callable[[], None] | None = None,
+        transport: Transport | None = None,
         plain: bool = False,
     ) -> None:
         given = endpoint or os.environ.get("FLEETCTL_ENDPOINT") or DEFAULT_ENDPOINT
@@ -150,7 +155,11 @@ class FleetClient:
         timeouts = timeouts or Timeouts(connect=3.0, read=15.0, write=15.0, pool=3.0)
         kind = PlainSession if plain else HttpSession
         self._factory = session_factory or (
-            lambda where: kind(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
+            lambda where: (
+                HttpSession(where, timeouts=timeouts, headers={"User-Agent": "fleetop"}, transport=transport)
+                if transport is not None
+                else kind(where, timeouts=timeouts, headers={"User-Agent": "fleetop"})
+            )
         )
         self._sessions: dict[int, Session] = {}
         self._current = 0

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fleetop.backoff import exponential
+from fleetop.clock import SYSTEM_CLOCK, Clock
 from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit, owner_key
 from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot
@@ -215,7 +216,8 @@ class FleetSnapshot:
     owner_of: Mapping[str, str] = field(default_factory=dict)
     """Unit name -> queue key of its owner (owned units only)."""
     started: float = 0.0
-    """``time.monotonic()`` when the poll began: a change made before it is visible in it."""
+    """The informer's ``timer.now()`` (monotonic) when the poll began: a change made before it is
+    visible in it."""
 
     @functools.cached_property
     def index(self) -> FleetIndex:
@@ -342,12 +344,16 @@ class FleetInformer:
         slow: float = 5.0,
         stall_after: float = STALL_AFTER,
         clock: Callable[[], float] = time.time,
+        timer: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """``clock`` gives the UNIX times recorded (``seen_at``, ``loss``); ``timer`` is the monotonic
+        clock polls are paced and timed by (a FakeClock in tests)."""
         self.client = client
         self.fast = fast
         self.slow = slow
         self.stall_after = stall_after
         self.clock = clock
+        self.timer = timer
         self.snapshot = FleetSnapshot()
         self.synced = asyncio.Event()
         """Set once fleet's state is known: a first snapshot, or that fleet cannot be seen (``loss``)."""
@@ -365,14 +371,14 @@ class FleetInformer:
 
     def hurry(self, seconds: float = 30.0) -> None:
         """Poll every ``fast`` seconds for the next ``seconds`` (something is converging)."""
-        self._hurry_until = max(self._hurry_until, time.monotonic() + seconds)
+        self._hurry_until = max(self._hurry_until, self.timer.now() + seconds)
 
     def expect(self, key: str) -> None:
         """``key`` just changed fleet: until a poll that began after now has completed, the snapshot
         cannot show it (:meth:`fresh_for` is False); that poll reports ``key`` as changed. The
         operator's form of client-go's expectations: a worker never waits for fleet, and a pass
         never plans from a snapshot older than its own last writes."""
-        self._expecting[key] = time.monotonic()
+        self._expecting[key] = self.timer.now()
         self._wake.set()
 
     def fresh_for(self, key: str) -> bool:
@@ -383,17 +389,17 @@ class FleetInformer:
     def interval(self) -> float:
         """``fast`` while something converges; otherwise ``slow``, stretched on a cluster so large that
         polling every ``slow`` seconds would take more than QUIET_POLL_SHARE of a core."""
-        if time.monotonic() < self._hurry_until:
+        if self.timer.now() < self._hurry_until:
             return self.fast
         return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
 
     async def refresh(self, timeout: float = 10.0) -> bool:
         """Poll now and wait for a snapshot that began after this call; False on timeout or while
         fleet does not answer."""
-        asked = time.monotonic()
+        asked = self.timer.now()
         self._wake.set()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with self.timer.timeout(timeout):
                 while self.snapshot.started < asked:
                     if self.loss is not None:
                         return False
@@ -408,7 +414,7 @@ class FleetInformer:
         failures = 0
         while True:
             self._wake.clear()
-            began, cpu, wall = time.monotonic(), time.thread_time(), self.clock()
+            began, cpu, wall = self.timer.now(), time.thread_time(), self.clock()
             try:
                 await self._poll_watched(wall)
                 self._poll_cpu = time.thread_time() - cpu
@@ -427,23 +433,25 @@ class FleetInformer:
                     delay,
                     exc_info=not isinstance(exc, FleetopError),
                 )
-            ended = time.monotonic()
+            ended = self.timer.now()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with self.timer.timeout(delay):
                     await self._wake.wait()
             # At least as long idle as the poll took, however often it is woken: on a large cluster
             # polling takes at most half of the operator's time, on a small one this is nothing.
-            idle = time.monotonic() - ended
+            idle = self.timer.now() - ended
             if idle < ended - began:
-                await asyncio.sleep(ended - began - idle)
+                await self.timer.sleep(ended - began - idle)
 
     async def _poll_watched(self, wall: float) -> None:
         """One poll; if it has not finished after ``stall_after`` seconds, fleet counts as lost (since
         the poll began) while the poll goes on."""
         poll = asyncio.create_task(self.poll_once(wall), name="fleet poll")
         try:
-            done, _ = await asyncio.wait({poll}, timeout=self.stall_after)
-            if not done:
+            with contextlib.suppress(TimeoutError):
+                async with self.timer.timeout(self.stall_after):
+                    await asyncio.shield(poll)
+            if not poll.done():
                 self._lost(wall, f"no answer within {self.stall_after:g}s")
             await poll
         finally:
@@ -466,7 +474,7 @@ class FleetInformer:
             log.exception("fleet: queueing the owners after a loss failed")
 
     async def poll_once(self, wall: float | None = None) -> None:
-        started = time.monotonic()
+        started = self.timer.now()
         wall = self.clock() if wall is None else wall
         units = await self.client.list_units()
         states = await self.client.list_states()
@@ -525,6 +533,7 @@ class Informers:
         *,
         fast: float,
         slow: float,
+        timer: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.keys = keys
         self.store = Store(etcd, keys)
@@ -533,7 +542,7 @@ class Informers:
         self.proxies = PrefixCache(etcd, keys.desired("proxies"), lambda c: self._specs("proxies", c))
         self.statuses = PrefixCache(etcd, keys.status("services"), lambda c: None)
         self.registrations = RegistrationCaches(etcd, self._registrations_changed)
-        self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow)
+        self.fleet = FleetInformer(client, self._fleet_changed, fast=fast, slow=slow, timer=timer)
         self.entries: dict[str, dict[str, Entry]] = {"services": {}, "proxies": {}}
         """What reconcilers see: each spec as read, except the later of a service and a proxy that
         share a name, which is invalid (:func:`shared_name`)."""

@@ -18,7 +18,8 @@ controller-runtime's leaderelection (lease 15 s, renew deadline 10 s, retry peri
   ``renew_deadline`` ago. A leader paused (SIGSTOP, a long GC, a swapped-out VM) past its lease and
   resumed is refused before its first write, whichever task the event loop happens to run first;
   nobody else can have taken the lease while the check passes, since ``renew_deadline <
-  lease_duration``. The clock is injectable so tests step it instead of sleeping.
+  lease_duration``. The clock (:class:`~fleetop.clock.Clock`: the renew deadline, the retry period,
+  the waits between attempts) is injectable, so tests step it instead of sleeping.
 * resign: on SIGTERM the leader deletes the key if it still holds its identity and revokes the lease;
   standbys watch the key, so one takes over within about a second instead of a lease duration.
 * resume: a leader that stepped down because etcd was unreachable finds, when etcd is back, the key
@@ -34,11 +35,11 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleetop.backoff import HALF_JITTER, Backoff
+from fleetop.clock import SYSTEM_CLOCK, Clock
 from fleetop.errors import ConfigError, Conflict, FleetopError, NotLeader
 from fleetop.etcd.client import Etcd
 from fleetop.etcd.model import RECONNECT_CAP
@@ -96,7 +97,7 @@ class LeaderElector:
         timings: LeaderTimings | None = None,
         *,
         on_change: Callable[[bool], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.etcd = etcd
         self.key = keys.leader()
@@ -126,7 +127,7 @@ class LeaderElector:
         renewed = self.renewed_at
         if not self.is_leader or renewed is None:
             raise NotLeader(f"{self.identity} is not the leader")
-        age = self.clock() - renewed
+        age = self.clock.now() - renewed
         if age >= self.timings.renew_deadline:
             raise NotLeader(
                 f"{self.identity} last renewed its leadership {age:.1f}s ago, past the "
@@ -155,7 +156,7 @@ class LeaderElector:
                 except FleetopError as exc:
                     delay = delays.next()
                     log.warning("leader election: %s (retrying in %.2fs)", exc, delay)
-                    await asyncio.sleep(delay)
+                    await self.clock.sleep(delay)
         finally:
             self._set_leader(False)
 
@@ -166,7 +167,7 @@ class LeaderElector:
         if current is not None:
             self.observed_leader = holder_of(current.value)
             return False
-        sent = self.clock()
+        sent = self.clock.now()
         lease = await self.etcd.grant(max(1, round(self.timings.lease_duration)))
         try:
             await self.etcd.put(self.key, self.value, lease=lease, prev_mod_revision=0)
@@ -186,7 +187,7 @@ class LeaderElector:
         """The key still holds our identity: we stepped down while etcd was unreachable, and etcd kept
         (or restored) our lease. Nobody else can have led meanwhile — the key was ours all along — so
         take leadership back now instead of waiting a lease duration for it to expire."""
-        sent = self.clock()
+        sent = self.clock.now()
         if await self.etcd.keepalive_once(lease) <= 0:
             return False
         current = await self.etcd.get(self.key)
@@ -203,7 +204,7 @@ class LeaderElector:
         self._set_leader(True)
         try:
             while not self._resigned:
-                await asyncio.sleep(self.timings.retry_period)
+                await self.clock.sleep(self.timings.retry_period)
                 if not await self._renew_within_deadline():
                     return
         finally:
@@ -216,20 +217,20 @@ class LeaderElector:
 
     async def _renew_within_deadline(self) -> bool:
         """One renewal attempt; False (step down now) when the deadline passed or the lease is lost."""
-        sent = self.clock()
+        sent = self.clock.now()
         renewed = self.renewed_at if self.renewed_at is not None else sent
         budget = renewed + self.timings.renew_deadline - sent
         if budget <= 0:
             log.error("could not renew leadership for %.1fs: stepping down", sent - renewed)
             return False
         try:
-            async with asyncio.timeout(budget):
+            async with self.clock.timeout(budget):
                 if not await self._renew_once():
                     return False
             self.renewed_at = sent
         except (FleetopError, TimeoutError) as exc:
             log.warning("renewing leadership failed: %s", exc or "timed out")
-            if self.clock() - renewed >= self.timings.renew_deadline:
+            if self.clock.now() - renewed >= self.timings.renew_deadline:
                 log.error("could not renew leadership within %gs: stepping down", self.timings.renew_deadline)
                 return False
         return True
@@ -253,7 +254,7 @@ class LeaderElector:
             return
         self.observed_leader = holder_of(current.value)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.timings.retry_period):
+            async with self.clock.timeout(self.timings.retry_period):
                 stream = self.etcd.watch(self.key, current.mod_revision + 1)
                 async with contextlib.aclosing(stream):
                     async for batch in stream:

@@ -27,6 +27,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from fleetop.clock import SYSTEM_CLOCK, Clock
 from fleetop.controller.runtime.contain import FailureReporter
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.health import HealthApp, HealthServer, parse_address
@@ -103,11 +104,13 @@ READY_TIMEOUT = 2.0
 class Manager:
     """One operator process. ``run()`` until cancelled or :meth:`request_stop`."""
 
-    def __init__(self, settings: OperatorSettings, setup: Setup) -> None:
+    def __init__(self, settings: OperatorSettings, setup: Setup, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         self.setup = setup
+        self.clock = clock
+        """The one monotonic clock the queue, the fleet informer and the leader elector run on."""
         self.metrics = OperatorMetrics()
-        self.queue = WorkQueue()
+        self.queue = WorkQueue(clock=clock)
         self.health_url: str | None = None
         self.wiring = Wiring(controllers=())
         """The kinds and their caches, once :meth:`run` has connected and set them up."""
@@ -130,10 +133,21 @@ class Manager:
             keys = Keys()
             fleet = settings.fleet
             informers = Informers(
-                etcd, keys, client, self.queue.add, fast=fleet.poll_fast, slow=fleet.poll_slow
+                etcd,
+                keys,
+                client,
+                self.queue.add,
+                fast=fleet.poll_fast,
+                slow=fleet.poll_slow,
+                timer=self.clock,
             )
             leader = LeaderElector(
-                etcd, keys, settings.identity, settings.leader, on_change=self._leader_changed
+                etcd,
+                keys,
+                settings.identity,
+                settings.leader,
+                on_change=self._leader_changed,
+                clock=self.clock,
             )
             client.write_guard = leader.check_leading  # every attempt of a fleet write, retries too
             executor = Executor(

@@ -11,19 +11,20 @@ for one key collapses into one pass. Three guarantees make level-triggered recon
 
 :func:`run_workers` is the one place that turns a pass's (result, exception) into a queue action
 (controller-runtime's ``reconcileHandler``): reconcilers return "requeue after" or raise, and never
-touch the queue. Delayed adds are timer callbacks, so the queue owns no tasks of its own.
+touch the queue. Delayed adds are timer callbacks, so the queue owns no tasks of its own. Every delay
+is measured on the queue's :class:`~fleetop.clock.Clock` (a FakeClock in tests, stepped instead of slept).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from fleetop.backoff import exponential, spread
+from fleetop.clock import SYSTEM_CLOCK, Clock, Timer
 from fleetop.errors import NotLeader, PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,14 @@ class Backoff:
 class WorkQueue:
     """A deduplicating, per-key exclusive, rate-limited queue of string keys."""
 
-    def __init__(self, backoff: Backoff | None = None) -> None:
+    def __init__(self, backoff: Backoff | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.backoff = backoff or Backoff()
+        self.clock = clock
         self._queue: deque[str] = deque()
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
         self._failures: dict[str, int] = {}
-        self._timers: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self._timers: dict[str, tuple[float, Timer]] = {}
         self._ready = asyncio.Event()
         self._shutting_down = False
         self.adds_total = 0
@@ -87,14 +89,13 @@ class WorkQueue:
         if seconds <= 0:
             self.add(key)
             return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + seconds
+        when = self.clock.now() + seconds
         pending = self._timers.get(key)
         if pending is not None:
             if pending[0] <= when:
                 return
             pending[1].cancel()
-        self._timers[key] = (when, loop.call_at(when, self._fire, key))
+        self._timers[key] = (when, self.clock.call_later(seconds, lambda: self._fire(key)))
 
     def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
@@ -181,9 +182,10 @@ class WorkQueue:
 
 
 async def run_resync(queue: WorkQueue, period: float, keys: Callable[[], Iterable[str]]) -> None:
-    """Every ``period`` seconds, queue every key ``keys()`` names (drift the events did not show)."""
+    """Every ``period`` seconds (on the queue's clock), queue every key ``keys()`` names (drift the
+    events did not show)."""
     while True:
-        await asyncio.sleep(period)
+        await queue.clock.sleep(period)
         count = queue.resync(keys())
         log.debug("resync queued %d keys", count)
 
@@ -203,14 +205,14 @@ async def _worker(queue: WorkQueue, reconcile: Reconcile, observe: Observer | No
             key = await queue.get()
         except QueueShutDownError:
             return
-        started = time.monotonic()
+        started = queue.clock.now()
         outcome = "error"
         try:
             outcome = await _handle(queue, reconcile, key)
         finally:
             queue.done(key)
             if observe is not None:
-                _observe(observe, key, time.monotonic() - started, outcome)
+                _observe(observe, key, queue.clock.now() - started, outcome)
 
 
 def _observe(observe: Observer, key: str, seconds: float, outcome: str) -> None:
