@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fleetop.controller.proxies.status import (
     AgentSummary,
+    BackendCollector,
     BackendSet,
     Destinations,
     ProxyView,
+    RegistrationSource,
     build_status,
     collect_backends,
     describe_invalid,
@@ -20,6 +22,7 @@ from fleetop.controller.proxies.status import (
 )
 from fleetop.controller.runtime.executor import same_json, status_bytes
 from fleetop.discovery.resolve import Resolution
+from fleetop.etcd.model import KeyValue
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
 from fleetop.models.networks import contains, parse_networks
 
@@ -238,3 +241,72 @@ def test_an_agent_that_dropped_a_backend_serves_the_newest_config_and_degrades_t
     conditions = {c.type: (c.status, c.reason) for c in status.conditions}
     assert conditions["Available"] == ("True", "AgentsOnNewest")
     assert conditions["Degraded"] == ("True", "AgentFailed")
+
+
+class FakeCache:
+    """A registration cache: its keys and a revision that moves with every write; counts reads."""
+
+    def __init__(self, values: dict[str, bytes]) -> None:
+        self.values = dict(values)
+        self.revision = 1
+        self.reads = 0
+
+    def write(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = value
+        self.revision += 1
+
+    def under(self, prefix: str) -> list[KeyValue]:
+        self.reads += 1
+        return [KeyValue(k, v, 1, 1, 1, 0) for k, v in sorted(self.values.items()) if k.startswith(prefix)]
+
+
+def _sources(caches: dict[str, FakeCache]) -> dict[str, tuple[str, RegistrationSource | None]]:
+    return {name: (f"/services/{name}/", cache) for name, cache in caches.items()}
+
+
+def _items(caches: dict[str, FakeCache]) -> dict[str, tuple[str, list[tuple[str, bytes]]]]:
+    return {name: (f"/services/{name}/", sorted(cache.values.items())) for name, cache in caches.items()}
+
+
+def test_the_collector_reads_only_the_services_that_changed_and_gives_what_collect_backends_gives() -> None:
+    caches = {
+        "api": FakeCache({"/services/api/1": b"127.0.0.2:80", "/services/api/bad": b"nope"}),
+        "web": FakeCache({"/services/web/1": b"127.0.0.3:80", "/services/web/2": b"good.test:81"}),
+        "empty": FakeCache({}),
+    }
+    answers = {"good.test": _resolution("good.test", "127.0.0.4")}
+    where = Destinations(answers, {name: LOOPBACK_ONLY for name in caches})
+    launched = {"api": frozenset({"1"})}
+    collector = BackendCollector()
+
+    def both() -> tuple[BackendSet, BackendSet]:
+        names = collector.names(_sources(caches))
+        assert names == registration_names(_items(caches))
+        return collector.collect(_sources(caches), launched, where), collect_backends(
+            _items(caches), launched, where
+        )
+
+    first, expected = both()
+    assert first == expected and first.invalid_count == 1
+    assert [c.reads for c in caches.values()] == [1, 1, 1]
+
+    caches["empty"].write("/services/empty/1", b"127.0.0.5:80")  # 0 → 1
+    found, expected = both()
+    assert found == expected and [r.address for r in found.valid["empty"]] == ["127.0.0.5:80"]
+    assert [c.reads for c in caches.values()] == [1, 1, 2]  # only the cache that moved is read
+
+    launched = {"api": frozenset()}  # api's instance is no longer launched: collected again
+    found, expected = both()
+    assert found == expected and found.valid["api"] == [] and found.unlaunched_keys() == {"/services/api/1"}
+
+    where = Destinations({"good.test": _resolution("good.test", "127.0.0.6")}, where.allowed)
+    found, expected = both()  # a name's new answer
+    assert found == expected and "127.0.0.6:81" in [r.address for r in found.valid["web"]]
+    assert [c.reads for c in caches.values()] == [1, 1, 2]
+
+    del caches["api"]  # a route removed
+    found, expected = both()
+    assert found == expected and "api" not in found.valid

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from e2ehelpers import Stack, eventually
 
-from backends import Load, handlers_seen, http_backends
+from backends import Load, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
@@ -177,5 +177,42 @@ def _read(path: Path) -> str:
 async def _serves(port: int, want: set[str]) -> bool:
     try:
         return await handlers_seen(port, want, attempts=50) == want
+    except OSError:
+        return False
+
+
+async def test_a_service_without_backends_gets_its_first_one_at_runtime(
+    stack: Stack, etcd: Etcd, pool: list[Registration]
+) -> None:
+    """A routed service with no registration is rendered as an empty backend, which HAProxy answers
+    with 503 (as nginx's route answers 503 without an upstream); its first backend is then an
+    ``add server`` over the admin socket, and so is its last one leaving: no reload either way."""
+    a, b, _ = pool
+    port = free_port()
+    await register(etcd, [])
+    spec = {"kind": "haproxy", "listen": f"127.0.0.1:{port}", "routes": [{"service": SERVICE}]}
+    await etcd.put(f"/desired/proxies/{PROXY}", json.dumps({**spec, "headers": {"handler": True}}).encode())
+    try:
+        config, status = await settled(etcd, [])
+        assert f"backend svc_{SERVICE}" in config.body
+        await eventually(lambda: _answers(port, 503), CONVERGE, "503 from the empty backend")
+        reloads = status.reloads
+
+        status = await change(etcd, port, [a])  # 0 → 1
+        status = await change(etcd, port, [])  # 1 → 0
+        await eventually(lambda: _answers(port, 503), CONVERGE, "503 once the backend is empty again")
+        status = await change(etcd, port, [b])  # 0 → 1 again
+        assert status.reloads == reloads and status.runtime_fallbacks == 0
+    except AssertionError:
+        print(stack.log_tail("operator"))
+        raise
+    finally:
+        await etcd.delete(f"/desired/proxies/{PROXY}")
+        await register(etcd, [])
+
+
+async def _answers(port: int, status: int) -> bool:
+    try:
+        return (await asyncio.to_thread(fetch, port))[0] == status
     except OSError:
         return False

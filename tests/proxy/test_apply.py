@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import http.client
+import os
 import socket
 import threading
 import time
@@ -20,8 +21,10 @@ import pytest
 
 from backends import ProxySite, fetch, handlers_seen, http_backends
 from fleetop.discovery.addresses import Registration
+from fleetop.errors import ProxyError
 from fleetop.models import ProxySpec, PublishedConfig
 from fleetop.proxy.apply import (
+    CHECK_NICE,
     ApplyError,
     apply_config,
     command_argv,
@@ -335,3 +338,43 @@ async def test_a_backend_hanging_up_is_retried_for_safe_methods_only(
         assert posts.count(502) == sum(line.startswith(b"POST ") for line in received)
         if proxy.kind == "haproxy":
             assert 502 in posts
+
+
+# The check records its own niceness once it differs from 0 (or after a second, when it stays 0).
+NICENESS_CHECK = (
+    "for i in $(seq 100); do n=$(cut -d' ' -f19 /proc/$$/stat); [ \"$n\" != 0 ] && break; sleep 0.01; "
+    'done; echo "$n" > "$NICENESS_FILE"'
+)
+
+
+@pytest.mark.parametrize("runtime_works", [True, False])
+async def test_a_check_after_a_runtime_step_runs_at_a_lower_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime_works: bool
+) -> None:
+    """Nothing waits for the check once the runtime step changed the servers: it yields the CPU to
+    the proxy. A check that decides whether the proxy reloads keeps the agent's priority."""
+    recorded = tmp_path / "niceness"
+    monkeypatch.setenv("NICENESS_FILE", str(recorded))
+    body = "servers\n"
+    cfg = PublishedConfig(
+        hash=hashlib.sha256(body.encode()).hexdigest(), generation=1, kind="haproxy", body=body
+    )
+
+    async def runtime() -> None:
+        if not runtime_works:
+            raise ProxyError("refused by the test")
+
+    result = await apply_config(
+        cfg,
+        tmp_path / "haproxy.cfg",
+        check=["/bin/sh", "-c", NICENESS_CHECK],
+        reload=[],
+        timeout=30,
+        runtime=runtime,
+    )
+    assert (result.via, result.fallback) == (
+        ("runtime", "") if runtime_works else ("", "refused by the test")
+    )
+    assert (tmp_path / "haproxy.cfg").read_text() == body
+    niceness = int(recorded.read_text())
+    assert niceness == (CHECK_NICE + os.nice(0) if runtime_works else os.nice(0))

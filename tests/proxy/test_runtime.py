@@ -15,7 +15,9 @@ import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -28,7 +30,7 @@ from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import start_proxy
 from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError
-from fleetop.proxy.haproxy_servers import mismatch, parse_config
+from fleetop.proxy.haproxy_servers import Command, mismatch, parse_config
 from fleetop.proxy.policy import AgentPolicy, AllowedCommand
 from fleetop.proxy.render import RenderPaths
 from waiting import eventually
@@ -231,10 +233,10 @@ class RefusingAPI(RuntimeAPI):
     refuse = True
     ANSWER = "Backend must use a dynamic load balancing to support dynamic servers.\n"
 
-    async def send(self, command: str) -> str:
+    async def send_line(self, command: str) -> str:
         if self.refuse and command.startswith("add server"):
             return self.ANSWER
-        return await super().send(command)
+        return await super().send_line(command)
 
 
 async def test_a_refused_runtime_command_falls_back_to_a_checked_reload(
@@ -365,6 +367,21 @@ async def test_haproxy_rules_the_runtime_diff_relies_on(tmp_path: Path) -> None:
         assert "maintenance" in await api.send("del server roundrobin/s2")
         assert (await api.send("set server roundrobin/s2 state maint")).strip() == ""
         assert (await api.send("del server roundrobin/s2")).strip() == "Server deleted."
+        add, enable = (
+            Command("add server roundrobin/s3 127.0.0.8:80", ("New server registered.",)),
+            Command("enable server roundrobin/s3", ("",), chained=True),
+        )
+        await api.run_chain([add, enable])  # one line, one answer: the add's
+        assert not (await api.servers("roundrobin"))["roundrobin"]["s3"].maint
+        with pytest.raises(RuntimeAPIError, match="dynamic load balancing"):
+            await api.run_chain([replace(add, text="add server hashed/s3 127.0.0.8:80"), enable])
+        with pytest.raises(RuntimeAPIError, match="No such server"):  # the add's answer is not enough
+            await api.run_chain(
+                [
+                    replace(add, text="add server roundrobin/s4 127.0.0.8:80"),
+                    replace(enable, text="enable server roundrobin/nothing"),
+                ]
+            )
     finally:
         proxy.stop()
 
@@ -416,3 +433,126 @@ async def test_a_server_that_does_not_drain_in_time_is_cut_and_deleted(
             await holds(site, gone)  # deleted after its sessions were shut, long before 30 s
             # its session was shut; the template's retry-on sends the GET to the server that is left
             assert await in_flight == (200, fast.address)
+
+
+async def test_the_first_server_of_an_empty_backend_is_added_at_runtime(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    """A routed service without backends is rendered as an empty backend (HAProxy answers 503 from
+    it), so its first server and its last one leaving are server changes: no reload either way."""
+    a, b, _ = pool
+    async with running_agent(etcd, site):
+        empty = site.config([])
+        await publish(etcd, empty)
+        status = await applied(etcd, empty)
+        assert status.reloads == 1
+        assert await asyncio.to_thread(fetch, site.port) == (503, "")
+
+        status = await change_servers(etcd, site, [a])  # 0 → 1
+        status = await change_servers(etcd, site, [])  # 1 → 0
+        assert await asyncio.to_thread(fetch, site.port) == (503, "")
+        status = await change_servers(etcd, site, [b])  # 0 → 1 again
+        assert status.reloads == 1 and status.runtime_applies == 3 and status.runtime_fallbacks == 0
+        assert set(parse_config(site.target.read_text()).servers()["svc_web"]) == {b.address}
+
+
+class RecordingAPI(RuntimeAPI):
+    """The real admin socket, remembering every line sent (for all instances: the agent makes its
+    own)."""
+
+    sent: ClassVar[list[str]] = []
+
+    async def send_line(self, command: str) -> str:
+        RecordingAPI.sent.append(command)
+        return await super().send_line(command)
+
+
+async def test_a_change_is_planned_from_the_last_verified_state_and_read_once(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    """Once the agent has verified what HAProxy holds, the next change sends its commands at once and
+    reads ``show servers state`` once, after them (the verification), not before."""
+    a, b, _ = pool
+    RecordingAPI.sent.clear()
+    async with running_agent(etcd, site, RecordingAPI):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+        await change_servers(etcd, site, [a, b])  # read before: nothing verified yet
+        RecordingAPI.sent.clear()
+        await change_servers(etcd, site, [b])
+        asked = [c for c in RecordingAPI.sent if not c.startswith(("show info", "del server"))]
+        assert asked == [f"set server svc_web/{a.address} state maint", "show servers state svc_web"], asked
+        RecordingAPI.sent.clear()
+        await change_servers(etcd, site, [a, b])  # added and enabled on one line
+        asked = [c for c in RecordingAPI.sent if not c.startswith(("show info", "del server"))]
+        target = f"svc_web/{a.address}"
+        added = f"add server {target} {a.address}; enable server {target}"
+        if asked[0].startswith("set server"):  # a was still draining: made ready again
+            added = f"set server {target} state ready"
+        assert asked == [added, "show servers state svc_web"], asked
+
+
+async def test_servers_changed_behind_the_agents_back_are_planned_again_from_haproxy(
+    etcd: Etcd, site: Site, pool: list[Registration], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plan from the remembered state that HAProxy contradicts (someone put a server into
+    maintenance over the socket) is planned again from ``show servers state``, still at runtime."""
+    a, b, c = pool
+    caplog.set_level(logging.INFO, logger="fleetop.proxy.haproxy_runtime")
+    async with running_agent(etcd, site):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+        await change_servers(etcd, site, [a, b])
+
+        api = RuntimeAPI(Path(site.paths.stats_socket))
+        assert (await api.send(f"set server svc_web/{a.address} state maint")).strip() == ""
+        status = await change_servers(etcd, site, [a, b, c])  # a made ready again, c added
+        assert status.reloads == 1 and status.runtime_fallbacks == 0
+        assert any("reading it again" in r.getMessage() for r in caplog.records)
+
+
+class BlindAPI(RuntimeAPI):
+    """The real admin socket, except that ``show servers state`` leaves out the server named
+    ``hide`` while it is set: a verification that keeps disagreeing with the config."""
+
+    hide: ClassVar[str] = ""
+
+    async def send_line(self, command: str) -> str:
+        answer = await super().send_line(command)
+        if not (BlindAPI.hide and command.startswith("show servers state")):
+            return answer
+        return "\n".join(line for line in answer.splitlines() if BlindAPI.hide not in line.split())
+
+
+async def test_a_verification_that_disagrees_falls_back_to_a_checked_reload(
+    etcd: Etcd, site: Site, pool: list[Registration]
+) -> None:
+    """The servers are changed first; when ``show servers state`` then disagrees, even read again,
+    the config is still checked and installed, HAProxy is reloaded from it and status says why:
+    nothing published is lost."""
+    a, b, c = pool
+    async with running_agent(etcd, site, BlindAPI):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+        await change_servers(etcd, site, [a, b])
+
+        BlindAPI.hide = c.address
+        try:
+            grown = site.config([a, b, c])
+            await publish(etcd, grown)
+            status = await applied(etcd, grown)
+        finally:
+            BlindAPI.hide = ""
+        assert status.applied_via == "reload" and status.reloads == 2
+        assert status.runtime_fallbacks == 1 and status.runtime_applies == 1
+        assert c.address in (status.fallback_reason or ""), status.fallback_reason
+        assert site.target.read_text() == grown.body
+        await holds(site, grown)
+        want = {a.address, b.address, c.address}
+        assert await handlers_seen(site.port, want) == want
+
+        status = await change_servers(etcd, site, [c])  # the reloaded HAProxy, read afresh
+        assert status.reloads == 2 and status.runtime_applies == 2

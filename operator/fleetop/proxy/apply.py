@@ -61,6 +61,8 @@ STAGED_PREFIX = ".fleetop-staged-"
 STAGED_MODE = 0o640
 _OUTPUT_LIMIT = 2000
 RESEND_AFTER = 2.0
+CHECK_NICE = 10
+"""The niceness of a check that runs after the runtime step already changed the servers."""
 _SHELL_CHARS = set("|&;<>()$`\\*?[]#~=%{}\n")
 _PID_RE = {
     "nginx": re.compile(r"^\s*pid\s+([^\s;]+)\s*;", re.MULTILINE),
@@ -168,8 +170,11 @@ def _trim(data: bytes) -> str:
     return text if len(text) <= _OUTPUT_LIMIT else "..." + text[-_OUTPUT_LIMIT:]
 
 
-async def run_command(argv: Sequence[str], *, timeout: float, cwd: Path | None = None) -> tuple[int, str]:
-    """Run argv without a shell; (exit status, trimmed stderr or stdout). Killed on timeout/cancel."""
+async def run_command(
+    argv: Sequence[str], *, timeout: float, cwd: Path | None = None, nice: int = 0
+) -> tuple[int, str]:
+    """Run argv without a shell; (exit status, trimmed stderr or stdout). Killed on timeout/cancel.
+    ``nice`` > 0 lowers the command's CPU priority (a check that traffic does not wait for)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -181,6 +186,9 @@ async def run_command(argv: Sequence[str], *, timeout: float, cwd: Path | None =
         )
     except OSError as exc:
         return 127, f"cannot run {argv[0]}: {exc.strerror or exc}"
+    if nice > 0:
+        with contextlib.suppress(OSError):  # already gone: nothing to lower
+            os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException as exc:
@@ -334,16 +342,19 @@ async def apply_config(
     servers (HAProxy's runtime API, which validates every command itself). It runs first, so traffic
     follows at the cost of a few socket round trips rather than of the check (a process start, about
     70 ms for HAProxy); the file is then checked and renamed as always, so a restart or a later
-    reload gives the same servers. If ``runtime`` raises :class:`ProxyError` the file is still
-    checked and installed, the proxy is reloaded, and the result's ``fallback`` says why. If the check
-    fails after ``runtime`` changed servers, the proxy is reloaded from the installed (old) file so
-    it serves exactly that again, and the check error is raised.
+    reload gives the same servers. That check runs at a lower CPU priority (``CHECK_NICE``): nothing
+    waits for it but the file, and on a busy machine it would otherwise take a core from the proxy
+    answering the first requests of the change. If ``runtime`` raises :class:`ProxyError` the file is
+    still checked and installed, the proxy is reloaded, and the result's ``fallback`` says why. If the
+    check fails after ``runtime`` changed servers, the proxy is reloaded from the installed (old) file
+    so it serves exactly that again, and the check error is raised.
     """
     reload_how = reload if reload is not None else default_reload(cfg.kind, cfg.body)
     fallback = "" if runtime is None else await _runtime_first(runtime)
+    nice = CHECK_NICE if runtime is not None and not fallback else 0
     try:
         target, installed = await _check_and_install(
-            cfg, target, check, timeout, superseded if runtime is None else None
+            cfg, target, check, timeout, superseded if runtime is None else None, nice=nice
         )
     except ApplyError as error:
         if runtime is not None and not error.installed:
@@ -379,6 +390,8 @@ async def _check_and_install(
     check: Command | None,
     timeout: float,
     superseded: Callable[[], bool] | None,
+    *,
+    nice: int = 0,
 ) -> tuple[Path, bool]:
     """Stage, check, rename: (the absolute target, False when superseded before install)."""
     target, staged = _stage(target, cfg)
@@ -389,7 +402,7 @@ async def _check_and_install(
         # the staged file reaches the disk while the checker runs: both done before the rename
         synced = _sync_staged(staged, cfg.hash)
         if check_argv:
-            checked = run_command(check_argv, timeout=timeout, cwd=target.parent)
+            checked = run_command(check_argv, timeout=timeout, cwd=target.parent, nice=nice)
             (status, output), _ = await asyncio.gather(checked, synced)
             if status != 0:
                 name = Path(check_argv[0]).name

@@ -3,9 +3,11 @@
 HAProxy's runtime API is a line protocol on the ``stats socket`` the config declares (the built-in
 template: a unix socket in the proxy's runtime directory, ``mode 600 level admin``). Only a unix
 socket with ``level admin`` is used, never a TCP one: whoever can reach the socket can reconfigure
-the proxy, and a file mode is the simplest way to say who can. One connection per command, the way
+the proxy, and a file mode is the simplest way to say who can. One connection per line, the way
 ``socat`` sends them: HAProxy answers and closes, so an answer is everything read until EOF, and a
-restarted HAProxy is simply reached on the next command.
+restarted HAProxy is simply reached on the next command. A line holds one command, except that a
+new server's ``add server`` and ``enable server`` go on one line (``;``-separated, each checked on
+its own), so a server takes requests after one round trip.
 
 :class:`ServerRuntime` applies a planned change (:mod:`fleetop.proxy.haproxy_servers`) and owns the
 servers being drained: a removed server goes into maintenance at once (no new requests; requests in
@@ -13,6 +15,14 @@ flight finish), and is deleted when ``del server`` accepts it (HAProxy refuses w
 connections) or, after ``drain_timeout``, once its sessions are shut down. Every answer that is not
 the expected one, and a ``show servers state`` that disagrees with the config after the commands,
 raise :class:`RuntimeAPIError` with HAProxy's own words; the agent then reloads the installed file.
+
+The commands of a change are planned against the servers the last verified ``show servers state``
+reported for its backends, kept while the same worker answers (and without the servers deleted
+once drained since), so a change costs its commands and one read (the verification) instead of two
+reads around them: the read before is off the path from the published config to the first request. A
+plan from that memory that HAProxy refuses, or whose result disagrees, is planned again from what
+HAProxy reports then (someone else changed its servers, or it restarted without a pid file that
+would have told); only a disagreement then is an error.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fleetop.errors import ProxyError
@@ -49,6 +59,15 @@ class RuntimeAPIError(ProxyError):
     with HAProxy's answer."""
 
 
+class UnreachableError(RuntimeAPIError):
+    """The admin socket did not answer (HAProxy stopped or restarting, or too slow)."""
+
+
+def _single(command: str) -> None:
+    if "\n" in command or ";" in command:
+        raise RuntimeAPIError(f"refusing to send {command!r}: one command, no separators")
+
+
 def admin_socket_of(body: str) -> Path | None:
     """The unix admin socket an HAProxy config declares (``stats socket /path ... level admin``)."""
     for match in _STATS_SOCKET_RE.finditer(body):
@@ -65,23 +84,27 @@ class RuntimeAPI:
         self.timeout = timeout
 
     async def send(self, command: str) -> str:
-        if "\n" in command or ";" in command:
-            raise RuntimeAPIError(f"refusing to send {command!r}: one command, no separators")
+        """Send one command (no separators: nothing from a config can add a command)."""
+        _single(command)
+        return await self.send_line(command)
+
+    async def send_line(self, line: str) -> str:
+        """Send a line whose commands were checked (:meth:`send`, :meth:`run_chain`); the answer."""
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_unix_connection(str(self.path), limit=_ANSWER_LIMIT)
                 try:
-                    writer.write(command.encode("ascii") + b"\n")
+                    writer.write(line.encode("ascii") + b"\n")
                     await writer.drain()
                     answer = await reader.read(-1)
                 finally:
                     writer.close()
         except TimeoutError:
-            raise RuntimeAPIError(
-                f"{command!r}: no answer from {self.path} within {self.timeout:g} s"
+            raise UnreachableError(
+                f"{line!r}: no answer from {self.path} within {self.timeout:g} s"
             ) from None
         except OSError as exc:
-            raise RuntimeAPIError(f"cannot reach HAProxy at {self.path}: {exc.strerror or exc}") from None
+            raise UnreachableError(f"cannot reach HAProxy at {self.path}: {exc.strerror or exc}") from None
         return answer.decode("utf-8", errors="replace")
 
     async def run(self, command: Command) -> str:
@@ -89,6 +112,23 @@ class RuntimeAPI:
         answer = await self.send(command.text)
         if not command.succeeded(answer):
             raise RuntimeAPIError(f"'{command.text}' was refused: {answer.strip() or '(no answer)'}")
+        return answer
+
+    async def run_chain(self, commands: Sequence[Command]) -> str:
+        """Send ``commands`` as one line joined by ``;`` (HAProxy runs them in order, answering each):
+        one round trip for all. Every command after the first answers nothing when it succeeds, so
+        the answer must be the first one's success answer and nothing else."""
+        if len(commands) == 1:
+            return await self.run(commands[0])
+        if any(command.ok != ("",) for command in commands[1:]):
+            raise ValueError("only commands that answer nothing on success can be chained")
+        for command in commands:
+            _single(command.text)
+        line = "; ".join(command.text for command in commands)
+        answer = await self.send_line(line)
+        said = [text.strip() for text in answer.splitlines() if text.strip()]
+        if len(said) > 1 or not commands[0].succeeded(said[0] if said else ""):
+            raise RuntimeAPIError(f"'{line}' was refused: {answer.strip() or '(no answer)'}")
         return answer
 
     async def servers(self, backend: str | None = None) -> dict[str, dict[str, LiveServer]]:
@@ -138,6 +178,9 @@ class ServerRuntime:
         self._worker: int | None = None  # the newest worker last seen answering
         self._lock = asyncio.Lock()
         self.draining: dict[tuple[str, str], float] = {}  # (backend, server) → deadline (loop time)
+        self.known: dict[str, dict[str, LiveServer]] = {}
+        """Backend → its servers as the last verification saw them (and the commands since changed
+        them), for the worker that answered then; what the next change is planned against."""
 
     @staticmethod
     def _now() -> float:
@@ -146,28 +189,47 @@ class ServerRuntime:
     def forget(self) -> None:
         """After a reload or restart: the new process holds only the file's servers."""
         self.draining.clear()
+        self.known.clear()
 
     async def apply(self, desired: Mapping[str, Mapping[str, Server]]) -> int:
         """Make the backends named in ``desired`` hold exactly its servers, and verify them with
         ``show servers state``; the number of commands sent. Other backends are left alone."""
         async with self._lock:
             await self._newest_worker_answers()
-            live: dict[str, dict[str, LiveServer]] = {}
-            for backend in sorted(desired):
-                live.update(await self.api.servers(backend))
-            plan = plan_commands(desired, live)
-            for command in plan.commands:
-                await self.api.run(command)
-            deadline = self._now() + self.drain_timeout
-            kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
-            self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}
-            after: dict[str, dict[str, LiveServer]] = {}
-            for backend in sorted(desired):
-                after.update(await self.api.servers(backend))
-            wrong = mismatch(desired, after, set(self.draining))
-            if wrong:
-                raise RuntimeAPIError(f"'show servers state' disagrees with the config: {wrong}")
-            return len(plan.commands)
+            if not all(backend in self.known for backend in desired):
+                return await self._apply(desired, await self._read(desired))
+            try:
+                return await self._apply(desired, {b: dict(self.known[b]) for b in desired})
+            except UnreachableError:
+                raise
+            except RuntimeAPIError as exc:  # HAProxy holds something else than remembered
+                log.info("runtime plan from the last verified state failed (%s): reading it again", exc)
+                return await self._apply(desired, await self._read(desired))
+
+    async def _read(self, desired: Mapping[str, Mapping[str, Server]]) -> dict[str, dict[str, LiveServer]]:
+        live: dict[str, dict[str, LiveServer]] = {}
+        for backend in sorted(desired):
+            live.update(await self.api.servers(backend))
+        return live
+
+    async def _apply(
+        self, desired: Mapping[str, Mapping[str, Server]], live: Mapping[str, Mapping[str, LiveServer]]
+    ) -> int:
+        for backend in desired:
+            self.known.pop(backend, None)  # unknown until verified again
+        plan = plan_commands(desired, live)
+        for chain in _chains(plan.commands):
+            await self.api.run_chain(chain)
+        deadline = self._now() + self.drain_timeout
+        kept = {key: when for key, when in self.draining.items() if key[0] not in desired}
+        self.draining = kept | {key: self.draining.get(key, deadline) for key in plan.drain}
+        after = await self._read(desired)
+        wrong = mismatch(desired, after, set(self.draining))
+        if wrong:
+            raise RuntimeAPIError(f"'show servers state' disagrees with the config: {wrong}")
+        for backend in desired:
+            self.known[backend] = after.get(backend, {})
+        return len(plan.commands)
 
     async def _newest_worker_answers(self) -> None:
         master = _master_pid(self.pid_file) if self.pid_file is not None else None
@@ -182,6 +244,7 @@ class ServerRuntime:
             pid = next((line.split()[1] for line in answer.splitlines() if line.startswith("Pid:")), "")
             if pid == str(newest):
                 self._worker = newest
+                self.known.clear()  # a new worker holds the servers of its file
                 return
             if self._now() > deadline:
                 raise RuntimeAPIError(
@@ -204,5 +267,17 @@ class ServerRuntime:
                 answer = (await self.api.send(f"del server {target}")).strip()
                 if answer in (DELETED, GONE):
                     self.draining.pop(key, None)
+                    self.known.get(key[0], {}).pop(key[1], None)
                     if answer == DELETED:
                         log.info("deleted drained server %s", target)
+
+
+def _chains(commands: Sequence[Command]) -> list[list[Command]]:
+    """The commands grouped into lines: a chained command joins the line of the one before it."""
+    lines: list[list[Command]] = []
+    for command in commands:
+        if command.chained and lines:
+            lines[-1].append(command)
+        else:
+            lines.append([command])
+    return lines

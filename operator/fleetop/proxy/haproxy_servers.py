@@ -143,6 +143,9 @@ class Command:
 
     text: str
     ok: tuple[str, ...]
+    chained: bool = False
+    """Sent on the line of the command before it (``a; b``: one connection, one round trip); only a
+    command that answers nothing on success (``ok == ("",)``) is chained."""
 
     def succeeded(self, answer: str) -> bool:
         answer = answer.strip()
@@ -247,8 +250,11 @@ def parse_section(section: Section) -> ParsedSection:
     return ParsedSection(tuple(skeleton), servers, settings, static)
 
 
+# A section keyword at the start of a line, matched from the newline before it: a pattern that
+# begins with a literal is searched for that character first, which makes cutting a 0.7 MB config
+# (10,000 servers) several times faster than trying a line-start pattern at every position.
 _SECTION_RE = re.compile(
-    r"^[ \t]*(" + "|".join(sorted(SECTIONS, key=len, reverse=True)) + r")(?=[ \t\r]|$)[^\n]*", re.MULTILINE
+    r"\n[ \t]*(" + "|".join(sorted(SECTIONS, key=len, reverse=True)) + r")(?=[ \t\r\n]|\Z)[^\n]*"
 )
 
 
@@ -256,7 +262,8 @@ def parse_config(body: str) -> ConfigModel:
     """Cut an HAProxy config into its sections (a section starts at its keyword, however indented,
     as HAProxy reads it)."""
     sections: list[Section] = []
-    starts = list(_SECTION_RE.finditer(body))
+    # in "\n" + body, a match starting at index i is the line that starts at body[i]
+    starts = list(_SECTION_RE.finditer("\n" + body))
     first = starts[0].start() if starts else len(body)
     if first:
         sections.append(Section("", "", body[:first]))
@@ -354,12 +361,14 @@ def parse_servers_state(text: str) -> dict[str, dict[str, LiveServer]]:
 
 
 def _add(backend: str, server: Server) -> list[Command]:
+    """Add, then enable, on one line: HAProxy 2.6 takes ``add server ... enabled`` and reports the
+    server ready, but never sends it a request (it is not put into the balancing)."""
     target = f"{backend}/{server.name}"
     options = f" {' '.join(server.options)}" if server.options else ""
     commands = [Command(f"add server {target} {server.address}{options}", ("New server registered.",))]
     if "check" in server.options:
-        commands.append(Command(f"enable health {target}", ("",)))
-    commands.append(Command(f"enable server {target}", ("",)))
+        commands.append(Command(f"enable health {target}", ("",), chained=True))
+    commands.append(Command(f"enable server {target}", ("",), chained=True))
     return commands
 
 

@@ -275,9 +275,8 @@ def _context_of(
     }
     host_acls, rules, default_backend = _haproxy_rules(by_host, path_acls)
     return {
-        "proxy": proxy_name,
+        **_scalars_of(proxy_name, spec, paths),
         "spec": spec,
-        "listen": _listen(str(spec.listen)),
         "services": list(services.values()),
         "routes": routes,
         "servers": servers,
@@ -285,6 +284,14 @@ def _context_of(
         "path_acls": sorted(path_acls.items(), key=lambda item: item[1]),
         "rules": rules,
         "default_backend": default_backend,
+    }
+
+
+def _scalars_of(proxy_name: str, spec: ProxySpec, paths: RenderPaths) -> dict[str, Any]:
+    """The values of the context fixed by the proxy and its spec (``FRAGMENT_NAMES`` among them)."""
+    return {
+        "proxy": proxy_name,
+        "listen": _listen(str(spec.listen)),
         "not_found_backend": NOT_FOUND_BACKEND,
         "handler_header": spec.headers.handler,
         "paths": paths,
@@ -366,6 +373,9 @@ def render(
 # globals, server blocks, routing) depends on the spec and on which services have backends, and is
 # rendered once with a marker where each block goes. At 1,000 services a registration change then
 # re-renders one block and joins cached strings, and the result is byte for byte what render() gives.
+# nginx's skeleton also depends on which services have backends (an empty one has no upstream and
+# its routes answer 503); HAProxy's does not (an empty backend answers 503 itself), so there a
+# service's first backend re-renders only its block, as any other registration change.
 
 FRAGMENT_BLOCK = "upstream"
 FRAGMENT_NAMES = ("proxy", "listen", "handler_header", "paths", "not_found_backend")
@@ -410,6 +420,25 @@ def block_names(kind: str) -> tuple[str, ...] | None:
     return tuple(name for name in FRAGMENT_NAMES if name in free)
 
 
+@functools.cache
+def skeleton_reads_backends(kind: str) -> bool:
+    """Whether the built-in template reads a service's backends outside its block (nginx: which
+    services get an ``upstream`` and whether a route proxies or answers 503); when it does not
+    (HAProxy renders every routed service's backend, empty or not), a service gaining its first
+    backend or losing its last one changes only its own block."""
+    tree = jinja2.Environment().parse(builtin_template_text(kind))
+    inside = {
+        id(node)
+        for block in tree.find_all(jinja2.nodes.Block)
+        if block.name == FRAGMENT_BLOCK
+        for node in block.find_all(jinja2.nodes.Getattr)
+    }
+    return any(
+        node.attr in ("backends", "has_backends") and id(node) not in inside
+        for node in tree.find_all(jinja2.nodes.Getattr)
+    )
+
+
 class FragmentRenderer:
     """Renders one proxy's config again and again, re-rendering only what changed since the last call.
 
@@ -441,9 +470,11 @@ class FragmentRenderer:
         if identity != self._identity:
             self._identity, self._fragments, self._skeleton = identity, {}, None
         services = self._views(spec, backends)
-        context = _context_of(proxy_name, spec, services, paths)
-        parts, skeleton = self._skeleton_parts(template, spec, services, context)
-        scalars = tuple(context[name] for name in names)
+        parts, skeleton = self._skeleton_parts(
+            template, spec, services, lambda: _context_of(proxy_name, spec, services, paths)
+        )
+        fixed = _scalars_of(proxy_name, spec, paths)
+        scalars = tuple(fixed[name] for name in names)
         fresh: list[str] = []
         pieces = list(parts)
         for i in range(1, len(parts), 2):
@@ -476,15 +507,21 @@ class FragmentRenderer:
         template: jinja2.Template,
         spec: ProxySpec,
         services: Mapping[str, ServiceView],
-        context: dict[str, Any],
+        context: Callable[[], dict[str, Any]],
     ) -> tuple[list[str], bool]:
-        """The config split at its blocks: ``[text, service, text, service, ..., text]``."""
-        filled = frozenset(name for name, view in services.items() if view.backends)
+        """The config split at its blocks: ``[text, service, text, service, ..., text]``; the whole
+        context (routing for every route: most of a pass at 1,000 services) is built only when the
+        skeleton must be rendered again."""
+        filled = (
+            frozenset(name for name, view in services.items() if view.backends)
+            if skeleton_reads_backends(spec.kind)
+            else frozenset()
+        )
         cached = self._skeleton
         if cached is not None and cached[0] is spec and cached[1] == filled:
             return cached[2], False
         skeleton = compile_template(_SKELETON_TEXT, sandboxed=False)
-        parts = _render_checked(skeleton, {**context, "base": template}).split(_MARK)
+        parts = _render_checked(skeleton, {**context(), "base": template}).split(_MARK)
         self._skeleton = (spec, filled, parts)
         return parts, True
 

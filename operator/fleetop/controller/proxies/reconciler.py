@@ -52,11 +52,12 @@ from dataclasses import dataclass, field
 from fleetop.controller.proxies.cache import ProxyCaches
 from fleetop.controller.proxies.plan import UnitPlan, plan_units
 from fleetop.controller.proxies.status import (
+    BackendCollector,
     BackendSet,
     Destinations,
     ProxyView,
+    RegistrationSource,
     build_status,
-    collect_backends,
     decode_published,
     describe_invalid,
     describe_unlaunched,
@@ -64,7 +65,6 @@ from fleetop.controller.proxies.status import (
     launched_instances,
     network_rules,
     published_hash,
-    registration_names,
     summarize_agents,
 )
 from fleetop.controller.proxies.units import DesiredUnit, ProxyLayout, desired_units
@@ -116,6 +116,8 @@ class ProxyMemory:
     the answers are one of the render's inputs, so a changed answer renders again."""
     renderer: FragmentRenderer = field(default_factory=FragmentRenderer)
     """Keeps the rendered blocks of unchanged services between renders."""
+    collector: BackendCollector = field(default_factory=BackendCollector)
+    """Keeps the parsed registrations of unchanged services between renders."""
 
 
 class ProxyReconciler:
@@ -224,18 +226,16 @@ class ProxyReconciler:
     async def _backends(self, spec: ProxySpec, memory: ProxyMemory) -> BackendSet:
         """Registrations of every routed service, parsed, names resolved, destinations checked
         (caches are synced: see :meth:`_inputs`)."""
-        items: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
+        sources: dict[str, tuple[str, RegistrationSource | None]] = {}
         for service in sorted({route.service for route in spec.routes}):
             prefix = self.informers.registration_prefix(service)
-            cache = self.informers.registrations.cache(prefix)
-            pairs = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
-            items[service] = (prefix, pairs)
-        names = frozenset(registration_names(items))
+            sources[service] = (prefix, self.informers.registrations.cache(prefix))
+        names = frozenset(memory.collector.names(sources))
         resolved = await self.resolver.resolve(names)
         if memory.seen is not None and memory.names != names:  # these answers are what this render saw
             memory.seen = (*memory.seen[:3], resolved_view(resolved))
         memory.names = names
-        return collect_backends(items, self._launched(spec), self._destinations(spec, resolved))
+        return memory.collector.collect(sources, self._launched(spec), self._destinations(spec, resolved))
 
     async def _resolved(self, names: frozenset[str]) -> tuple[tuple[str, tuple[str, ...], str], ...]:
         """The current answers for the names the last render used (from the cache while fresh)."""

@@ -25,12 +25,13 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
 from fleetop.discovery.addresses import InvalidRegistration, Registration, registrations_under
 from fleetop.discovery.resolve import Resolution, names_of
+from fleetop.etcd.model import KeyValue
 from fleetop.models.networks import IPNetwork, contains, parse_networks
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import (
@@ -84,6 +85,98 @@ def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozen
         if prefix == service and rest.endswith(".service") and desired_state == "launched":
             found.add(rest.removesuffix(".service"))
     return frozenset(found)
+
+
+class RegistrationSource(Protocol):
+    """Where a service's registrations are read: the operator's cache of its prefix."""
+
+    @property
+    def revision(self) -> int: ...
+
+    def under(self, prefix: str) -> Sequence[KeyValue]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One service's registrations as last read: from which cache at which revision, and its names."""
+
+    source: RegistrationSource | None
+    revision: int
+    pairs: tuple[tuple[str, bytes], ...]
+    names: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Collected:
+    inputs: tuple[object, ...]
+    valid: list[Registration]
+    invalid: list[InvalidRegistration]
+    unlaunched: list[InvalidRegistration]
+
+
+class BackendCollector:
+    """:func:`registration_names` and :func:`collect_backends` for one proxy's passes, doing the work
+    of the services whose inputs changed only: a service's registrations are read again when its
+    cache's revision moved, and collected again when they, its launched instances, its network
+    rules or the answers for its names changed. At 1,000 routed services one registration change
+    then parses one service's keys instead of 10,000. The result is always what the two functions
+    give on everything."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, _Read] = {}
+        self._collected: dict[str, _Collected] = {}
+
+    def names(self, sources: Mapping[str, tuple[str, RegistrationSource | None]]) -> set[str]:
+        """The DNS names among the registrations of ``service -> (prefix, source)``."""
+        read: dict[str, _Read] = {}
+        for service, (prefix, source) in sources.items():
+            revision = source.revision if source is not None else -1
+            last = self._read.get(service)
+            if last is None or last.source is not source or last.revision != revision:
+                pairs = tuple((kv.key, kv.value) for kv in source.under(prefix)) if source else ()
+                last = _Read(
+                    source, revision, pairs, frozenset(registration_names({service: (prefix, pairs)}))
+                )
+            read[service] = last
+        self._read = read
+        return set().union(*(r.names for r in read.values()))
+
+    def collect(
+        self,
+        sources: Mapping[str, tuple[str, RegistrationSource | None]],
+        launched: Mapping[str, frozenset[str]],
+        destinations: Destinations,
+    ) -> BackendSet:
+        """:func:`collect_backends` of the registrations :meth:`names` read last."""
+        self.names(sources)  # the same reads (a no-op after names() on the same sources)
+        valid: dict[str, list[Registration]] = {}
+        invalid: dict[str, list[InvalidRegistration]] = {}
+        unlaunched: dict[str, list[InvalidRegistration]] = {}
+        collected: dict[str, _Collected] = {}
+        resolved = destinations.resolved
+        for service in sorted(sources):
+            prefix, read = sources[service][0], self._read[service]
+            answers: tuple[tuple[str, Resolution | None], ...] | None = None
+            if resolved is not None and read.names:
+                answers = tuple((n, resolved.get(n)) for n in sorted(read.names))
+            inputs = (prefix, read.pairs, launched.get(service), destinations.allowed.get(service), answers)
+            last = self._collected.get(service)
+            if last is None or last.inputs != inputs:
+                one = collect_backends({service: (prefix, read.pairs)}, launched, destinations)
+                last = _Collected(
+                    inputs,
+                    one.valid.get(service, []),
+                    one.invalid.get(service, []),
+                    one.unlaunched.get(service, []),
+                )
+            collected[service] = last
+            valid[service] = list(last.valid)
+            if last.invalid:
+                invalid[service] = list(last.invalid)
+            if last.unlaunched:
+                unlaunched[service] = list(last.unlaunched)
+        self._collected = collected
+        return BackendSet(valid, invalid, unlaunched)
 
 
 def registration_names(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]]) -> set[str]:
