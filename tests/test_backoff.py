@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleetop.backoff import HALF_JITTER, Backoff, exponential, spread
-from fleetop.controller.world import BackoffPolicy
+from fleetop.controller.services.memory import BackoffPolicy
 from fleetop.local.up import restart_backoff
 from fleetop.proxy.agent import AgentSettings
 

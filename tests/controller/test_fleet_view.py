@@ -4,9 +4,10 @@ holds, and the planner decides the same from both."""
 from __future__ import annotations
 
 from fleetop.controller.runtime.informers import build_snapshot
+from fleetop.controller.services.memory import PlanMemory
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.unitrender import render_main, render_sidekick
-from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit, PlanMemory
+from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.fleet.units import UnitOption, unit_hash
 from fleetop.models import ServiceSpec

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from fleetop.cli.main import app
 from fleetop.controller.runtime.settings import OperatorSettings, fleetop_path_problem, own_fleetop
+from fleetop.controller.services.memory import PlanMemory
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.unitrender import render_main, render_sidekick
 from fleetop.controller.unitfile import UnitSettings
@@ -27,7 +28,6 @@ from fleetop.controller.world import (
     ObservedMachine,
     ObservedState,
     ObservedUnit,
-    PlanMemory,
 )
 from fleetop.errors import ConfigError
 from fleetop.fleet.ownership import owned_by

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from fleetop.controller.services.instances import UNSCHEDULED_GRACE
+from fleetop.controller.services.memory import Plan, PlanMemory, Restart, Seen
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.rollout import Limits
 from fleetop.controller.services.unitrender import render_main, render_sidekick
@@ -32,11 +33,7 @@ from fleetop.controller.world import (
     ObservedMachine,
     ObservedState,
     ObservedUnit,
-    Plan,
-    PlanMemory,
     Progress,
-    Restart,
-    Seen,
     SetDesiredState,
 )
 from fleetop.fleet.ownership import owned_by

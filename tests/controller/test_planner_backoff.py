@@ -10,15 +10,8 @@ from itertools import pairwise
 import pytest
 from test_planner import NOW, World, apply, make_spec, names, old_of, world_of
 
-from fleetop.controller.services.planner import plan
-from fleetop.controller.services.report import memory_from_status
-from fleetop.controller.services.unitrender import render_main
-from fleetop.controller.world import (
+from fleetop.controller.services.memory import (
     BackoffPolicy,
-    CreateUnit,
-    DestroyUnit,
-    FleetIndex,
-    ObservedState,
     Plan,
     PlanMemory,
     Restart,
@@ -26,6 +19,10 @@ from fleetop.controller.world import (
     Seen,
     Stable,
 )
+from fleetop.controller.services.planner import plan
+from fleetop.controller.services.report import memory_from_status
+from fleetop.controller.services.unitrender import render_main
+from fleetop.controller.world import CreateUnit, DestroyUnit, FleetIndex, ObservedState
 from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import unit_hash
 from fleetop.models import ServiceSpec

@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from simfleet import CALM, Faults, SimFleet
 
+from fleetop.controller.services.memory import Plan, PlanMemory
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.rollout import Limits
 from fleetop.controller.services.unitrender import main_unit_name, render_main, render_sidekick
-from fleetop.controller.world import CreateUnit, DestroyUnit, FleetIndex, ObservedMachine, Plan, PlanMemory
+from fleetop.controller.world import CreateUnit, DestroyUnit, FleetIndex, ObservedMachine
 from fleetop.fleet.units import UnitOption
 from fleetop.models import ServiceSpec
 

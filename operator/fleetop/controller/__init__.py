@@ -21,6 +21,7 @@ Module map
   ``rollback``            ``rollout.autoRollback`` to the last available template.
   ``machineloss``         instances whose machine left the cluster.
   ``report``              the service's status and new memory from one pass.
+  ``memory``              what the planner remembers between passes, and its answer (``Plan``).
   ``limits``              ceilings on instances (refusals); the setting is ``runtime.settings.WorkLimits``.
   ``unitrender``          a ServiceSpec into its main and sidekick units.
 ``proxies/``              the proxy kind:
@@ -43,7 +44,7 @@ Module map
   ``contain``             a pass that fails unexpectedly is reported on its own key.
   ``observed``            the leader's heartbeat of what it sees (``/fleetop/observed``).
   ``health``, ``metrics`` ``/healthz``, ``/readyz``, ``/metrics``.
-``world``                 the planners' vocabulary: observed values, memory, actions, plan.
+``world``                 the shared vocabulary: observed values, the poll's index, actions.
 ``conditions``            Available / Progressing / Degraded, and the unit rows of a status.
 ``unitfile``              what every unit fleetop writes shares: ownership mark, template, settings.
 
@@ -65,7 +66,7 @@ scene
     The observations of one service's pass (:class:`~.services.instances.Scene`), cut from the index:
     its units, states and registrations by unit name, and now.
 plan
-    A planner's answer (:class:`~.world.Plan`): actions, status, events, new memory, requeue-after.
+    A planner's answer (:class:`~.services.memory.Plan`): actions, status, events, new memory, requeue-after.
 action
     One fleet write a plan asks for: :class:`~.world.CreateUnit`, :class:`~.world.SetDesiredState`,
     :class:`~.world.DestroyUnit`, applied in that order.
@@ -88,7 +89,8 @@ owner
     The service or proxy named by a unit's ``[X-Fleetop]`` section (``Service=``, ``Role=``,
     :mod:`fleetop.fleet.ownership`). Ownership is never inferred from a name; unowned units are left alone.
 memory
-    What a planner keeps between passes because fleet does not report it (:class:`~.world.PlanMemory`:
+    What a planner keeps between passes because fleet does not report it
+    (:class:`~.services.memory.PlanMemory`:
     when units were first seen ready, transitions, restart records, placements, the last available
     template; :class:`~.proxies.reconciler.ProxyMemory` for a proxy). Re-seeded from the stored status
     after a restart or a failover, forgotten at the start of every term as leader.

@@ -27,8 +27,8 @@ from fleetop.controller.proxies.reconciler import ProxyReconciler
 from fleetop.controller.runtime.manager import Cache, Cluster, Controller, Manager, Wiring
 from fleetop.controller.runtime.run import run_until_signalled
 from fleetop.controller.runtime.settings import OperatorSettings, fleetop_path_problem
+from fleetop.controller.services.memory import BackoffPolicy
 from fleetop.controller.services.reconciler import ServiceReconciler
-from fleetop.controller.world import BackoffPolicy
 from fleetop.discovery.resolve import Resolver
 from fleetop.proxy.sandbox import RenderPool
 

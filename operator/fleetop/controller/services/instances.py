@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fleetop.controller.services.memory import Seen
 from fleetop.controller.services.readiness import Health, assess
 from fleetop.controller.services.unitrender import (
     main_template,
@@ -26,7 +27,7 @@ from fleetop.controller.services.unitrender import (
     sidekick_template,
 )
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
-from fleetop.controller.world import ObservedMachine, ObservedState, ObservedUnit, Seen
+from fleetop.controller.world import ObservedMachine, ObservedState, ObservedUnit
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN, Owner, owned_by
 from fleetop.fleet.units import UnitOption, unit_hash
 from fleetop.models.service import ServiceSpec

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fleetop.controller.services.instances import Instance, Scene
-from fleetop.controller.world import PlanEvent
+from fleetop.controller.services.memory import PlanEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ Semantics chosen where the design is silent:
 - crash-loop back-off is Kubernetes' CrashLoopBackOff per unit: a failed unit is kept for 10 s, then
   destroyed and created again *under the same name* (same instance number, same port); every
   restart doubles the next delay up to 5 min; ten minutes ready forgets it
-  (:class:`~fleetop.controller.world.BackoffPolicy`, ``fleetop run --restart-backoff``). Each
+  (:class:`~fleetop.controller.services.memory.BackoffPolicy`, ``fleetop run --restart-backoff``). Each
   restart is one ``BackOff`` Warning event whose message is stable, so repeats add to its count;
 - an instance is the pair main + sidekick, but each unit fails alone: a failed main unit is
   replaced with its sidekick; a failed sidekick next to a running main unit (it restarts itself, so
@@ -64,6 +64,15 @@ from fleetop.controller.services.instances import (
     read_ownership,
 )
 from fleetop.controller.services.machineloss import observe_losses
+from fleetop.controller.services.memory import (
+    BackoffPolicy,
+    Plan,
+    PlanEvent,
+    PlanMemory,
+    Restart,
+    RestartCause,
+    Rollback,
+)
 from fleetop.controller.services.readiness import eligible_machines, free_machines
 from fleetop.controller.services.report import Outcome, build_report
 from fleetop.controller.services.restarts import (
@@ -78,21 +87,7 @@ from fleetop.controller.services.restarts import (
 from fleetop.controller.services.rollout import Decision, Limits, Member, decide
 from fleetop.controller.services.unitrender import main_unit_name, sidekick_unit_name
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
-from fleetop.controller.world import (
-    LAUNCHED,
-    Action,
-    BackoffPolicy,
-    CreateUnit,
-    DestroyUnit,
-    FleetIndex,
-    Plan,
-    PlanEvent,
-    PlanMemory,
-    Restart,
-    RestartCause,
-    Rollback,
-    SetDesiredState,
-)
+from fleetop.controller.world import LAUNCHED, Action, CreateUnit, DestroyUnit, FleetIndex, SetDesiredState
 from fleetop.errors import RenderError
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN
 from fleetop.models.service import ServiceSpec

@@ -7,7 +7,7 @@ decides from scratch. The behaviour lives in the pure planner; every write goes 
 
 Two things the planner cannot see are kept here:
 
-* :class:`~fleetop.controller.world.PlanMemory` per service (times fleet does not report). After a
+* :class:`~fleetop.controller.services.memory.PlanMemory` per service (times fleet does not report). After a
   restart or a failover it is re-seeded from the stored status: each condition's
   ``lastTransitionTime`` (so a new leader does not rewrite a status that has not changed), and the
   instances the last leader reported ready count as ready since long ago (it had already waited
@@ -56,15 +56,11 @@ from fleetop.controller.services.limits import (
     instances_of,
     service_refusal,
 )
+from fleetop.controller.services.memory import BackoffPolicy, PlanMemory, Seen
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.report import memory_from_status
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
-from fleetop.controller.world import (
-    BackoffPolicy,
-    PlanMemory,
-    Seen,
-    Transition,
-)
+from fleetop.controller.world import Transition
 from fleetop.discovery.addresses import Registration, registrations_under
 from fleetop.errors import NameTaken, SpecInvalid, TemporaryError
 from fleetop.fleet.units import unit_hash

@@ -30,19 +30,11 @@ from fleetop.controller.conditions import (
 from fleetop.controller.services import rollback as rollbacks
 from fleetop.controller.services.instances import UNSCHEDULED_GRACE, Desired, Instance, Scene
 from fleetop.controller.services.machineloss import Losses
+from fleetop.controller.services.memory import BackoffPolicy, PlanMemory, Restart, Rollback, Seen, Stable
 from fleetop.controller.services.readiness import Health, assess, placement_problems
 from fleetop.controller.services.restarts import state_text
 from fleetop.controller.services.rollout import Limits
-from fleetop.controller.world import (
-    BackoffPolicy,
-    ObservedUnit,
-    PlanMemory,
-    Progress,
-    Restart,
-    Rollback,
-    Seen,
-    Stable,
-)
+from fleetop.controller.world import ObservedUnit, Progress
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN
 from fleetop.fleet.units import unit_hash
 from fleetop.models.service import ServiceSpec

@@ -4,7 +4,7 @@ Kubernetes' CrashLoopBackOff is the model. A unit that fails is not replaced at 
 failed, for a delay (10 s, doubling with every restart of the same unit up to 5 min), so its state
 and journal stay visible; then it is destroyed and created again **under the same name**, so the
 instance keeps its number and its port. A unit ready for ten minutes starts again from the shortest
-delay. Each unit has its own record (:class:`~fleetop.controller.world.Restart`): a sidekick that
+delay. Each unit has its own record (:class:`~fleetop.controller.services.memory.Restart`): a sidekick that
 fails next to a running main unit is restarted alone, with its own back-off, and the main unit is
 left alone.
 
@@ -25,9 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from fleetop.controller.services.instances import Desired, Instance, Scene
+from fleetop.controller.services.memory import BackoffPolicy, Restart, RestartCause, Seen
 from fleetop.controller.services.readiness import Health, assess
 from fleetop.controller.services.unitrender import main_unit_name, sidekick_unit_name
-from fleetop.controller.world import BackoffPolicy, ObservedState, Restart, RestartCause, Seen
+from fleetop.controller.world import ObservedState
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN
 from fleetop.fleet.units import unit_hash
 

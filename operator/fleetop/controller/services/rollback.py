@@ -3,7 +3,7 @@ the last template that was fully available.
 
 Kubernetes stops at ``Progressing=False, ProgressDeadlineExceeded`` and leaves the rollback to
 ``kubectl rollout undo``; fleetop can go one step further because it remembers the last template
-that was complete (every replica updated and ready: :class:`~fleetop.controller.world.Stable`). When
+that was complete (every replica updated and ready: :class:`~fleetop.controller.services.memory.Stable`). When
 the spec asks for it, a rollout whose deadline passes while its new units are failing (a restart
 record with a failure in any phase) is rolled back: the planner renders the stable template's
 unit, placement, discovery and ports with the written spec's replicas, rollout settings and
@@ -14,7 +14,7 @@ written; the rollback holds until it is written again (a new ``generation``), an
 
 from __future__ import annotations
 
-from fleetop.controller.world import PlanMemory, Restart, Rollback, Stable
+from fleetop.controller.services.memory import PlanMemory, Restart, Rollback, Stable
 from fleetop.models.service import ServiceSpec
 
 _TEMPLATE_FIELDS = ("unit", "ports", "placement", "discovery")
