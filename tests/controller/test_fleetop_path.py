@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fleetop.cli.main import app
 from fleetop.controller.runtime.settings import OperatorSettings, fleetop_path_problem, own_fleetop
-from fleetop.controller.services.memory import PlanMemory
+from fleetop.controller.services.memory import Plan, PlanMemory
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.unitrender import render_main, render_sidekick
 from fleetop.controller.unitfile import UnitSettings
@@ -73,18 +73,15 @@ def running_world(settings: UnitSettings) -> tuple[list[ObservedUnit], list[Obse
     return units, states, {"8001": True, "8002": True}
 
 
-def plan_with(settings: UnitSettings, world_settings: UnitSettings) -> tuple[list[str], list[str]]:
+def plan_over(settings: UnitSettings, world_settings: UnitSettings) -> Plan:
+    """One pass with ``settings`` over instances running as ``world_settings`` rendered them."""
     units, states, registrations = running_world(world_settings)
-    result = plan(
-        NAME,
-        SPEC,
-        3,
-        FleetIndex.build(units, states, MACHINES),
-        registrations,
-        NOW,
-        PlanMemory(),
-        settings=settings,
-    )
+    index = FleetIndex.build(units, states, MACHINES)
+    return plan(NAME, SPEC, 3, index, registrations, NOW, PlanMemory(), settings=settings)
+
+
+def plan_with(settings: UnitSettings, world_settings: UnitSettings) -> tuple[list[str], list[str]]:
+    result = plan_over(settings, world_settings)
     created = [a.name for a in result.actions if isinstance(a, CreateUnit)]
     destroyed = [a.name for a in result.actions if isinstance(a, DestroyUnit)]
     return created, destroyed
@@ -103,17 +100,7 @@ def test_a_new_path_surges_a_new_instance_before_any_old_one_goes() -> None:
 
 
 def test_the_new_sidekick_runs_the_new_path() -> None:
-    units, states, registrations = running_world(OLD)
-    result = plan(
-        NAME,
-        SPEC,
-        3,
-        FleetIndex.build(units, states, MACHINES),
-        registrations,
-        NOW,
-        PlanMemory(),
-        settings=NEW,
-    )
+    result = plan_over(NEW, OLD)
     [sidekick] = [a for a in result.actions if isinstance(a, CreateUnit) and "discovery" in a.name]
     [command] = [o.value for o in sidekick.options if o.name == "ExecStart"]
     assert command.startswith(f"{NEW.fleetop} register ")

@@ -98,6 +98,12 @@ def managed(port: int) -> dict[str, Any]:
     return {"kind": "nginx", "listen": f"127.0.0.1:{port}", "wait": {"min": "0s", "max": "0s"}}
 
 
+def assert_name_taken(status: ProxyStatus | ServiceStatus, by: str) -> None:
+    invalid = status.condition("Invalid")
+    assert invalid is not None and (invalid.status, invalid.reason) == ("True", "NameTaken"), invalid
+    assert f"taken by {by}" in invalid.message
+
+
 async def test_a_pass_that_acts_returns_and_the_poll_that_shows_it_comes_back(world: World) -> None:
     name, key = "nowait", "proxies/nowait"
     units = {f"{name}@1.service", f"{name}-agent@1.service"}
@@ -156,9 +162,7 @@ async def test_a_proxy_declared_after_a_service_of_its_name_is_refused(world: Wo
     await world.proxies.reconcile("twin")
     status = await world.status("proxies", "twin")
     assert isinstance(status, ProxyStatus)
-    invalid = status.condition("Invalid")
-    assert invalid is not None and (invalid.status, invalid.reason) == ("True", "NameTaken"), invalid
-    assert "taken by service 'twin'" in invalid.message
+    assert_name_taken(status, "service 'twin'")
     assert await world.etcd.get(KEYS.proxy_config("twin")) is None, "a refused proxy publishes nothing"
     await world.services.reconcile("twin")
     service = await world.status("services", "twin")
@@ -175,9 +179,7 @@ async def test_a_service_declared_after_a_proxy_of_its_name_is_refused(world: Wo
     await world.services.reconcile("elder")
     status = await world.status("services", "elder")
     assert isinstance(status, ServiceStatus)
-    invalid = status.condition("Invalid")
-    assert invalid is not None and (invalid.status, invalid.reason) == ("True", "NameTaken"), invalid
-    assert "taken by proxy 'elder'" in invalid.message
+    assert_name_taken(status, "proxy 'elder'")
     assert not [u for u in await world.fleet.list_units() if u.name.startswith("elder@")]
     assert [(e.kind, e.reason) for e in await world.events("services", "elder")] == [("Service", "NameTaken")]
     await world.proxies.reconcile("elder")

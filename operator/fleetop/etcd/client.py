@@ -57,6 +57,7 @@ from fleetop.etcd.model import (
     Snapshot,
     WatchBatch,
     WatchEvent,
+    dial_failure,
     encode_key,
     to_bytes,
 )
@@ -135,12 +136,9 @@ class Etcd:
                 return
             except EtcdUnavailable as exc:
                 if loop.time() + 0.1 >= deadline:
-                    where = ",".join(self.settings.endpoints)
-                    hint = ""
-                    if not self.settings.tls and "socket closed" in str(exc).lower():
-                        hint = " (if etcd serves TLS: use https:// endpoints and set ETCDCTL_CACERT)"
-                    raise EtcdUnavailable(
-                        f"cannot reach etcd at {where} within {self.settings.dial_timeout:g} s: {exc}{hint}"
+                    settings = self.settings
+                    raise dial_failure(
+                        settings.endpoints, settings.dial_timeout, settings.tls, exc, "socket closed"
                     ) from exc
                 await asyncio.sleep(0.1)
 

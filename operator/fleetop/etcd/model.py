@@ -8,9 +8,11 @@ so that any byte string survives the round trip.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from fleetop.errors import EtcdUnavailable
 
 CompareTarget = Literal["value", "version", "create", "mod", "lease"]
 CompareOp = Literal["==", "!=", "<", ">"]
@@ -174,3 +176,16 @@ class OpResult:
 RECONNECT_CAP = 0.5
 """Seconds: the longest pause between two attempts to reach an unreachable etcd. An attempt costs one
 failed connection, and etcd's return is noticed within this."""
+
+
+def dial_failure(
+    endpoints: Sequence[str], dial_timeout: float, tls: bool, error: Exception, closed: str
+) -> EtcdUnavailable:
+    """The error of a client that could not reach etcd within its dial timeout. ``closed`` is the
+    words the transport uses for a connection the server closed: a plain-text client talking to a TLS
+    port gets that, so the message then hints at ``https://``."""
+    hint = ""
+    if not tls and closed in str(error).lower():
+        hint = " (if etcd serves TLS: use https:// endpoints and set ETCDCTL_CACERT)"
+    where = ",".join(endpoints)
+    return EtcdUnavailable(f"cannot reach etcd at {where} within {dial_timeout:g} s: {error}{hint}")

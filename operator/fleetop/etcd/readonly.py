@@ -27,7 +27,7 @@ from fleetop.config import EtcdSettings
 from fleetop.errors import Compacted, EtcdDenied, EtcdUnavailable
 from fleetop.etcd.gateway import Gateway
 from fleetop.etcd.gateway import KeyValue as GatewayKeyValue
-from fleetop.etcd.model import KeyValue
+from fleetop.etcd.model import KeyValue, dial_failure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,12 +74,13 @@ class ReadOnlyEtcd:
                 raise
             except EtcdUnavailable as exc:
                 if time.monotonic() + DIAL_RETRY >= deadline:
-                    where = ",".join(self.settings.endpoints)
-                    hint = ""
-                    if not self.settings.tls and "connection closed" in str(exc).lower():
-                        hint = " (if etcd serves TLS: use https:// endpoints and set ETCDCTL_CACERT)"
-                    raise EtcdUnavailable(
-                        f"cannot reach etcd at {where} within {self.settings.dial_timeout:g} s: {exc}{hint}"
+                    settings = self.settings
+                    raise dial_failure(
+                        settings.endpoints,
+                        settings.dial_timeout,
+                        bool(settings.tls),
+                        exc,
+                        "connection closed",
                     ) from exc
                 await asyncio.sleep(DIAL_RETRY)
 
