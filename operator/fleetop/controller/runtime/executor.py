@@ -31,9 +31,6 @@ contract: :mod:`fleetop.controller.runtime.contract`). Every method takes the
   that is granted again when it has expired. An event with the same type, reason and message as one of
   the object's recent ones bumps that event's ``count`` and time instead of adding a key (Kubernetes'
   event aggregation), so a crash loop or a retried failure is one event with a count, not a flood.
-* reads ahead: the existence check of every create of a pass (a GET of the unit) is sent at once, at most
-  ``READS_IN_FLIGHT`` at a time, before the first write; the writes themselves stay one at a time in
-  the order above. A pass of 3 creates was 6 round trips to fleet in a row, now 4.
 * bounded: a pass applies at most ``batch_size`` actions (in the order above) and reports the rest as
   ``deferred``; the reconciler comes back for them in a later pass, which plans again from a fresh
   read of the spec and of fleet. A pass of 10,000 creates would otherwise run for minutes on a plan
@@ -45,7 +42,6 @@ contract: :mod:`fleetop.controller.runtime.contract`). Every method takes the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -63,7 +59,6 @@ from fleetop.controller.world import Action, CreateUnit, DestroyUnit, SetDesired
 from fleetop.errors import FleetAPIError, FleetopError, NotLeader
 from fleetop.etcd.client import Etcd, KeyValue
 from fleetop.fleet.client import FleetClient
-from fleetop.fleet.model import Unit
 from fleetop.fleet.ownership import owned_by
 from fleetop.fleet.units import unit_hash
 from fleetop.keys import Keys
@@ -85,8 +80,6 @@ LEASE_MARGIN = 120.0
 """Seconds before the events lease's expiry at which a new one is granted instead."""
 RECENT_EVENTS = 32
 """Distinct recent events per object that a repeat is aggregated into."""
-READS_IN_FLIGHT = 8
-"""Existence checks (GETs) of one pass's creates sent to fleet at the same time."""
 
 
 class KeyCache(Protocol):
@@ -192,10 +185,9 @@ class Executor:
         if self.batch_size is not None and len(steps) > self.batch_size:
             outcome.deferred = len(steps) - self.batch_size
             steps = steps[: self.batch_size]
-        found = await self._read_ahead(steps)
         for index, action in enumerate(steps):
             try:
-                message = await self._one(ref, action, found)
+                message = await self._one(ref, action)
             except NotLeader:
                 raise
             except FleetopError as exc:
@@ -210,28 +202,9 @@ class Executor:
                 await self.record(ref, message.split(" ", 1)[0], message)
         return outcome
 
-    async def _read_ahead(self, steps: Sequence[Action]) -> dict[str, Unit | FleetopError | None]:
-        """What fleet holds under the name of each create in ``steps``: the unit, None, or the error
-        reading it (raised when that create's turn comes, as if read then)."""
-        names = [a.name for a in steps if isinstance(a, CreateUnit)]
-        if len(names) < 2:
-            return {}
-        limit = asyncio.Semaphore(READS_IN_FLIGHT)
-
-        async def read(name: str) -> Unit | FleetopError | None:
-            async with limit:
-                try:
-                    return await self.client.get_unit(name)
-                except FleetopError as exc:
-                    return exc
-
-        return dict(zip(names, await asyncio.gather(*(read(n) for n in names)), strict=True))
-
-    async def _one(
-        self, ref: ObjectRef, action: Action, found: dict[str, Unit | FleetopError | None]
-    ) -> str | None:
+    async def _one(self, ref: ObjectRef, action: Action) -> str | None:
         if isinstance(action, CreateUnit):
-            return await self._create(ref, action, found)
+            return await self._create(ref, action)
         if isinstance(action, DestroyUnit):
             self._check_guard()
             existed = await self.client.destroy_unit(action.name)
@@ -246,12 +219,8 @@ class Executor:
             raise
         return f"SetDesiredState {action.name} to {action.state}"
 
-    async def _create(
-        self, ref: ObjectRef, action: CreateUnit, found: dict[str, Unit | FleetopError | None]
-    ) -> str | None:
-        existing = found[action.name] if action.name in found else await self.client.get_unit(action.name)
-        if isinstance(existing, FleetopError):
-            raise existing
+    async def _create(self, ref: ObjectRef, action: CreateUnit) -> str | None:
+        existing = await self.client.get_unit(action.name)
         if existing is not None:
             owner = owned_by(existing.options)
             if owner is None or owner_key(owner) != ref.key:
