@@ -31,16 +31,20 @@ PIECES = st.sampled_from(
      "[bold]", "[x]", ":smile:", ":100:", ":+1:", ":00:", "全", "…", " ", "  ", "\t", "\n", "a b", "é",
      "Unknown(FleetUnreachable)", "8000-8002", "\\", "$.routes[0].host", ""]
 )  # fmt: skip
-CELLS = st.lists(PIECES, max_size=4).map("".join)
+PLAIN = st.sampled_from(
+    ["web-1", "Invalid: $.bogus: unknown field", "2026-01-01T00:00:00Z", "a.example/→web-1", "x3", "-",
+     "…", "a b", "\n", "", ":00:", "8000-8002", "\\"]
+)  # fmt: skip
+CELLS = st.one_of(st.lists(PIECES, max_size=4), st.lists(PLAIN, max_size=4)).map("".join)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.integers(1, 5).flatmap(
         lambda n: st.tuples(
             st.lists(CELLS, min_size=n, max_size=n),
             st.lists(st.lists(CELLS, min_size=n, max_size=n), max_size=4),
-            st.sampled_from([200, 40, 12]),
+            st.sampled_from([200, 60, 40, 12, 5]),
         )
     )
 )

@@ -45,7 +45,7 @@ def render_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, width
 
 _PLAIN_CELL = re.compile(r"[ -Z\\-~\n→…]*")
 """What :func:`plain_table` lays out as rich would: printable ASCII but ``[`` (rich's markup), a few
-one-column arrows and dots, and line breaks."""
+one-column arrows and dots, and line breaks between non-empty lines."""
 _EMOJI_CODE = re.compile(r":(\S*?)(?:(?:\-)(emoji|text))?:")
 """rich's pattern of an emoji code (``:smile:``), which it replaces when the name is one it knows."""
 _DIGIT_EMOJI = frozenset({"100", "1234"})
@@ -55,9 +55,10 @@ _DIGIT_EMOJI = frozenset({"100", "1234"})
 def _plain_cell(text: str) -> bool:
     if not _PLAIN_CELL.fullmatch(text):
         return False
-    for line in text.split("\n"):
-        if line != line.strip(" ") or "  " in line:
-            return False
+    lines = text.split("\n")
+    for line in lines:
+        if line != line.strip(" ") or "  " in line or (not line and len(lines) > 1):
+            return False  # blanks rich wraps away; rich's lines drop a trailing empty one
     return all(
         match.group(1).isdigit() and match.group(1) not in _DIGIT_EMOJI and not match.group(2)
         for match in _EMOJI_CODE.finditer(text)
@@ -71,6 +72,8 @@ def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, width:
     cells = [list(columns), *(list(row) for row in rows)]
     if any(len(row) != len(columns) or not all(_plain_cell(c) for c in row) for row in cells):
         return None
+    if any("\n" in column for column in columns):
+        return None  # rich aligns a header's lines to the bottom
     widths = [max(len(line) for row in cells for line in row[i].split("\n")) for i in range(len(columns))]
     if sum(widths) + 2 * (len(widths) - 1) > width:
         return None
