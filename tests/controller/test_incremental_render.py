@@ -215,3 +215,15 @@ def test_registration_caches_are_synced_only_while_every_wanted_prefix_is() -> N
     asyncio.run(stop_c())
     caches.want(["/services/a/", "/services/b/", "/services/c/"])  # the same set: no new object
     assert not caches.synced  # its cache was stopped
+
+
+def test_collect_reads_the_caches_again_unless_names_just_read_them() -> None:
+    cache = Cache()
+    cache.write("/services/a/1", b"127.0.0.1:80")
+    sources: dict[str, tuple[str, RegistrationSource | None]] = {"a": ("/services/a/", cache)}
+    collector = BackendCollector()
+    collector.names(sources)
+    assert [r.address for r in collector.collect(sources, {}, Destinations()).valid["a"]] == ["127.0.0.1:80"]
+    cache.write("/services/a/2", b"127.0.0.2:80")  # the same mapping, a cache that moved since
+    found = collector.collect(sources, {}, Destinations())
+    assert [r.address for r in found.valid["a"]] == ["127.0.0.1:80", "127.0.0.2:80"]

@@ -202,6 +202,7 @@ class BackendCollector:
             if last.unlaunched:
                 unlaunched[service] = list(last.unlaunched)
         self._collected = collected
+        self._sources = None  # the next collect() reads again unless names() comes first
         return BackendSet(valid, invalid, unlaunched, servers)
 
 
