@@ -69,3 +69,12 @@ def test_the_tables_the_cli_prints_are_laid_out_plainly() -> None:
     assert plain_table(columns, rows) == rich_table(columns, rows)
     assert plain_table(["A"], [["[bold]x"]]) is None  # rich's markup: rich lays it out
     assert plain_table(["A"], [["x" * 201]]) is None  # wider than the screen: rich folds it
+
+
+def test_the_emoji_names_of_digits_alone_are_known() -> None:
+    """A cell with ``:<digits>:`` (a time) is laid out plainly unless rich knows the name as an emoji."""
+    from rich._emoji_codes import EMOJI
+
+    from fleetop.cli.output import _DIGIT_EMOJI
+
+    assert {name for name in EMOJI if name.isdigit()} == _DIGIT_EMOJI
