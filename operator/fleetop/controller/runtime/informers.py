@@ -70,6 +70,7 @@ class PrefixCache:
         # When changes arrived (monotonic), newest last: render coalescing judges a burst by when its
         # changes happened, not by when a (possibly busy) reconcile pass got to see them.
         self.arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)
+        self._burst: tuple[tuple[int, float, float], tuple[float, float] | None] | None = None
 
     async def run(self) -> None:
         """Follow the prefix until cancelled. The first snapshot marks the cache synced."""
@@ -120,8 +121,15 @@ class PrefixCache:
 
     def burst(self, gap: float) -> tuple[float, float] | None:
         """(when the latest change arrived, when its burst began): a burst is a run of changes less
-        than ``gap`` apart. None before any change; a burst longer than the history began at -inf."""
-        return burst_of(list(self.arrivals), gap, full=len(self.arrivals) == self.arrivals.maxlen)
+        than ``gap`` apart. None before any change; a burst longer than the history began at -inf.
+        Kept until a change arrives: a pass asks every routed prefix, and most have not moved."""
+        arrivals = self.arrivals
+        key = (len(arrivals), arrivals[-1] if arrivals else 0.0, gap)
+        if self._burst is not None and self._burst[0] == key:
+            return self._burst[1]
+        found = burst_of(list(arrivals), gap, full=len(arrivals) == arrivals.maxlen)
+        self._burst = (key, found)
+        return found
 
     def under(self, prefix: str) -> list[KeyValue]:
         return [kv for key, kv in sorted(self.items.items()) if key.startswith(prefix)]
@@ -154,6 +162,7 @@ class RegistrationCaches:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._on_change = on_change
         self._wanted: set[str] = set()
+        self._synced_for: set[str] | None = None
         self._wake = asyncio.Event()
 
     def want(self, prefixes: Iterable[str]) -> None:
@@ -170,7 +179,15 @@ class RegistrationCaches:
 
     @property
     def synced(self) -> bool:
-        return all(prefix in self.caches and self.caches[prefix].synced.is_set() for prefix in self._wanted)
+        """Every wanted prefix's cache has synced. Asked on every pass of every object, so the answer
+        is kept while it holds: a cache stays synced once it is, and only :meth:`want` (a new set)
+        or stopping a cache can make it false again."""
+        if self._synced_for is self._wanted:
+            return True
+        done = all(prefix in self.caches and self.caches[prefix].synced.is_set() for prefix in self._wanted)
+        if done:
+            self._synced_for = self._wanted
+        return done
 
     async def run(self) -> None:
         """Start and stop prefix caches as :meth:`want` changes, until cancelled."""
@@ -196,6 +213,7 @@ class RegistrationCaches:
             log.debug("watching registrations under %s", prefix)
 
     async def _stop(self, prefixes: list[str]) -> None:
+        self._synced_for = None
         tasks = [self._tasks.pop(p) for p in prefixes]
         for prefix in prefixes:
             self.caches.pop(prefix, None)
