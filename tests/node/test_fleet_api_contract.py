@@ -8,7 +8,7 @@ import asyncio
 import json
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,6 +379,47 @@ async def test_151_units_are_paged_100_and_51(node: Node) -> None:
     units = await node.client.list_units()
     assert [u.name for u in units] == sorted(u.name for u in units) and len(units) == 151
     assert node.client.stats.calls["list_units"] - calls == 2
+
+
+async def test_a_page_read_after_a_change_shows_it(node: Node) -> None:
+    """The unit list is built once per change and pages are cut from it: every write shows at once."""
+    await _create_many(node, [f"p{i:03d}.service" for i in range(150)])
+
+    async def page_two() -> dict[str, dict[str, Any]]:
+        body = json.loads((await node.raw("GET", "/fleet/v1/units?nextPageToken=ZAACAA==")).body)
+        return {u["name"]: u for u in body["units"]}
+
+    assert len(await page_two()) == 50
+    await node.client.create_unit("z.service", SLEEP)
+    assert "z.service" in await page_two()
+    await node.client.set_desired_state("p120.service", "loaded")
+    assert (await page_two())["p120.service"]["desiredState"] == "loaded"
+    await node.client.destroy_unit("p149.service")
+    assert "p149.service" not in await page_two()
+    await node.client.create_unit("p130.service", HELLO)  # new content replaces the old
+    assert (await page_two())["p130.service"]["options"][0]["value"] == "hello"
+
+
+async def test_a_state_page_follows_every_change(node: Node) -> None:
+    """/state's list is kept up to date from the agents' and the units' changes, not per page."""
+    names = [f"s{i:03d}.service" for i in range(103)]
+    await asyncio.gather(*(node.client.create_unit(n, SLEEP, "launched") for n in names))
+
+    async def page_two() -> dict[str, str]:
+        body = json.loads((await node.raw("GET", "/fleet/v1/state?nextPageToken=ZAACAA==")).body)
+        return {s["name"]: s["systemdSubState"] for s in body.get("states", [])}
+
+    def reads(expected: dict[str, str]) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await page_two() == expected
+
+        return check
+
+    await eventually(reads(dict.fromkeys(names[100:], "running")))
+    await node.client.set_desired_state("s101.service", "loaded")
+    await eventually(reads({"s100.service": "running", "s101.service": "dead", "s102.service": "running"}))
+    await node.client.destroy_unit("s102.service")
+    await eventually(reads({"s100.service": "running", "s101.service": "dead"}))
 
 
 async def test_exactly_100_units_give_a_token_then_an_empty_page(node: Node) -> None:

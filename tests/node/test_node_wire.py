@@ -181,13 +181,13 @@ def test_default_listen_is_the_state_dirs_socket(tmp_path: Path) -> None:
     assert NodeConfig(state_dir=tmp_path).listen_url == f"unix://{tmp_path / 'fleet.sock'}"
 
 
-def test_registry_round_trip_and_modes(tmp_path: Path) -> None:
+async def test_registry_round_trip_and_modes(tmp_path: Path) -> None:
     state = tmp_path / "state"
     registry = Registry(state)
     registry.load()
     unit = StoredUnit("a.service", (UnitOption("Service", "ExecStart", "/bin/true"),), "launched")
-    registry.put_unit(unit)
-    registry.set_placements({"a.service": "m1"})
+    await registry.put_unit(unit)
+    await registry.store_units(registry.set_placements({"a.service": "m1"}))
     registry.apply_metadata_ops([("m1", "role", "db"), ("m1", "zone", None)])
     registry.set_machine_stopped("m2", True)
     assert state.stat().st_mode & 0o777 == 0o700
@@ -199,7 +199,7 @@ def test_registry_round_trip_and_modes(tmp_path: Path) -> None:
     assert again.placements == {"a.service": "m1"}
     assert again.effective_metadata("m1", {"zone": "a", "x": "y"}) == {"role": "db", "x": "y"}
     assert again.stopped_machines == {"m2"}
-    assert again.delete_unit("a.service") and not again.delete_unit("a.service")
+    assert await again.delete_unit("a.service") and not await again.delete_unit("a.service")
     assert again.placements == {}
 
 
@@ -209,31 +209,36 @@ def test_registry_refuses_a_corrupt_file(tmp_path: Path) -> None:
         Registry(tmp_path).load()
 
 
-def test_registry_keeps_one_private_file_per_unit(tmp_path: Path) -> None:
+async def test_registry_keeps_one_private_file_per_unit(tmp_path: Path) -> None:
     registry = Registry(tmp_path)
     registry.load()
     unit = StoredUnit("web@8001.service", (UnitOption("Service", "ExecStart", "/bin/true"),), "launched")
-    registry.put_unit(unit)
-    registry.set_placements({"web@8001.service": "m1"})
+    await registry.put_unit(unit)
+    await registry.store_units(registry.set_placements({"web@8001.service": "m1"}))
     record = tmp_path / "units" / "web@8001.service.json"
     assert record.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "units").stat().st_mode & 0o777 == 0o700
     again = Registry(tmp_path)
     again.load()
     assert again.units == {unit.name: unit} and again.placements == {unit.name: "m1"}
-    assert again.delete_unit(unit.name) and not record.exists()
+    assert await again.delete_unit(unit.name) and not record.exists()
 
 
-def test_a_scheduling_pass_saves_every_placement_it_changed(tmp_path: Path) -> None:
+async def test_a_scheduling_pass_saves_every_placement_it_changed(tmp_path: Path) -> None:
     """One pass placing many units writes their files side by side and fsyncs the directory once."""
     registry = Registry(tmp_path)
     registry.load()
     names = [f"web@{n}.service" for n in range(40)]
     for name in names:
-        registry.put_unit(StoredUnit(name, (UnitOption("Service", "ExecStart", "/bin/true"),), "launched"))
+        await registry.put_unit(
+            StoredUnit(name, (UnitOption("Service", "ExecStart", "/bin/true"),), "launched")
+        )
     placements = {name: f"m{n % 3 + 1}" for n, name in enumerate(names)}
-    registry.set_placements(placements)
-    registry.set_placements({**placements, names[0]: "m9"})  # a pass moving one unit saves that one
+    assert registry.set_placements(placements) == sorted(names)
+    await registry.store_units(sorted(names))
+    moved = registry.set_placements({**placements, names[0]: "m9"})
+    assert moved == [names[0]]  # a pass moving one unit saves that one
+    await registry.store_units(moved)
     assert not [p for p in (tmp_path / "units").iterdir() if p.name.endswith(".tmp")]
     again = Registry(tmp_path)
     again.load()

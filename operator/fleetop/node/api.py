@@ -159,7 +159,7 @@ class FleetAPI:
                 return error(404, "unit does not exist")
             return json_response(200, self.unit_entity(unit, listed=False).to_json())
         if method == "DELETE":
-            if not self.registry.delete_unit(name):
+            if not await self.registry.delete_unit(name):
                 return error(404, "unit does not exist")
             self.engine.notify(name)
             return Response(status_code=204)
@@ -189,7 +189,7 @@ class FleetAPI:
             return error(400, str(exc))
         existing = self.registry.get(name)
         if existing is None or (body.options and unit_hash(body.options) != existing.hash):
-            return self.create_unit(name, body.options, body.desired_state, existing)
+            return await self.create_unit(name, body.options, body.desired_state, existing)
         if not body.desired_state:
             return error(409, "must provide DesiredState to update existing unit")
         if parsed.is_template and body.desired_state != "inactive":
@@ -197,11 +197,11 @@ class FleetAPI:
         if not is_desired_state(body.desired_state):
             return error(400, f"invalid desiredState {go_quote(body.desired_state)}")
         if body.desired_state != existing.desired_state:
-            self.registry.set_desired_state(name, body.desired_state)
+            await self.registry.set_desired_state(name, body.desired_state)
             self.engine.notify(name)
         return Response(status_code=204)
 
-    def create_unit(
+    async def create_unit(
         self, name: str, options: tuple[UnitOption, ...], desired: str, existing: StoredUnit | None
     ) -> Response:
         """Create a unit, or re-create it with new content (keeping its desired state if none given)."""
@@ -215,7 +215,7 @@ class FleetAPI:
         state = desired or (existing.desired_state if existing else "inactive")
         if not is_desired_state(state):
             return error(500)
-        self.registry.put_unit(StoredUnit(name, tuple(options), state))
+        await self.registry.put_unit(StoredUnit(name, tuple(options), state))
         self.engine.notify(name)
         return Response(b"", status_code=201)
 

@@ -66,6 +66,8 @@ class SupervisorLike(Protocol):
     async def stop(self, unit: str, machine_id: str) -> None: ...
     async def unload(self, unit: str, machine_id: str) -> None: ...
     def states(self) -> list[RuntimeState]: ...
+    def state(self, unit: str, machine_id: str) -> RuntimeState | None: ...
+    def take_changes(self) -> set[tuple[str, str]] | None: ...
     async def stop_machine(self, machine_id: str) -> None: ...
     async def shutdown(self) -> None: ...
     def journal_path(self, unit: str, machine_id: str | None = None) -> Path: ...
@@ -177,6 +179,12 @@ class Engine:
         self._agent_loops = {m: _Loop(f"agent {m[:8]}", resync_interval) for m in self.machines}
         self._lock = asyncio.Lock()
         self.passes = 0
+        # /state's list, kept up to date from the changes the Supervisor and the agents report rather
+        # than rebuilt for every page: (unit, machine) → its UnitState, those keys sorted, the list.
+        self._state_rows: dict[tuple[str, str], UnitState] = {}
+        self._state_keys: list[tuple[str, str]] | None = None
+        self._state_dirty: set[tuple[str, str]] = set()
+        self._state_list: tuple[frozenset[str], list[UnitState]] | None = None
 
     # -- views for the API -------------------------------------------------------------------------
 
@@ -209,15 +217,59 @@ class Engine:
         return agent.state if agent else "inactive"
 
     def states(self) -> list[UnitState]:
-        """UnitStates of units loaded on live machines, sorted by unit then machine."""
-        live = set(self.live_machine_ids())
-        out = []
+        """UnitStates of units loaded on live machines, sorted by unit then machine. Built once per
+        change, shared by every reader (do not modify it)."""
+        changes = self.supervisor.take_changes()
+        if changes is None:
+            self._rebuild_state_rows()
+        else:
+            changes |= self._state_dirty
+            self._state_dirty = set()
+            for key in changes:
+                self._update_state_row(key)
+        stopped = frozenset(m for m in self.machines if m in self.registry.stopped_machines)
+        keys = self._state_keys
+        if keys is None:
+            keys = self._state_keys = sorted(self._state_rows)
+            self._state_list = None
+        cached = self._state_list
+        if cached is None or cached[0] != stopped:
+            rows = self._state_rows
+            cached = self._state_list = (stopped, [rows[k] for k in keys if k[1] not in stopped])
+        return cached[1]
+
+    def _state_row(self, key: tuple[str, str]) -> UnitState | None:
+        unit, machine_id = key
+        if unit not in self._loaded.get(machine_id, {}):
+            return None
+        rs = self.supervisor.state(unit, machine_id)
+        if rs is None:
+            return None
+        return UnitState(rs.unit, rs.hash, rs.machine_id, rs.load_state, rs.active_state, rs.sub_state)
+
+    def _update_state_row(self, key: tuple[str, str]) -> None:
+        row = self._state_row(key)
+        if row is None:
+            if self._state_rows.pop(key, None) is not None:
+                self._state_keys = None
+        else:
+            if key not in self._state_rows:
+                self._state_keys = None
+            self._state_rows[key] = row
+        self._state_list = None
+
+    def _rebuild_state_rows(self) -> None:
+        rows = {}
         for rs in self.supervisor.states():
-            if rs.machine_id in live and rs.unit in self._loaded.get(rs.machine_id, {}):
-                out.append(
-                    UnitState(rs.unit, rs.hash, rs.machine_id, rs.load_state, rs.active_state, rs.sub_state)
-                )
-        return sorted(out, key=lambda s: (s.name, s.machine_id))
+            key = (rs.unit, rs.machine_id)
+            if (row := self._state_row(key)) is not None:
+                rows[key] = row
+        self._state_rows, self._state_keys, self._state_list = rows, None, None
+        self._state_dirty = set()
+
+    def _loaded_changed(self, unit: str, machine_id: str) -> None:
+        """The agent loaded or unloaded ``unit`` (its state shows from then on, or no longer)."""
+        self._state_dirty.add((unit, machine_id))
 
     def resolve_machine(self, ident: str) -> str | None:
         """A machine id from its full id, a unique id prefix, or its 1-based index."""
@@ -269,7 +321,7 @@ class Engine:
             self.registry.placements,
         )
         before = dict(self.registry.placements)
-        self.registry.set_placements(decision.placements)
+        to_save = self.registry.set_placements(decision.placements)
         # A unit placed on a machine is news to that machine's agent; one taken off a machine is
         # not: the agent already acts on the desired state or the deletion that caused it.
         moved = {n for n, m in decision.placements.items() if before.get(n) != m}
@@ -290,6 +342,9 @@ class Engine:
             for machine_id, loop in self._agent_loops.items():
                 loop.wake_at(now + self.agent_pace[machine_id])
         self._forget_settled(now)
+        # Written after the agents are told (the same pass-to-agent order as before: they wait a
+        # pace), in threads: the API keeps answering while the files are synced.
+        await self.registry.store_units(to_save)
 
     def _forget_settled(self, now: float) -> None:
         """Drop change times every agent has already noticed (kept small with thousands of units)."""
@@ -357,6 +412,7 @@ class Engine:
             agent.state = "loaded"
         if await self._call(f"unload {unit} on {machine_id}", self.supervisor.unload(unit, machine_id), loop):
             del loaded[unit]
+            self._loaded_changed(unit, machine_id)
 
     async def _bring_up(self, unit: StoredUnit, machine_id: str, loop: _Loop) -> None:
         """One machine's part of a unit towards its desired state (loaded or launched)."""
@@ -370,6 +426,7 @@ class Engine:
             if not await self._call(f"load {unit.name} on {machine_id}", load, loop):
                 return
             agent = loaded[unit.name] = _Agent(unit.hash, "loaded")
+            self._loaded_changed(unit.name, machine_id)
         if unit.desired_state == "launched" and agent.state != "launched":
             start = self.supervisor.start(unit.name, unit.options, ctx, unit.hash)
             if await self._call(f"start {unit.name} on {machine_id}", start, loop):
@@ -406,3 +463,4 @@ class Engine:
             await self.supervisor.shutdown()
             for loaded in self._loaded.values():
                 loaded.clear()
+            self._state_rows, self._state_keys, self._state_list = {}, None, None

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -127,13 +129,68 @@ class SpawnFailed(Exception):
         super().__init__(cause.strerror or str(cause))
 
 
+class Child:
+    """A started process: its pid and, awaited, its exit status (``Popen.returncode``)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    async def wait(self) -> int:
+        """Wait for the exit in a thread of its own, as asyncio's ThreadedChildWatcher does (a pool
+        would run out of threads: every running unit has a process to wait for)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+
+        def settle(code: int) -> None:
+            if not done.done():
+                done.set_result(code)
+
+        def waiter() -> None:
+            code = self.popen.wait()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, code)
+
+        threading.Thread(target=waiter, name=f"waitpid-{self.pid}", daemon=True).start()
+        return await done
+
+
 @dataclass(frozen=True)
 class Started:
     """A group leader just started; ``starttime`` is its start time when ``exact``, else a lower bound."""
 
-    process: asyncio.subprocess.Process
+    process: Child
     starttime: int
     exact: bool
+
+
+def _spawn(
+    argv: Sequence[str], exe: str, cwd: str, env: Mapping[str, str], user: RunUser | None, output: int
+) -> Started:
+    switch = user is not None and user.switch
+    since = boot_ticks()
+    try:
+        popen = subprocess.Popen(
+            list(argv), executable=exe, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+            cwd=cwd, env=env, start_new_session=True,
+            user=user.uid if user and switch else None, group=user.gid if user and switch else None,
+            extra_groups=os.getgrouplist(user.name, user.gid) if user and switch else None,
+        )  # fmt: skip
+    except OSError as exc:
+        raise SpawnFailed(exc) from exc
+    stat = proc_stat(popen.pid)
+    exact = stat is not None and stat.pgrp == popen.pid
+    return Started(Child(popen), stat.starttime if stat and exact else since, exact)
+
+
+def _kill_unclaimed(spawned: asyncio.Future[Started]) -> None:
+    """A start whose caller was cancelled meanwhile: nobody tracks the process, so it goes."""
+    if spawned.cancelled() or spawned.exception() is not None:
+        return
+    popen = spawned.result().process.popen
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    threading.Thread(target=popen.wait, name=f"waitpid-{popen.pid}", daemon=True).start()
 
 
 async def start_group(
@@ -141,21 +198,16 @@ async def start_group(
 ) -> Started:
     """Start ``argv`` in a new session, so as the leader of a new process group, as ``user`` when it
     must be switched to, with ``output`` (a descriptor the caller keeps) as its stdout and stderr.
-    Nothing here reads what it writes. Raises ``SpawnFailed`` when the process could not be started."""
-    switch = user is not None and user.switch
-    since = boot_ticks()
+    Nothing here reads what it writes. Raises ``SpawnFailed`` when the process could not be started.
+
+    The fork and exec run in a thread: with a large node they take milliseconds, which the event loop
+    spends serving requests instead."""
+    spawned = asyncio.get_running_loop().run_in_executor(None, _spawn, argv, exe, cwd, env, user, output)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv, executable=exe, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
-            cwd=cwd, env=env, start_new_session=True,
-            user=user.uid if user and switch else None, group=user.gid if user and switch else None,
-            extra_groups=os.getgrouplist(user.name, user.gid) if user and switch else None,
-        )  # fmt: skip
-    except OSError as exc:
-        raise SpawnFailed(exc) from exc
-    stat = proc_stat(process.pid)
-    exact = stat is not None and stat.pgrp == process.pid
-    return Started(process, stat.starttime if stat and exact else since, exact)
+        return await asyncio.shield(spawned)
+    except asyncio.CancelledError:
+        spawned.add_done_callback(_kill_unclaimed)
+        raise
 
 
 # ---- waiting -------------------------------------------------------------------------------------------

@@ -8,15 +8,27 @@ a node killed at any moment restarts from either the old or the new state of eac
 half a file. A change writes only what it changed: with thousands of units,
 rewriting everything on every change would make creating them quadratic. Files are 0600 and
 directories 0700: unit options can hold secrets.
+
+Unit files are written off the event loop (:meth:`Registry.store_unit`, :meth:`Registry.store_units`,
+in threads): the API answers a write once its file is durable, as fleet answers once etcd has it, but
+other requests need not wait behind its fsync. The in-memory change comes first, so a read may see a
+unit while its file is being written. Each write records the unit as memory holds it at that moment,
+under a lock of its name, so of two writes of one unit in flight the last on disk is the newest.
+
+Every change bumps :attr:`Registry.version`; the sorted unit list is built once per version, not for
+every page of ``/units``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import os
 import tempfile
+import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +42,8 @@ from fleetop.fleet.units import UnitOption, unit_hash
 FORMAT_VERSION = 2
 SAVE_THREADS = 8
 """Unit files written at the same time when one change (a scheduling pass) saves several."""
+NAME_LOCKS = 64
+"""Locks that order the writes of one unit file (a unit's name picks one)."""
 REGISTRY_FILE = "registry.json"
 UNITS_DIR = "units"
 
@@ -104,6 +118,10 @@ class Registry:
         self.placements: dict[str, str] = {}
         self.metadata_overrides: dict[str, dict[str, str | None]] = {}
         self.stopped_machines: set[str] = set()
+        self.version = 0
+        """Bumped on every change of the units, their placements or the machines."""
+        self._sorted: tuple[int, list[StoredUnit]] | None = None
+        self._name_locks = [threading.Lock() for _ in range(NAME_LOCKS)]
 
     # -- persistence -------------------------------------------------------------------------------
 
@@ -168,10 +186,19 @@ class Registry:
         return self.units_dir / f"{name}.json"
 
     def _save_unit(self, name: str, *, sync_dir: bool = True) -> None:
-        record = {**self.units[name].to_json(), "machine": self.placements.get(name)}
-        ensure_private_dir(self.units_dir)
-        data = json.dumps(record, separators=(",", ":")).encode("utf-8")
-        atomic_write(self._unit_path(name), data, sync_dir=sync_dir)
+        """Write ``name``'s file as memory holds it now, or remove it if the unit is gone (a unit
+        deleted while its write waited). Safe from any thread."""
+        lock = self._name_locks[zlib.crc32(name.encode()) % NAME_LOCKS]
+        with lock:
+            unit = self.units.get(name)
+            if unit is None:
+                with contextlib.suppress(FileNotFoundError):
+                    self._unit_path(name).unlink()
+                return
+            record = {**unit.to_json(), "machine": self.placements.get(name)}
+            ensure_private_dir(self.units_dir)
+            data = json.dumps(record, separators=(",", ":")).encode("utf-8")
+            atomic_write(self._unit_path(name), data, sync_dir=sync_dir)
 
     def _save_units(self, names: Sequence[str]) -> None:
         """Save several units: their files written side by side (the file system commits concurrent
@@ -187,40 +214,64 @@ class Registry:
                 pass
         fsync_dir(self.units_dir)
 
+    async def store_unit(self, name: str) -> None:
+        """Make ``name``'s current record (or its removal) durable, in a thread."""
+        await asyncio.to_thread(self._save_unit, name)
+
+    async def store_units(self, names: Sequence[str]) -> None:
+        """:meth:`_save_units` in a thread: the event loop serves requests meanwhile."""
+        if names:
+            await asyncio.to_thread(self._save_units, names)
+
     # -- units -------------------------------------------------------------------------------------
 
     def get(self, name: str) -> StoredUnit | None:
         return self.units.get(name)
 
     def sorted_units(self) -> list[StoredUnit]:
-        return [self.units[name] for name in sorted(self.units)]
+        """Units by name: built once per change, shared by every reader (do not modify it)."""
+        cached = self._sorted
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        units = [self.units[name] for name in sorted(self.units)]
+        self._sorted = (self.version, units)
+        return units
 
-    def put_unit(self, unit: StoredUnit) -> None:
+    def _bump(self) -> None:
+        self.version += 1
+
+    async def put_unit(self, unit: StoredUnit) -> None:
+        """Store a new unit (or new content); returns once its file is durable."""
         self.units[unit.name] = unit
-        self._save_unit(unit.name)
+        self._bump()
+        await self.store_unit(unit.name)
 
-    def set_desired_state(self, name: str, state: str) -> None:
+    async def set_desired_state(self, name: str, state: str) -> None:
         unit = self.units[name]
         self.units[name] = StoredUnit(unit.name, unit.options, state)
-        self._save_unit(name)
+        self._bump()
+        await self.store_unit(name)
 
-    def delete_unit(self, name: str) -> bool:
+    async def delete_unit(self, name: str) -> bool:
         if self.units.pop(name, None) is None:
             return False
         self.placements.pop(name, None)
-        with contextlib.suppress(FileNotFoundError):
-            self._unit_path(name).unlink()
+        self._bump()
+        await self.store_unit(name)
         return True
 
-    def set_placements(self, placements: Mapping[str, str]) -> None:
-        """Replace the schedule; saves the units whose machine changed."""
+    def set_placements(self, placements: Mapping[str, str]) -> list[str]:
+        """Replace the schedule; returns the units whose machine changed, whose files the caller
+        saves (:meth:`store_units`)."""
         changed = {
             n
             for n in self.placements.keys() | placements.keys()
             if self.placements.get(n) != placements.get(n)
         }
         self.placements = dict(placements)
-        self._save_units([name for name in sorted(changed) if name in self.units])
+        if changed:
+            self._bump()
+        return [name for name in sorted(changed) if name in self.units]
 
     # -- machines ----------------------------------------------------------------------------------
 
@@ -232,6 +283,7 @@ class Registry:
         """Several (machine, key, value-or-None) edits, saved once."""
         for machine_id, key, value in ops:
             self.apply_metadata(machine_id, key, value)
+        self._bump()
         self.save()
 
     def effective_metadata(self, machine_id: str, base: Mapping[str, str]) -> dict[str, str]:
@@ -249,4 +301,5 @@ class Registry:
             self.stopped_machines.add(machine_id)
         else:
             self.stopped_machines.discard(machine_id)
+        self._bump()
         self.save()

@@ -61,6 +61,8 @@ class Supervisor:
         self.sequence = itertools.count(1)
         self._units: dict[tuple[str, str], SystemdService] = {}
         self._journal_keeper: asyncio.Task[None] | None = None
+        self._changes: set[tuple[str, str]] | None = None
+        """(unit, machine) whose state changed since :meth:`take_changes`; None: possibly any."""
 
     # ---- the engine's interface --------------------------------------------------------------------------
 
@@ -79,7 +81,7 @@ class Supervisor:
             self._keep_journals_bounded()
         current.machine = machine
         current.apply(loaded, unit_hash)
-        self.changed()
+        self.changed(key)
 
     async def start(
         self, unit: str, options: Sequence[UnitOption], machine: MachineContext, unit_hash: str
@@ -103,7 +105,7 @@ class Supervisor:
         await current.close()
         if self._units.get(key) is current:
             del self._units[key]
-        self.changed()
+        self.changed(key)
 
     def states(self) -> list[RuntimeState]:
         return [self._units[key].state() for key in sorted(self._units)]
@@ -170,7 +172,18 @@ class Supervisor:
 
     # ---- for the units ---------------------------------------------------------------------------------
 
-    def changed(self) -> None:
+    def take_changes(self) -> set[tuple[str, str]] | None:
+        """The (unit, machine) pairs whose state changed (loaded, unloaded, a new sub-state) since
+        the last call; None if any may have (the first call)."""
+        changes, self._changes = self._changes, set()
+        return changes
+
+    def changed(self, key: tuple[str, str] | None = None) -> None:
+        """A unit's state changed (``key``: which; None: any may have)."""
+        if key is None:
+            self._changes = None
+        elif self._changes is not None:
+            self._changes.add(key)
         if self.on_change is not None:
             try:
                 self.on_change()

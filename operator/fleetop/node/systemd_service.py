@@ -90,7 +90,7 @@ class Host(Protocol):
 
     def journal_path(self, unit: str, machine_id: str | None = None) -> Path: ...
 
-    def changed(self) -> None: ...
+    def changed(self, key: tuple[str, str] | None = None) -> None: ...
 
     def record_group(self, pgid: int, starttime: int, exact: bool, owner: SystemdService) -> None: ...
 
@@ -161,7 +161,7 @@ class SystemdService:
                 self.idle.set()
             else:
                 self.idle.clear()
-            self.sup.changed()
+            self.sup.changed((self.unit, self.machine.machine_id))
 
     def apply(self, loaded: LoadResult, unit_hash: str) -> None:
         """A (re)load. A running instance keeps running; the new settings apply from its next phase."""
