@@ -165,7 +165,13 @@ class Started:
 
 
 def _spawn(
-    argv: Sequence[str], exe: str, cwd: str, env: Mapping[str, str], user: RunUser | None, output: int
+    argv: Sequence[str],
+    exe: str,
+    cwd: str,
+    env: Mapping[str, str],
+    user: RunUser | None,
+    output: int,
+    record: Callable[[int, int, bool], None] | None,
 ) -> Started:
     switch = user is not None and user.switch
     since = boot_ticks()
@@ -180,29 +186,49 @@ def _spawn(
         raise SpawnFailed(exc) from exc
     stat = proc_stat(popen.pid)
     exact = stat is not None and stat.pgrp == popen.pid
-    return Started(Child(popen), stat.starttime if stat and exact else since, exact)
+    started = Started(Child(popen), stat.starttime if stat and exact else since, exact)
+    if record is not None:
+        try:
+            record(popen.pid, started.starttime, exact)
+        except BaseException:
+            _kill(popen)
+            raise
+    return started
+
+
+def _kill(popen: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    threading.Thread(target=popen.wait, name=f"waitpid-{popen.pid}", daemon=True).start()
 
 
 def _kill_unclaimed(spawned: asyncio.Future[Started]) -> None:
     """A start whose caller was cancelled meanwhile: nobody tracks the process, so it goes."""
     if spawned.cancelled() or spawned.exception() is not None:
         return
-    popen = spawned.result().process.popen
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    threading.Thread(target=popen.wait, name=f"waitpid-{popen.pid}", daemon=True).start()
+    _kill(spawned.result().process.popen)
 
 
 async def start_group(
-    argv: Sequence[str], exe: str, cwd: str, env: Mapping[str, str], user: RunUser | None, output: int
+    argv: Sequence[str],
+    exe: str,
+    cwd: str,
+    env: Mapping[str, str],
+    user: RunUser | None,
+    output: int,
+    record: Callable[[int, int, bool], None] | None = None,
 ) -> Started:
     """Start ``argv`` in a new session, so as the leader of a new process group, as ``user`` when it
     must be switched to, with ``output`` (a descriptor the caller keeps) as its stdout and stderr.
     Nothing here reads what it writes. Raises ``SpawnFailed`` when the process could not be started.
+    ``record(pgid, starttime, exact)`` is called right after the start (e.g. :func:`record_group`); if
+    it raises, the group is killed and the error is raised here.
 
-    The fork and exec run in a thread: with a large node they take milliseconds, which the event loop
-    spends serving requests instead."""
-    spawned = asyncio.get_running_loop().run_in_executor(None, _spawn, argv, exe, cwd, env, user, output)
+    The fork, the exec and ``record`` run in a thread: with a large node they take milliseconds, which
+    the event loop spends serving requests instead."""
+    spawned = asyncio.get_running_loop().run_in_executor(
+        None, _spawn, argv, exe, cwd, env, user, output, record
+    )
     try:
         return await asyncio.shield(spawned)
     except asyncio.CancelledError:

@@ -470,6 +470,10 @@ class SystemdService:
 
     # ---- spawning ----------------------------------------------------------------------------------------
 
+    def _record_group(self, pgid: int, starttime: int, exact: bool) -> None:
+        """The crash record of a group just started (called in the thread that started it)."""
+        self.sup.record_group(pgid, starttime, exact, self)
+
     async def _spawn(self, cmd: ExecCommand, extra: Mapping[str, str]) -> tuple[Proc | None, Exit | None]:
         """Start one Exec process in a new session, its output appended to the unit's journal file. A
         process that cannot be started comes back as an exit status, as systemd reports it (203/EXEC,
@@ -494,12 +498,11 @@ class SystemdService:
             log.warning("%s: cannot open its journal %s: %s", self.unit, self.journal.path, exc)
             return None, Exit("exited", 209)
         try:
-            started = await start_group(argv, exe, cwd, env, self.user, output)
+            started = await start_group(argv, exe, cwd, env, self.user, output, self._record_group)
         except SpawnFailed as exc:
             self.note(f"{self.unit}: Failed to execute {exe}: {exc}")
             return None, Exit("exited", 203)
         process = started.process
-        self.sup.record_group(process.pid, started.starttime, started.exact, self)
         proc = Proc(process.pid, exe, asyncio.create_task(process.wait()))
         self.groups[process.pid] = proc
         return proc, None
