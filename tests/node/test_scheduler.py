@@ -12,7 +12,9 @@ from fleetop.node.scheduler import (
     SchedUnit,
     expand_specifiers,
     glob_match,
+    is_plain,
     parse_multivalue,
+    place_plain,
     requirements,
     schedule,
     validate_requirements,
@@ -392,3 +394,44 @@ def test_placements_always_satisfy_requirements(spec, machines):
                 assert not any(glob_match(p, other) for p in req.conflicts)
             if not req.is_global:
                 assert all(first.placements.get(p) == machine for p in req.peers)
+
+
+# -- a pass over the changed units only ----------------------------------------------------------------
+
+_PLAIN_OPTIONS = (UnitOption("Service", "ExecStart", "/bin/true"),)
+_CHANGE = st.tuples(
+    st.sampled_from([f"u{i:02d}.service" for i in range(30)] + ["t@.service"]),
+    st.sampled_from(["launched", "loaded", "inactive", None]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_CHANGE, max_size=8), min_size=1, max_size=8), st.integers(1, 4))
+def test_placing_the_changed_plain_units_is_a_full_pass(
+    batches: list[list[tuple[str, str | None]]], count: int
+) -> None:
+    """For plain units on unchanged machines, place_plain decides exactly what schedule would."""
+    machines = [SchedMachine(f"m{i}") for i in range(count)]
+    units: dict[str, SchedUnit] = {}
+    placements: dict[str, str] = {}
+    for batch in batches:
+        changed: dict[str, SchedUnit | None] = {}
+        for name, state in batch:
+            if state is None:
+                units.pop(name, None)
+            else:
+                units[name] = SchedUnit(name, _PLAIN_OPTIONS, state)
+            changed[name] = units.get(name)
+        quick = place_plain(placements, changed, machines)
+        full = schedule(units.values(), machines, placements)
+        assert quick == full.placements
+        placements = dict(full.placements)
+
+
+def test_a_unit_with_requirements_needs_a_full_pass() -> None:
+    pinned = SchedUnit("a.service", (UnitOption("X-Fleet", "MachineID", "m1"),), "launched")
+    plain = SchedUnit("b.service", (UnitOption("Service", "ExecStart", "/bin/true"),), "launched")
+    assert not is_plain(pinned) and is_plain(plain)
+    assert is_plain(SchedUnit("c.service", pinned.options, "inactive"))  # wants no machine
+    assert place_plain({}, {"a.service": pinned}, [SchedMachine("m1")]) is None
+    assert place_plain({}, {"b.service": plain}, [SchedMachine("m1")]) == {"b.service": "m1"}

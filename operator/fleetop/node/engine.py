@@ -3,8 +3,10 @@
 fleet splits this between an engine (placement) and one agent per machine (load, start, stop, unload
 and reporting), each a reconciler of its own that learns of changes through etcd. Here they are
 asyncio tasks in one process, level-triggered like fleet's own reconcilers: the engine re-reads the
-registry and re-runs the pure scheduler, and each agent compares what its machine should run with
-what it has told the Supervisor, then moves each unit one legal step at a time:
+registry and re-runs the pure scheduler (over the units that changed only, while no unit has
+``[X-Fleet]`` requirements and the machines are those of the last pass: ``place_plain``), and each
+agent compares what its machine should run with what it has told the Supervisor, then moves each unit
+one legal step at a time:
 inactive → loaded → launched, launched → loaded (stop), → inactive (stop and unload). Content replaced
 under a loaded unit is unloaded and loaded again with the new hash, on the same machine.
 
@@ -37,7 +39,16 @@ from typing import Any, Protocol
 from fleetop.fleet.model import Machine, UnitState
 from fleetop.fleet.units import UnitOption
 from fleetop.node.registry import Registry, StoredUnit
-from fleetop.node.scheduler import SCHEDULED_STATES, SchedMachine, SchedUnit, requirements, schedule
+from fleetop.node.scheduler import (
+    SCHEDULED_STATES,
+    SchedMachine,
+    Schedule,
+    SchedUnit,
+    is_plain,
+    place_plain,
+    requirements,
+    schedule,
+)
 from fleetop.node.supervisor import MachineContext, RuntimeState
 
 log = logging.getLogger(__name__)
@@ -185,6 +196,11 @@ class Engine:
         self._state_keys: list[tuple[str, str]] | None = None
         self._state_dirty: set[tuple[str, str]] = set()
         self._state_list: tuple[frozenset[str], list[UnitState]] | None = None
+        # What the last pass scheduled on: the live machines, and the units with [X-Fleet]
+        # requirements. While neither changes, a pass places only the units that changed.
+        self._scheduled_on: list[SchedMachine] | None = None
+        self._not_plain: set[str] = set()
+        self.full_passes = 0
 
     # -- views for the API -------------------------------------------------------------------------
 
@@ -313,13 +329,8 @@ class Engine:
     async def schedule_once(self) -> None:
         """The engine: place every unit that wants a machine and publish the placements."""
         self.passes += 1
-        units = self.registry.sorted_units()
         machines = [SchedMachine(m.id, m.metadata) for m in self.live_machines()]
-        decision = schedule(
-            [SchedUnit(u.name, u.options, u.desired_state) for u in units],
-            machines,
-            self.registry.placements,
-        )
+        decision = self._decide(machines, self.registry.take_unit_changes())
         before = dict(self.registry.placements)
         to_save = self.registry.set_placements(decision.placements)
         # A unit placed on a machine is news to that machine's agent; one taken off a machine is
@@ -345,6 +356,32 @@ class Engine:
         # Written after the agents are told (the same pass-to-agent order as before: they wait a
         # pace), in threads: the API keeps answering while the files are synced.
         await self.registry.store_units(to_save)
+        self._scheduled_on = machines
+
+    def _decide(self, machines: list[SchedMachine], changes: set[str] | None) -> Schedule:
+        """The schedule after ``changes`` (None: any unit may have changed). While every unit is plain
+        (no ``[X-Fleet]`` requirements) and the live machines are those of the last pass, only the
+        changed units are placed (:func:`place_plain`); otherwise every unit (:func:`schedule`)."""
+        wanted = {} if changes is None else {n: self._sched_unit(n) for n in changes}
+        for name, unit in wanted.items():
+            if unit is None or is_plain(unit):
+                self._not_plain.discard(name)
+            else:
+                self._not_plain.add(name)
+        # Cleared until the pass has saved what it decided: after a failed pass, the next is full.
+        last, self._scheduled_on = self._scheduled_on, None
+        if changes is not None and not self._not_plain and machines == last:
+            placements = place_plain(self.registry.placements, wanted, machines)
+            if placements is not None:
+                return Schedule(placements, {}, ())
+        self.full_passes += 1
+        units = [SchedUnit(u.name, u.options, u.desired_state) for u in self.registry.sorted_units()]
+        self._not_plain = {u.name for u in units if not is_plain(u)}
+        return schedule(units, machines, self.registry.placements)
+
+    def _sched_unit(self, name: str) -> SchedUnit | None:
+        unit = self.registry.get(name)
+        return None if unit is None else SchedUnit(unit.name, unit.options, unit.desired_state)
 
     def _forget_settled(self, now: float) -> None:
         """Drop change times every agent has already noticed (kept small with thousands of units)."""

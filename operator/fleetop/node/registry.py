@@ -121,6 +121,8 @@ class Registry:
         self.version = 0
         """Bumped on every change of the units, their placements or the machines."""
         self._sorted: tuple[int, list[StoredUnit]] | None = None
+        self._unit_changes: set[str] | None = None
+        """Units created, changed or deleted since :meth:`take_unit_changes`; None: possibly any."""
         self._name_locks = [threading.Lock() for _ in range(NAME_LOCKS)]
 
     # -- persistence -------------------------------------------------------------------------------
@@ -237,26 +239,34 @@ class Registry:
         self._sorted = (self.version, units)
         return units
 
-    def _bump(self) -> None:
+    def _bump(self, unit: str | None = None) -> None:
         self.version += 1
+        if unit is not None and self._unit_changes is not None:
+            self._unit_changes.add(unit)
+
+    def take_unit_changes(self) -> set[str] | None:
+        """The units created, changed (content, desired state) or deleted since the last call; None
+        if any may have been (the first call)."""
+        changes, self._unit_changes = self._unit_changes, set()
+        return changes
 
     async def put_unit(self, unit: StoredUnit) -> None:
         """Store a new unit (or new content); returns once its file is durable."""
         self.units[unit.name] = unit
-        self._bump()
+        self._bump(unit.name)
         await self.store_unit(unit.name)
 
     async def set_desired_state(self, name: str, state: str) -> None:
         unit = self.units[name]
         self.units[name] = StoredUnit(unit.name, unit.options, state)
-        self._bump()
+        self._bump(name)
         await self.store_unit(name)
 
     async def delete_unit(self, name: str) -> bool:
         if self.units.pop(name, None) is None:
             return False
         self.placements.pop(name, None)
-        self._bump()
+        self._bump(name)
         await self.store_unit(name)
         return True
 

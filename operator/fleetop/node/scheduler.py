@@ -397,3 +397,50 @@ def schedule(
     unscheduled = tuple(u for u in regular if u not in cluster.placement)
     unscheduled += tuple(g for g in globals_ if not global_placements.get(g))
     return Schedule(dict(cluster.placement), global_placements, unscheduled)
+
+
+PLAIN = Requirements()
+"""The requirements of a unit without ``[X-Fleet]`` options."""
+
+
+def is_plain(unit: SchedUnit) -> bool:
+    """Whether ``unit`` is irrelevant to every other unit's placement and needs nothing of a machine:
+    it does not want one, or it wants one with no ``[X-Fleet]`` requirements."""
+    req = _schedulable(unit)
+    return req is None or req == PLAIN
+
+
+def place_plain(
+    current: Mapping[str, str],
+    changed: Mapping[str, SchedUnit | None],
+    machines: Iterable[SchedMachine],
+) -> dict[str, str] | None:
+    """:func:`schedule`'s placements after a change of a few units, without revisiting the others,
+    for a cluster whose units are all plain (:func:`is_plain`).
+
+    ``current`` is the schedule of the same live machines before the change and ``changed`` the units
+    changed since (None: deleted). Plain units stay where they are, those that no longer want a machine
+    leave it, and new ones go, in name order, to the least-loaded machine, as :func:`schedule` would
+    place them. None if a changed unit is not plain: the caller runs :func:`schedule`."""
+    placements = dict(current)
+    new = []
+    for name, unit in changed.items():
+        req = None if unit is None else _schedulable(unit)
+        if req is None:
+            placements.pop(name, None)
+        elif req != PLAIN:
+            return None
+        elif name not in placements:
+            new.append(name)
+    ids = sorted(m.id for m in machines)
+    if new and ids:
+        load = dict.fromkeys(ids, 0)
+        for machine in placements.values():
+            if machine not in load:
+                return None
+            load[machine] += 1
+        for name in sorted(new):
+            chosen = min(ids, key=lambda m: (load[m], m))
+            placements[name] = chosen
+            load[chosen] += 1
+    return placements
