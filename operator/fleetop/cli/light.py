@@ -11,13 +11,13 @@ missing, whose default lives in the models; a value of another type; a spec judg
 message the models word; a spec no operator has judged, or judged at another revision; a status that
 does not read) raises :class:`Unsure`, and the verb reads everything through the models instead,
 exactly as it would have. The objects below carry the attribute names of the models the formatting
-reads (:mod:`fleetop.cli.output`, :mod:`fleetop.cli.statusview`), so one formatting serves both.
+reads (:mod:`fleetop.cli.output`, :mod:`fleetop.cli.statusview`), so one formatting serves both. They
+are plain classes: making a dataclass costs more than reading every key a verb shows.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from fleetop.keys import Keys, Kind
@@ -47,6 +47,11 @@ def _text(data: Any, name: str) -> str:
     return value
 
 
+def _texts(data: Any, name: str) -> list[str]:
+    values = _field(data, name, list)
+    return [_text({name: value}, name) for value in values]
+
+
 def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -58,71 +63,73 @@ CONDITION_TYPES = frozenset({"Available", "Progressing", "Degraded", "Invalid", 
 CONDITION_STATUSES = frozenset({"True", "False", "Unknown"})
 
 
-@dataclass(frozen=True)
 class Condition:
-    type: str
-    status: str
-    reason: str
-    message: str
-    last_transition_time: str
+    __slots__ = ("last_transition_time", "message", "reason", "status", "type")
 
-    @classmethod
-    def read(cls, data: Any) -> Condition:
-        kind, status = _text(data, "type"), _text(data, "status")
-        if kind not in CONDITION_TYPES or status not in CONDITION_STATUSES:
+    def __init__(self, data: Any) -> None:
+        self.type = _text(data, "type")
+        self.status = _text(data, "status")
+        if self.type not in CONDITION_TYPES or self.status not in CONDITION_STATUSES:
             raise Unsure("condition")
-        return cls(
-            kind, status, _text(data, "reason"), _text(data, "message"), _text(data, "lastTransitionTime")
-        )
+        self.reason = _text(data, "reason")
+        self.message = _text(data, "message")
+        self.last_transition_time = _text(data, "lastTransitionTime")
 
 
 def _conditions(data: Any) -> list[Condition]:
-    return [Condition.read(c) for c in _field(data, "conditions", list)]
+    return [Condition(c) for c in _field(data, "conditions", list)]
 
 
-@dataclass(frozen=True)
 class ReplicaCounts:
-    desired: int
-    launched: int
-    running: int
-    ready: int
-    updated: int
+    __slots__ = ("desired", "launched", "ready", "running", "updated")
 
-    @classmethod
-    def read(cls, data: Any) -> ReplicaCounts:
-        names = ("desired", "launched", "running", "ready", "updated")
-        return cls(*(_field(data, name, int) for name in names))
+    def __init__(self, data: Any) -> None:
+        self.desired: int = _field(data, "desired", int)
+        self.launched: int = _field(data, "launched", int)
+        self.running: int = _field(data, "running", int)
+        self.ready: int = _field(data, "ready", int)
+        self.updated: int = _field(data, "updated", int)
 
 
-@dataclass(frozen=True)
 class ServiceStatus:
     """What ``get services`` and ``status`` show of a service's status."""
 
-    observed_generation: int
-    observed_generation_time: str
-    replicas: ReplicaCounts
-    conditions: list[Condition]
+    __slots__ = ("conditions", "observed_generation", "observed_generation_time", "replicas")
+
+    def __init__(self, data: Any) -> None:
+        self.observed_generation: int = _field(data, "observedGeneration", int)
+        self.observed_generation_time = _text(data, "observedGenerationTime")
+        self.replicas = ReplicaCounts(_field(data, "replicas", dict))
+        self.conditions = _conditions(data)
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
 
 
-@dataclass(frozen=True)
 class AgentCount:
-    total: int
-    on_newest: int
+    __slots__ = ("on_newest", "total")
+
+    def __init__(self, data: Any) -> None:
+        self.total: int = _field(data, "total", int)
+        self.on_newest: int = _field(data, "onNewest", int)
 
 
-@dataclass(frozen=True)
 class ProxyStatus:
     """What ``get proxies`` and ``status`` show of a proxy's status."""
 
-    observed_generation: int
-    config_hash: str
-    backends: dict[str, int]
-    agents: AgentCount
-    conditions: list[Condition]
-    last_error: str | None
+    __slots__ = ("agents", "backends", "conditions", "config_hash", "last_error", "observed_generation")
+
+    def __init__(self, data: Any) -> None:
+        self.observed_generation: int = _field(data, "observedGeneration", int)
+        self.config_hash = _text(data, "configHash")
+        backends: dict[str, int] = _field(data, "backends", dict)
+        if not all(type(v) is int for v in backends.values()):
+            raise Unsure("backends")
+        self.backends = backends
+        self.agents = AgentCount(_field(data, "agents", dict))
+        self.conditions = _conditions(data)
+        error = _field(data, "lastError", str, type(None))
+        self.last_error: str | None = None if error is None else _text(data, "lastError")
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
@@ -130,67 +137,41 @@ class ProxyStatus:
 
 def read_status(kind: Kind, raw: bytes) -> ServiceStatus | ProxyStatus:
     data = _decode(raw)
-    if kind == "services":
-        return ServiceStatus(
-            _field(data, "observedGeneration", int),
-            _text(data, "observedGenerationTime"),
-            ReplicaCounts.read(_field(data, "replicas", dict)),
-            _conditions(data),
-        )
-    backends = _field(data, "backends", dict)
-    if not all(type(v) is int for v in backends.values()):
-        raise Unsure("backends")
-    agents = _field(data, "agents", dict)
-    last_error = _field(data, "lastError", str, type(None))
-    return ProxyStatus(
-        _field(data, "observedGeneration", int),
-        _text(data, "configHash"),
-        backends,
-        AgentCount(_field(agents, "total", int), _field(agents, "onNewest", int)),
-        _conditions(data),
-        None if last_error is None else _text(data, "lastError"),
-    )
+    return ServiceStatus(data) if kind == "services" else ProxyStatus(data)
 
 
-@dataclass(frozen=True)
 class ServiceSpec:
     """The fields of a service's spec that ``get services`` and ``status`` show."""
 
-    replicas: int
+    __slots__ = ("replicas",)
+
+    def __init__(self, data: Any) -> None:
+        self.replicas: int = _field(data, "replicas", int)
 
 
-@dataclass(frozen=True)
 class Entry:
     """A desired key whose revision the operator judged valid, with the fields shown of its spec."""
 
-    kind: Kind
-    name: str
-    key: str
-    spec: ServiceSpec
-    create_revision: int
-    mod_revision: int
+    __slots__ = ("create_revision", "key", "kind", "mod_revision", "name", "spec")
     error: None = None
+    valid = True
 
-    @property
-    def valid(self) -> bool:
-        return True
+    def __init__(self, kind: Kind, name: str, kv: Any, spec: ServiceSpec) -> None:
+        self.kind = kind
+        self.name = name
+        self.key: str = kv.key
+        self.spec = spec
+        self.create_revision: int = kv.create_revision
+        self.mod_revision: int = kv.mod_revision
 
 
-@dataclass(frozen=True)
 class StatusEntry:
-    name: str
-    status: ServiceStatus | ProxyStatus
-    mod_revision: int
+    __slots__ = ("mod_revision", "name", "status")
 
-
-@dataclass(frozen=True)
-class KeyRead:
-    """One key as read (the fields of :class:`fleetop.etcd.model.KeyValue` used here)."""
-
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
+    def __init__(self, name: str, kind: Kind, kv: Any) -> None:
+        self.name = name
+        self.status = read_status(kind, kv.value)
+        self.mod_revision: int = kv.mod_revision
 
 
 def read_statuses(kind: Kind, keys: Keys, kvs: list[Any]) -> dict[str, StatusEntry]:
@@ -198,7 +179,7 @@ def read_statuses(kind: Kind, keys: Keys, kvs: list[Any]) -> dict[str, StatusEnt
     for kv in kvs:
         name = keys.name_of(kv.key, kind, "status")
         if name is not None:
-            out[name] = StatusEntry(name, read_status(kind, kv.value), kv.mod_revision)
+            out[name] = StatusEntry(name, kind, kv)
     return out
 
 
@@ -217,51 +198,32 @@ def read_entries(kind: Kind, keys: Keys, kvs: list[Any], statuses: dict[str, Sta
         invalid = judged.status.condition("Invalid")
         if invalid is not None and invalid.status != "False":
             raise Unsure("judged invalid")  # the models word the reason
-        replicas = _field(_decode(kv.value), "replicas", int)
-        entries.append(Entry(kind, name, kv.key, ServiceSpec(replicas), kv.create_revision, kv.mod_revision))
+        entries.append(Entry(kind, name, kv, ServiceSpec(_decode(kv.value))))
     return sorted(entries, key=lambda e: e.name)
 
 
-@dataclass(frozen=True)
 class FleetObservation:
-    endpoints: list[str]
-    endpoint: str
-    reachable: bool
-    last_seen: str
-    lost_since: str
-    error: str
-    tried: list[str]
+    __slots__ = ("endpoint", "endpoints", "error", "last_seen", "lost_since", "reachable", "tried")
+
+    def __init__(self, data: Any) -> None:
+        self.endpoints = _texts(data, "endpoints")
+        self.endpoint = _text(data, "endpoint")
+        self.reachable: bool = _field(data, "reachable", bool)
+        self.last_seen = _text(data, "lastSeen")
+        self.lost_since = _text(data, "lostSince")
+        self.error = _text(data, "error")
+        self.tried = _texts(data, "tried")
 
 
-@dataclass(frozen=True)
 class OperatorObservation:
-    identity: str
-    time: str
-    heartbeat: float
-    fleet: FleetObservation
+    __slots__ = ("fleet", "heartbeat", "identity", "time")
 
-
-def _texts(data: Any, name: str) -> list[str]:
-    values = _field(data, name, list)
-    if not all(type(v) is str for v in values):
-        raise Unsure(name)
-    return [_text({name: v}, name) for v in values]
+    def __init__(self, data: Any) -> None:
+        self.identity = _text(data, "identity")
+        self.time = _text(data, "time")
+        self.heartbeat = float(_field(data, "heartbeat", int, float))
+        self.fleet = FleetObservation(_field(data, "fleet", dict))
 
 
 def read_observation(raw: bytes) -> OperatorObservation:
-    data = _decode(raw)
-    fleet = _field(data, "fleet", dict)
-    return OperatorObservation(
-        _text(data, "identity"),
-        _text(data, "time"),
-        float(_field(data, "heartbeat", int, float)),
-        FleetObservation(
-            _texts(fleet, "endpoints"),
-            _text(fleet, "endpoint"),
-            _field(fleet, "reachable", bool),
-            _text(fleet, "lastSeen"),
-            _text(fleet, "lostSince"),
-            _text(fleet, "error"),
-            _texts(fleet, "tried"),
-        ),
-    )
+    return OperatorObservation(_decode(raw))
