@@ -171,7 +171,7 @@ READ_FORMS = (
     ("get", "services", "--help"), ("describe", "--help"), ("status", "--help"),
     ("get", "services", "judged"), ("get", "services", "older"), ("get", "services", "judged-invalid"),
     ("get", "services", "unreadable"), ("get", "services", "web"), ("get", "svc", "judged", "-o", "wide"),
-    ("get", "services", "judged", "-o", "json"), ("describe", "service", "judged"),
+    ("get", "services", "judged", "-o", "json"), ("describe", "service", "judged"), ("get", "svc", "fresh"),
 )  # fmt: skip
 LIGHT_FORMS = {("get", "services", "judged")}
 """The forms above read without pydantic: the operator judged the spec shown at its revision."""
@@ -218,7 +218,10 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
 ) -> None:
     """Run through :func:`fleetop.cli.main.main` (plain forms without typer; help, errors and bad values
     through it) and through the typer app, every form prints the same on both streams and exits alike:
-    valid and invalid specs, a status, events, fleet unreachable."""
+    valid and invalid specs, a status, events, fleet unreachable. The typer app reads through the models;
+    the plain forms read a spec the operator judged at its revision without them (:mod:`fleetop.cli.light`)
+    and fall back to them for one judged at an older revision, one without a status, one judged
+    invalid, and one whose status does not read."""
     from typer.testing import CliRunner
 
     from fleetop.cli.main import app
@@ -243,6 +246,7 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
         gateway.put("/status/services/bad-type", '{"observedGeneration": "x"}')
         gateway.put("/fleetop/events/services/web/1", json.dumps(EVENT))
         put_judged(gateway, "judged", SPEC)
+        gateway.put("/desired/services/fresh", SPEC)  # no status: no operator has judged it
         first = put_judged(gateway, "older", SPEC)
         gateway.put("/desired/services/older", SPEC.replace("2", "3"))  # a revision not judged yet
         gateway.put("/status/services/older", operator_status(SPEC, "older", first))

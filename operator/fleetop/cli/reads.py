@@ -5,7 +5,9 @@ typer and click cost about as much to import and to build an app as the whole re
 ``--version`` itself. Only the plain forms are read here (:func:`parse_read_verb`); anything else
 (``--help``, an option this module does not know, a bad value, ``status --watch``, ``get units``) goes
 to the typer app, which prints its usual help and errors. Both ways run the same functions below, so
-they print the same.
+they print the same. The plain ``get`` table and ``status`` screen first try to read without the
+models (:mod:`fleetop.cli.light`: specs the operator judged at their revision), and read through them
+when that reader is unsure; the typer app always reads through them.
 """
 
 from __future__ import annotations
