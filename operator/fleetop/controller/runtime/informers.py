@@ -8,7 +8,9 @@ deltas.
   (``Etcd.list_watch`` relists after a compaction and resumes after etcd restarts); each snapshot or
   batch of events updates the cache and reports the keys that changed.
 * :class:`RegistrationCaches` keeps one :class:`PrefixCache` per registration prefix that the specs
-  name, started and stopped as specs change.
+  name, started and stopped as specs change; where many prefixes share a parent (``/services/web/``,
+  ``/services/api/``...), one :class:`SharedPrefixCache` lists and watches the parent and feeds them,
+  so 1,000 services cost one watch stream, not 1,000.
 * :class:`FleetInformer` polls fleet (which has no watch) for units, states and machines: every
   ``fast`` seconds while something converges, every ``slow`` seconds when steady. It diffs snapshots
   and reports the owners (from each unit's ``[X-Fleetop]`` section) whose units or states changed.
@@ -41,7 +43,7 @@ from fleetop.backoff import exponential
 from fleetop.clock import SYSTEM_CLOCK, Clock
 from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit, owner_key
 from fleetop.errors import FleetopError
-from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot
+from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot, WatchEvent
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.fleet.ownership import owned_by
@@ -76,11 +78,15 @@ class PrefixCache:
         stream = self.etcd.list_watch(self.prefix)
         async with contextlib.aclosing(stream):
             async for update in stream:
-                changed = self._apply(update)
-                self.synced.set()
-                if changed:
-                    self.arrivals.append(time.monotonic())
-                    self._notify(changed)
+                self.feed(update)
+
+    def feed(self, update: Snapshot | Events) -> None:
+        """Apply one snapshot or batch (from this cache's own watch or a shared one) and report it."""
+        changed = self._apply(update)
+        self.synced.set()
+        if changed:
+            self.arrivals.append(time.monotonic())
+            self._notify(changed)
 
     def _notify(self, changed: set[str]) -> None:
         """Report a change; a handler that fails loses this report, never the watch."""
@@ -145,13 +151,112 @@ def _differs(old: KeyValue | None, new: KeyValue | None) -> bool:
     return old.mod_revision != new.mod_revision
 
 
+SHARED_WATCH_FROM = 8
+"""Registration prefixes under one parent (``/services/web/``, ``/services/api/``... under
+``/services/``) from which one list + watch of the parent serves them all instead of a watch each.
+Every open watch stream costs the operator about 36 KB (gRPC's call, its buffers, the task and the
+cache): 36 MB at 1,000 services. The parent's keys that no spec names are kept too (they become a
+prefix's items at once when a spec names it later), so a parent is shared only when many of its
+children are wanted, and never the root."""
+
+
+def parent_prefix(prefix: str) -> str | None:
+    """``/services/web/`` -> ``/services/``; None for a prefix directly under the root."""
+    parent = prefix.rstrip("/").rpartition("/")[0]
+    return f"{parent}/" if parent else None
+
+
+class SharedPrefixCache:
+    """One list + watch of ``prefix`` (a parent) feeding a :class:`PrefixCache` per wanted child prefix
+    (``prefix`` + one segment + ``/``), which readers use as if it followed its own watch: each sees
+    only its keys, and its ``revision`` and arrivals move only when one of them changed (or on a
+    relist). Keys of children no one wants are kept by child, ready for :meth:`want`."""
+
+    def __init__(self, etcd: Etcd, prefix: str, on_change: Callable[[str, set[str]], None]) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+        self.views: dict[str, PrefixCache] = {}
+        self.others: dict[str, dict[str, KeyValue]] = {}
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self._on_change = on_change
+
+    def child_of(self, key: str) -> str | None:
+        """The child prefix ``key`` lies under, or None for a key right under the parent."""
+        name, slash, _ = key[len(self.prefix) :].partition("/")
+        return f"{self.prefix}{name}/" if slash else None
+
+    def want(self, prefixes: Iterable[str]) -> None:
+        """The child prefixes to serve; a new one is synced at once when the parent is."""
+        wanted = set(prefixes)
+        for prefix in [p for p in self.views if p not in wanted]:
+            view = self.views.pop(prefix)
+            if view.items:
+                self.others[prefix] = view.items
+        for prefix in sorted(wanted - self.views.keys()):
+            view = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
+            self.views[prefix] = view
+            if self.synced.is_set():
+                view.feed(Snapshot(list(self.others.pop(prefix, {}).values()), self.revision))
+
+    async def run(self) -> None:
+        """Follow the parent until cancelled."""
+        stream = self.etcd.list_watch(self.prefix)
+        async with contextlib.aclosing(stream):
+            async for update in stream:
+                self.feed(update)
+
+    def feed(self, update: Snapshot | Events) -> None:
+        if isinstance(update, Snapshot):
+            grouped: dict[str, list[KeyValue]] = {}
+            for kv in update.items:
+                child = self.child_of(kv.key)
+                if child is not None:
+                    grouped.setdefault(child, []).append(kv)
+            self.revision = update.revision
+            self.others = {
+                child: {kv.key: kv for kv in found}
+                for child, found in grouped.items()
+                if child not in self.views
+            }
+            self.synced.set()
+            for prefix, view in list(self.views.items()):
+                view.feed(Snapshot(grouped.get(prefix, []), update.revision))
+            return
+        by_child: dict[str, list[WatchEvent]] = {}
+        for event in update.events:
+            child = self.child_of(event.key)
+            if child is not None:
+                by_child.setdefault(child, []).append(event)
+        self.revision = max(self.revision, update.revision)
+        for child, events in by_child.items():
+            wanted = self.views.get(child)
+            if wanted is not None:
+                wanted.feed(Events(events, events[-1].mod_revision))
+                continue
+            items = self.others.setdefault(child, {})
+            for event in events:
+                after = event.kv
+                if after is None:
+                    items.pop(event.key, None)
+                else:
+                    items[event.key] = after
+            if not items:
+                del self.others[child]
+
+
 class RegistrationCaches:
-    """One :class:`PrefixCache` per registration prefix in use; :meth:`want` says which."""
+    """The registrations under every prefix in use (:meth:`want` says which): a :class:`PrefixCache`
+    each, following its own watch, or, where at least SHARED_WATCH_FROM of them share a parent, fed
+    by one :class:`SharedPrefixCache` of the parent."""
 
     def __init__(self, etcd: Etcd, on_change: Callable[[str, set[str]], None]) -> None:
         self.etcd = etcd
         self.caches: dict[str, PrefixCache] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        """The prefixes followed alone."""
+        self.shared: dict[str, SharedPrefixCache] = {}
+        """Parent prefix -> the shared cache serving its wanted children."""
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._on_change = on_change
         self._wanted: set[str] = set()
         self._wake = asyncio.Event()
@@ -163,14 +268,27 @@ class RegistrationCaches:
             self._wanted = wanted
             self._wake.set()
 
+    def _found(self, prefix: str) -> PrefixCache | None:
+        found = self.caches.get(prefix)
+        if found is None:
+            parent = parent_prefix(prefix)
+            shared = self.shared.get(parent) if parent is not None else None
+            found = shared.views.get(prefix) if shared is not None else None
+        return found
+
     def cache(self, prefix: str) -> PrefixCache | None:
         """The cache of ``prefix`` once it has synced, else None (the caller requeues)."""
-        found = self.caches.get(prefix)
+        found = self._found(prefix)
         return found if found is not None and found.synced.is_set() else None
 
     @property
     def synced(self) -> bool:
-        return all(prefix in self.caches and self.caches[prefix].synced.is_set() for prefix in self._wanted)
+        return all(self.cache(prefix) is not None for prefix in self._wanted)
+
+    @property
+    def watches(self) -> int:
+        """Watch streams open for registrations."""
+        return len(self._tasks)
 
     async def run(self) -> None:
         """Start and stop prefix caches as :meth:`want` changes, until cancelled."""
@@ -187,18 +305,42 @@ class RegistrationCaches:
         finally:
             await self._stop(list(self._tasks))
 
+    def plan(self) -> tuple[dict[str, set[str]], set[str]]:
+        """(parent -> its wanted children, for the parents shared; the prefixes followed alone)."""
+        groups: dict[str, set[str]] = {}
+        for prefix in self._wanted:
+            parent = parent_prefix(prefix)
+            if parent is not None:
+                groups.setdefault(parent, set()).add(prefix)
+        shared = {parent: found for parent, found in groups.items() if len(found) >= SHARED_WATCH_FROM}
+        alone = {p for p in self._wanted if p not in shared.get(parent_prefix(p) or "", ())}
+        return shared, alone
+
     async def _reconcile_tasks(self) -> None:
-        await self._stop([p for p in self._tasks if p not in self._wanted])
-        for prefix in sorted(self._wanted - self._tasks.keys()):
-            cache = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
-            self.caches[prefix] = cache
-            self._tasks[prefix] = asyncio.create_task(follow(cache), name=f"registrations {prefix}")
+        shared, alone = self.plan()
+        await self._stop([("alone", p) for p in self.caches if p not in alone])
+        await self._stop([("shared", p) for p in self.shared if p not in shared])
+        for parent, children in sorted(shared.items()):
+            cache = self.shared.get(parent)
+            if cache is None:
+                cache = self.shared[parent] = SharedPrefixCache(self.etcd, parent, self._on_change)
+                task = asyncio.create_task(follow(cache), name=f"registrations {parent}*")
+                self._tasks["shared", parent] = task
+                log.debug("watching registrations under %s for %d prefixes", parent, len(children))
+            cache.want(children)
+        for prefix in sorted(alone - self.caches.keys()):
+            single = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
+            self.caches[prefix] = single
+            self._tasks["alone", prefix] = asyncio.create_task(follow(single), name=f"registrations {prefix}")
             log.debug("watching registrations under %s", prefix)
 
-    async def _stop(self, prefixes: list[str]) -> None:
-        tasks = [self._tasks.pop(p) for p in prefixes]
-        for prefix in prefixes:
-            self.caches.pop(prefix, None)
+    async def _stop(self, which: list[tuple[str, str]]) -> None:
+        tasks = [self._tasks.pop(key) for key in which]
+        for kind, prefix in which:
+            if kind == "alone":
+                self.caches.pop(prefix, None)
+            else:
+                self.shared.pop(prefix, None)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -485,7 +627,7 @@ class FleetInformer:
                 log.exception("handling a change of fleet failed (%d owners)", len(keys))
 
 
-async def follow(cache: PrefixCache) -> None:
+async def follow(cache: PrefixCache | SharedPrefixCache) -> None:
     """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried
     (cancellation alone ends it)."""
     while True:
