@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fleetop.backoff import exponential
 from fleetop.clock import SYSTEM_CLOCK, Clock
@@ -53,6 +55,7 @@ from fleetop.store import KIND_ORDER, Entry, Kind, Store, other_kind, shared_nam
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ChangeHandler = Callable[[set[str]], None]
 """Called with the full etcd keys that changed (put or deleted) in one snapshot or batch."""
 
@@ -362,6 +365,17 @@ class FleetSnapshot:
     """The informer's ``timer.now()`` (monotonic) when the poll began: a change made before it is
     visible in it."""
 
+    def restamped(self, started: float) -> FleetSnapshot:
+        """The same poll seen again at ``started``: the same mappings (and index, once built)."""
+        again = dataclasses.replace(self, started=started)
+        if "index" in self.__dict__:
+            again.__dict__["index"] = self.__dict__["index"]
+        return again
+
+    def same_poll(self, other: FleetSnapshot) -> bool:
+        """True when ``other`` is this poll restamped (:meth:`restamped`): nothing changed."""
+        return self.units is other.units and self.states is other.states and self.machines is other.machines
+
     @functools.cached_property
     def index(self) -> FleetIndex:
         """This poll as the planners read it: built on first use, once per poll, shared by every pass
@@ -426,6 +440,11 @@ def build_snapshot(
     )
 
 
+def _same(new: list[T], old: list[T]) -> bool:
+    """The same objects in the same order: the client reused every page it parsed last time."""
+    return len(new) == len(old) and all(a is b for a, b in zip(new, old, strict=True))
+
+
 def changed_owners(old: FleetSnapshot, new: FleetSnapshot) -> set[str]:
     """Owner keys whose units or states differ between two snapshots (either side)."""
     changed: set[str] = set()
@@ -463,9 +482,18 @@ STALL_AFTER = 20.0
 """Seconds a poll may run before fleet counts as not answering: longer than one request's read timeout,
 so that a failover to a second endpoint completes first."""
 
-QUIET_POLL_SHARE = 0.01
+QUIET_POLL_SHARE = 0.005
 """The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
-operator's thread, sets how far apart quiet polls must be; 3,000 units: about 25 s)."""
+operator's thread, sets how far apart quiet polls must be; 3,000 units: about 20 s). Half of the
+operator's 1 % at rest: the rest is etcd's keepalives, the health server and the event loop."""
+
+UNITS_AT_LEAST = 60.0
+"""Seconds between listings of units when nothing else calls for one. A poll lists states and machines
+(unit failures and machine loss show there) and, at 3,000 units, half its requests are units; a unit
+changes without its states changing only by hand (``fleetctl submit``, a desired state fleet has not
+acted on yet). So a poll lists units too when the states or machines differ from the last poll, while
+a key expects its own writes or something converges, while fleet is lost or not yet seen, and at
+least this often."""
 
 SYNC_WAIT = 0.25
 """Seconds a pass of any kind asks to wait before trying again when a cache its key needs has not
@@ -510,6 +538,10 @@ class FleetInformer:
         self._wake = asyncio.Event()
         self._expecting: dict[str, float] = {}
         self._poll_cpu = 0.0
+        self._units: list[Unit] = []
+        self._states: list[UnitState] = []
+        self._machines: list[Machine] = []
+        self._units_at = float("-inf")
 
     def hurry(self, seconds: float = 30.0) -> None:
         """Poll every ``fast`` seconds for the next ``seconds`` (something is converging)."""
@@ -599,14 +631,35 @@ class FleetInformer:
         except Exception:  # no key can stop an informer
             log.exception("fleet: queueing the owners after a loss failed")
 
+    def _units_due(self, started: float, same: bool) -> bool:
+        """Whether this poll lists units too: see :data:`UNITS_AT_LEAST`."""
+        return (
+            not same
+            or self.loss is not None
+            or not self.synced.is_set()
+            or bool(self._expecting)
+            or started < self._hurry_until
+            or started - self._units_at >= UNITS_AT_LEAST
+        )
+
     async def poll_once(self, wall: float | None = None) -> None:
         started = self.timer.now()
         wall = self.clock() if wall is None else wall
-        units = await self.client.list_units()
         states = await self.client.list_states()
         machines = await self.client.list_machines()
-        new = build_snapshot(units, states, machines, started, self.snapshot)
-        old, self.snapshot = self.snapshot, new
+        same = _same(states, self._states) and _same(machines, self._machines)
+        units = self._units
+        if self._units_due(started, same):
+            units = await self.client.list_units()
+            self._units_at = started
+        old = self.snapshot
+        if same and _same(units, self._units):
+            # Every page as last time (the client reused what it parsed): nothing to index or diff.
+            new = old.restamped(started)
+        else:
+            new = build_snapshot(units, states, machines, started, old)
+        self.snapshot = new
+        self._units, self._states, self._machines = units, states, machines
         self.last_error = None
         self.seen_at = wall
         recovered, self.loss = self.loss is not None, None
@@ -614,12 +667,15 @@ class FleetInformer:
             log.info("fleet answers again: reconciling resumes")
         first = not self.synced.is_set() or recovered
         self.synced.set()
-        keys = set(new.owners) | set(old.owners) if first else changed_owners(old, new)
+        if first:
+            keys = set(new.owners) | set(old.owners)
+        else:
+            keys = set() if new.same_poll(old) else changed_owners(old, new)
         met = [key for key, since in self._expecting.items() if since <= started]
         for key in met:
             del self._expecting[key]
         keys.update(met)
-        machines_changed = first or old.machines != new.machines
+        machines_changed = first or (old.machines is not new.machines and old.machines != new.machines)
         if keys or machines_changed:
             try:
                 self._on_change(keys, machines_changed)
