@@ -12,7 +12,9 @@ deltas.
   ``/services/api/``...), one :class:`SharedPrefixCache` lists and watches the parent and feeds them,
   so 1,000 services cost one watch stream, not 1,000.
 * :class:`FleetInformer` polls fleet (which has no watch) for units, states and machines: every
-  ``fast`` seconds while something converges, every ``slow`` seconds when steady. It diffs snapshots
+  ``fast`` seconds while something converges, every ``slow`` seconds (or further apart, see
+  QUIET_POLL_SHARE) when steady; units only when needed (UNITS_AT_LEAST). A poll that read every page
+  as last time reuses the last snapshot and reports nothing. Otherwise it diffs snapshots
   and reports the owners (from each unit's ``[X-Fleetop]`` section) whose units or states changed.
   :meth:`FleetInformer.expect` gives the reconcilers read-your-writes without waiting: after the
   executor changed units, that key plans nothing in fleet until a poll that began after the change has

@@ -129,13 +129,17 @@ class Manager:
         async with (
             await Etcd.connect(settings.etcd) as etcd,
             FleetClient(settings.fleet.endpoint) as client,
+            # The informer's polls (GETs, one at a time) go through the standard library's http.client
+            # in a worker thread: a third of httpx's CPU per request, which is what a quiet cluster
+            # costs. Writes keep httpx's pooled connections. One set of counters for both.
+            FleetClient(settings.fleet.endpoint, plain=True, stats=client.stats) as poller,
         ):
             keys = Keys()
             fleet = settings.fleet
             informers = Informers(
                 etcd,
                 keys,
-                client,
+                poller,
                 self.queue.add,
                 fast=fleet.poll_fast,
                 slow=fleet.poll_slow,
