@@ -76,7 +76,8 @@ class PrefixCache:
         self._on_change = on_change
         # When changes arrived (monotonic), newest last: render coalescing judges a burst by when its
         # changes happened, not by when a (possibly busy) reconcile pass got to see them.
-        self.arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)
+        # (made at the first change: most of 1,000 registration prefixes never see one)
+        self.arrivals: deque[float] | None = None
 
     async def run(self) -> None:
         """Follow the prefix until cancelled. The first snapshot marks the cache synced."""
@@ -90,6 +91,8 @@ class PrefixCache:
         changed = self._apply(update)
         self.synced.set()
         if changed:
+            if self.arrivals is None:
+                self.arrivals = deque(maxlen=ARRIVALS_KEPT)
             self.arrivals.append(time.monotonic())
             self._notify(changed)
 
@@ -132,6 +135,8 @@ class PrefixCache:
     def burst(self, gap: float) -> tuple[float, float] | None:
         """(when the latest change arrived, when its burst began): a burst is a run of changes less
         than ``gap`` apart. None before any change; a burst longer than the history began at -inf."""
+        if self.arrivals is None:
+            return None
         return burst_of(list(self.arrivals), gap, full=len(self.arrivals) == self.arrivals.maxlen)
 
     def under(self, prefix: str) -> list[KeyValue]:
@@ -485,9 +490,10 @@ STALL_AFTER = 20.0
 so that a failover to a second endpoint completes first."""
 
 QUIET_POLL_SHARE = 0.005
-"""The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
-operator's thread, sets how far apart quiet polls must be; 3,000 units: about 20 s). Half of the
-operator's 1 % at rest: the rest is etcd's keepalives, the health server and the event loop."""
+"""The most of one core that polling a quiet fleet may take (the CPU time of a poll, the process's, as
+the requests run in a worker thread, sets how far apart quiet polls must be; 3,000 units: about 6 s).
+Half of the operator's 1 % at rest: the rest is the leader's renewals, gRPC, the health server and
+the event loop."""
 
 UNITS_AT_LEAST = 60.0
 """Seconds between listings of units when nothing else calls for one. A poll lists states and machines
@@ -575,10 +581,10 @@ class FleetInformer:
         failures = 0
         while True:
             self._wake.clear()
-            began, cpu, wall = self.timer.now(), time.thread_time(), self.clock()
+            began, cpu, wall = self.timer.now(), time.process_time(), self.clock()
             try:
                 await self._poll_watched(wall)
-                self._poll_cpu = time.thread_time() - cpu
+                self._poll_cpu = time.process_time() - cpu
                 failures = 0
                 delay = self.interval
             except Exception as exc:  # a bug reading one unit is a failed poll, not a dead informer
