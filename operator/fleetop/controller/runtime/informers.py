@@ -495,6 +495,10 @@ the requests run in a worker thread, sets how far apart quiet polls must be; 3,0
 Half of the operator's 1 % at rest: the rest is the leader's renewals, gRPC, the health server and
 the event loop."""
 
+QUIET_POLL_MAX = 30.0
+"""Seconds quiet polls are apart at most, whatever they cost (unless ``slow`` says more): how late a
+unit failure or a lost machine may be seen on a very large cluster."""
+
 UNITS_AT_LEAST = 60.0
 """Seconds between listings of units when nothing else calls for one. A poll lists states and machines
 (unit failures and machine loss show there) and, at 3,000 units, half its requests are units; a unit
@@ -546,6 +550,8 @@ class FleetInformer:
         self._wake = asyncio.Event()
         self._expecting: dict[str, float] = {}
         self._poll_cpu = 0.0
+        self._quiet = False
+        """Whether the last poll read every page as the one before (nothing changed)."""
         self._units: list[Unit] = []
         self._states: list[UnitState] = []
         self._machines: list[Machine] = []
@@ -570,10 +576,11 @@ class FleetInformer:
     @property
     def interval(self) -> float:
         """``fast`` while something converges; otherwise ``slow``, stretched on a cluster so large that
-        polling every ``slow`` seconds would take more than QUIET_POLL_SHARE of a core."""
+        polling every ``slow`` seconds would take more than QUIET_POLL_SHARE of a core (judged by the
+        last quiet poll's CPU), up to QUIET_POLL_MAX."""
         if self.timer.now() < self._hurry_until:
             return self.fast
-        return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
+        return min(max(self.slow, self._poll_cpu / QUIET_POLL_SHARE), max(self.slow, QUIET_POLL_MAX))
 
     async def run(self) -> None:
         """Poll until cancelled. Failed polls keep the last snapshot, mark fleet lost and back off (up
@@ -584,7 +591,9 @@ class FleetInformer:
             began, cpu, wall = self.timer.now(), time.process_time(), self.clock()
             try:
                 await self._poll_watched(wall)
-                self._poll_cpu = time.process_time() - cpu
+                if self._quiet:
+                    # paced by what a quiet poll costs: not the first (every page parsed) nor a busy one
+                    self._poll_cpu = time.process_time() - cpu
                 failures = 0
                 delay = self.interval
             except Exception as exc:  # a bug reading one unit is a failed poll, not a dead informer
@@ -666,6 +675,7 @@ class FleetInformer:
             new = old.restamped(started)
         else:
             new = build_snapshot(units, states, machines, started, old)
+        self._quiet = new.same_poll(old)
         self.snapshot = new
         self._units, self._states, self._machines = units, states, machines
         self.last_error = None
