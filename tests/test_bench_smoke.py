@@ -6,8 +6,10 @@ Only the shape of the results is checked, never a time: measurements belong in `
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
+from bench.harness import fetch_raw, first_answer_by, first_of_run  # noqa: E402
 from bench.report import Row, Target, WorkloadResult  # noqa: E402
 
 
@@ -75,6 +78,47 @@ def test_table_and_json_are_well_formed() -> None:
 
 
 @pytest.mark.slow
+def test_the_probe_decides_on_the_new_backend_or_a_run_of_the_remaining_one() -> None:
+    added = first_answer_by("127.0.0.2:80")
+    assert added(200, "127.0.0.99:80", 1.0) is None
+    assert added(502, "127.0.0.2:80", 2.0) is None
+    assert added(200, "127.0.0.2:80", 3.0) == 3.0
+    removed = first_of_run("127.0.0.99:80", 3)
+    answers = [(200, "127.0.0.99:80"), (200, "127.0.0.2:80"), (200, "127.0.0.99:80"), (0, "")]
+    answers += [(200, "127.0.0.99:80"), (200, "127.0.0.99:80"), (200, "127.0.0.99:80")]
+    decided = [removed(status, who, float(at)) for at, (status, who) in enumerate(answers)]
+    assert decided == [None, None, None, None, None, None, 4.0]  # the run's first, not its last
+
+
+def test_the_bare_socket_request_reads_status_and_backend() -> None:
+    """fetch_raw against a one-shot HTTP server on loopback: the status and X-Backend, and 0 for an
+    answer that is not HTTP."""
+
+    def serve(answer: bytes) -> tuple[int, str]:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            port = listener.getsockname()[1]
+
+            def reply() -> None:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+            thread = threading.Thread(target=reply)
+            thread.start()
+            try:
+                return fetch_raw(port)
+            finally:
+                thread.join()
+
+    ok = b"HTTP/1.1 200 OK\r\nx-backend: 127.0.0.2:8080\r\nContent-Length: 2\r\n\r\nok"
+    assert serve(ok) == (200, "127.0.0.2:8080")
+    assert serve(b"HTTP/1.1 503 Service Unavailable\r\n\r\n") == (503, "")
+    assert serve(b"garbage") == (0, "")
+
+
 def test_a_tiny_quick_run_writes_results(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "--only", "registration,burst", "--quick", "--reps", "1"]
     argv += ["--out", str(tmp_path)]

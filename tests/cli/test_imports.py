@@ -52,6 +52,12 @@ def test_version_answers_without_the_heavy_modules() -> None:
     assert heavy_in(imported_after(code)) == []
 
 
+def test_the_read_verbs_module_imports_nothing_heavy() -> None:
+    """``get``, ``describe`` and ``status`` start without typer, click or rich (:mod:`fleetop.cli.reads`);
+    what they read with (the store, the models) comes when they run."""
+    assert heavy_in(imported_after("import fleetop.cli.reads"), (*HEAVY, "click")) == []
+
+
 def test_the_sidekick_is_standard_library_only() -> None:
     modules = imported_after("import fleetop.discovery.sidekick")
     assert heavy_in(modules, (*HEAVY, "asyncio", "ssl", "http", "email")) == []

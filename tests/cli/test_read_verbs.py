@@ -74,6 +74,14 @@ async def test_users_and_client_certificates(secure_etcd: SecureEtcd) -> None:
         await ReadOnlyEtcd.connect(settings_from({}, wrong))
 
 
+READ_VERB_HEAVY = (
+    *("grpc", "etcd3aio", "jinja2", "httpx", "typer", "click", "rich"),
+    *("fleetop.controller", "fleetop.node", "fleetop.proxy", "fleetop.cli.specs", "fleetop.cli.cluster"),
+)
+"""What ``get``, ``describe`` and ``status`` in their plain forms run without (typer, click and rich
+included: :mod:`fleetop.cli.reads` parses them and lays their tables out itself)."""
+
+
 def fleetop(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``fleetop ARGS`` in a fresh interpreter; stdout, then the modules it loaded on stderr's last line."""
     code = (
@@ -122,7 +130,7 @@ def test_the_read_verbs_load_no_grpc(etcd_server: EtcdServer, etcd_prefix: str, 
     }
     with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
         gateway.put("/desired/services/web", SPEC)
-    heavy = ("grpc", "etcd3aio", "jinja2", "fleetop.controller", "fleetop.etcd.client")
+    heavy = (*READ_VERB_HEAVY, "fleetop.etcd.client")
     for args, code, also in (
         (("get", "services"), 0, ("httpx",)),
         (("get", "services", "web", "-o", "json"), 0, ("httpx",)),
@@ -140,3 +148,67 @@ async def test_plaintext_to_a_tls_server_hints_at_https(secure_etcd: SecureEtcd)
     settings = settings_from({"endpoints": secure_etcd.server.endpoint, "dial_timeout": "1s"}, {})
     with pytest.raises(EtcdUnavailable, match="https://"):
         await ReadOnlyEtcd.connect(settings)
+
+
+STATUS = {
+    "observedGeneration": 2,
+    "replicas": {"desired": 2, "launched": 2, "running": 2, "ready": 1, "updated": 2},
+    "conditions": [
+        {"type": "Available", "status": "True", "reason": "Ready", "lastTransitionTime": "2026-01-01T00:00Z"}
+    ],
+    "units": [{"name": "web@1.service", "machine": "abc", "desiredState": "launched", "ready": True}],
+    "backends": [{"key": "/services/web/1", "address": "127.0.0.1:8001"}],
+}  # fmt: skip
+EVENT = {"name": "web", "reason": "Scaled", "message": "to 2", "time": "2026-01-01T00:00:01Z"}
+READ_FORMS = (
+    ("get", "services"), ("get", "svc", "-o", "wide"), ("get", "services", "--output=json"),
+    ("get", "services", "web", "-o", "yaml"), ("get", "proxies"), ("get", "px", "-o", "wide"),
+    ("get", "services", "bad-type"), ("get", "services", "nothing"), ("get", "gadgets"),
+    ("get", "services", "-o", "JSON"), ("get", "services", "--fleet-endpoint", "unix:///none", "web"),
+    ("describe", "service", "web"), ("describe", "service", "bad-json"), ("describe", "service", "BadName"),
+    ("describe", "proxy", "edge"), ("describe", "proxy", "bad-kind"), ("describe", "service", "nothing"),
+    ("describe", "service"), ("status",), ("status", "-o", "text"), ("status", "--output", "html"),
+    ("get", "services", "--help"), ("describe", "--help"), ("status", "--help"),
+)  # fmt: skip
+
+
+def test_the_read_verbs_print_what_the_typer_app_prints(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Run through :func:`fleetop.cli.main.main` (plain forms without typer; help, errors and bad values
+    through it) and through the typer app, every form prints the same on both streams and exits alike:
+    valid and invalid specs, a status, events, fleet unreachable."""
+    from typer.testing import CliRunner
+
+    from fleetop.cli.main import app
+
+    env = {
+        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
+        "FLEETOP_PREFIX": etcd_prefix,
+        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    }
+    with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
+        gateway.put("/desired/services/web", SPEC)  # revision-independent: STATUS judges another one
+        gateway.put("/desired/services/bad-type", '{"replicas": "2", "unit": {"execStart": "/bin/true"}}')
+        gateway.put("/desired/services/bad-json", '{"replicas": ')
+        gateway.put("/desired/services/BadName", SPEC)
+        edge = {"kind": "nginx", "listen": 8080, "routes": [{"service": "web"}]}
+        gateway.put("/desired/proxies/edge", json.dumps(edge))
+        gateway.put("/desired/proxies/bad-kind", '{"kind": "apache"}')
+        gateway.put("/status/services/web", json.dumps(STATUS))
+        gateway.put("/status/services/bad-type", '{"observedGeneration": "x"}')
+        gateway.put("/fleetop/events/services/web/1", json.dumps(EVENT))
+    runner = CliRunner()
+    for form in READ_FORMS:
+        done = fleetop(env, *form)
+        shown = runner.invoke(app, list(form), env=env)
+        assert not shown.exception or isinstance(shown.exception, SystemExit), form
+        assert (done.returncode, done.stdout) == (shown.exit_code, shown.stdout), form
+        assert done.stderr.splitlines()[:-1] == shown.stderr.splitlines(), form
+        to_typer = done.returncode == 2 or any(word in form for word in ("--help", "JSON", "html"))
+        assert ("typer" in modules(done)) == to_typer, form
+    assert "Invalid: $.replicas: Input should be a valid integer" in fleetop(env, "get", "services").stdout
+    assert "UNREACHABLE" in fleetop(env, "status").stdout

@@ -271,6 +271,12 @@ def _items(caches: dict[str, FakeCache]) -> dict[str, tuple[str, list[tuple[str,
     return {name: (f"/services/{name}/", sorted(cache.values.items())) for name, cache in caches.items()}
 
 
+def _plain(backends: BackendSet) -> BackendSet:
+    """``backends`` as :func:`collect_backends` gives them (lists; the server counts left to count)."""
+    valid = {service: list(regs) for service, regs in backends.valid.items()}
+    return BackendSet(valid, backends.invalid, backends.unlaunched)
+
+
 def test_the_collector_reads_only_the_services_that_changed_and_gives_what_collect_backends_gives() -> None:
     caches = {
         "api": FakeCache({"/services/api/1": b"127.0.0.2:80", "/services/api/bad": b"nope"}),
@@ -283,11 +289,14 @@ def test_the_collector_reads_only_the_services_that_changed_and_gives_what_colle
     collector = BackendCollector()
 
     def both() -> tuple[BackendSet, BackendSet]:
-        names = collector.names(_sources(caches))
+        sources = _sources(caches)
+        names = collector.names(sources)
         assert names == registration_names(_items(caches))
-        return collector.collect(_sources(caches), launched, where), collect_backends(
-            _items(caches), launched, where
-        )
+        found = collector.collect(sources, launched, where)
+        expected = collect_backends(_items(caches), launched, where)
+        assert found.server_counts() == expected.server_counts()
+        assert all(type(regs) is tuple for regs in found.valid.values())  # shared, so never mutable
+        return _plain(found), expected
 
     first, expected = both()
     assert first == expected and first.invalid_count == 1

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import Counter
 
 import pytest
 
 from fleetop.clock import FakeClock
 from fleetop.controller.runtime.queue import Backoff, QueueShutDownError, WorkQueue, run_resync, run_workers
-from fleetop.errors import PermanentError, TemporaryError
+from fleetop.errors import Conflict, PermanentError, TemporaryError
 
 
 async def test_dedupes_waiting_keys() -> None:
@@ -171,6 +172,34 @@ async def test_permanent_error_is_not_retried_temporary_uses_its_delay() -> None
     assert [t - start for t in times] == pytest.approx([0.0, 0.05, 0.08]), "the error's delay, then 0.03"
     assert ("perm", "terminal") in outcomes
     assert [o for k, o in outcomes if k == "temp"] == ["error", "requeue", "success"]
+
+
+async def test_a_race_is_retried_and_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """Conflict (another writer moved the key) is retried like any failure, but it is expected:
+    one warning line with its message, not a traceback; a bug keeps its traceback."""
+    clock = FakeClock()
+    queue = WorkQueue(Backoff(base=0.01, cap=1.0, jitter=0.0), clock=clock)
+    calls: Counter[str] = Counter()
+
+    async def reconcile(key: str) -> float | None:
+        calls[key] += 1
+        if calls[key] == 1:
+            raise Conflict("status/web moved under us") if key == "race" else RuntimeError("boom")
+        return None
+
+    task = asyncio.create_task(run_workers(queue, reconcile, workers=2))
+    with caplog.at_level(logging.WARNING, logger="fleetop.controller.runtime.queue"):
+        queue.add("race")
+        queue.add("bug")
+        await clock.step(1.0)
+    queue.shut_down()
+    await asyncio.wait_for(task, 5)
+    assert calls == {"race": 2, "bug": 2}, "both are retried"
+    race = [r for r in caplog.records if "reconcile race" in r.getMessage()]
+    bug = [r for r in caplog.records if "reconcile bug" in r.getMessage()]
+    assert len(race) == 1 and race[0].exc_info is None and "moved under us" in race[0].getMessage()
+    assert race[0].levelno == logging.WARNING
+    assert len(bug) == 1 and bug[0].exc_info is not None
 
 
 async def test_resync_queues_every_known_key() -> None:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import signal
 import socket
 import threading
 import time
@@ -258,12 +259,62 @@ async def test_a_reload_that_nginx_cannot_load_is_reported(tmp_path: Path) -> No
             cfg = PublishedConfig(
                 hash=hashlib.sha256(body.encode()).hexdigest(), generation=2, kind="nginx", body=body
             )
+            workers = worker_pids(proxy)
             with pytest.raises(ApplyError) as info:
                 await apply_config(cfg, proxy.target, check=None, reload=None, timeout=1.5)
         assert info.value.stage == "reload" and info.value.installed
         assert "no new worker" in str(info.value)
+        assert worker_pids(proxy) == workers  # no new worker, so the old one is not told to quit
         assert (await asyncio.to_thread(fetch, proxy.port))[0] == 404  # the old config still serves
     finally:
+        proxy.process.stop()
+
+
+def worker_pids(proxy: ProxySite) -> set[int]:
+    children = Path(f"/proc/{proxy.process.pid}/task/{proxy.process.pid}/children")
+    return {int(pid) for pid in children.read_text().split()}
+
+
+def process_state(pid: int) -> str:
+    """The state letter in /proc/<pid>/stat (``Z``: exited, not yet reaped); ``gone`` when reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "gone"
+    return stat.rpartition(")")[2].split()[0]
+
+
+async def test_an_nginx_reload_retires_the_old_worker_itself(
+    tmp_path: Path, backends: list[Registration]
+) -> None:
+    """nginx's master lets its old worker accept connections for 100 ms after forking the new one.
+    The apply tells the old worker to quit as soon as the new one is there, so once it returns only
+    the new config answers, even with the master frozen (it would never signal the old worker)."""
+    proxy = ProxySite(tmp_path, "nginx", "edge")
+    master = proxy.process.pid
+    frozen = False
+    try:
+        for generation in range(1, 6):  # back to back: old workers go before the master signals them
+            cfg = proxy.published(backends, generation=generation, handler=generation % 2 == 1)
+            await apply_config(cfg, proxy.target, check=None, reload=None, timeout=30)
+        want = {b.address for b in backends}
+        assert await handlers_seen(proxy.port, want) == want
+        await one_worker_left(proxy)  # and the master did not start another in its place
+        old = worker_pids(proxy)
+
+        narrowed = proxy.published(backends[1:], generation=6)
+        await apply_config(narrowed, proxy.target, check=None, reload=None, timeout=30)
+        os.kill(master, signal.SIGSTOP)
+        frozen = True
+        deadline = time.monotonic() + 10
+        while any(process_state(pid) not in ("Z", "gone") for pid in old):
+            assert time.monotonic() < deadline, f"the old worker {old} still runs"
+            await asyncio.sleep(0.01)
+        answers = [await asyncio.to_thread(fetch, proxy.port) for _ in range(20)]
+        assert answers == [(200, backends[1].address)] * 20
+    finally:
+        if frozen:
+            os.kill(master, signal.SIGCONT)
         proxy.process.stop()
 
 

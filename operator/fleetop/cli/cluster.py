@@ -2,96 +2,30 @@
 
 The formatting is pure (``statusview.py``); this module does the I/O. A part that cannot be reached is
 shown as unreachable with the reason — the status screen is most needed exactly when something is down.
-``status`` reads etcd through :func:`open_reader` (no grpc) and fleet over the standard library
-(the fleet client's ``plain`` sessions: no httpx); the fleet client and the gRPC client (``events
---follow`` watches) are imported by the functions that use them.
+``status`` gathers and prints through :mod:`fleetop.cli.reads` (which also runs it without typer):
+etcd through :func:`open_reader` (no grpc), fleet over the standard library (the fleet client's
+``plain`` sessions: no httpx); the fleet client and the gRPC client (``events --follow`` watches) are
+imported by the functions that use them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleetop.cli.common import CliContext, cli_context, echo, open_reader, open_store, run
+from fleetop.cli.common import CliContext, cli_context, echo, open_store, run
 from fleetop.cli.output import format_event_line, format_events
-from fleetop.cli.statusview import (
-    Health,
-    Report,
-    format_machines,
-    format_status,
-    format_status_data,
-    format_units,
-    now_utc,
-)
-from fleetop.config import fleet_endpoints_from
-from fleetop.errors import FleetopError
+from fleetop.cli.reads import fleet_endpoint, gather, render_status, status_once
+from fleetop.cli.statusview import Report, format_machines, format_units
 from fleetop.keys import Kind
 from fleetop.models import Event
-from fleetop.models.observed import OperatorObservation
 
 if TYPE_CHECKING:
     from fleetop.etcd.model import Events, Snapshot
     from fleetop.fleet.model import Machine, Unit, UnitState
-    from fleetop.store import StoreReader
-
-
-def fleet_endpoint(flag: str | None) -> str:
-    """The validated endpoint list, comma-separated (ConfigError names a bad entry and its source)."""
-    return ",".join(fleet_endpoints_from({"fleet_endpoint": flag}, os.environ))
-
-
-async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit], list[UnitState]]:
-    """One look at fleet, failing over between the endpoints (each tried once, sequentially, so the
-    client stays on the one that answered)."""
-    from fleetop.fleet.client import FleetClient, RetryPolicy
-    from fleetop.http import Timeouts
-
-    fleet = FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0), plain=True)
-    async with fleet:
-        try:
-            machines = await fleet.list_machines()
-            units, states = await asyncio.gather(fleet.list_units(), fleet.list_states())
-        except FleetopError as exc:
-            return Health(endpoint, False, str(exc), dict(fleet.unreachable)), [], [], []
-    detail = f"{len(machines)} machines" + (f", through {fleet.endpoint}" if len(fleet.endpoints) > 1 else "")
-    return Health(endpoint, True, detail), machines, units, states
-
-
-async def gather_etcd(store: StoreReader, report: Report) -> None:
-    leader = await store.etcd.get(store.keys.leader())
-    if leader is not None:
-        try:
-            report.leader = json.loads(leader.value)
-        except json.JSONDecodeError:
-            report.leader = {"identity": leader.value.decode("utf-8", "replace")}
-    report.services, _ = await store.list("services")
-    report.service_status = await store.statuses("services")
-    report.proxies, _ = await store.list("proxies")
-    report.proxy_status = await store.statuses("proxies")
-    observed = await store.etcd.get(store.keys.observed())
-    if observed is not None:
-        with contextlib.suppress(ValueError):
-            report.observed = OperatorObservation.model_validate_json(observed.value)
-
-
-async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
-    settings = cli.settings()
-    endpoint = fleet_endpoint(fleet_flag)
-    fleet_task = asyncio.create_task(gather_fleet(endpoint))
-    report = Report(now_utc(), Health(",".join(settings.endpoints), True), Health(endpoint, False))
-    try:
-        async with open_reader(cli) as store:
-            await gather_etcd(store, report)
-    except FleetopError as exc:
-        report.etcd = Health(",".join(settings.endpoints), False, str(exc))
-        report.leader, report.services, report.proxies, report.observed = None, [], [], None
-    report.fleet, report.machines, report.units, report.states = await fleet_task
-    return report
 
 
 FleetFlag = Annotated[str | None, typer.Option("--fleet-endpoint", help="fleet API (FLEETCTL_ENDPOINT)")]
@@ -111,13 +45,10 @@ def status(
         raise typer.Exit(1)
 
     def render(report: Report) -> str:
-        return format_status(report) if output == "text" else format_status_data(report, output)
+        return render_status(report, output)
 
     if not watch:
-        report = run(lambda: gather(cli, fleet_endpoint_flag))
-        echo(render(report))
-        if not (report.etcd.healthy and report.fleet.healthy):
-            raise typer.Exit(1)
+        status_once(cli, output, fleet_endpoint_flag)
         return
     _watch(cli, fleet_endpoint_flag, render, interval)
 

@@ -14,8 +14,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import typer
-
 from fleetop.config import EtcdSettings, settings_from
 from fleetop.errors import (
     Conflict,
@@ -28,6 +26,8 @@ from fleetop.errors import (
 )
 
 if TYPE_CHECKING:
+    import typer
+
     from fleetop.store import Store, StoreReader
 
 T = TypeVar("T")
@@ -98,14 +98,15 @@ def error_text(exc: FleetopError) -> str:
 
 
 def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], *, error_code: int = 1) -> T:
-    """Run the command's coroutine; errors of the tree become a message on stderr and ``error_code``."""
+    """Run the command's coroutine; errors of the tree become a message on stderr and ``error_code``
+    (``SystemExit``, which typer passes on as it is: the read verbs also run without typer)."""
     try:
         return asyncio.run(coro_fn())
     except FleetopError as exc:
         print(error_text(exc), file=sys.stderr)
-        raise typer.Exit(error_code) from None
+        raise SystemExit(error_code) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        raise SystemExit(130) from None
 
 
 def echo(text: str) -> None:

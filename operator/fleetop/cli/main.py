@@ -3,9 +3,10 @@
 A CLI that takes a second to answer is not used in a loop or a prompt, and a sidekick started once per
 instance pays its start-up on every machine. So nothing is imported here that a verb does not need:
 :func:`main` reads the verb from argv first, answers ``--version`` at once, hands ``register`` to the
-lean sidekick (standard library only, :mod:`fleetop.discovery.sidekick`), and builds the typer app with
-only the commands of that verb's module (:data:`VERBS`). Help, an unknown verb and ``app`` (the module
-attribute, for tests) get every command.
+lean sidekick (standard library only, :mod:`fleetop.discovery.sidekick`), runs the plain forms of
+``get``, ``describe`` and ``status`` without typer (:mod:`fleetop.cli.reads`), and otherwise builds the
+typer app with only the commands of that verb's module (:data:`VERBS`). Help, an unknown verb and
+``app`` (the module attribute, for tests) get every command.
 """
 
 import os
@@ -45,6 +46,8 @@ VERBS: dict[str, str] = {
     "proxy-instance": "proxy-instance",
 }
 """Each verb and the group of commands that serves it (:func:`_add_group`)."""
+READ_VERBS = ("get", "describe", "status")
+"""Verbs :mod:`fleetop.cli.reads` runs without typer when given in their plain forms."""
 
 
 def _version(value: bool) -> None:
@@ -197,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> Any:
         from fleetop.discovery import sidekick
 
         return sidekick.main(rest, flags)
+    if verb in READ_VERBS:
+        from fleetop.cli.reads import run_read_verb
+
+        if run_read_verb(verb, flags, rest):
+            return 0
     group = VERBS.get(verb) if verb else None
     build_app([group] if group else None)(args=args, prog_name="fleetop")
     return 0

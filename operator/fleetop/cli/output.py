@@ -9,11 +9,9 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
-
-from rich.console import Console
-from rich.table import Table
 
 from fleetop.models import Event, ProxySpec, ProxyStatus, ServiceSpec, ServiceStatus
 from fleetop.models.parse import spec_document
@@ -23,7 +21,18 @@ OutputFormat = Literal["table", "wide", "json", "yaml"]
 
 
 def render_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, width: int = 200) -> str:
-    """A borderless, kubectl-looking table as plain text."""
+    """A borderless, kubectl-looking table as plain text: columns two spaces apart, each as wide as
+    its widest cell, trailing blanks cut. :func:`plain_table` writes the tables that fit within
+    ``width`` and hold plain text (nearly all of them) without importing rich; rich lays out the rest
+    (folding cells to fit, reading its markup), and its layout is the reference the plain one is
+    tested against."""
+    rows = [list(row) for row in rows]
+    plain = plain_table(columns, rows, width=width)
+    if plain is not None:
+        return plain
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -32,6 +41,51 @@ def render_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, width
     buffer = io.StringIO()
     Console(file=buffer, width=width, no_color=True, highlight=False, color_system=None).print(table)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+_PLAIN_CELL = re.compile(r"[ -Z\\-~\n→…]*")
+"""What :func:`plain_table` lays out as rich would: printable ASCII but ``[`` (rich's markup), a few
+one-column arrows and dots, and line breaks between non-empty lines."""
+_EMOJI_CODE = re.compile(r":(\S*?)(?:(?:\-)(emoji|text))?:")
+"""rich's pattern of an emoji code (``:smile:``), which it replaces when the name is one it knows."""
+_DIGIT_EMOJI = frozenset({"100", "1234"})
+"""The emoji names of digits alone; a time's ``:00:`` is none."""
+
+
+def _plain_cell(text: str) -> bool:
+    if not _PLAIN_CELL.fullmatch(text):
+        return False
+    lines = text.split("\n")
+    for line in lines:
+        if line != line.strip(" ") or "  " in line or (not line and len(lines) > 1):
+            return False  # blanks rich wraps away; rich's lines drop a trailing empty one
+    return all(
+        match.group(1).isdigit() and match.group(1) not in _DIGIT_EMOJI and not match.group(2)
+        for match in _EMOJI_CODE.finditer(text)
+    )
+
+
+def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, width: int = 200) -> str | None:
+    """The table :func:`render_table` prints, laid out here; None when rich must lay it out: a cell
+    that is not plain text (:data:`_PLAIN_CELL`, emoji codes, runs of blanks) or a table wider than
+    ``width``."""
+    cells = [list(columns), *(list(row) for row in rows)]
+    if any(len(row) != len(columns) or not all(_plain_cell(c) for c in row) for row in cells):
+        return None
+    if any("\n" in column for column in columns):
+        return None  # rich aligns a header's lines to the bottom
+    widths = [max(len(line) for row in cells for line in row[i].split("\n")) for i in range(len(columns))]
+    if sum(widths) + 2 * (len(widths) - 1) > width:
+        return None
+    out = []
+    for row in cells:
+        parts = [cell.split("\n") for cell in row]
+        for n in range(max(len(p) for p in parts)):
+            line = "  ".join(
+                (p[n] if n < len(p) else "").ljust(w) for p, w in zip(parts, widths, strict=True)
+            )
+            out.append(line.rstrip())
+    return "\n".join(out) + "\n"
 
 
 def to_yaml(data: Any) -> str:

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from fleetop.cli import reads
 from fleetop.cli.common import cli_context, echo, open_reader, open_store, run
-from fleetop.cli.output import OutputFormat, format_describe, format_diff, format_get, spec_yaml
+from fleetop.cli.output import OutputFormat, format_diff, spec_yaml
+from fleetop.cli.reads import FLEET_RESOURCES, run_kind
 from fleetop.errors import Conflict, InputError, NameTaken, NotFound, SpecInvalid
 from fleetop.models.parse import encode_document, encode_spec, spec_document
 from fleetop.store import KIND_NAMES, Entry, Kind, Store, parse_stored
@@ -22,15 +24,6 @@ from fleetop.store import KIND_NAMES, Entry, Kind, Store, parse_stored
 if TYPE_CHECKING:
     from fleetop.cli.documents import Document
     from fleetop.cli.patching import PatchType
-
-RESOURCE_ALIASES: dict[str, Kind] = {
-    "service": "services",
-    "services": "services",
-    "svc": "services",
-    "proxy": "proxies",
-    "proxies": "proxies",
-    "px": "proxies",
-}
 
 
 class Output(StrEnum):
@@ -43,15 +36,6 @@ class Output(StrEnum):
 class PatchKind(StrEnum):
     json = "json"
     merge = "merge"
-
-
-def resource_kind(resource: str) -> Kind:
-    try:
-        return RESOURCE_ALIASES[resource.lower()]
-    except KeyError:
-        raise InputError(
-            f"unknown resource type {resource!r} (use services or proxies)", where="RESOURCE"
-        ) from None
 
 
 def live_yaml(entry: Entry | None) -> str:
@@ -131,9 +115,6 @@ def run_load(filename: str, *, error_code: int = 1) -> list[Document]:
     return run(load, error_code=error_code)
 
 
-FLEET_RESOURCES = {"units": "units", "unit": "units", "machines": "machines", "machine": "machines"}
-
-
 def get(
     ctx: typer.Context,
     resource: Annotated[str, typer.Argument(help="services | proxies | units | machines")],
@@ -155,28 +136,8 @@ def get(
 
         get_fleet_resource(FLEET_RESOURCES[resource.lower()], output == Output.wide, fleet_endpoint)
         return
-    kind = run_kind(resource)
-
-    async def body() -> str:
-        async with open_reader(cli) as store:
-            if name is not None:
-                entries = [await store.require(kind, name)]
-                status = await store.status(kind, name)
-                statuses = {name: status} if status else {}
-            else:
-                entries, _ = await store.list(kind)
-                statuses = await store.statuses(kind)
-        fmt: OutputFormat = output.value
-        return format_get(entries, statuses, fmt, single=name is not None)
-
-    echo(run(body))
-
-
-def run_kind(resource: str) -> Kind:
-    async def resolve() -> Kind:
-        return resource_kind(resource)
-
-    return run(resolve)
+    fmt: OutputFormat = output.value
+    reads.get_specs(cli, resource, name, fmt)
 
 
 def describe(
@@ -185,18 +146,7 @@ def describe(
     name: Annotated[str, typer.Argument()],
 ) -> None:
     """Show a spec, its conditions, its units and backends, and recent events."""
-    cli = cli_context(ctx)
-    kind = run_kind(resource)
-
-    async def body() -> str:
-        async with open_reader(cli) as store:
-            entry = await store.require(kind, name)
-            status = await store.status(kind, name)
-            # this spec's own events, not those of an earlier, deleted one of the same name
-            events = await store.events(name, kind=kind, limit=20, since_revision=entry.create_revision)
-        return format_describe(entry, status, events)
-
-    echo(run(body))
+    reads.describe(cli_context(ctx), resource, name)
 
 
 def delete(

@@ -38,6 +38,7 @@ from fleetop.config import EtcdSettings, etcd_flags, settings_from
 from fleetop.discovery.addresses import parse_address, registration_key
 from fleetop.errors import ConfigError, FleetopError, InputError, NotFound, TemporaryError
 from fleetop.etcd.gateway import Gateway, GatewayRefusesCommonName
+from fleetop.logfmt import basic_config
 from fleetop.timefmt import flag_seconds
 
 INFO, WARNING = 20, 30
@@ -531,11 +532,7 @@ def _serve_over_grpc(settings: EtcdSettings, config: Config, args: argparse.Name
         http=args.http, tcp=args.tcp, exec_=args.exec_, timeout=config.check.timeout
     )
     registration = RegisterConfig(config.key, config.host, config.port, check, config.interval, config.ttl)
-    logging.basicConfig(
-        level=logging.WARNING if log.level >= WARNING else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    basic_config(logging.WARNING if log.level >= WARNING else logging.INFO)
     asyncio.run(serve(settings, registration))
 
 

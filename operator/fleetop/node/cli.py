@@ -10,7 +10,6 @@ it on its own.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -100,9 +99,10 @@ def node(
     ctx.obj = state_dir
     if ctx.invoked_subcommand is not None:
         return
+    from fleetop.logfmt import basic_config
     from fleetop.node.server import NodeConfig, run_node
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    basic_config(log_level.upper())
     try:
         config = NodeConfig(
             state_dir=state_dir,

@@ -16,7 +16,8 @@ For HAProxy, a config that changes only servers can replace the reload by a runt
 stage, check and rename.
 
 Default commands per kind: nginx is checked with ``nginx -t -q`` on the staged file and reloaded by
-SIGHUP to the master; HAProxy (master-worker, ``expose-fd listeners``) is checked with
+SIGHUP to the master, whose previous workers get SIGQUIT once its new worker is there (see
+:class:`SignalReload`); HAProxy (master-worker, ``expose-fd listeners``) is checked with
 ``haproxy -c`` and reloaded seamlessly by SIGUSR2 to the master. The pid file is the one the
 config names (``pid`` / ``pidfile``), so agent and proxy can never disagree about it.
 
@@ -68,7 +69,6 @@ _PID_RE = {
     "nginx": re.compile(r"^\s*pid\s+([^\s;]+)\s*;", re.MULTILINE),
     "haproxy": re.compile(r"^\s*pidfile\s+(\S+)\s*$", re.MULTILINE),
 }
-_RELOAD_SIGNAL = {"nginx": signal.SIGHUP, "haproxy": signal.SIGUSR2}
 
 
 class ApplyError(ProxyError):
@@ -91,12 +91,21 @@ class SignalReload:
     """Reload by sending ``signal`` to the master pid written in ``pid_file``, then wait until the
     master has forked a new worker: proof the new config loaded (a config the master cannot load at
     reload time forks none), and a guard for HAProxy, whose master loses a SIGUSR2 that arrives while
-    it is still re-executing itself for the previous one."""
+    it is still re-executing itself for the previous one.
+
+    ``retire``: a signal sent to the master's previous children once the new worker is there (nginx:
+    SIGQUIT, its graceful shutdown). nginx's master lets the old workers accept connections for
+    100 ms after it forked the new ones (it sleeps, then sends them this signal itself), so for that
+    long requests may still be answered with the old config, its ``upstream`` servers included.
+    The old workers finish the requests they hold and exit, and connections that arrive meanwhile
+    wait in the listening socket's queue for the new worker. Nothing is retired unless a new worker
+    came: a config the master refused keeps its workers."""
 
     pid_file: Path
     signal: int
     wait: bool = True
     settle: float = 0.0
+    retire: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +152,9 @@ def default_reload(kind: Kind, body: str) -> SignalReload:
     if pid_file is None:
         directive = "pid" if kind == "nginx" else "pidfile"
         raise ApplyError("reload", f"the config has no '{directive}' line, so the proxy's pid is unknown")
-    return SignalReload(pid_file, _RELOAD_SIGNAL[kind], settle=0.1 if kind == "haproxy" else 0.0)
+    if kind == "nginx":
+        return SignalReload(pid_file, signal.SIGHUP, retire=signal.SIGQUIT)
+    return SignalReload(pid_file, signal.SIGUSR2, settle=0.1)
 
 
 def uses_shell(command: str) -> bool:
@@ -298,6 +309,8 @@ async def _signal_reload(reload: SignalReload, timeout: float) -> None:
             raise ApplyError("reload", f"the proxy (pid {pid}) exited during the reload", installed=True)
         if now - before:
             _LAST_RELOAD[pid] = loop.time()
+            if reload.retire is not None:
+                _retire(before & now, reload.retire)
             return
         if loop.time() >= resend:
             log.info("no new worker yet from pid %d: signalling it again", pid)
@@ -306,6 +319,14 @@ async def _signal_reload(reload: SignalReload, timeout: float) -> None:
     raise ApplyError(
         "reload", f"no new worker within {timeout:g} s: the proxy could not load the config", installed=True
     )
+
+
+def _retire(previous: set[int], signo: int) -> None:
+    """Send ``signo`` to the master's previous children, read from /proc a moment ago (the kernel
+    hands out pids in increasing order, so one freed in that moment is not another process's)."""
+    for child in sorted(previous):
+        with contextlib.suppress(ProcessLookupError):  # it exited since
+            os.kill(child, signo)
 
 
 async def _reload(reload: Command | SignalReload, target: Path, timeout: float) -> bool:

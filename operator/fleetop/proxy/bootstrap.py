@@ -31,6 +31,7 @@ from fleetop.errors import ConfigError, FleetopError, RenderError
 from fleetop.etcd.client import Etcd
 from fleetop.filemodes import CONFIG_MODE, SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
+from fleetop.logfmt import basic_config
 from fleetop.models.base import check_name
 from fleetop.models.proxy import parse_listen
 from fleetop.models.status import PublishedConfig
@@ -161,8 +162,7 @@ def proxy_instance_command(
     etcd_timeout: Annotated[float, typer.Option(help="Seconds to wait for etcd before starting.")] = 5.0,
 ) -> None:
     """Write a valid config for a managed proxy instance, then exec nginx or HAProxy in the foreground."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    basic_config("INFO", "%(levelname)s %(name)s: %(message)s")
     try:
         check_name(proxy, "--proxy")
         if kind not in ("nginx", "haproxy"):

@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +31,7 @@ from fleetop.config import EtcdSettings, settings_from
 from fleetop.errors import ConfigError, FleetopError, InputError, TemporaryError
 from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
+from fleetop.logfmt import basic_config
 from fleetop.models.base import check_line, check_name
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.policy import DEFAULT_POLICY_FILE, POLICY_ENV, AgentPolicy, load_policy
@@ -166,12 +166,7 @@ async def serve(settings: EtcdSettings, agent: AgentSettings) -> None:
 
 
 def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=os.environ.get("FLEETOP_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+    basic_config(os.environ.get("FLEETOP_LOG_LEVEL", "INFO").upper())
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)

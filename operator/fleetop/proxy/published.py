@@ -52,9 +52,14 @@ class PublishedFormatError(ProxyError):
 
 
 def encode_published(
-    config: PublishedConfig, *, compress_above: int = COMPRESS_ABOVE, limit: int = MAX_VALUE
+    config: PublishedConfig,
+    *,
+    compress_above: int = COMPRESS_ABOVE,
+    limit: int = MAX_VALUE,
+    body_sha256: str | None = None,
 ) -> bytes:
-    """The value to put in etcd for ``config``."""
+    """The value to put in etcd for ``config``. ``body_sha256``: the body's sha256 when the caller
+    has it already (the render's hash), so a large body is not hashed twice."""
     text = config.body.encode("utf-8")
     if len(text) <= compress_above:
         value = config.model_dump_json(by_alias=True).encode()
@@ -64,7 +69,7 @@ def encode_published(
         header.update(
             format=FORMAT_COMPRESSED,
             encoding=ENCODING,
-            bodySha256=hashlib.sha256(text).hexdigest(),
+            bodySha256=body_sha256 or hashlib.sha256(text).hexdigest(),
             bodyZ=packed,
         )
         value = json.dumps(header, separators=(",", ":")).encode()

@@ -18,11 +18,14 @@ backends (1,000 services x 10 backends render in a few tens of milliseconds).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import hashlib
 import importlib.resources
 import re
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -58,6 +61,25 @@ def checked_value(value: Any) -> str:
             f"refusing to print {shown!r} into a config: only letters, digits and ._:/-[]*~ are allowed"
         )
     return text
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while the block runs (it runs again after, as before).
+
+    Parsing and rendering 100,000 backends allocate about a million small objects (tuples, strings),
+    none of them in a cycle; each allocation past the collector's threshold starts a collection, and
+    the collections of the older generations walk every object the process holds (the registration
+    caches first of all): at 100,000 keys they took a third of a full parse and render. Reference
+    counting frees all of it as before; a cycle made meanwhile waits for the next collection."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +197,22 @@ class Rule(NamedTuple):
     acls: tuple[str, ...]
 
 
+_ROUTED: dict[int, tuple[weakref.ref[ProxySpec], tuple[str, ...]]] = {}
+
+
+def routed_services(spec: ProxySpec) -> tuple[str, ...]:
+    """The services ``spec`` routes to, sorted, once per spec object: a pass at 1,001 routes asks
+    for them several times, and a spec object is never changed (a new spec is a new object)."""
+    found = _ROUTED.get(id(spec))
+    if found is not None and found[0]() is spec:
+        return found[1]
+    services = tuple(sorted({route.service for route in spec.routes}))
+    if len(_ROUTED) >= 256:
+        _ROUTED.clear()
+    _ROUTED[id(spec)] = (weakref.ref(spec), services)
+    return services
+
+
 def upstream_name(service: str) -> str:
     """``web-api`` → ``svc_web_api``: a safe nginx upstream / HAProxy backend name."""
     return "svc_" + service.replace("-", "_")
@@ -247,7 +285,7 @@ def build_context(
     """Everything a template sees; the same for built-in and custom templates."""
     services = {
         name: ServiceView(name, upstream_name(name), _backends(backends.get(name, ())))
-        for name in sorted({route.service for route in spec.routes})
+        for name in routed_services(spec)
     }
     return _context_of(proxy_name, spec, services, paths)
 
@@ -361,7 +399,8 @@ def render(
     paths: RenderPaths,
 ) -> Rendered:
     """The config text for ``spec`` with ``backends`` (service name → registrations), and its sha256."""
-    text = _render_checked(template_of(spec), build_context(proxy_name, spec, backends, paths))
+    with paused_gc():
+        text = _render_checked(template_of(spec), build_context(proxy_name, spec, backends, paths))
     return Rendered(text=text, hash=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
@@ -448,7 +487,7 @@ class FragmentRenderer:
 
     def __init__(self) -> None:
         self._identity: tuple[str, str, RenderPaths] | None = None
-        self._regs: dict[str, tuple[tuple[Registration, ...], ServiceView]] = {}
+        self._regs: dict[str, tuple[Sequence[Registration], tuple[Registration, ...], ServiceView]] = {}
         self._fragments: dict[str, _Fragment] = {}
         self._skeleton: tuple[ProxySpec, frozenset[str], list[str]] | None = None
         self.last = RenderStats()
@@ -465,6 +504,17 @@ class FragmentRenderer:
         if names is None:
             self.last = RenderStats(full=True)
             return render(proxy_name, spec, backends, paths=paths)
+        with paused_gc():
+            return self._render(proxy_name, spec, backends, paths, names)
+
+    def _render(
+        self,
+        proxy_name: str,
+        spec: ProxySpec,
+        backends: Mapping[str, Sequence[Registration]],
+        paths: RenderPaths,
+        names: tuple[str, ...],
+    ) -> Rendered:
         template = template_of(spec)
         identity = (spec.kind, proxy_name, paths)
         if identity != self._identity:
@@ -488,17 +538,25 @@ class FragmentRenderer:
     def _views(
         self, spec: ProxySpec, backends: Mapping[str, Sequence[Registration]]
     ) -> dict[str, ServiceView]:
-        """Each routed service's view, rebuilt only when its registrations changed."""
+        """Each routed service's view, rebuilt only when its registrations changed. The collector
+        hands out the same tuple for a service whose registrations did not change, so most are
+        recognised by identity (a tuple cannot have changed since); an equal copy is recognised too."""
         views: dict[str, ServiceView] = {}
-        memo: dict[str, tuple[tuple[Registration, ...], ServiceView]] = {}
-        for name in sorted({route.service for route in spec.routes}):
-            regs = tuple(backends.get(name, ()))
-            cached = self._regs.get(name)
-            if cached is not None and cached[0] == regs:
-                view = cached[1]
+        memo: dict[str, tuple[Sequence[Registration], tuple[Registration, ...], ServiceView]] = {}
+        last = self._regs
+        for name in routed_services(spec):
+            given = backends.get(name, ())
+            cached = last.get(name)
+            if cached is not None and given is cached[0] and type(given) is tuple:
+                memo[name] = cached
+                views[name] = cached[2]
+                continue
+            regs = tuple(given)
+            if cached is not None and cached[1] == regs:
+                view = cached[2]
             else:
                 view = ServiceView(name, upstream_name(name), _backends(regs))
-            views[name], memo[name] = view, (regs, view)
+            views[name], memo[name] = view, (given, regs, view)
         self._regs = memo
         return views
 

@@ -78,7 +78,7 @@ from fleetop.keys import Keys
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.published import PublishedFormatError, encode_published
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderPaths
+from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderPaths, routed_services
 from fleetop.proxy.sandbox import RenderPool
 from fleetop.store import Entry
 
@@ -88,6 +88,8 @@ MIN_REFRESH = 0.05
 """Seconds: the soonest a pass comes back for an expired DNS answer."""
 
 Launched = dict[str, frozenset[str]]
+Sources = dict[str, tuple[str, RegistrationSource | None]]
+Found = tuple[int, tuple[tuple[str, int], ...], tuple[tuple[str, tuple[str, ...]], ...]]
 Inputs = tuple[
     int,
     tuple[tuple[str, int], ...],
@@ -160,16 +162,17 @@ class ProxyReconciler:
         if entry.error is not None or not isinstance(entry.spec, ProxySpec):
             return await self._invalid(ref, entry)
         spec = entry.spec
-        found = self._inputs(entry.mod_revision, spec)
-        if found is None:
+        read = self._inputs(entry.mod_revision, spec)
+        if read is None:
             return SYNC_WAIT
+        found, sources, launched = read
         memory = self._memory(name, spec)
         inputs: Inputs = (*found, await self._resolved(memory.names))
         layout = ProxyLayout.of(name, spec, self.proxy_root, self.settings)
         due, wait = self._coalesce(memory, inputs)
         published = self._published(name)
         if due or (wait is None and self._must_render(memory, published)):
-            memory.backends = await self._backends(spec, memory)
+            memory.backends = await self._backends(spec, memory, sources, launched)
             try:
                 published = await self._render_and_publish(
                     ref, spec, memory.backends, layout, memory, published
@@ -191,29 +194,32 @@ class ProxyReconciler:
         return self._refresh_after(wait, memory)
 
     # -- inputs -----------------------------------------------------------------------------------------
-    def _inputs(
-        self, generation: int, spec: ProxySpec
-    ) -> tuple[int, tuple[tuple[str, int], ...], tuple[tuple[str, tuple[str, ...]], ...]] | None:
+    def _inputs(self, generation: int, spec: ProxySpec) -> tuple[Found, Sources, Launched] | None:
         """What a render depends on, cheaply: the spec's revision, the revision of each routed
         service's registration cache (one cache per prefix, so it moves only when that prefix
         changed) and the instances the operator runs of each sidekick service. None while a cache is
-        syncing. Parsing waits until a render is due, so the passes of a burst cost next to nothing."""
+        syncing. Parsing waits until a render is due, so the passes of a burst cost next to nothing.
+        Also the caches and the launched instances read, which a render of this pass then uses (one
+        walk over the routed services per pass, and the render is of the inputs recorded)."""
         revisions: list[tuple[str, int]] = []
-        for service in sorted({route.service for route in spec.routes}):
+        sources: Sources = {}
+        for service in routed_services(spec):
             prefix = self.informers.registration_prefix(service)
             cache = self.informers.registrations.cache(prefix)
             if cache is None:
                 return None
             revisions.append((prefix, cache.revision))
-        launched = tuple((s, tuple(sorted(found))) for s, found in sorted(self._launched(spec).items()))
-        return generation, tuple(revisions), launched
+            sources[service] = (prefix, cache)
+        launched = self._launched(spec)
+        instances = tuple((s, tuple(sorted(found))) for s, found in sorted(launched.items()))
+        return (generation, tuple(revisions), instances), sources, launched
 
     def _launched(self, spec: ProxySpec) -> Launched:
         """For each routed service whose instances register through fleetop's sidekick, the instances
         whose main unit fleet holds as launched (from the last poll). Others are not listed: trusted."""
         snapshot = self.informers.fleet.snapshot
         found: Launched = {}
-        for service in sorted({route.service for route in spec.routes}):
+        for service in routed_services(spec):
             entry = self.informers.entries["services"].get(service)
             if entry is None or not isinstance(entry.spec, ServiceSpec) or not needs_sidekick(entry.spec):
                 continue
@@ -223,19 +229,17 @@ class ProxyReconciler:
             )
         return found
 
-    async def _backends(self, spec: ProxySpec, memory: ProxyMemory) -> BackendSet:
-        """Registrations of every routed service, parsed, names resolved, destinations checked
-        (caches are synced: see :meth:`_inputs`)."""
-        sources: dict[str, tuple[str, RegistrationSource | None]] = {}
-        for service in sorted({route.service for route in spec.routes}):
-            prefix = self.informers.registration_prefix(service)
-            sources[service] = (prefix, self.informers.registrations.cache(prefix))
+    async def _backends(
+        self, spec: ProxySpec, memory: ProxyMemory, sources: Sources, launched: Launched
+    ) -> BackendSet:
+        """Registrations of every routed service (``sources``, from :meth:`_inputs`), parsed, names
+        resolved, destinations checked."""
         names = frozenset(memory.collector.names(sources))
         resolved = await self.resolver.resolve(names)
         if memory.seen is not None and memory.names != names:  # these answers are what this render saw
             memory.seen = (*memory.seen[:3], resolved_view(resolved))
         memory.names = names
-        return memory.collector.collect(sources, self._launched(spec), self._destinations(spec, resolved))
+        return memory.collector.collect(sources, launched, self._destinations(spec, resolved))
 
     async def _resolved(self, names: frozenset[str]) -> tuple[tuple[str, tuple[str, ...], str], ...]:
         """The current answers for the names the last render used (from the cache while fresh)."""
@@ -244,15 +248,16 @@ class ProxyReconciler:
     def _destinations(self, spec: ProxySpec, resolved: dict[str, Resolution]) -> Destinations:
         """The proxy's ``allowedNetworks`` for every routed service, narrowed by a service's own."""
         mine = tuple(spec.allowed_networks)
+        proxy_only = network_rules(mine)
         allowed = {}
-        for service in sorted({route.service for route in spec.routes}):
+        for service in routed_services(spec):
             entry = self.informers.entries["services"].get(service)
             own = (
                 entry.spec.discovery.allowed_networks
                 if entry and isinstance(entry.spec, ServiceSpec)
                 else None
             )
-            allowed[service] = network_rules(mine) if own is None else network_rules(mine, tuple(own))
+            allowed[service] = proxy_only if own is None else network_rules(mine, tuple(own))
         return Destinations(resolved, allowed)
 
     def _refresh_after(self, wait: float | None, memory: ProxyMemory) -> float | None:
@@ -341,7 +346,7 @@ class ProxyReconciler:
             digest = published_hash(rendered.hash, spec)
             generation = (published.generation if published is not None else 0) + 1
             config = rendered.published(spec, generation).model_copy(update={"hash": digest})
-            body = encode_published(config)
+            body = encode_published(config, body_sha256=rendered.hash)
         except (RenderError, PublishedFormatError) as exc:
             memory.render_error = f"render failed: {exc}"
             if memory.render_error not in memory.reported:

@@ -45,6 +45,7 @@ from fleetop.models.status import (
 )
 from fleetop.proxy.published import PublishedFormatError
 from fleetop.proxy.published import decode_published as decode_wire
+from fleetop.proxy.render import paused_gc
 from fleetop.timefmt import rfc3339
 
 
@@ -53,9 +54,17 @@ class BackendSet:
     """Parsed registrations per routed service, the refused ones, and the ones of instances that the
     operator does not run (``unlaunched``: valid addresses, left out all the same)."""
 
-    valid: dict[str, list[Registration]] = field(default_factory=dict)
+    valid: dict[str, Sequence[Registration]] = field(default_factory=dict)
     invalid: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
     unlaunched: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
+    servers: dict[str, int] | None = None
+    """Distinct addresses per service, when the collector counted them already (else counted here)."""
+
+    def server_counts(self) -> dict[str, int]:
+        """Each routed service's number of distinct backend addresses (what the status reports)."""
+        if self.servers is not None:
+            return self.servers
+        return {service: _distinct(regs) for service, regs in self.valid.items()}
 
     @property
     def invalid_count(self) -> int:
@@ -74,6 +83,10 @@ class BackendSet:
         return tuple(
             (service, tuple(sorted(r.address for r in regs))) for service, regs in sorted(self.valid.items())
         )
+
+
+def _distinct(regs: Sequence[Registration]) -> int:
+    return len({(r.host, r.port) for r in regs})
 
 
 def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozenset[str]:
@@ -109,9 +122,10 @@ class _Read:
 @dataclass(frozen=True, slots=True)
 class _Collected:
     inputs: tuple[object, ...]
-    valid: list[Registration]
+    valid: tuple[Registration, ...]
     invalid: list[InvalidRegistration]
     unlaunched: list[InvalidRegistration]
+    servers: int
 
 
 class BackendCollector:
@@ -120,18 +134,21 @@ class BackendCollector:
     cache's revision moved, and collected again when they, its launched instances, its network
     rules or the answers for its names changed. At 1,000 routed services one registration change
     then parses one service's keys instead of 10,000. The result is always what the two functions
-    give on everything."""
+    give on everything; a service's registrations are handed out as the same tuple while they do not
+    change (so the renderer recognises them by identity), with their count of distinct addresses."""
 
     def __init__(self) -> None:
         self._read: dict[str, _Read] = {}
         self._collected: dict[str, _Collected] = {}
+        self._sources: Mapping[str, tuple[str, RegistrationSource | None]] | None = None
 
     def names(self, sources: Mapping[str, tuple[str, RegistrationSource | None]]) -> set[str]:
         """The DNS names among the registrations of ``service -> (prefix, source)``."""
         read: dict[str, _Read] = {}
+        previous = self._read
         for service, (prefix, source) in sources.items():
             revision = source.revision if source is not None else -1
-            last = self._read.get(service)
+            last = previous.get(service)
             if last is None or last.source is not source or last.revision != revision:
                 pairs = tuple((kv.key, kv.value) for kv in source.under(prefix)) if source else ()
                 last = _Read(
@@ -139,7 +156,8 @@ class BackendCollector:
                 )
             read[service] = last
         self._read = read
-        return set().union(*(r.names for r in read.values()))
+        self._sources = sources
+        return set().union(*(r.names for r in read.values() if r.names))
 
     def collect(
         self,
@@ -147,36 +165,45 @@ class BackendCollector:
         launched: Mapping[str, frozenset[str]],
         destinations: Destinations,
     ) -> BackendSet:
-        """:func:`collect_backends` of the registrations :meth:`names` read last."""
-        self.names(sources)  # the same reads (a no-op after names() on the same sources)
-        valid: dict[str, list[Registration]] = {}
+        """:func:`collect_backends` of the registrations :meth:`names` read last (read again unless
+        ``sources`` is the very mapping :meth:`names` was given)."""
+        if sources is not self._sources:
+            self.names(sources)
+        valid: dict[str, Sequence[Registration]] = {}
+        servers: dict[str, int] = {}
         invalid: dict[str, list[InvalidRegistration]] = {}
         unlaunched: dict[str, list[InvalidRegistration]] = {}
         collected: dict[str, _Collected] = {}
         resolved = destinations.resolved
+        allowed = destinations.allowed
+        reads, previous = self._read, self._collected
         for service in sorted(sources):
-            prefix, read = sources[service][0], self._read[service]
+            prefix, read = sources[service][0], reads[service]
             answers: tuple[tuple[str, Resolution | None], ...] | None = None
             if resolved is not None and read.names:
                 answers = tuple((n, resolved.get(n)) for n in sorted(read.names))
-            inputs = (prefix, read.pairs, launched.get(service), destinations.allowed.get(service), answers)
-            last = self._collected.get(service)
+            inputs = (prefix, read.pairs, launched.get(service), allowed.get(service), answers)
+            last = previous.get(service)
             if last is None or last.inputs != inputs:
                 one = collect_backends({service: (prefix, read.pairs)}, launched, destinations)
+                regs = tuple(one.valid.get(service, ()))
                 last = _Collected(
                     inputs,
-                    one.valid.get(service, []),
+                    regs,
                     one.invalid.get(service, []),
                     one.unlaunched.get(service, []),
+                    _distinct(regs),
                 )
             collected[service] = last
-            valid[service] = list(last.valid)
+            valid[service] = last.valid
+            servers[service] = last.servers
             if last.invalid:
                 invalid[service] = list(last.invalid)
             if last.unlaunched:
                 unlaunched[service] = list(last.unlaunched)
         self._collected = collected
-        return BackendSet(valid, invalid, unlaunched)
+        self._sources = None  # the next collect() reads again unless names() comes first
+        return BackendSet(valid, invalid, unlaunched, servers)
 
 
 def registration_names(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]]) -> set[str]:
@@ -280,20 +307,33 @@ def collect_backends(
     networks: an unresolvable name or a forbidden address is skipped and reported like a value that
     does not parse, and every other backend still renders.
     """
-    valid: dict[str, list[Registration]] = {}
+    with paused_gc():
+        return _collect(items, launched or {}, destinations or Destinations())
+
+
+def _collect(
+    items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]],
+    known: Mapping[str, frozenset[str]],
+    where: Destinations,
+) -> BackendSet:
+    valid: dict[str, Sequence[Registration]] = {}
     invalid: dict[str, list[InvalidRegistration]] = {}
     unlaunched: dict[str, list[InvalidRegistration]] = {}
-    known = launched or {}
-    where = destinations or Destinations()
     for service, (prefix, pairs) in sorted(items.items()):
-        found, refused, unknown = valid.setdefault(service, []), [], []
+        found: list[Registration] = []
+        refused: list[InvalidRegistration] = []
+        unknown: list[InvalidRegistration] = []
+        valid[service] = found
         runs = known.get(service)
+        rules = where.allowed.get(service, NO_RULES)
         for instance, parsed in registrations_under(prefix, sorted(pairs)):
             if not isinstance(parsed, Registration):
                 refused.append(parsed)
             elif runs is not None and instance not in runs:
                 reason = f"instance {instance} is not a launched unit of service {service}"
                 unknown.append(InvalidRegistration(parsed.key, parsed.address, reason))
+            elif not _is_name(parsed.host) and _inside(parsed.host, rules):
+                found.append(parsed)  # an address inside the rules: what targets() answers, inline
             else:
                 kept, outside = where.targets(service, parsed)
                 found.extend(kept)
@@ -429,7 +469,7 @@ def build_status(view: ProxyView, stored: ProxyStatus | None, now: float) -> Pro
         observed_generation=view.generation,
         config_hash=newest,
         generation=published.generation if published is not None else 0,
-        backends={service: len({r.address for r in regs}) for service, regs in view.backends.valid.items()},
+        backends=view.backends.server_counts(),
         skipped_registrations=view.backends.skipped_count,
         agents=AgentCount(total=agents.total, on_newest=agents.on_newest),
         conditions=[publish, available, degraded],

@@ -78,6 +78,7 @@ class PrefixCache:
         # changes happened, not by when a (possibly busy) reconcile pass got to see them.
         # (made at the first change: most of 1,000 registration prefixes never see one)
         self.arrivals: deque[float] | None = None
+        self._burst: tuple[tuple[int, float, float], tuple[float, float] | None] | None = None
 
     async def run(self) -> None:
         """Follow the prefix until cancelled. The first snapshot marks the cache synced."""
@@ -134,10 +135,17 @@ class PrefixCache:
 
     def burst(self, gap: float) -> tuple[float, float] | None:
         """(when the latest change arrived, when its burst began): a burst is a run of changes less
-        than ``gap`` apart. None before any change; a burst longer than the history began at -inf."""
-        if self.arrivals is None:
+        than ``gap`` apart. None before any change; a burst longer than the history began at -inf.
+        Kept until a change arrives: a pass asks every routed prefix, and most have not moved."""
+        arrivals = self.arrivals
+        if arrivals is None:
             return None
-        return burst_of(list(self.arrivals), gap, full=len(self.arrivals) == self.arrivals.maxlen)
+        key = (len(arrivals), arrivals[-1] if arrivals else 0.0, gap)
+        if self._burst is not None and self._burst[0] == key:
+            return self._burst[1]
+        found = burst_of(list(arrivals), gap, full=len(arrivals) == arrivals.maxlen)
+        self._burst = (key, found)
+        return found
 
     def under(self, prefix: str) -> list[KeyValue]:
         return [kv for key, kv in sorted(self.items.items()) if key.startswith(prefix)]
@@ -269,6 +277,7 @@ class RegistrationCaches:
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._on_change = on_change
         self._wanted: set[str] = set()
+        self._synced_for: set[str] | None = None
         self._wake = asyncio.Event()
 
     def want(self, prefixes: Iterable[str]) -> None:
@@ -293,7 +302,15 @@ class RegistrationCaches:
 
     @property
     def synced(self) -> bool:
-        return all(self.cache(prefix) is not None for prefix in self._wanted)
+        """Every wanted prefix's cache has synced. Asked on every pass of every object, so the answer
+        is kept while it holds: a cache stays synced once it is, and only :meth:`want` (a new set)
+        or stopping a cache can make it false again."""
+        if self._synced_for is self._wanted:
+            return True
+        done = all(self.cache(prefix) is not None for prefix in self._wanted)
+        if done:
+            self._synced_for = self._wanted
+        return done
 
     @property
     def watches(self) -> int:
@@ -345,6 +362,7 @@ class RegistrationCaches:
             log.debug("watching registrations under %s", prefix)
 
     async def _stop(self, which: list[tuple[str, str]]) -> None:
+        self._synced_for = None
         tasks = [self._tasks.pop(key) for key in which]
         for kind, prefix in which:
             if kind == "alone":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from fleetop.backoff import exponential, spread
 from fleetop.clock import SYSTEM_CLOCK, Clock, Timer
-from fleetop.controller.runtime.contract import TERMINAL_ERRORS
+from fleetop.controller.runtime.contract import RACE_ERRORS, TERMINAL_ERRORS
 from fleetop.errors import NotLeader, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,11 @@ async def _handle(queue: WorkQueue, reconcile: Reconcile, key: str) -> str:
         log.error("reconcile %s: %s (not retried until the next change or resync)", key, exc)
         queue.forget(key)
         return "terminal"
+    except RACE_ERRORS as exc:
+        # A race with another writer is expected and explained by its message: no traceback.
+        delay = queue.add_rate_limited(key)
+        log.warning("reconcile %s: %s (retry in %.2fs)", key, exc, delay)
+        return "error"
     except Exception as exc:
         delay = queue.add_rate_limited(key)
         log.exception("reconcile %s failed: %s (retry in %.2fs)", key, exc, delay)

@@ -21,6 +21,7 @@ from typing import Any
 from fleetop.controller.runtime.manager import Manager
 from fleetop.controller.runtime.settings import LogFormat
 from fleetop.errors import FleetopError
+from fleetop.logfmt import OneLineFormatter
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def setup_logging(log_format: LogFormat, level: str = "INFO") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,0 +1,224 @@
+"""``get``, ``describe`` and ``status`` without typer: the verbs a person runs in a loop or a prompt.
+
+typer and click cost about as much to import and to build an app as the whole read does, so
+:func:`fleetop.cli.main.main` hands these verbs here first (:func:`run_read_verb`), as it answers
+``--version`` itself. Only the plain forms are read here (:func:`parse_read_verb`); anything else
+(``--help``, an option this module does not know, a bad value, ``status --watch``, ``get units``) goes
+to the typer app, which prints its usual help and errors. Both ways run the same functions below, so
+they print the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fleetop.cli.common import CliContext, echo, open_reader, run
+from fleetop.config import fleet_endpoints_from
+from fleetop.errors import FleetopError, InputError
+from fleetop.keys import Kind
+
+if TYPE_CHECKING:
+    from fleetop.cli.output import OutputFormat
+    from fleetop.cli.statusview import Health, Report
+    from fleetop.fleet.model import Machine, Unit, UnitState
+    from fleetop.store import StoreReader
+
+RESOURCE_ALIASES: dict[str, Kind] = {
+    "service": "services",
+    "services": "services",
+    "svc": "services",
+    "proxy": "proxies",
+    "proxies": "proxies",
+    "px": "proxies",
+}
+FLEET_RESOURCES = {"units": "units", "unit": "units", "machines": "machines", "machine": "machines"}
+GET_OUTPUTS: dict[str, OutputFormat] = {"table": "table", "wide": "wide", "json": "json", "yaml": "yaml"}
+STATUS_OUTPUTS = ("text", "json", "yaml")
+GLOBAL_FLAGS = ("endpoints", "prefix", "cacert", "cert", "key", "user", "command_timeout")
+
+
+def resource_kind(resource: str) -> Kind:
+    try:
+        return RESOURCE_ALIASES[resource.lower()]
+    except KeyError:
+        raise InputError(
+            f"unknown resource type {resource!r} (use services or proxies)", where="RESOURCE"
+        ) from None
+
+
+def run_kind(resource: str) -> Kind:
+    async def resolve() -> Kind:
+        return resource_kind(resource)
+
+    return run(resolve)
+
+
+def get_specs(cli: CliContext, resource: str, name: str | None, fmt: OutputFormat) -> None:
+    """``fleetop get services|proxies [NAME] [-o FORMAT]``."""
+    kind = run_kind(resource)
+
+    async def body() -> str:
+        from fleetop.cli.output import format_get
+
+        async with open_reader(cli) as store:
+            if name is not None:
+                entries = [await store.require(kind, name)]
+                status = await store.status(kind, name)
+                statuses = {name: status} if status else {}
+            else:
+                entries, _ = await store.list(kind)
+                statuses = await store.statuses(kind)
+        return format_get(entries, statuses, fmt, single=name is not None)
+
+    echo(run(body))
+
+
+def describe(cli: CliContext, resource: str, name: str) -> None:
+    """``fleetop describe service|proxy NAME``."""
+    kind = run_kind(resource)
+
+    async def body() -> str:
+        from fleetop.cli.output import format_describe
+
+        async with open_reader(cli) as store:
+            entry = await store.require(kind, name)
+            status = await store.status(kind, name)
+            # this spec's own events, not those of an earlier, deleted one of the same name
+            events = await store.events(name, kind=kind, limit=20, since_revision=entry.create_revision)
+        return format_describe(entry, status, events)
+
+    echo(run(body))
+
+
+def fleet_endpoint(flag: str | None) -> str:
+    """The validated endpoint list, comma-separated (ConfigError names a bad entry and its source)."""
+    return ",".join(fleet_endpoints_from({"fleet_endpoint": flag}, os.environ))
+
+
+async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit], list[UnitState]]:
+    """One look at fleet, failing over between the endpoints (each tried once, sequentially, so the
+    client stays on the one that answered)."""
+    from fleetop.cli.statusview import Health
+    from fleetop.fleet.client import FleetClient, RetryPolicy
+    from fleetop.http import Timeouts
+
+    fleet = FleetClient(endpoint, retry=RetryPolicy.none(), timeouts=Timeouts.uniform(5.0), plain=True)
+    async with fleet:
+        try:
+            machines = await fleet.list_machines()
+            units, states = await asyncio.gather(fleet.list_units(), fleet.list_states())
+        except FleetopError as exc:
+            return Health(endpoint, False, str(exc), dict(fleet.unreachable)), [], [], []
+    detail = f"{len(machines)} machines" + (f", through {fleet.endpoint}" if len(fleet.endpoints) > 1 else "")
+    return Health(endpoint, True, detail), machines, units, states
+
+
+async def gather_etcd(store: StoreReader, report: Report) -> None:
+    from fleetop.models.observed import OperatorObservation
+
+    leader = await store.etcd.get(store.keys.leader())
+    if leader is not None:
+        try:
+            report.leader = json.loads(leader.value)
+        except json.JSONDecodeError:
+            report.leader = {"identity": leader.value.decode("utf-8", "replace")}
+    report.services, _ = await store.list("services")
+    report.service_status = await store.statuses("services")
+    report.proxies, _ = await store.list("proxies")
+    report.proxy_status = await store.statuses("proxies")
+    observed = await store.etcd.get(store.keys.observed())
+    if observed is not None:
+        with contextlib.suppress(ValueError):
+            report.observed = OperatorObservation.model_validate_json(observed.value)
+
+
+async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
+    from fleetop.cli.statusview import Health, Report, now_utc
+
+    settings = cli.settings()
+    endpoint = fleet_endpoint(fleet_flag)
+    fleet_task = asyncio.create_task(gather_fleet(endpoint))
+    report = Report(now_utc(), Health(",".join(settings.endpoints), True), Health(endpoint, False))
+    try:
+        async with open_reader(cli) as store:
+            await gather_etcd(store, report)
+    except FleetopError as exc:
+        report.etcd = Health(",".join(settings.endpoints), False, str(exc))
+        report.leader, report.services, report.proxies, report.observed = None, [], [], None
+    report.fleet, report.machines, report.units, report.states = await fleet_task
+    return report
+
+
+def render_status(report: Report, output: str) -> str:
+    from fleetop.cli.statusview import format_status, format_status_data
+
+    return format_status(report) if output == "text" else format_status_data(report, output)
+
+
+def status_once(cli: CliContext, output: str, fleet_flag: str | None) -> None:
+    """``fleetop status`` without ``--watch``: one screen; exit 1 when etcd or fleet is unreachable."""
+    report = run(lambda: gather(cli, fleet_flag))
+    echo(render_status(report, output))
+    if not (report.etcd.healthy and report.fleet.healthy):
+        raise SystemExit(1)
+
+
+def parse_read_verb(verb: str, rest: Sequence[str]) -> tuple[list[str], dict[str, str]] | None:
+    """(arguments, options) when ``rest`` is a plain form this module runs as typer would; None
+    sends the command line to typer. Options take their value as the next word or after ``=``; each
+    may be given once; ``--`` and every other word starting with ``-`` go to typer."""
+    value_options = {
+        "get": {"--output": "output", "-o": "output", "--fleet-endpoint": "fleet_endpoint"},
+        "describe": {},
+        "status": {"--output": "output", "-o": "output", "--fleet-endpoint": "fleet_endpoint"},
+    }.get(verb)
+    if value_options is None:
+        return None
+    args: list[str] = []
+    options: dict[str, str] = {}
+    words = list(rest)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("-") or word == "-":
+            args.append(word)
+            continue
+        name, eq, value = word.partition("=")
+        option = value_options.get(name)
+        if option is None or option in options or (eq and name == "-o"):
+            return None
+        if not eq:
+            if not words:
+                return None
+            value = words.pop(0)
+        options[option] = value
+    if verb == "get":
+        valid = len(args) in (1, 2) and options.get("output", "table") in GET_OUTPUTS
+        valid = valid and args[0].lower() not in FLEET_RESOURCES
+    elif verb == "describe":
+        valid = len(args) == 2
+    else:
+        valid = not args and options.get("output", "text") in STATUS_OUTPUTS
+    return (args, options) if valid else None
+
+
+def run_read_verb(verb: str, flags: dict[str, str], rest: Sequence[str]) -> bool:
+    """Run ``get``, ``describe`` or ``status`` when ``rest`` is a plain form (:func:`parse_read_verb`):
+    True when done (exit status 0; errors raise SystemExit), False to leave it to typer."""
+    parsed = parse_read_verb(verb, rest)
+    if parsed is None:
+        return False
+    args, options = parsed
+    cli = CliContext(flags={flag: flags.get(flag) for flag in GLOBAL_FLAGS})
+    if verb == "get":
+        name = args[1] if len(args) == 2 else None
+        get_specs(cli, args[0], name, GET_OUTPUTS[options.get("output", "table")])
+    elif verb == "describe":
+        describe(cli, args[0], args[1])
+    else:
+        status_once(cli, options.get("output", "text"), options.get("fleet_endpoint"))
+    return True
