@@ -128,10 +128,11 @@ class Manager:
         settings = self.settings
         async with (
             await Etcd.connect(settings.etcd) as etcd,
-            FleetClient(settings.fleet.endpoint) as client,
-            # The informer's polls (GETs, one at a time) go through the standard library's http.client
-            # in a worker thread: a third of httpx's CPU per request, which is what a quiet cluster
-            # costs. Writes keep httpx's pooled connections. One set of counters for both.
+            # fleet over the standard library's http.client, a connection per request in threads of the
+            # session's own: a third of httpx's CPU per request (what a quiet cluster costs is its polls),
+            # and httpx (6 MB) is never imported. The informer's polls have a client of their own, so a
+            # burst of writes never delays the poll that detects a failure; one set of counters for both.
+            FleetClient(settings.fleet.endpoint, plain=True) as client,
             FleetClient(settings.fleet.endpoint, plain=True, stats=client.stats) as poller,
         ):
             keys = Keys()
