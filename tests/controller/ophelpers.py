@@ -107,7 +107,7 @@ class Operator:
     etcd_endpoint: str
     prefix: str
     fleet_endpoint: str
-    timings: tuple[float, float, float] = (3.0, 2.0, 0.5)
+    timings: tuple[float, float, float] = (4.0, 2.0, 0.5)
     proc: subprocess.Popen[bytes] | None = None
     metrics_port: int = field(default_factory=free_port)
     extra_args: tuple[str, ...] = ()

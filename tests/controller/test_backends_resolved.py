@@ -113,7 +113,7 @@ async def operator(etcd_endpoint: str, fleet: str, root: Path, resolver: Resolve
     config = OperatorSettings(
         etcd=EtcdSettings(endpoints=(etcd_endpoint,), prefix=PREFIX),
         fleet=FleetSettings(endpoint=fleet),
-        leader=LeaderTimings(lease_duration=3, renew_deadline=2, retry_period=0.5),
+        leader=LeaderTimings(lease_duration=4, renew_deadline=2, retry_period=0.5),
         metrics=MetricsSettings(None),
         identity="resolved-test",
         proxies=ProxySettings(root=str(root)),

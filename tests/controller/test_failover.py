@@ -27,7 +27,7 @@ from waiting import eventually
 
 PREFIX = f"/t/failover-{os.getpid()}"
 KEYS = Keys()
-LEASE = 3.0
+LEASE = 4.0
 FAILOVERS = 20
 
 

@@ -28,7 +28,7 @@ from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ServiceSpec
 
 FENCED, STAMPED = ObjectRef("services", "fenced"), ObjectRef("services", "stamped")
-TIMINGS = LeaderTimings(lease_duration=30.0, renew_deadline=20.0, retry_period=10.0)
+TIMINGS = LeaderTimings(lease_duration=40.0, renew_deadline=20.0, retry_period=10.0)
 
 
 class SteppedClock:

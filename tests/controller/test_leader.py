@@ -100,8 +100,10 @@ async def test_lost_lease_makes_the_leader_step_down_and_the_other_take_over(etc
     clock = FakeClock()
     async with candidates(etcd, clock, "a", "b") as (electors, _):
         leader = await wait_for_leader(electors)
+        before = clock.now()
         await etcd.revoke(leader._lease)  # the lease is gone, as after a partition longer than its TTL
         successor = await wait_for_leader(electors, exclude=leader)  # watching the key, it saw it go
+        assert clock.now() == before, "the standby acted on the key's deletion, not on a retry period"
         await renewal(leader, clock)  # the old leader finds out at its next renewal
         await eventually(lambda: not leader.is_leader, 30, "the old leader to step down")
         with pytest.raises(NotLeader):
@@ -157,10 +159,36 @@ def test_timings_must_leave_room_to_step_down() -> None:
     from fleetop.errors import ConfigError
 
     LeaderTimings(15, 10, 2).check()
+    assert LeaderTimings(15, 10, 2).lease_ttl == 13
+    assert LeaderTimings(4, 2, 0.5).lease_ttl == 3  # whole seconds, rounded down: within the duration
     with pytest.raises(ConfigError):
         LeaderTimings(10, 10, 2).check()
     with pytest.raises(ConfigError):
         LeaderTimings(15, 10, 10).check()
+    # the renew deadline must end before the lease's TTL (13 - 2 = 11 here), not the lease duration
+    with pytest.raises(ConfigError, match="--renew-deadline") as refused:
+        LeaderTimings(13, 11, 2).check()
+    assert "--lease-duration" in str(refused.value) and "11s < 11s" in str(refused.value)
+
+
+def test_settings_refuse_a_renew_deadline_past_the_lease_ttl() -> None:
+    from fleetop.controller.runtime.settings import OperatorSettings
+    from fleetop.errors import ConfigError
+
+    flags = {"lease_duration": "12", "renew_deadline": "10", "retry_period": "2"}
+    with pytest.raises(ConfigError, match="--lease-duration"):
+        OperatorSettings.from_flags(flags, {"FLEETOP_PATH": "/bin/sh"})
+
+
+async def test_the_leader_key_lives_the_lease_duration_less_a_retry_period(etcd: Etcd) -> None:
+    """A leader killed right after a renewal leaves its key ``lease_ttl`` to live, so the standby has
+    the retry period left of the lease duration for etcd's lessor and its takeover."""
+    clock = FakeClock()
+    async with candidates(etcd, clock, "a") as (electors, _):
+        leader = await wait_for_leader(electors)
+        stored = await etcd.get(Keys().leader())
+        assert stored is not None and stored.lease == leader._lease
+        assert await etcd.keepalive_once(leader._lease) == TIMINGS.lease_ttl == 25
 
 
 async def test_a_leader_cut_off_by_an_etcd_outage_resumes_when_etcd_is_back(tmp_path: object) -> None:

@@ -58,7 +58,7 @@ async def test_the_manager_runs_the_kinds_it_is_wired_with(etcd_server: EtcdServ
     settings = OperatorSettings(
         etcd=EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=f"/t/manager-{os.getpid()}"),
         fleet=FleetSettings(endpoint=node.endpoint),
-        leader=LeaderTimings(3.0, 2.0, 0.5),
+        leader=LeaderTimings(4.0, 2.0, 0.5),
         metrics=MetricsSettings(None),
         identity="generic",
     )

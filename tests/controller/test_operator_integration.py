@@ -207,7 +207,7 @@ async def test_run_operator_in_process_serves_health_and_resigns_on_cancel(
     config = OperatorSettings(
         etcd=EtcdSettings(endpoints=(etcd_server.endpoint,), prefix=prefix),
         fleet=FleetSettings(endpoint=node.endpoint),
-        leader=LeaderTimings(3.0, 2.0, 0.5),
+        leader=LeaderTimings(4.0, 2.0, 0.5),
         metrics=MetricsSettings(f"127.0.0.1:{port}"),
         identity="in-process",
     )

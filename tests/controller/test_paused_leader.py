@@ -32,7 +32,7 @@ from waiting import eventually
 
 PREFIX = f"/t/paused-{os.getpid()}"
 KEYS = Keys()
-TIMINGS = (3.0, 2.0, 0.5)
+TIMINGS = (4.0, 2.0, 0.5)
 REPLICAS = 24
 QUIET = 4.0
 """Seconds the resumed operator is watched for writes after it has noticed it no longer leads."""

@@ -94,8 +94,11 @@ def test_a_bad_value_in_the_etcd_environment_file_names_the_file_and_key(tmp_pat
 
 
 def test_leader_timings_out_of_order_are_refused() -> None:
-    with pytest.raises(ConfigError, match="retry period < renew deadline < lease duration"):
+    with pytest.raises(ConfigError, match="retry period < renew deadline < lease TTL") as refused:
         OperatorSettings.from_flags({"renew_deadline": 20}, BASE)
+    assert str(refused.value).startswith("--retry-period, --renew-deadline, --lease-duration:")
+    with pytest.raises(ConfigError, match="2s < 13s < 13s"):  # past the lease TTL, 15 - 2 s
+        OperatorSettings.from_flags({"renew_deadline": 13}, BASE)
 
 
 def test_defaults_and_groups() -> None:

@@ -82,7 +82,7 @@ def start_operator(
 ) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "fleetop.controller.cli", "run", "--endpoints", etcd_endpoint]
     args += ["--fleet-endpoint", fleet_endpoint, "--identity", "e2e", "--proxy-root", str(proxy_root)]
-    args += ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.5"]
+    args += ["--lease-duration", "4", "--renew-deadline", "2", "--retry-period", "0.5"]
     args += ["--metrics-address", "off", "--resync-period", "20", "--log-level", "INFO", *extra]
     return spawn(args, base / "operator.log")
 

@@ -96,7 +96,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, etcdctl_bin: str) -> Iterato
         node, fleet = start_node(base, f"https://{secure.server.endpoint}")
         args = [sys.executable, "-m", "fleetop.controller.cli", "run", "--fleet-endpoint", fleet]
         args += ["--identity", "least", "--proxy-root", str(stack.proxy_root), "--metrics-address", "off"]
-        args += ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.5"]
+        args += ["--lease-duration", "4", "--renew-deadline", "2", "--retry-period", "0.5"]
         args += ["--sidekick-credentials", str(side), "--agent-credentials", str(agent)]
         operator = _spawn(args, base / "operator.log", stack.credentials("op"))
         yield stack

@@ -224,6 +224,23 @@ def test_registry_keeps_one_private_file_per_unit(tmp_path: Path) -> None:
     assert again.delete_unit(unit.name) and not record.exists()
 
 
+def test_a_scheduling_pass_saves_every_placement_it_changed(tmp_path: Path) -> None:
+    """One pass placing many units writes their files side by side and fsyncs the directory once."""
+    registry = Registry(tmp_path)
+    registry.load()
+    names = [f"web@{n}.service" for n in range(40)]
+    for name in names:
+        registry.put_unit(StoredUnit(name, (UnitOption("Service", "ExecStart", "/bin/true"),), "launched"))
+    placements = {name: f"m{n % 3 + 1}" for n, name in enumerate(names)}
+    registry.set_placements(placements)
+    registry.set_placements({**placements, names[0]: "m9"})  # a pass moving one unit saves that one
+    assert not [p for p in (tmp_path / "units").iterdir() if p.name.endswith(".tmp")]
+    again = Registry(tmp_path)
+    again.load()
+    assert again.placements == {**placements, names[0]: "m9"}
+    assert set(again.units) == set(names)
+
+
 def test_registry_converts_the_single_file_format(tmp_path: Path) -> None:
     old = {
         "version": 1,

@@ -40,7 +40,11 @@ def run_command(
         ),
     ] = None,
     lease_duration: Annotated[
-        float | None, typer.Option(help="leader lease TTL in seconds (FLEETOP_LEASE_DURATION, default 15)")
+        float | None,
+        typer.Option(
+            help="a dead leader is replaced within this many seconds; its etcd lease's TTL is this less the"
+            " retry period (FLEETOP_LEASE_DURATION, default 15)"
+        ),
     ] = None,
     renew_deadline: Annotated[
         float | None,

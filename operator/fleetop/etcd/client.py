@@ -142,6 +142,22 @@ class Etcd:
                     ) from exc
                 await asyncio.sleep(0.1)
 
+    async def reconnected(self) -> None:
+        """Return the next time the channel connects to a member after being disconnected: at once
+        when it reconnects, never while it stays connected. A loop that failed on an unreachable
+        etcd waits for this and its back-off delay, whichever is first (:func:`fleetop.etcd.watch.
+        retry_pause`), so it retries the moment gRPC's own reconnect gets through instead of up to a
+        back-off later; a failure on a connected channel (an error etcd sent) waits out the delay."""
+        ready = grpc.ChannelConnectivity.READY
+        state = self._channel.get_state(try_to_connect=True)
+        was_down = state != ready
+        while True:
+            await self._channel.wait_for_state_change(state)
+            state = self._channel.get_state(try_to_connect=True)
+            if state == ready and was_down:
+                return
+            was_down = was_down or state != ready
+
     async def close(self) -> None:
         await self._channel.close()
 

@@ -7,9 +7,9 @@ client API while this module holds the mechanics that an etcd3aio or grpcio upgr
 Why the channel is built here rather than by ``etcd3aio.Etcd3Client``: its connection manager
 replaces the text ``localhost`` and accepts only IP addresses (an ``ipv4:`` target), and it enables
 TLS only when a CA file is given. Here names are resolved when connecting (IPv4 preferred), every
-member is in one round-robin target (a dead member is skipped: failover), reconnect backoff is
-capped at 2 s instead of gRPC's 120 s so a restarted etcd is found quickly, and ``https://`` without
-a CA file verifies against the system roots.
+member is in one round-robin target (a dead member is skipped: failover), the reconnect timings
+are etcd's (:func:`open_channel`) rather than gRPC's defaults, and ``https://`` without a CA file
+verifies against the system roots.
 """
 
 from __future__ import annotations
@@ -158,8 +158,25 @@ def _tls_name(settings: EtcdSettings) -> str:
     return hosts[0]
 
 
+RECONNECT_BACKOFF_MS = (100, 500)
+"""gRPC's pause between two connection attempts to a member: the first, and the cap it grows to (1.6 times
+each attempt, ±20 % jitter). gRPC's defaults are 1 s and 120 s, so an etcd back after a minute away
+was found up to two minutes later. With 500 ms a returned etcd is found within about half a second;
+the cost while it is down is about 120 connection attempts a minute per client process (a refused
+connect each: two packets), past the first second's few quicker ones."""
+CONNECT_TIMEOUT_MS = 3_000
+"""How long one connection attempt may take before it counts as failed (gRPC calls this
+``grpc.min_reconnect_backoff_ms``; the attempt's deadline is this or the next back-off, the longer).
+A restarted etcd accepts connections at once but answers none until its raft has a leader (1-2 s for
+a single member): an attempt that waits it out is connected the moment etcd serves, where a short
+timeout (it was 100 ms) failed every attempt of that window and then waited a back-off. Also the
+time a TLS handshake over a slow link gets. A host that drops packets instead of refusing costs one
+attempt per 3 s."""
+
+
 async def open_channel(settings: EtcdSettings) -> Any:
-    """A grpc.aio channel to all members: round-robin, keepalive, short reconnect backoff."""
+    """A grpc.aio channel to all members: round-robin, keepalive, etcd's reconnect timings."""
+    initial_backoff, max_backoff = RECONNECT_BACKOFF_MS
     options: list[tuple[str, Any]] = [
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.keepalive_time_ms", 10_000),
@@ -168,9 +185,9 @@ async def open_channel(settings: EtcdSettings) -> Any:
         # idle watch: that is how a member that died without closing the connection is noticed.
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 500),
+        ("grpc.initial_reconnect_backoff_ms", initial_backoff),
+        ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
+        ("grpc.max_reconnect_backoff_ms", max_backoff),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
     ]

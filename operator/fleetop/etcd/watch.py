@@ -9,7 +9,7 @@ Informers cannot live with either. So the rules here are:
   joined before a batch is yielded), or from a progress notification's revision + 1, which etcd only
   sends once a watcher has caught up;
 - a broken stream (etcd killed, restarted, network) is reopened with capped, jittered backoff, for
-  as long as it takes;
+  as long as it takes, and at once when the client's channel reconnects (:func:`retry_pause`);
 - a compacted start revision ends the watch with :class:`~fleetop.errors.Compacted`; the reflector
   (:func:`reflect`) answers it by listing again and handing out a fresh Snapshot, which consumers use
   to replace their cache (keys deleted meanwhile disappear with it).
@@ -20,6 +20,7 @@ Nothing here talks gRPC: the single raw stream is :meth:`fleetop.etcd.client.Etc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -41,6 +42,16 @@ class Watchable(Protocol):
     ) -> AsyncGenerator[WatchBatch, None]: ...
 
     async def list(self, prefix: str = "", *, page_size: int = 1000) -> tuple[list[KeyValue], int]: ...
+
+    async def reconnected(self) -> None: ...
+
+
+async def retry_pause(etcd: Watchable, delay: float) -> None:
+    """After a failure to reach etcd: wait ``delay`` seconds, or less if the client reconnects first
+    (etcd is back: retry now rather than a back-off later)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await etcd.reconnected()
 
 
 async def resume_watch(
@@ -72,9 +83,9 @@ async def resume_watch(
         except EtcdUnavailable as exc:
             delay = delays.next()
             log.warning(
-                "watch %s from revision %d: %s; reconnecting in %.2f s", prefix, next_revision, exc, delay
+                "watch %s from revision %d: %s; reconnecting within %.2f s", prefix, next_revision, exc, delay
             )
-            await asyncio.sleep(delay)
+            await retry_pause(etcd, delay)
 
 
 def _accept(batch: WatchBatch, next_revision: int) -> WatchBatch | None:
@@ -101,8 +112,8 @@ async def reflect(
             items, revision = await etcd.list(prefix, page_size=page_size)
         except EtcdUnavailable as exc:
             delay = delays.next()
-            log.warning("list %s: %s; retrying in %.2f s", prefix, exc, delay)
-            await asyncio.sleep(delay)
+            log.warning("list %s: %s; retrying within %.2f s", prefix, exc, delay)
+            await retry_pause(etcd, delay)
             continue
         delays.reset()
         yield Snapshot(items, revision)

@@ -3,8 +3,9 @@ where each unit is scheduled, machine metadata overrides, and which machines are
 
 Each unit is one JSON file under ``units/`` (its options, desired state and machine), and the machine
 state is ``registry.json``; every file is rewritten atomically (temporary file, fsync, rename, fsync
-of the directory), so a node killed at any moment restarts from either the old or the new state of
-each file and never from half a file. A change writes only what it changed: with thousands of units,
+of the directory; once for all the files a scheduling pass changed, which are written side by side), so
+a node killed at any moment restarts from either the old or the new state of each file and never from
+half a file. A change writes only what it changed: with thousands of units,
 rewriting everything on every change would make creating them quadratic. Files are 0600 and
 directories 0700: unit options can hold secrets.
 """
@@ -12,10 +13,12 @@ directories 0700: unit options can hold secrets.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from fleetop.filemodes import make_dir
 from fleetop.fleet.units import UnitOption, unit_hash
 
 FORMAT_VERSION = 2
+SAVE_THREADS = 8
+"""Unit files written at the same time when one change (a scheduling pass) saves several."""
 REGISTRY_FILE = "registry.json"
 UNITS_DIR = "units"
 
@@ -60,8 +65,9 @@ def ensure_private_dir(path: Path) -> Path:
     return make_dir(path)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename, fsync dir."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename, fsync dir
+    (``sync_dir=False``: the caller fsyncs the directory once after several writes, :func:`sync_dir`)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -74,7 +80,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames into ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -155,10 +167,25 @@ class Registry:
         # Unit names are [A-Za-z0-9:_.@-] (checked before they get here): safe as file names.
         return self.units_dir / f"{name}.json"
 
-    def _save_unit(self, name: str) -> None:
+    def _save_unit(self, name: str, *, sync_dir: bool = True) -> None:
         record = {**self.units[name].to_json(), "machine": self.placements.get(name)}
         ensure_private_dir(self.units_dir)
-        atomic_write(self._unit_path(name), json.dumps(record, separators=(",", ":")).encode("utf-8"))
+        data = json.dumps(record, separators=(",", ":")).encode("utf-8")
+        atomic_write(self._unit_path(name), data, sync_dir=sync_dir)
+
+    def _save_units(self, names: Sequence[str]) -> None:
+        """Save several units: their files written side by side (the file system commits concurrent
+        fsyncs together) and the directory fsynced once, not once per file. Returns when all are
+        durable, as one save each would."""
+        if len(names) < 2:
+            for name in names:
+                self._save_unit(name)
+            return
+        ensure_private_dir(self.units_dir)
+        with ThreadPoolExecutor(min(SAVE_THREADS, len(names)), thread_name_prefix="registry") as pool:
+            for _ in pool.map(functools.partial(self._save_unit, sync_dir=False), names):
+                pass
+        fsync_dir(self.units_dir)
 
     # -- units -------------------------------------------------------------------------------------
 
@@ -193,9 +220,7 @@ class Registry:
             if self.placements.get(n) != placements.get(n)
         }
         self.placements = dict(placements)
-        for name in sorted(changed):
-            if name in self.units:
-                self._save_unit(name)
+        self._save_units([name for name in sorted(changed) if name in self.units])
 
     # -- machines ----------------------------------------------------------------------------------
 

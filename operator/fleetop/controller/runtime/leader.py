@@ -3,12 +3,19 @@
 etcd3aio ships an Election recipe, but it never keeps its lease alive, so this one is ours, after
 controller-runtime's leaderelection (lease 15 s, renew deadline 10 s, retry period 2 s by default):
 
+* lease duration: the longest a dead leader holds the key — a leader killed at any moment is replaced
+  within ``lease_duration`` seconds. The key's etcd lease is granted with a TTL of ``lease_duration -
+  retry_period`` (whole seconds, rounded down: :attr:`LeaderTimings.lease_ttl`) and refreshed every
+  retry period, so the key outlives the leader's last renewal by at most that TTL plus etcd's lessor
+  granularity (0.5 s), and the retry period left over covers the lessor and the standby's takeover.
+  (controller-runtime's lease duration is how long a standby waits after the last renewal it saw; the
+  guarantee to a user is the same: a leader gone, another acting within the lease duration.)
 * acquire: ``keys.leader()`` is created with this process's identity, bound to a fresh lease, by a
   transaction that succeeds only if the key is absent. Nobody ever overwrites a live leader.
 * renew: every retry period the leader refreshes its lease and checks the key still holds its
   identity. A renewal that has not succeeded for ``renew_deadline`` seconds (measured from the moment
   the last successful renewal was *sent*, so the server's clock can only be later) makes the leader
-  step down, and ``renew_deadline < lease_duration`` means it stops acting before the lease can expire
+  step down, and ``renew_deadline < lease_ttl`` means it stops acting before the lease can expire
   and before anyone else can become leader.
 * fence: the identity bytes are what status and event writes compare (``fence=(keys.leader(),
   identity)``), so a stale leader that somehow keeps running is refused by etcd itself.
@@ -18,8 +25,10 @@ controller-runtime's leaderelection (lease 15 s, renew deadline 10 s, retry peri
   ``renew_deadline`` ago. A leader paused (SIGSTOP, a long GC, a swapped-out VM) past its lease and
   resumed is refused before its first write, whichever task the event loop happens to run first;
   nobody else can have taken the lease while the check passes, since ``renew_deadline <
-  lease_duration``. The clock (:class:`~fleetop.clock.Clock`: the renew deadline, the retry period,
+  lease_ttl``. The clock (:class:`~fleetop.clock.Clock`: the renew deadline, the retry period,
   the waits between attempts) is injectable, so tests step it instead of sleeping.
+* take over: standbys watch the key and campaign the moment it is deleted (resigned, or its lease
+  expired), with no wait of their own.
 * resign: on SIGTERM the leader deletes the key if it still holds its identity and revokes the lease;
   standbys watch the key, so one takes over within about a second instead of a lease duration.
 * resume: a leader that stepped down because etcd was unreachable finds, when etcd is back, the key
@@ -33,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -50,22 +60,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LeaderTimings:
-    """Leader election: the lease's TTL, how long a leader may fail to renew, how often to retry.
-    controller-runtime's defaults; :meth:`check` keeps ``retry < renew deadline < lease``."""
+    """Leader election: how soon a dead leader is replaced, how long a leader may fail to renew, how
+    often to renew. controller-runtime's defaults; :meth:`check` keeps ``retry period < renew
+    deadline < lease TTL`` (the TTL being ``lease duration - retry period``)."""
 
     lease_duration: float = 15.0
-    """Seconds the leader key's lease lives without a renewal (``--lease-duration``)."""
+    """Seconds within which a leader that died (even killed right after a renewal) is replaced
+    (``--lease-duration``): the key's etcd lease lives :attr:`lease_ttl` after the last renewal, and
+    the rest of the duration covers etcd's lessor and the standby's takeover."""
     renew_deadline: float = 10.0
-    """Seconds a leader may fail to renew before it stops acting, well before its lease can expire
-    under it (``--renew-deadline``)."""
+    """Seconds a leader may fail to renew before it stops acting, before its lease can expire under
+    it (``--renew-deadline``)."""
     retry_period: float = 2.0
     """Seconds between renewals, and between a standby's attempts to take the lease (``--retry-period``)."""
 
+    @property
+    def lease_ttl(self) -> int:
+        """The TTL of the leader key's etcd lease: ``lease_duration - retry_period`` in whole seconds
+        (etcd's TTLs are), rounded down so that a dead leader's key is gone within the duration."""
+        return math.floor(self.lease_duration - self.retry_period)
+
     def check(self) -> None:
-        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_ttl:
             raise ConfigError(
-                "leader election needs retry period < renew deadline < lease duration, got "
-                f"{self.retry_period:g}s / {self.renew_deadline:g}s / {self.lease_duration:g}s"
+                "--retry-period, --renew-deadline, --lease-duration: leader election needs retry period "
+                "< renew deadline < lease TTL (lease duration - retry period, whole seconds), so that a "
+                "leader that cannot renew stops acting before its lease can expire; got "
+                f"{self.retry_period:g}s < {self.renew_deadline:g}s < {self.lease_ttl}s "
+                f"(lease duration {self.lease_duration:g}s)"
             )
 
 
@@ -141,8 +163,9 @@ class LeaderElector:
 
     async def run(self) -> None:
         """Campaign, lead, step down, campaign again... until cancelled or :meth:`resign` is called."""
-        # etcd unreachable: ask again soon (each attempt is one cheap request), so that leadership is
-        # back within a fraction of a second of etcd's return rather than a retry period later
+        # etcd unreachable: ask again soon (each attempt is one cheap request), and at once when the
+        # client reconnects, so that leadership is back as soon as etcd serves rather than a retry
+        # period (or a back-off) later
         delays = Backoff(0.1, min(RECONNECT_CAP, self.timings.retry_period), jitter=HALF_JITTER)
         try:
             while not self._resigned:
@@ -155,8 +178,10 @@ class LeaderElector:
                         await self._wait_for_vacancy()
                 except FleetopError as exc:
                     delay = delays.next()
-                    log.warning("leader election: %s (retrying in %.2fs)", exc, delay)
-                    await self.clock.sleep(delay)
+                    log.warning("leader election: %s (retrying within %.2fs)", exc, delay)
+                    with contextlib.suppress(TimeoutError):
+                        async with self.clock.timeout(delay):
+                            await self.etcd.reconnected()
         finally:
             self._set_leader(False)
 
@@ -168,7 +193,7 @@ class LeaderElector:
             self.observed_leader = holder_of(current.value)
             return False
         sent = self.clock.now()
-        lease = await self.etcd.grant(max(1, round(self.timings.lease_duration)))
+        lease = await self.etcd.grant(self.timings.lease_ttl)
         try:
             await self.etcd.put(self.key, self.value, lease=lease, prev_mod_revision=0)
         except Conflict:

@@ -9,8 +9,9 @@ rest), so the rest of the runtime takes plain values. Every error names where th
 The groups (kopf's ``OperatorSettings`` has the same shape):
 
 * :class:`~fleetop.controller.runtime.leader.LeaderTimings` (``leader``): lease, renew deadline,
-  retry. Defaults are controller-runtime's and must keep ``retry < renew deadline < lease``: a leader
-  that cannot renew must stop acting before its lease can expire under it;
+  retry. Defaults are controller-runtime's and must keep ``retry < renew deadline < lease TTL`` (the
+  etcd lease's TTL, lease duration less the retry period): a leader that cannot renew must stop acting
+  before its lease can expire under it;
 * :class:`FleetSettings` (``fleet``): where fleet is and how often it is polled (it has no watch);
 * :class:`WorkerSettings` (``workers``): reconcile workers, the full resync, events, crash loops;
 * :class:`WorkLimits` (``limits``): the bounds on one key's work (fleet writes per pass, instances);
