@@ -189,7 +189,7 @@ async def run(opts: Options) -> WorkloadResult:
         )
         result.value("quiet: fleet API calls per minute", "count", fleet_calls / minutes)
         result.value("quiet: operator status writes", "count", status_writes, Target.of(("value", "==", 0)))
-        result.value("operator RSS", "MB", rss, Target.of(("value", "<=", 150.0)))
+        result.value("operator RSS", "MB", rss, Target.of(("value", "<=", 100.0)))
         result.raw.update(
             {
                 "services": services,
