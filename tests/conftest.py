@@ -29,6 +29,17 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
 
 
 @pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """An etcd of this test alone (own data dir), to stop, kill and start again on the same ports."""
+    server = EtcdServer(tmp_path / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def etcd_prefix(request: pytest.FixtureRequest) -> str:
     """A key root unique to the test, so tests sharing one etcd never see each other's keys."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")

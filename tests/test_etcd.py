@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,17 +24,6 @@ def settings_for(endpoints: str, prefix: str = "", **flags: str) -> EtcdSettings
 async def etcd(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Etcd]:
     async with await Etcd.connect(settings_for(etcd_server.endpoint, etcd_prefix)) as client:
         yield client
-
-
-@pytest.fixture
-def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    """An etcd of this test alone, to stop and start."""
-    server = EtcdServer(tmp_path / "data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_put_get_delete(etcd: Etcd) -> None:

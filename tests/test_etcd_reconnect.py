@@ -9,8 +9,7 @@ returns when it does (what the watch and election retry loops wait on) and not w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc.aio
@@ -22,22 +21,11 @@ from fleetop.etcd import rpc
 from fleetop.etcd.client import Etcd
 from fleetop.etcd.model import RECONNECT_CAP
 from fleetop.etcd.watch import retry_pause
+from fleetop.local.etcdserver import EtcdServer
 
 
 @pytest.fixture
-def own_etcd(tmp_path: Path) -> Iterator[Any]:
-    from fleetop.local.etcdserver import EtcdServer
-
-    server = EtcdServer(tmp_path / "data")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def client(own_etcd: Any) -> AsyncIterator[Etcd]:
+async def client(own_etcd: EtcdServer) -> AsyncIterator[Etcd]:
     settings = settings_from({"endpoints": own_etcd.endpoint, "command_timeout": "2s"}, {})
     async with await Etcd.connect(settings) as etcd:
         yield etcd
@@ -64,7 +52,7 @@ async def test_the_channel_reconnects_within_half_a_second_and_waits_out_a_start
     assert RECONNECT_CAP == 0.5  # fleetop's own retry loops (watch, relist, election) pause at most this
 
 
-async def test_a_client_finds_a_restarted_etcd_by_itself(own_etcd: Any, client: Etcd) -> None:
+async def test_a_client_finds_a_restarted_etcd_by_itself(own_etcd: EtcdServer, client: Etcd) -> None:
     await client.put("/before", "1")
     own_etcd.stop()
     with pytest.raises(EtcdUnavailable):

@@ -25,9 +25,11 @@ the first :class:`HttpSession` is made, not with this module.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     Transport: TypeAlias = httpx.AsyncBaseTransport
     """What replaces the network under a session (``httpx.MockTransport`` in tests); a name for
     annotations only, so that neither this module nor its callers import httpx to mention it."""
+
+POOL_THREADS = 16
+"""Requests of one :class:`PlainSession` in flight at once (each in a thread of the session's own)."""
 
 UNIX_BASE_URL = "http://fleet"
 """The base URL requests carry over a unix socket (the host part is never resolved)."""
@@ -218,7 +223,8 @@ class _Timeout(Exception):
 
 class PlainSession:
     """The requests of :class:`HttpSession` over the standard library, for a process that makes a few and
-    exits: one connection per request (so requests may run at once), each in a worker thread. The
+    exits, and for the operator: one connection per request (so requests may run at once), each in a
+    thread of the session's own (up to POOL_THREADS at once). The
     same :class:`HttpResponse`, the same errors and messages (``unavailable`` on a transport failure or
     timeout; a refused TCP connection reads ``[Errno 111] Connection refused`` where httpx, through anyio,
     says ``All connection attempts failed``), the same certificate authorities for ``https`` (certifi's,
@@ -240,6 +246,7 @@ class PlainSession:
         self._scheme, self._host, self._port = base.scheme, base.hostname or "", base.port
         self._root = base.path.rstrip("/")
         self._tls: Any = None
+        self._pool: ThreadPoolExecutor | None = None
 
     async def request(
         self,
@@ -254,8 +261,13 @@ class PlainSession:
         pairs = list(params.items() if isinstance(params, Mapping) else (params or []))
         target = self._root + path + (f"?{urlencode(pairs)}" if pairs else "")
         sent = {**self._headers, **dict(headers.items() if isinstance(headers, Mapping) else headers or [])}
+        if self._pool is None:
+            # threads of its own (made as requests overlap): a long wait elsewhere in the process's default
+            # pool (a render, a DNS lookup) never holds up fleet's requests
+            self._pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="fleet-http")
+        exchange = functools.partial(self._exchange, method, target, content, sent)
         try:
-            return await asyncio.to_thread(self._exchange, method, target, content, sent)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, exchange)
         except _Timeout as exc:
             raise self._unavailable(f"{method} {path}: timed out ({exc})") from exc
         except (OSError, ValueError) as exc:  # http.client's errors are OSError or ValueError
@@ -318,7 +330,10 @@ class PlainSession:
         return connection
 
     async def aclose(self) -> None:
-        """Nothing is kept open between requests."""
+        """No connection is kept open between requests; the threads are let go."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     async def __aenter__(self) -> PlainSession:
         return self

@@ -58,6 +58,13 @@ def test_the_read_verbs_module_imports_nothing_heavy() -> None:
     assert heavy_in(imported_after("import fleetop.cli.reads"), (*HEAVY, "click")) == []
 
 
+def test_the_light_read_path_imports_no_models() -> None:
+    """``get`` and ``status`` of specs the operator judged lay out their output without pydantic: the
+    light reader and the formatting import neither the models nor the store (which do)."""
+    code = "import fleetop.cli.light, fleetop.cli.output, fleetop.cli.statusview, fleetop.cli.reads"
+    assert heavy_in(imported_after(code), (*HEAVY, "click")) == []
+
+
 def test_the_sidekick_is_standard_library_only() -> None:
     modules = imported_after("import fleetop.discovery.sidekick")
     assert heavy_in(modules, (*HEAVY, "asyncio", "ssl", "http", "email")) == []

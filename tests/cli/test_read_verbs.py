@@ -169,7 +169,48 @@ READ_FORMS = (
     ("describe", "proxy", "edge"), ("describe", "proxy", "bad-kind"), ("describe", "service", "nothing"),
     ("describe", "service"), ("status",), ("status", "-o", "text"), ("status", "--output", "html"),
     ("get", "services", "--help"), ("describe", "--help"), ("status", "--help"),
+    ("get", "services", "judged"), ("get", "services", "older"), ("get", "services", "judged-invalid"),
+    ("get", "services", "unreadable"), ("get", "services", "web"), ("get", "svc", "judged", "-o", "wide"),
+    ("get", "services", "judged", "-o", "json"), ("describe", "service", "judged"), ("get", "svc", "fresh"),
 )  # fmt: skip
+LIGHT_FORMS = {("get", "services", "judged")}
+"""The forms above read without pydantic: the operator judged the spec shown at its revision."""
+
+
+def operator_status(raw: str, name: str, revision: int) -> str:
+    """The status the operator writes when it first judges ``raw`` at ``revision`` with fleet empty:
+    its planner's status, stamped and encoded as its executor does."""
+    from fleetop.controller.runtime.executor import status_bytes
+    from fleetop.controller.services.memory import PlanMemory
+    from fleetop.controller.services.planner import plan
+    from fleetop.controller.world import FleetIndex
+    from fleetop.models import parse_service
+    from fleetop.timefmt import rfc3339
+
+    judged = plan(name, parse_service(raw, name=name), revision, FleetIndex(), {}, 1767225600.0, PlanMemory())
+    assert judged.status is not None
+    return status_bytes(
+        judged.status.model_copy(update={"observed_generation_time": rfc3339(1767225600.0)})
+    ).decode()
+
+
+def judged_invalid(revision: int) -> str:
+    """The status the operator writes for a spec the models refuse (its reconciler's form)."""
+    from fleetop.controller.runtime.executor import status_bytes
+    from fleetop.models import Condition, ServiceStatus
+
+    condition = Condition(type="Invalid", status="True", reason="SpecInvalid", message="$.replicas: bad")
+    status = ServiceStatus(observed_generation=revision, conditions=[condition], last_error="bad")
+    return status_bytes(status).decode()
+
+
+def put_judged(gateway: Gateway, name: str, raw: str) -> int:
+    """Put a spec and the status the operator writes for it; its revision."""
+    gateway.put(f"/desired/services/{name}", raw)
+    kv = gateway.get(f"/desired/services/{name}")
+    assert kv is not None
+    gateway.put(f"/status/services/{name}", operator_status(raw, name, kv.mod_revision))
+    return kv.mod_revision
 
 
 def test_the_read_verbs_print_what_the_typer_app_prints(
@@ -177,7 +218,10 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
 ) -> None:
     """Run through :func:`fleetop.cli.main.main` (plain forms without typer; help, errors and bad values
     through it) and through the typer app, every form prints the same on both streams and exits alike:
-    valid and invalid specs, a status, events, fleet unreachable."""
+    valid and invalid specs, a status, events, fleet unreachable. The typer app reads through the models;
+    the plain forms read a spec the operator judged at its revision without them (:mod:`fleetop.cli.light`)
+    and fall back to them for one judged at an older revision, one without a status, one judged
+    invalid, and one whose status does not read."""
     from typer.testing import CliRunner
 
     from fleetop.cli.main import app
@@ -201,6 +245,21 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
         gateway.put("/status/services/web", json.dumps(STATUS))
         gateway.put("/status/services/bad-type", '{"observedGeneration": "x"}')
         gateway.put("/fleetop/events/services/web/1", json.dumps(EVENT))
+        put_judged(gateway, "judged", SPEC)
+        gateway.put("/desired/services/fresh", SPEC)  # no status: no operator has judged it
+        first = put_judged(gateway, "older", SPEC)
+        gateway.put("/desired/services/older", SPEC.replace("2", "3"))  # a revision not judged yet
+        gateway.put("/status/services/older", operator_status(SPEC, "older", first))
+        gateway.put("/desired/services/judged-invalid", '{"replicas": -1}')
+        kv = gateway.get("/desired/services/judged-invalid")
+        assert kv is not None
+        gateway.put("/status/services/judged-invalid", judged_invalid(kv.mod_revision))
+        gateway.put("/desired/services/unreadable", SPEC)
+        kv = gateway.get("/desired/services/unreadable")
+        assert kv is not None
+        gateway.put(
+            "/status/services/unreadable", f'{{"observedGeneration": {kv.mod_revision}, "replicas": 1}}'
+        )
     runner = CliRunner()
     for form in READ_FORMS:
         done = fleetop(env, *form)
@@ -210,5 +269,63 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
         assert done.stderr.splitlines()[:-1] == shown.stderr.splitlines(), form
         to_typer = done.returncode == 2 or any(word in form for word in ("--help", "JSON", "html"))
         assert ("typer" in modules(done)) == to_typer, form
+        if form in LIGHT_FORMS or (form[0] == "get" and done.returncode == 0):
+            assert ("pydantic" in modules(done)) != (form in LIGHT_FORMS), form
     assert "Invalid: $.replicas: Input should be a valid integer" in fleetop(env, "get", "services").stdout
     assert "UNREACHABLE" in fleetop(env, "status").stdout
+
+
+def test_judged_specs_read_without_pydantic(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """Every spec judged at its revision: ``get services`` and ``status`` print what the models would
+    (the typer app reads through them) without importing pydantic; a spec no operator has judged is
+    validated with the models, so it shows invalid while the operator is not running."""
+    from typer.testing import CliRunner
+
+    from fleetop.cli.main import app
+    from fleetop.models.observed import FleetObservation, OperatorObservation
+
+    env = {
+        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
+        "FLEETOP_PREFIX": etcd_prefix,
+        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
+        "COLUMNS": "200",
+    }
+    observed = OperatorObservation(
+        identity="op-1",
+        time="2026-01-01T00:00:00Z",
+        heartbeat=0,
+        fleet=FleetObservation(last_seen="2026-01-01T00:00:00Z"),
+    )
+    forms = (
+        ("get", "services"),
+        ("get", "svc", "api"),
+        ("status",),
+        ("status", "-o", "text"),
+        ("get", "proxies"),
+    )
+    runner = CliRunner()
+
+    def compare(light: set[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+        shown = {}
+        for form in forms:
+            done = fleetop(env, *form)
+            typer_shown = runner.invoke(app, list(form), env=env)
+            assert (done.returncode, done.stdout) == (typer_shown.exit_code, typer_shown.stdout), form
+            assert ("pydantic" in modules(done)) != (form in light), form
+            shown[form] = done.stdout
+        return shown
+
+    with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
+        put_judged(gateway, "web", SPEC)
+        put_judged(gateway, "api", SPEC.replace("2", "3"))
+        gateway.put("/fleetop/leader", json.dumps({"holderIdentity": "op-1"}))
+        gateway.put("/fleetop/observed", observed.model_dump_json(by_alias=True))
+        shown = compare(light=set(forms))
+        assert "api   3        0/3" in shown[("get", "services")]
+        assert "operator  op-1:" in shown[("status",)]
+        gateway.put("/desired/services/new", '{"replicas": "2"}')  # the operator is not running
+        shown = compare(light={("get", "svc", "api"), ("get", "proxies")})
+        assert "Invalid: $.replicas: Input should be a valid integer" in shown[("get", "services")]
+        assert "Invalid($.replicas)" in shown[("status",)]

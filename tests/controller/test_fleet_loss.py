@@ -11,7 +11,7 @@ from typing import Any
 from fleetop.controller.runtime.informers import FleetInformer
 from fleetop.errors import FleetUnavailable
 from fleetop.fleet.client import FleetClient
-from fleetop.fleet.model import Unit
+from fleetop.fleet.model import UnitState
 from fleetop.fleet.units import UnitOption
 from waiting import eventually
 
@@ -23,7 +23,8 @@ OWNED = [
 
 
 class FlakyClient:
-    """The real client, with ``list_units`` failing or held at a gate, as the test says."""
+    """The real client, with ``list_states`` (every poll's first request) failing or held at a gate,
+    as the test says."""
 
     def __init__(self, client: FleetClient) -> None:
         self.client = client
@@ -31,11 +32,11 @@ class FlakyClient:
         self.gate.set()
         self.failing = False
 
-    async def list_units(self) -> list[Unit]:
+    async def list_states(self) -> list[UnitState]:
         if self.failing:
-            raise FleetUnavailable("GET /fleet/v1/units: [Errno 111] Connection refused")
+            raise FleetUnavailable("GET /fleet/v1/state: [Errno 111] Connection refused")
         await self.gate.wait()
-        return await self.client.list_units()
+        return await self.client.list_states()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)

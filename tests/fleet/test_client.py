@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +259,29 @@ async def test_unchanged_pages_are_not_parsed_again(short_dir: Path) -> None:
         assert all(a is b for a, b in zip(first[:100], third[:100], strict=True))
         assert third[120].desired_state == "loaded" and third[120] is not first[120]
         assert third[0] is first[0] and third[149] is not first[149]  # the whole page was read anew
+
+
+async def answer_machines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    body = b'{"machines":[{"id":"m1","primaryIP":"10.0.0.1"}]}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    writer.write(head + body)
+    await writer.drain()
+
+
+async def test_plain_requests_never_wait_for_the_default_thread_pool(short_dir: Path) -> None:
+    """The operator's sessions run their requests in threads of their own: a default pool held by
+    something slow (a render, a DNS lookup) does not hold up fleet."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    held = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(held)
+    busy = loop.run_in_executor(None, release.wait, 60)
+    sock = short_dir / "fleet.sock"
+    try:
+        async with fake_fleet(sock, answer_machines), FleetClient(f"unix://{sock}", plain=True) as client:
+            machines = await asyncio.wait_for(client.list_machines(), 30)
+            assert [m.id for m in machines] == ["m1"]
+            assert not busy.done()
+    finally:
+        release.set()
+        await busy

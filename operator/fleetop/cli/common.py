@@ -28,7 +28,7 @@ from fleetop.errors import (
 if TYPE_CHECKING:
     import typer
 
-    from fleetop.store import Store, StoreReader
+    from fleetop.store import KeyReads, Store, StoreReader
 
 T = TypeVar("T")
 
@@ -59,23 +59,34 @@ async def open_store(cli: CliContext) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
-async def open_reader(cli: CliContext) -> AsyncIterator[StoreReader]:
-    """A store that only reads, through etcd's HTTP/JSON gateway (:mod:`fleetop.etcd.readonly`): same
-    answers and errors as :func:`open_store`, without importing grpc. etcd's gateway refuses a client
-    certificate with a CommonName; with one, it reads through the gRPC client instead."""
+async def open_reads(cli: CliContext) -> AsyncIterator[KeyReads]:
+    """Reads of keys, through etcd's HTTP/JSON gateway (:mod:`fleetop.etcd.readonly`): same answers and
+    errors as the gRPC client, without importing grpc (nor, here, the store and its models). etcd's
+    gateway refuses a client certificate with a CommonName; with one, it reads through the gRPC
+    client instead."""
     from fleetop.etcd.gateway import GatewayRefusesCommonName
     from fleetop.etcd.readonly import ReadOnlyEtcd
-    from fleetop.keys import Keys
-    from fleetop.store import StoreReader
 
     settings = cli.settings()
     try:
         reads = await ReadOnlyEtcd.connect(settings)
     except GatewayRefusesCommonName:
-        async with open_store(cli) as store:
-            yield store
+        from fleetop.etcd.client import Etcd
+
+        async with await Etcd.connect(settings) as etcd:
+            yield etcd
         return
     async with reads:
+        yield reads
+
+
+@asynccontextmanager
+async def open_reader(cli: CliContext) -> AsyncIterator[StoreReader]:
+    """A store that only reads (:func:`open_reads`): same answers and errors as :func:`open_store`."""
+    from fleetop.keys import Keys
+    from fleetop.store import StoreReader
+
+    async with open_reads(cli) as reads:
         yield StoreReader(reads, Keys())
 
 

@@ -10,12 +10,16 @@ import difflib
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
-from fleetop.models import Event, ProxySpec, ProxyStatus, ServiceSpec, ServiceStatus
-from fleetop.models.parse import spec_document
-from fleetop.store import KIND_NAMES, Entry, StatusEntry
+if TYPE_CHECKING:  # the plain tables of judged specs are laid out without the models (cli/light.py)
+    from fleetop.cli import light
+    from fleetop.models import Event, ProxySpec, ProxyStatus, ServiceSpec, ServiceStatus
+    from fleetop.store import Entry, StatusEntry
+
+    AnyEntry: TypeAlias = Entry | light.Entry
+    AnyStatusEntry: TypeAlias = StatusEntry | light.StatusEntry
 
 OutputFormat = Literal["table", "wide", "json", "yaml"]
 
@@ -100,6 +104,9 @@ def to_json(data: Any) -> str:
 
 def entry_object(entry: Entry, status: StatusEntry | None) -> dict[str, Any]:
     """The document ``get -o json|yaml`` prints; ``apply -f`` takes it back (metadata/status ignored)."""
+    from fleetop.models.parse import spec_document
+    from fleetop.store import KIND_NAMES
+
     obj: dict[str, Any] = {"kind": KIND_NAMES[entry.kind], "name": entry.name}
     obj["metadata"] = {
         "key": entry.key,
@@ -122,7 +129,7 @@ def serialize(objects: list[dict[str, Any]], fmt: OutputFormat, *, single: bool)
     return to_json(data) if fmt == "json" else to_yaml(data)
 
 
-def _service_state(entry: Entry, status: ServiceStatus | None) -> str:
+def _service_state(entry: AnyEntry, status: ServiceStatus | light.ServiceStatus | None) -> str:
     if entry.error is not None:
         return f"Invalid: {entry.error.path}: {entry.error.message}"
     if status is None:
@@ -145,12 +152,15 @@ def _service_state(entry: Entry, status: ServiceStatus | None) -> str:
     return "Progressing"
 
 
-def service_rows(entries: Sequence[Entry], statuses: dict[str, StatusEntry], wide: bool) -> list[list[str]]:
+def service_rows(
+    entries: Sequence[AnyEntry], statuses: Mapping[str, AnyStatusEntry], wide: bool
+) -> list[list[str]]:
+    """The rows of ``get services``: ``entries`` and ``statuses`` are the services' own."""
     rows: list[list[str]] = []
     for entry in entries:
         st = statuses.get(entry.name)
-        status = st.status if st is not None and isinstance(st.status, ServiceStatus) else None
-        spec = entry.spec if isinstance(entry.spec, ServiceSpec) else None
+        status = cast("ServiceStatus | light.ServiceStatus | None", st.status if st is not None else None)
+        spec = cast("ServiceSpec | light.ServiceSpec | None", entry.spec)
         desired = str(spec.replicas) if spec else "-"
         counts = status.replicas if status else None
         row = [
@@ -162,12 +172,12 @@ def service_rows(entries: Sequence[Entry], statuses: dict[str, StatusEntry], wid
             _service_state(entry, status),
         ]
         if wide:
-            row += _service_wide(spec, entry)
+            row += _service_wide(cast("ServiceSpec | None", spec), entry)
         rows.append(row)
     return rows
 
 
-def _service_wide(spec: ServiceSpec | None, entry: Entry) -> list[str]:
+def _service_wide(spec: ServiceSpec | None, entry: AnyEntry) -> list[str]:
     if spec is None:
         return ["-", "-", "-", str(entry.mod_revision)]
     placement = []
@@ -189,7 +199,7 @@ PROXY_COLUMNS = ["NAME", "KIND", "LISTEN", "ROUTES", "BACKENDS", "AGENTS", "STAT
 PROXY_WIDE = ["MANAGED", "REPLICAS", "CONFIG", "REVISION"]
 
 
-def _proxy_state(entry: Entry, status: ProxyStatus | None) -> str:
+def _proxy_state(entry: AnyEntry, status: ProxyStatus | light.ProxyStatus | None) -> str:
     if entry.error is not None:
         return f"Invalid: {entry.error.path}: {entry.error.message}"
     if status is None:
@@ -201,12 +211,15 @@ def _proxy_state(entry: Entry, status: ProxyStatus | None) -> str:
     return "Publishing" if status.config_hash else "Pending"
 
 
-def proxy_rows(entries: Sequence[Entry], statuses: dict[str, StatusEntry], wide: bool) -> list[list[str]]:
+def proxy_rows(
+    entries: Sequence[AnyEntry], statuses: Mapping[str, AnyStatusEntry], wide: bool
+) -> list[list[str]]:
+    """The rows of ``get proxies``: ``entries`` and ``statuses`` are the proxies' own."""
     rows: list[list[str]] = []
     for entry in entries:
         st = statuses.get(entry.name)
-        status = st.status if st is not None and isinstance(st.status, ProxyStatus) else None
-        spec = entry.spec if isinstance(entry.spec, ProxySpec) else None
+        status = cast("ProxyStatus | light.ProxyStatus | None", st.status if st is not None else None)
+        spec = cast("ProxySpec | None", entry.spec)
         row = [
             entry.name,
             spec.kind if spec else "-",
@@ -232,10 +245,14 @@ def _route_text(service: str, host: str | None, path: str | None) -> str:
 
 
 def format_get(
-    entries: Sequence[Entry], statuses: dict[str, StatusEntry], fmt: OutputFormat, *, single: bool
+    entries: Sequence[AnyEntry], statuses: Mapping[str, AnyStatusEntry], fmt: OutputFormat, *, single: bool
 ) -> str:
+    """``get``'s output; JSON and YAML take the models' entries (:mod:`fleetop.store`)."""
     if fmt in ("json", "yaml"):
-        return serialize([entry_object(e, statuses.get(e.name)) for e in entries], fmt, single=single)
+        objects = [
+            entry_object(cast("Entry", e), cast("StatusEntry | None", statuses.get(e.name))) for e in entries
+        ]
+        return serialize(objects, fmt, single=single)
     if not entries:
         return "No resources found.\n"
     wide = fmt == "wide"
@@ -301,6 +318,9 @@ def _field(label: str, value: object) -> str:
 
 def format_describe(entry: Entry, status: StatusEntry | None, events: Sequence[Event]) -> str:
     """``fleetop describe service|proxy NAME``: spec, conditions, units, backends, recent events."""
+    from fleetop.models.parse import spec_document
+    from fleetop.store import KIND_NAMES
+
     out = [_field("Name", entry.name), _field("Kind", KIND_NAMES[entry.kind]), _field("Key", entry.key)]
     out.append(_field("Revision", entry.mod_revision))
     if entry.error is not None:
@@ -317,6 +337,8 @@ def format_describe(entry: Entry, status: StatusEntry | None, events: Sequence[E
 
 
 def _describe_status(status: StatusEntry | None, revision: int) -> str:
+    from fleetop.models import ServiceStatus
+
     if status is None:
         return "Status:               <none> (the operator has not reported on this yet)\n"
     if status.status is None:

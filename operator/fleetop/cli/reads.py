@@ -5,7 +5,9 @@ typer and click cost about as much to import and to build an app as the whole re
 ``--version`` itself. Only the plain forms are read here (:func:`parse_read_verb`); anything else
 (``--help``, an option this module does not know, a bad value, ``status --watch``, ``get units``) goes
 to the typer app, which prints its usual help and errors. Both ways run the same functions below, so
-they print the same.
+they print the same. The plain ``get`` table and ``status`` screen first try to read without the
+models (:mod:`fleetop.cli.light`: specs the operator judged at their revision), and read through them
+when that reader is unsure; the typer app always reads through them.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from fleetop.cli.common import CliContext, echo, open_reader, run
+from fleetop.cli.common import CliContext, echo, open_reads, run
 from fleetop.config import fleet_endpoints_from
 from fleetop.errors import FleetopError, InputError
-from fleetop.keys import Kind
+from fleetop.keys import Keys, Kind
 
 if TYPE_CHECKING:
     from fleetop.cli.output import OutputFormat
     from fleetop.cli.statusview import Health, Report
     from fleetop.fleet.model import Machine, Unit, UnitState
-    from fleetop.store import StoreReader
+    from fleetop.store import KeyReads, StoreReader
 
 RESOURCE_ALIASES: dict[str, Kind] = {
     "service": "services",
@@ -58,14 +60,50 @@ def run_kind(resource: str) -> Kind:
     return run(resolve)
 
 
-def get_specs(cli: CliContext, resource: str, name: str | None, fmt: OutputFormat) -> None:
-    """``fleetop get services|proxies [NAME] [-o FORMAT]``."""
+def store_reader(reads: KeyReads, keys: Keys) -> StoreReader:
+    from fleetop.store import StoreReader
+
+    return StoreReader(reads, keys)
+
+
+async def get_light(reads: KeyReads, keys: Keys, kind: Kind, name: str | None) -> str:
+    """``get``'s table when the operator judged every spec shown at its revision (:mod:`.light`);
+    :class:`~fleetop.cli.light.Unsure` otherwise."""
+    from fleetop.cli import light
+    from fleetop.cli.output import format_get
+
+    if name is not None:
+        kv = await reads.get(keys.desired(kind, name))
+        status = await reads.get(keys.status(kind, name))
+        kvs, status_kvs = [kv] if kv else [], [status] if status else []
+    else:
+        kvs, _ = await reads.list(keys.desired(kind))
+        status_kvs, _ = await reads.list(keys.status(kind))
+    statuses = light.read_statuses(kind, keys, status_kvs)
+    entries = light.read_entries(kind, keys, kvs, statuses)
+    if name is not None and len(entries) != 1:
+        raise light.Unsure("not found")  # the store words that
+    return format_get(entries, statuses, "table", single=name is not None)
+
+
+def get_specs(
+    cli: CliContext, resource: str, name: str | None, fmt: OutputFormat, *, light: bool = False
+) -> None:
+    """``fleetop get services|proxies [NAME] [-o FORMAT]``. ``light``: a table of judged specs is
+    read without the models when it can be (:func:`get_light`)."""
     kind = run_kind(resource)
 
     async def body() -> str:
         from fleetop.cli.output import format_get
 
-        async with open_reader(cli) as store:
+        async with open_reads(cli) as reads:
+            keys = Keys()
+            if light and fmt == "table":
+                from fleetop.cli.light import Unsure
+
+                with contextlib.suppress(Unsure):
+                    return await get_light(reads, keys, kind, name)
+            store = store_reader(reads, keys)
             if name is not None:
                 entries = [await store.require(kind, name)]
                 status = await store.status(kind, name)
@@ -85,7 +123,8 @@ def describe(cli: CliContext, resource: str, name: str) -> None:
     async def body() -> str:
         from fleetop.cli.output import format_describe
 
-        async with open_reader(cli) as store:
+        async with open_reads(cli) as reads:
+            store = store_reader(reads, Keys())
             entry = await store.require(kind, name)
             status = await store.status(kind, name)
             # this spec's own events, not those of an earlier, deleted one of the same name
@@ -118,26 +157,52 @@ async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit]
     return Health(endpoint, True, detail), machines, units, states
 
 
-async def gather_etcd(store: StoreReader, report: Report) -> None:
-    from fleetop.models.observed import OperatorObservation
-
-    leader = await store.etcd.get(store.keys.leader())
+async def gather_leader(reads: KeyReads, keys: Keys, report: Report) -> None:
+    leader = await reads.get(keys.leader())
     if leader is not None:
         try:
             report.leader = json.loads(leader.value)
         except json.JSONDecodeError:
             report.leader = {"identity": leader.value.decode("utf-8", "replace")}
-    report.services, _ = await store.list("services")
-    report.service_status = await store.statuses("services")
-    report.proxies, _ = await store.list("proxies")
-    report.proxy_status = await store.statuses("proxies")
+
+
+async def gather_etcd_light(reads: KeyReads, keys: Keys, report: Report) -> None:
+    """:func:`gather_etcd` when the operator judged every spec at its revision (:mod:`.light`);
+    :class:`~fleetop.cli.light.Unsure` otherwise."""
+    from fleetop.cli import light
+
+    await gather_leader(reads, keys, report)
+    kinds: tuple[Kind, ...] = ("services", "proxies")
+    for kind in kinds:
+        kvs, _ = await reads.list(keys.desired(kind))
+        status_kvs, _ = await reads.list(keys.status(kind))
+        statuses = light.read_statuses(kind, keys, status_kvs)
+        entries = light.read_entries(kind, keys, kvs, statuses)
+        if kind == "services":
+            report.services, report.service_status = list(entries), dict(statuses)
+        else:
+            report.proxies, report.proxy_status = list(entries), dict(statuses)
+    observed = await reads.get(keys.observed())
+    report.observed = light.read_observation(observed.value) if observed is not None else None
+
+
+async def gather_etcd(store: StoreReader, report: Report) -> None:
+    from fleetop.models.observed import OperatorObservation
+
+    await gather_leader(store.etcd, store.keys, report)
+    services, _ = await store.list("services")
+    report.services, report.service_status = list(services), dict(await store.statuses("services"))
+    proxies, _ = await store.list("proxies")
+    report.proxies, report.proxy_status = list(proxies), dict(await store.statuses("proxies"))
     observed = await store.etcd.get(store.keys.observed())
     if observed is not None:
         with contextlib.suppress(ValueError):
             report.observed = OperatorObservation.model_validate_json(observed.value)
 
 
-async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
+async def gather(cli: CliContext, fleet_flag: str | None, *, light: bool = False) -> Report:
+    """What ``status`` shows; ``light``: without the models when it can be (:func:`gather_etcd_light`)."""
+    from fleetop.cli.light import Unsure
     from fleetop.cli.statusview import Health, Report, now_utc
 
     settings = cli.settings()
@@ -145,8 +210,14 @@ async def gather(cli: CliContext, fleet_flag: str | None) -> Report:
     fleet_task = asyncio.create_task(gather_fleet(endpoint))
     report = Report(now_utc(), Health(",".join(settings.endpoints), True), Health(endpoint, False))
     try:
-        async with open_reader(cli) as store:
-            await gather_etcd(store, report)
+        async with open_reads(cli) as reads:
+            keys = Keys()
+            try:
+                if not light:
+                    raise Unsure("asked for the models")
+                await gather_etcd_light(reads, keys, report)
+            except Unsure:
+                await gather_etcd(store_reader(reads, keys), report)
     except FleetopError as exc:
         report.etcd = Health(",".join(settings.endpoints), False, str(exc))
         report.leader, report.services, report.proxies, report.observed = None, [], [], None
@@ -160,9 +231,10 @@ def render_status(report: Report, output: str) -> str:
     return format_status(report) if output == "text" else format_status_data(report, output)
 
 
-def status_once(cli: CliContext, output: str, fleet_flag: str | None) -> None:
-    """``fleetop status`` without ``--watch``: one screen; exit 1 when etcd or fleet is unreachable."""
-    report = run(lambda: gather(cli, fleet_flag))
+def status_once(cli: CliContext, output: str, fleet_flag: str | None, *, light: bool = False) -> None:
+    """``fleetop status`` without ``--watch``: one screen; exit 1 when etcd or fleet is unreachable.
+    ``light``: the text screen is read without the models when it can be (:func:`gather`)."""
+    report = run(lambda: gather(cli, fleet_flag, light=light and output == "text"))
     echo(render_status(report, output))
     if not (report.etcd.healthy and report.fleet.healthy):
         raise SystemExit(1)
@@ -216,9 +288,9 @@ def run_read_verb(verb: str, flags: dict[str, str], rest: Sequence[str]) -> bool
     cli = CliContext(flags={flag: flags.get(flag) for flag in GLOBAL_FLAGS})
     if verb == "get":
         name = args[1] if len(args) == 2 else None
-        get_specs(cli, args[0], name, GET_OUTPUTS[options.get("output", "table")])
+        get_specs(cli, args[0], name, GET_OUTPUTS[options.get("output", "table")], light=True)
     elif verb == "describe":
         describe(cli, args[0], args[1])
     else:
-        status_once(cli, options.get("output", "text"), options.get("fleet_endpoint"))
+        status_once(cli, options.get("output", "text"), options.get("fleet_endpoint"), light=True)
     return True

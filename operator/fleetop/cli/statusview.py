@@ -15,14 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fleetop.cli.output import render_table, to_json, to_yaml
 from fleetop.fleet.model import Machine, Unit, UnitState
-from fleetop.models import ProxyStatus, ServiceStatus
-from fleetop.models.observed import OperatorObservation
-from fleetop.store import Entry, StatusEntry
 from fleetop.timefmt import parse_rfc3339
+
+if TYPE_CHECKING:  # the text screen of judged specs is written without the models (cli/light.py)
+    from fleetop.cli import light
+    from fleetop.cli.output import AnyEntry, AnyStatusEntry
+    from fleetop.models import ProxyStatus, ServiceStatus
+    from fleetop.models.observed import OperatorObservation
+    from fleetop.store import StatusEntry
 
 
 @dataclass
@@ -42,14 +46,14 @@ class Report:
     etcd: Health
     fleet: Health
     leader: dict[str, Any] | None = None
-    services: list[Entry] = field(default_factory=list)
-    service_status: dict[str, StatusEntry] = field(default_factory=dict)
-    proxies: list[Entry] = field(default_factory=list)
-    proxy_status: dict[str, StatusEntry] = field(default_factory=dict)
+    services: list[AnyEntry] = field(default_factory=list)
+    service_status: dict[str, AnyStatusEntry] = field(default_factory=dict)
+    proxies: list[AnyEntry] = field(default_factory=list)
+    proxy_status: dict[str, AnyStatusEntry] = field(default_factory=dict)
     machines: list[Machine] = field(default_factory=list)
     units: list[Unit] = field(default_factory=list)
     states: list[UnitState] = field(default_factory=list)
-    observed: OperatorObservation | None = None
+    observed: OperatorObservation | light.OperatorObservation | None = None
     """The leader's record of how fresh its view is (None: none found, or etcd unreachable)."""
 
 
@@ -64,7 +68,9 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
-def record_is_stale(observed: OperatorObservation, now: datetime, leader: str | None = None) -> bool:
+def record_is_stale(
+    observed: OperatorObservation | light.OperatorObservation, now: datetime, leader: str | None = None
+) -> bool:
     """Nobody keeps the record current: written on change only (``heartbeat`` 0), its writer no longer
     holds the leader key (``leader``); else nobody rewrote it for several heartbeats."""
     if observed.heartbeat <= 0:
@@ -131,7 +137,7 @@ def age(since: str, now: datetime) -> str:
     return f"{seconds}s"
 
 
-def _conditions(status: ServiceStatus | ProxyStatus | None) -> str:
+def _conditions(status: ServiceStatus | ProxyStatus | light.ServiceStatus | light.ProxyStatus | None) -> str:
     if status is None:
         return "Pending"
     parts = []
@@ -149,13 +155,12 @@ def _conditions(status: ServiceStatus | ProxyStatus | None) -> str:
     return ",".join(parts) or "Progressing"
 
 
-def _last_change(status: ServiceStatus | ProxyStatus | None, now: datetime) -> str:
-    """The latest of a condition's transition and (services) the spec's last change, a scale included."""
+def _last_change(status: ServiceStatus | light.ServiceStatus | None, now: datetime) -> str:
+    """The latest of a condition's transition and the spec's last change, a scale included."""
     if status is None:
         return "-"
     times = [c.last_transition_time for c in status.conditions]
-    if isinstance(status, ServiceStatus):
-        times.append(status.observed_generation_time)
+    times.append(status.observed_generation_time)
     times = [t for t in times if t]
     return age(max(times), now) if times else "-"
 
@@ -173,7 +178,7 @@ def service_rows(report: Report) -> list[list[str]]:
     judged = fleet_judged(report)
     for entry in report.services:
         st = report.service_status.get(entry.name)
-        status = st.status if st and isinstance(st.status, ServiceStatus) else None
+        status = cast("ServiceStatus | light.ServiceStatus | None", st.status if st else None)
         if entry.error is not None:
             rows.append([entry.name, "-", "-", "-", "-", f"Invalid({entry.error.path})", "-", "-"])
             continue
@@ -201,7 +206,7 @@ def proxy_rows(report: Report) -> list[list[str]]:
     rows = []
     for entry in report.proxies:
         st = report.proxy_status.get(entry.name)
-        status = st.status if st and isinstance(st.status, ProxyStatus) else None
+        status = cast("ProxyStatus | light.ProxyStatus | None", st.status if st else None)
         if entry.error is not None:
             rows.append([entry.name, "-", "-", "-", "-", f"Invalid({entry.error.path})"])
             continue
@@ -349,9 +354,13 @@ def format_status(report: Report) -> str:
 
 
 def status_data(report: Report) -> dict[str, Any]:
-    def status_json(entries: dict[str, StatusEntry], name: str) -> Any:
-        st = entries.get(name)
+    """``status -o json|yaml``: read through the models (:mod:`fleetop.store`)."""
+
+    def status_json(entries: dict[str, AnyStatusEntry], name: str) -> Any:
+        st = cast("StatusEntry | None", entries.get(name))
         return st.status.model_dump(mode="json", by_alias=True) if st and st.status else None
+
+    observed = cast("OperatorObservation | None", report.observed)
 
     states_by_machine: dict[str, list[dict[str, Any]]] = {}
     for s in report.states:
@@ -361,7 +370,7 @@ def status_data(report: Report) -> dict[str, Any]:
         "leader": report.leader,
         "etcd": vars(report.etcd),
         "fleet": vars(report.fleet),
-        "operator": report.observed.model_dump(mode="json", by_alias=True) if report.observed else None,
+        "operator": observed.model_dump(mode="json", by_alias=True) if observed else None,
         "conditionsJudged": fleet_judged(report),
         "services": [
             {

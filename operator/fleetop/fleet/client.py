@@ -25,6 +25,7 @@ retry or failover sent after a pause past the lease is refused like the first tr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -130,8 +131,8 @@ class FleetClient:
     else ``unix:///var/run/fleet.sock``); a bad one raises ConfigError naming it. ``session_factory``
     makes the session of one endpoint; ``transport`` (tests: ``httpx.MockTransport``) replaces the
     network under the default session of every endpoint; ``plain`` makes
-    :class:`~fleetop.http.PlainSession` ones (standard library, for a CLI verb that asks a few questions
-    and exits) instead of httpx's.
+    :class:`~fleetop.http.PlainSession` ones (standard library: a third of httpx's CPU per request and
+    nothing heavy to import; the operator and the CLI use them) instead of httpx's.
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class FleetClient:
         """Endpoint -> why it could not be reached, from the latest request that found none answering
         (empty once one answers)."""
         self._page_memo: dict[_PageKey, tuple[bytes, list[Any], str | None]] = {}
+        """Request -> (digest of the body, its parsed items, its next page token)."""
 
     @property
     def endpoint(self) -> str:
@@ -290,8 +292,9 @@ class FleetClient:
         """Every item of a paginated collection, parsed. Stops on a missing token or an empty page.
 
         A page whose body is byte for byte the one this client read last time under the same request
-        is not decoded again: its parsed (immutable) items are reused. Polling a large, quiet cluster
-        then costs the requests and little else."""
+        is not decoded again: its parsed (immutable) items are reused, the very objects, so a caller can
+        tell an unchanged listing by identity. Polling a large, quiet cluster then costs the requests
+        and little else. The body itself is not kept, only its digest (BLAKE2b, 128 bits)."""
         items: list[T] = []
         token: str | None = None
         for _ in range(MAX_PAGES):
@@ -299,13 +302,14 @@ class FleetClient:
             resp = await self._request(operation, "GET", path, params=page_params)
             memo_key = (path, tuple(page_params))
             seen = self._page_memo.get(memo_key)
-            if seen is not None and seen[0] == resp.body:
+            digest = hashlib.blake2b(resp.body, digest_size=16).digest()
+            if seen is not None and seen[0] == digest:
                 batch, token = seen[1], seen[2]
             else:
                 batch, token = self._parse_page(resp, path, key, parse)
                 if len(self._page_memo) >= MAX_MEMO_PAGES:
                     self._page_memo.clear()
-                self._page_memo[memo_key] = (resp.body, batch, token)
+                self._page_memo[memo_key] = (digest, batch, token)
             items.extend(batch)
             if not token or not batch:
                 return items

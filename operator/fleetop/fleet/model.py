@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from fleetop.fleet.units import DESIRED_STATES, UnitOption, regroup, unit_hash
@@ -21,12 +22,13 @@ def fold_keys(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _str_field(data: Mapping[str, Any], key: str, entity: str) -> str | None:
+    """A string field, interned: states, machine ids and hashes repeat across a cluster's units."""
     value = data.get(key.lower())
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError(f"{entity}.{key} must be a string, not {type(value).__name__}")
-    return value
+    return intern(value)
 
 
 def _object(data: object, entity: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from sys import intern
 
 UNIT_TYPES = frozenset(
     {
@@ -66,7 +67,9 @@ class UnitOption:
             if not isinstance(value, str):
                 raise ValueError(f"option field {key!r} must be a string")
             fields[key] = value
-        return cls(fields["section"], fields["name"], fields["value"])
+        # interned: the operator keeps every unit of a large cluster, and their sections, names and
+        # most values (one command line for all of a service's instances) repeat
+        return cls(intern(fields["section"]), intern(fields["name"]), intern(fields["value"]))
 
 
 def regroup(options: Iterable[UnitOption]) -> list[UnitOption]:

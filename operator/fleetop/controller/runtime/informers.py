@@ -8,9 +8,13 @@ deltas.
   (``Etcd.list_watch`` relists after a compaction and resumes after etcd restarts); each snapshot or
   batch of events updates the cache and reports the keys that changed.
 * :class:`RegistrationCaches` keeps one :class:`PrefixCache` per registration prefix that the specs
-  name, started and stopped as specs change.
+  name, started and stopped as specs change; where many prefixes share a parent (``/services/web/``,
+  ``/services/api/``...), one :class:`SharedPrefixCache` lists and watches the parent and feeds them,
+  so 1,000 services cost one watch stream, not 1,000.
 * :class:`FleetInformer` polls fleet (which has no watch) for units, states and machines: every
-  ``fast`` seconds while something converges, every ``slow`` seconds when steady. It diffs snapshots
+  ``fast`` seconds while something converges, every ``slow`` seconds (or further apart, see
+  QUIET_POLL_SHARE) when steady; units only when needed (UNITS_AT_LEAST). A poll that read every page
+  as last time reuses the last snapshot and reports nothing. Otherwise it diffs snapshots
   and reports the owners (from each unit's ``[X-Fleetop]`` section) whose units or states changed.
   :meth:`FleetInformer.expect` gives the reconcilers read-your-writes without waiting: after the
   executor changed units, that key plans nothing in fleet until a poll that began after the change has
@@ -30,18 +34,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fleetop.backoff import exponential
 from fleetop.clock import SYSTEM_CLOCK, Clock
 from fleetop.controller.world import FleetIndex, ObservedMachine, ObservedState, ObservedUnit, owner_key
 from fleetop.errors import FleetopError
-from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot
+from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot, WatchEvent
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Machine, Unit, UnitState
 from fleetop.fleet.ownership import owned_by
@@ -51,6 +57,7 @@ from fleetop.store import KIND_ORDER, Entry, Kind, Store, other_kind, shared_nam
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ChangeHandler = Callable[[set[str]], None]
 """Called with the full etcd keys that changed (put or deleted) in one snapshot or batch."""
 
@@ -69,7 +76,8 @@ class PrefixCache:
         self._on_change = on_change
         # When changes arrived (monotonic), newest last: render coalescing judges a burst by when its
         # changes happened, not by when a (possibly busy) reconcile pass got to see them.
-        self.arrivals: deque[float] = deque(maxlen=ARRIVALS_KEPT)
+        # (made at the first change: most of 1,000 registration prefixes never see one)
+        self.arrivals: deque[float] | None = None
         self._burst: tuple[tuple[int, float, float], tuple[float, float] | None] | None = None
 
     async def run(self) -> None:
@@ -77,11 +85,17 @@ class PrefixCache:
         stream = self.etcd.list_watch(self.prefix)
         async with contextlib.aclosing(stream):
             async for update in stream:
-                changed = self._apply(update)
-                self.synced.set()
-                if changed:
-                    self.arrivals.append(time.monotonic())
-                    self._notify(changed)
+                self.feed(update)
+
+    def feed(self, update: Snapshot | Events) -> None:
+        """Apply one snapshot or batch (from this cache's own watch or a shared one) and report it."""
+        changed = self._apply(update)
+        self.synced.set()
+        if changed:
+            if self.arrivals is None:
+                self.arrivals = deque(maxlen=ARRIVALS_KEPT)
+            self.arrivals.append(time.monotonic())
+            self._notify(changed)
 
     def _notify(self, changed: set[str]) -> None:
         """Report a change; a handler that fails loses this report, never the watch."""
@@ -124,6 +138,8 @@ class PrefixCache:
         than ``gap`` apart. None before any change; a burst longer than the history began at -inf.
         Kept until a change arrives: a pass asks every routed prefix, and most have not moved."""
         arrivals = self.arrivals
+        if arrivals is None:
+            return None
         key = (len(arrivals), arrivals[-1] if arrivals else 0.0, gap)
         if self._burst is not None and self._burst[0] == key:
             return self._burst[1]
@@ -153,13 +169,112 @@ def _differs(old: KeyValue | None, new: KeyValue | None) -> bool:
     return old.mod_revision != new.mod_revision
 
 
+SHARED_WATCH_FROM = 8
+"""Registration prefixes under one parent (``/services/web/``, ``/services/api/``... under
+``/services/``) from which one list + watch of the parent serves them all instead of a watch each.
+Every open watch stream costs the operator about 36 KB (gRPC's call, its buffers, the task and the
+cache): 36 MB at 1,000 services. The parent's keys that no spec names are kept too (they become a
+prefix's items at once when a spec names it later), so a parent is shared only when many of its
+children are wanted, and never the root."""
+
+
+def parent_prefix(prefix: str) -> str | None:
+    """``/services/web/`` -> ``/services/``; None for a prefix directly under the root."""
+    parent = prefix.rstrip("/").rpartition("/")[0]
+    return f"{parent}/" if parent else None
+
+
+class SharedPrefixCache:
+    """One list + watch of ``prefix`` (a parent) feeding a :class:`PrefixCache` per wanted child prefix
+    (``prefix`` + one segment + ``/``), which readers use as if it followed its own watch: each sees
+    only its keys, and its ``revision`` and arrivals move only when one of them changed (or on a
+    relist). Keys of children no one wants are kept by child, ready for :meth:`want`."""
+
+    def __init__(self, etcd: Etcd, prefix: str, on_change: Callable[[str, set[str]], None]) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+        self.views: dict[str, PrefixCache] = {}
+        self.others: dict[str, dict[str, KeyValue]] = {}
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self._on_change = on_change
+
+    def child_of(self, key: str) -> str | None:
+        """The child prefix ``key`` lies under, or None for a key right under the parent."""
+        name, slash, _ = key[len(self.prefix) :].partition("/")
+        return f"{self.prefix}{name}/" if slash else None
+
+    def want(self, prefixes: Iterable[str]) -> None:
+        """The child prefixes to serve; a new one is synced at once when the parent is."""
+        wanted = set(prefixes)
+        for prefix in [p for p in self.views if p not in wanted]:
+            view = self.views.pop(prefix)
+            if view.items:
+                self.others[prefix] = view.items
+        for prefix in sorted(wanted - self.views.keys()):
+            view = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
+            self.views[prefix] = view
+            if self.synced.is_set():
+                view.feed(Snapshot(list(self.others.pop(prefix, {}).values()), self.revision))
+
+    async def run(self) -> None:
+        """Follow the parent until cancelled."""
+        stream = self.etcd.list_watch(self.prefix)
+        async with contextlib.aclosing(stream):
+            async for update in stream:
+                self.feed(update)
+
+    def feed(self, update: Snapshot | Events) -> None:
+        if isinstance(update, Snapshot):
+            grouped: dict[str, list[KeyValue]] = {}
+            for kv in update.items:
+                child = self.child_of(kv.key)
+                if child is not None:
+                    grouped.setdefault(child, []).append(kv)
+            self.revision = update.revision
+            self.others = {
+                child: {kv.key: kv for kv in found}
+                for child, found in grouped.items()
+                if child not in self.views
+            }
+            self.synced.set()
+            for prefix, view in list(self.views.items()):
+                view.feed(Snapshot(grouped.get(prefix, []), update.revision))
+            return
+        by_child: dict[str, list[WatchEvent]] = {}
+        for event in update.events:
+            child = self.child_of(event.key)
+            if child is not None:
+                by_child.setdefault(child, []).append(event)
+        self.revision = max(self.revision, update.revision)
+        for child, events in by_child.items():
+            wanted = self.views.get(child)
+            if wanted is not None:
+                wanted.feed(Events(events, events[-1].mod_revision))
+                continue
+            items = self.others.setdefault(child, {})
+            for event in events:
+                after = event.kv
+                if after is None:
+                    items.pop(event.key, None)
+                else:
+                    items[event.key] = after
+            if not items:
+                del self.others[child]
+
+
 class RegistrationCaches:
-    """One :class:`PrefixCache` per registration prefix in use; :meth:`want` says which."""
+    """The registrations under every prefix in use (:meth:`want` says which): a :class:`PrefixCache`
+    each, following its own watch, or, where at least SHARED_WATCH_FROM of them share a parent, fed
+    by one :class:`SharedPrefixCache` of the parent."""
 
     def __init__(self, etcd: Etcd, on_change: Callable[[str, set[str]], None]) -> None:
         self.etcd = etcd
         self.caches: dict[str, PrefixCache] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        """The prefixes followed alone."""
+        self.shared: dict[str, SharedPrefixCache] = {}
+        """Parent prefix -> the shared cache serving its wanted children."""
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._on_change = on_change
         self._wanted: set[str] = set()
         self._synced_for: set[str] | None = None
@@ -172,9 +287,17 @@ class RegistrationCaches:
             self._wanted = wanted
             self._wake.set()
 
+    def _found(self, prefix: str) -> PrefixCache | None:
+        found = self.caches.get(prefix)
+        if found is None:
+            parent = parent_prefix(prefix)
+            shared = self.shared.get(parent) if parent is not None else None
+            found = shared.views.get(prefix) if shared is not None else None
+        return found
+
     def cache(self, prefix: str) -> PrefixCache | None:
         """The cache of ``prefix`` once it has synced, else None (the caller requeues)."""
-        found = self.caches.get(prefix)
+        found = self._found(prefix)
         return found if found is not None and found.synced.is_set() else None
 
     @property
@@ -184,10 +307,15 @@ class RegistrationCaches:
         or stopping a cache can make it false again."""
         if self._synced_for is self._wanted:
             return True
-        done = all(prefix in self.caches and self.caches[prefix].synced.is_set() for prefix in self._wanted)
+        done = all(self.cache(prefix) is not None for prefix in self._wanted)
         if done:
             self._synced_for = self._wanted
         return done
+
+    @property
+    def watches(self) -> int:
+        """Watch streams open for registrations."""
+        return len(self._tasks)
 
     async def run(self) -> None:
         """Start and stop prefix caches as :meth:`want` changes, until cancelled."""
@@ -204,19 +332,43 @@ class RegistrationCaches:
         finally:
             await self._stop(list(self._tasks))
 
+    def plan(self) -> tuple[dict[str, set[str]], set[str]]:
+        """(parent -> its wanted children, for the parents shared; the prefixes followed alone)."""
+        groups: dict[str, set[str]] = {}
+        for prefix in self._wanted:
+            parent = parent_prefix(prefix)
+            if parent is not None:
+                groups.setdefault(parent, set()).add(prefix)
+        shared = {parent: found for parent, found in groups.items() if len(found) >= SHARED_WATCH_FROM}
+        alone = {p for p in self._wanted if p not in shared.get(parent_prefix(p) or "", ())}
+        return shared, alone
+
     async def _reconcile_tasks(self) -> None:
-        await self._stop([p for p in self._tasks if p not in self._wanted])
-        for prefix in sorted(self._wanted - self._tasks.keys()):
-            cache = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
-            self.caches[prefix] = cache
-            self._tasks[prefix] = asyncio.create_task(follow(cache), name=f"registrations {prefix}")
+        shared, alone = self.plan()
+        await self._stop([("alone", p) for p in self.caches if p not in alone])
+        await self._stop([("shared", p) for p in self.shared if p not in shared])
+        for parent, children in sorted(shared.items()):
+            cache = self.shared.get(parent)
+            if cache is None:
+                cache = self.shared[parent] = SharedPrefixCache(self.etcd, parent, self._on_change)
+                task = asyncio.create_task(follow(cache), name=f"registrations {parent}*")
+                self._tasks["shared", parent] = task
+                log.debug("watching registrations under %s for %d prefixes", parent, len(children))
+            cache.want(children)
+        for prefix in sorted(alone - self.caches.keys()):
+            single = PrefixCache(self.etcd, prefix, functools.partial(self._on_change, prefix))
+            self.caches[prefix] = single
+            self._tasks["alone", prefix] = asyncio.create_task(follow(single), name=f"registrations {prefix}")
             log.debug("watching registrations under %s", prefix)
 
-    async def _stop(self, prefixes: list[str]) -> None:
+    async def _stop(self, which: list[tuple[str, str]]) -> None:
         self._synced_for = None
-        tasks = [self._tasks.pop(p) for p in prefixes]
-        for prefix in prefixes:
-            self.caches.pop(prefix, None)
+        tasks = [self._tasks.pop(key) for key in which]
+        for kind, prefix in which:
+            if kind == "alone":
+                self.caches.pop(prefix, None)
+            else:
+                self.shared.pop(prefix, None)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -237,6 +389,17 @@ class FleetSnapshot:
     started: float = 0.0
     """The informer's ``timer.now()`` (monotonic) when the poll began: a change made before it is
     visible in it."""
+
+    def restamped(self, started: float) -> FleetSnapshot:
+        """The same poll seen again at ``started``: the same mappings (and index, once built)."""
+        again = dataclasses.replace(self, started=started)
+        if "index" in self.__dict__:
+            again.__dict__["index"] = self.__dict__["index"]
+        return again
+
+    def same_poll(self, other: FleetSnapshot) -> bool:
+        """True when ``other`` is this poll restamped (:meth:`restamped`): nothing changed."""
+        return self.units is other.units and self.states is other.states and self.machines is other.machines
 
     @functools.cached_property
     def index(self) -> FleetIndex:
@@ -302,6 +465,11 @@ def build_snapshot(
     )
 
 
+def _same(new: list[T], old: list[T]) -> bool:
+    """The same objects in the same order: the client reused every page it parsed last time."""
+    return len(new) == len(old) and all(a is b for a, b in zip(new, old, strict=True))
+
+
 def changed_owners(old: FleetSnapshot, new: FleetSnapshot) -> set[str]:
     """Owner keys whose units or states differ between two snapshots (either side)."""
     changed: set[str] = set()
@@ -339,9 +507,23 @@ STALL_AFTER = 20.0
 """Seconds a poll may run before fleet counts as not answering: longer than one request's read timeout,
 so that a failover to a second endpoint completes first."""
 
-QUIET_POLL_SHARE = 0.01
-"""The most of one core that polling a quiet fleet may take (the CPU time of a poll, measured on the
-operator's thread, sets how far apart quiet polls must be; 3,000 units: about 25 s)."""
+QUIET_POLL_SHARE = 0.005
+"""The most of one core that polling a quiet fleet may take (the CPU time of a poll, the process's, as
+the requests run in a worker thread, sets how far apart quiet polls must be; 3,000 units: about 6 s).
+Half of the operator's 1 % at rest: the rest is the leader's renewals, gRPC, the health server and
+the event loop."""
+
+QUIET_POLL_MAX = 30.0
+"""Seconds quiet polls are apart at most, whatever they cost (unless ``slow`` says more): how late a
+unit failure or a lost machine may be seen on a very large cluster."""
+
+UNITS_AT_LEAST = 60.0
+"""Seconds between listings of units when nothing else calls for one. A poll lists states and machines
+(unit failures and machine loss show there) and, at 3,000 units, half its requests are units; a unit
+changes without its states changing only by hand (``fleetctl submit``, a desired state fleet has not
+acted on yet). So a poll lists units too when the states or machines differ from the last poll, while
+a key expects its own writes or something converges, while fleet is lost or not yet seen, and at
+least this often."""
 
 SYNC_WAIT = 0.25
 """Seconds a pass of any kind asks to wait before trying again when a cache its key needs has not
@@ -386,6 +568,12 @@ class FleetInformer:
         self._wake = asyncio.Event()
         self._expecting: dict[str, float] = {}
         self._poll_cpu = 0.0
+        self._quiet = False
+        """Whether the last poll read every page as the one before (nothing changed)."""
+        self._units: list[Unit] = []
+        self._states: list[UnitState] = []
+        self._machines: list[Machine] = []
+        self._units_at = float("-inf")
 
     def hurry(self, seconds: float = 30.0) -> None:
         """Poll every ``fast`` seconds for the next ``seconds`` (something is converging)."""
@@ -406,10 +594,11 @@ class FleetInformer:
     @property
     def interval(self) -> float:
         """``fast`` while something converges; otherwise ``slow``, stretched on a cluster so large that
-        polling every ``slow`` seconds would take more than QUIET_POLL_SHARE of a core."""
+        polling every ``slow`` seconds would take more than QUIET_POLL_SHARE of a core (judged by the
+        last quiet poll's CPU), up to QUIET_POLL_MAX."""
         if self.timer.now() < self._hurry_until:
             return self.fast
-        return max(self.slow, self._poll_cpu / QUIET_POLL_SHARE)
+        return min(max(self.slow, self._poll_cpu / QUIET_POLL_SHARE), max(self.slow, QUIET_POLL_MAX))
 
     async def run(self) -> None:
         """Poll until cancelled. Failed polls keep the last snapshot, mark fleet lost and back off (up
@@ -417,10 +606,12 @@ class FleetInformer:
         failures = 0
         while True:
             self._wake.clear()
-            began, cpu, wall = self.timer.now(), time.thread_time(), self.clock()
+            began, cpu, wall = self.timer.now(), time.process_time(), self.clock()
             try:
                 await self._poll_watched(wall)
-                self._poll_cpu = time.thread_time() - cpu
+                if self._quiet:
+                    # paced by what a quiet poll costs: not the first (every page parsed) nor a busy one
+                    self._poll_cpu = time.process_time() - cpu
                 failures = 0
                 delay = self.interval
             except Exception as exc:  # a bug reading one unit is a failed poll, not a dead informer
@@ -475,14 +666,36 @@ class FleetInformer:
         except Exception:  # no key can stop an informer
             log.exception("fleet: queueing the owners after a loss failed")
 
+    def _units_due(self, started: float, same: bool) -> bool:
+        """Whether this poll lists units too: see :data:`UNITS_AT_LEAST`."""
+        return (
+            not same
+            or self.loss is not None
+            or not self.synced.is_set()
+            or bool(self._expecting)
+            or started < self._hurry_until
+            or started - self._units_at >= UNITS_AT_LEAST
+        )
+
     async def poll_once(self, wall: float | None = None) -> None:
         started = self.timer.now()
         wall = self.clock() if wall is None else wall
-        units = await self.client.list_units()
         states = await self.client.list_states()
         machines = await self.client.list_machines()
-        new = build_snapshot(units, states, machines, started, self.snapshot)
-        old, self.snapshot = self.snapshot, new
+        same = _same(states, self._states) and _same(machines, self._machines)
+        units = self._units
+        if self._units_due(started, same):
+            units = await self.client.list_units()
+            self._units_at = started
+        old = self.snapshot
+        if same and _same(units, self._units):
+            # Every page as last time (the client reused what it parsed): nothing to index or diff.
+            new = old.restamped(started)
+        else:
+            new = build_snapshot(units, states, machines, started, old)
+        self._quiet = new.same_poll(old)
+        self.snapshot = new
+        self._units, self._states, self._machines = units, states, machines
         self.last_error = None
         self.seen_at = wall
         recovered, self.loss = self.loss is not None, None
@@ -490,12 +703,15 @@ class FleetInformer:
             log.info("fleet answers again: reconciling resumes")
         first = not self.synced.is_set() or recovered
         self.synced.set()
-        keys = set(new.owners) | set(old.owners) if first else changed_owners(old, new)
+        if first:
+            keys = set(new.owners) | set(old.owners)
+        else:
+            keys = set() if new.same_poll(old) else changed_owners(old, new)
         met = [key for key, since in self._expecting.items() if since <= started]
         for key in met:
             del self._expecting[key]
         keys.update(met)
-        machines_changed = first or old.machines != new.machines
+        machines_changed = first or (old.machines is not new.machines and old.machines != new.machines)
         if keys or machines_changed:
             try:
                 self._on_change(keys, machines_changed)
@@ -503,7 +719,7 @@ class FleetInformer:
                 log.exception("handling a change of fleet failed (%d owners)", len(keys))
 
 
-async def follow(cache: PrefixCache) -> None:
+async def follow(cache: PrefixCache | SharedPrefixCache) -> None:
     """Run a cache for ever: ``list_watch`` rides out etcd restarts; anything else is retried
     (cancellation alone ends it)."""
     while True:

@@ -89,12 +89,17 @@ class ObservationWriter:
         written: tuple[object, ...] | None = None
         last = float("-inf")
         while True:
-            record = self._record()
-            fleet = record.fleet
-            state = (fleet.reachable, fleet.lost_since, fleet.endpoint, bool(fleet.last_seen))
+            loss = self.fleet.loss
+            # what the record says, told without building it (that is done only to write it)
+            state = (
+                loss is None,
+                loss.since if loss is not None else None,
+                self.fleet.client.endpoint,
+                self.fleet.seen_at is not None,
+            )
             if state != written or (self.heartbeat > 0 and time.monotonic() - last >= self.heartbeat):
                 try:
-                    body = record.model_dump_json(by_alias=True).encode()
+                    body = self._record().model_dump_json(by_alias=True).encode()
                     await self.etcd.put(self.key, body, fence=self.fence())
                     written, last = state, time.monotonic()
                 except NotLeader:
