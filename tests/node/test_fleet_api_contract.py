@@ -513,6 +513,28 @@ async def test_patch_empty_list(node: Node) -> None:
 # -- state, scheduling, global units -----------------------------------------------------------------
 
 
+async def test_a_unit_kept_off_every_machine_is_placed_once_its_conflict_goes(node: Node) -> None:
+    """A global unit conflicting with a plain one keeps it unscheduled; deleting the global unit
+    (the cluster is plain again) places it: the pass after that is a full one."""
+    blocker = [*SLEEP, UnitOption("X-Fleet", "Global", "true"), UnitOption("X-Fleet", "Conflicts", "b*")]
+    await node.client.create_unit("a.service", blocker, "launched")
+    await node.client.create_unit("b.service", SLEEP, "launched")
+
+    async def blocked() -> bool:
+        return len(await node.client.list_states(unit_name="a.service")) == 3
+
+    await eventually(blocked)
+    unit = await node.client.get_unit("b.service")
+    assert unit is not None and unit.machine_id is None
+    await node.client.destroy_unit("a.service")
+
+    async def placed() -> Any:
+        unit = await node.client.get_unit("b.service")
+        return unit is not None and unit.machine_id
+
+    await eventually(placed)
+
+
 async def test_launched_unit_state_and_hash(node: Node) -> None:
     await node.client.create_unit("hello.service", HELLO, "launched")
 

@@ -356,7 +356,9 @@ class Engine:
         # Written after the agents are told (the same pass-to-agent order as before: they wait a
         # pace), in threads: the API keeps answering while the files are synced.
         await self.registry.store_units(to_save)
-        self._scheduled_on = machines
+        # Only a pass that saw no unit with requirements lets the next place just the changed ones:
+        # once the last such unit goes, units it kept off machines are placed by a full pass.
+        self._scheduled_on = None if self._not_plain else machines
 
     def _decide(self, machines: list[SchedMachine], changes: set[str] | None) -> Schedule:
         """The schedule after ``changes`` (None: any unit may have changed). While every unit is plain
