@@ -14,13 +14,13 @@ from fleetop.controller.proxies.status import (
     describe_invalid,
     describe_unlaunched,
     invalid_status,
-    launched_instances,
     network_rules,
     published_hash,
     registration_names,
     summarize_agents,
 )
 from fleetop.controller.runtime.executor import same_json, status_bytes
+from fleetop.controller.world import launched_instances
 from fleetop.discovery.resolve import Resolution
 from fleetop.etcd.model import KeyValue
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig

@@ -25,7 +25,7 @@ from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
-from fleetop.models import ProxyStatus, PublishedConfig
+from fleetop.models import ProxyStatus, PublishedConfig, ServiceStatus
 from waiting import eventually
 
 PREFIX = f"/t/regfollow-{os.getpid()}"
@@ -121,6 +121,15 @@ async def test_a_destroyed_instance_s_registration_never_reaches_the_config(
 
         status = await eventually(reported, 30, "the proxy to report 2 skipped registrations")
         assert status.backends == {service: 1}
+
+        async def service_backends() -> list[str] | None:
+            raw = await etcd.get(KEYS.status("services", service))
+            found = ServiceStatus.model_validate_json(raw.value) if raw is not None else None
+            addresses = [b.address for b in found.backends] if found is not None else []
+            return addresses if addresses == [kept] else None
+
+        # the service's own status lists the same backends: the stale keys are no instance it runs
+        await eventually(service_backends, 30, f"the service's status to list only {kept}")
         assert await published(etcd, proxy) == {kept}, "a registration of an instance not run was published"
         events, _ = await etcd.list(KEYS.events("proxies", proxy))
         bodies = [json.loads(kv.value) for kv in events]

@@ -108,6 +108,17 @@ class FleetIndex:
         return [s for u in units for s in self.states.get(u.name, ())]
 
 
+def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The instances of ``service`` whose main unit (``<service>@<instance>.service``) is among
+    ``units`` (``(name, desiredState)`` of the units fleet holds for it) with desiredState launched."""
+    found = set()
+    for name, desired_state in units:
+        prefix, _, rest = name.partition("@")
+        if prefix == service and rest.endswith(".service") and desired_state == "launched":
+            found.add(rest.removesuffix(".service"))
+    return frozenset(found)
+
+
 # -- actions ---------------------------------------------------------------------------------------
 
 

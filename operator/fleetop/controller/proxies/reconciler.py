@@ -62,7 +62,6 @@ from fleetop.controller.proxies.status import (
     describe_invalid,
     describe_unlaunched,
     invalid_status,
-    launched_instances,
     network_rules,
     published_hash,
     summarize_agents,
@@ -72,6 +71,7 @@ from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import Executor
 from fleetop.controller.runtime.informers import CONVERGING_POLL, SYNC_WAIT, Informers
 from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
+from fleetop.controller.world import launched_instances
 from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import NameTaken, RenderError, TemporaryError
 from fleetop.keys import Keys

@@ -89,17 +89,6 @@ def _distinct(regs: Sequence[Registration]) -> int:
     return len({(r.host, r.port) for r in regs})
 
 
-def launched_instances(service: str, units: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """The instances of ``service`` whose main unit (``<service>@<instance>.service``) is among
-    ``units`` (``(name, desiredState)`` of the units fleet holds for it) with desiredState launched."""
-    found = set()
-    for name, desired_state in units:
-        prefix, _, rest = name.partition("@")
-        if prefix == service and rest.endswith(".service") and desired_state == "launched":
-            found.add(rest.removesuffix(".service"))
-    return frozenset(found)
-
-
 class RegistrationSource(Protocol):
     """Where a service's registrations are read: the operator's cache of its prefix."""
 
@@ -302,7 +291,8 @@ def collect_backends(
     """``service -> (prefix, [(key, value)])`` → registrations of the keys directly under the prefix.
 
     ``launched`` maps each service whose instances register through fleetop's sidekick to the
-    instances the operator runs (:func:`launched_instances`); other services' keys are all trusted.
+    instances the operator runs (:func:`~fleetop.controller.world.launched_instances`); other
+    services' keys are all trusted.
     ``destinations`` turns names into their addresses and refuses what lies outside the allowed
     networks: an unresolvable name or a forbidden address is skipped and reported like a value that
     does not parse, and every other backend still renders.

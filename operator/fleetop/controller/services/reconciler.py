@@ -59,8 +59,8 @@ from fleetop.controller.services.limits import (
 from fleetop.controller.services.memory import BackoffPolicy, PlanMemory, Seen
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.report import memory_from_status
-from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
-from fleetop.controller.world import Transition
+from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings, needs_sidekick
+from fleetop.controller.world import Transition, launched_instances
 from fleetop.discovery.addresses import Registration, registrations_under
 from fleetop.errors import NameTaken, SpecInvalid, TemporaryError
 from fleetop.fleet.units import unit_hash
@@ -92,16 +92,21 @@ def seed_memory(status: ServiceStatus | None, snapshot: FleetSnapshot) -> PlanMe
 
 
 def registrations_of(
-    items: Sequence[tuple[str, bytes]], prefix: str
+    items: Sequence[tuple[str, bytes]], prefix: str, launched: frozenset[str] | None = None
 ) -> tuple[dict[str, bool], list[Backend], int]:
-    """(instance -> registered, backends, invalid count) from the keys directly under ``prefix``."""
+    """(instance -> registered, backends, invalid count) from the keys directly under ``prefix``.
+
+    ``launched``: for a service whose instances register through fleetop's sidekick, the instances
+    fleet holds as launched. A registration of any other instance (a lost delete, a lease etcd
+    restored, a hand-written key) is no backend, as the proxies leave it out of their configs."""
     registered: dict[str, bool] = {}
     backends: list[Backend] = []
     invalid = 0
     for instance, parsed in registrations_under(prefix, items):
         if isinstance(parsed, Registration):
             registered[instance] = True
-            backends.append(Backend(key=parsed.key, address=parsed.address))
+            if launched is None or instance in launched:
+                backends.append(Backend(key=parsed.key, address=parsed.address))
         else:
             invalid += 1
     return registered, backends, invalid
@@ -170,7 +175,11 @@ class ServiceReconciler:
         if spec is not None and cache is None:
             return SYNC_WAIT
         items = [(kv.key, kv.value) for kv in cache.under(prefix)] if cache is not None else []
-        registered, backends, invalid = registrations_of(items, prefix)
+        launched = None
+        if spec is not None and needs_sidekick(spec):
+            owned = snapshot.index.owned_by(f"services/{name}")
+            launched = launched_instances(name, ((u.name, u.desired_state) for u in owned))
+        registered, backends, invalid = registrations_of(items, prefix, launched)
         memory = self.memory.get(name) or seed_memory(stored, snapshot)
         now = self.clock()
         generation = entry.mod_revision if entry is not None else 0
