@@ -32,8 +32,11 @@ def render_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, width
     tested against."""
     rows = [list(row) for row in rows]
     plain = plain_table(columns, rows, width=width)
-    if plain is not None:
-        return plain
+    return plain if plain is not None else rich_table(columns, rows, width=width)
+
+
+def rich_table(columns: Sequence[str], rows: Iterable[Sequence[str]], *, width: int = 200) -> str:
+    """The table laid out by rich (cells folded to fit ``width``, markup read): the reference layout."""
     from rich.console import Console
     from rich.table import Table
 
