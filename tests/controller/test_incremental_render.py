@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+from collections import deque
 from typing import Any, cast
 
 import pytest
@@ -178,7 +179,7 @@ def test_the_render_hash_given_to_the_encoder_is_the_body_hash() -> None:
 def test_a_caches_burst_is_kept_until_a_change_arrives() -> None:
     cache = PrefixCache(cast(Etcd, None), "/services/a/", lambda changed: None)
     assert cache.burst(0.05) is None
-    cache.arrivals.extend([10.0, 10.01])
+    cache.arrivals = deque([10.0, 10.01], maxlen=ARRIVALS_KEPT)  # as the first change makes it
     assert cache.burst(0.05) == (10.01, 10.0)
     assert cache.burst(0.001) == (10.01, 10.01)  # another gap: answered again
     cache.arrivals.append(10.02)
@@ -209,8 +210,8 @@ def test_registration_caches_are_synced_only_while_every_wanted_prefix_is() -> N
     assert caches.synced
 
     async def stop_c() -> None:
-        caches._tasks["/services/c/"] = asyncio.create_task(asyncio.sleep(10))
-        await caches._stop(["/services/c/"])
+        caches._tasks["alone", "/services/c/"] = asyncio.create_task(asyncio.sleep(10))
+        await caches._stop([("alone", "/services/c/")])
 
     asyncio.run(stop_c())
     caches.want(["/services/a/", "/services/b/", "/services/c/"])  # the same set: no new object

@@ -311,10 +311,11 @@ class ServiceReconciler:
             }
         )
         ref = ObjectRef("services", name)
-        await self.executor.write_status(ref, status, self.informers.statuses)
+        # the event first: whoever sees the status refused finds the Warning that explains it
         if self._invalid_reported.get(name) != (generation, reason):
-            self._invalid_reported[name] = (generation, reason)
             await self.executor.record(ref, reason, event or message, warning=True)
+            self._invalid_reported[name] = (generation, reason)  # recorded: not again for this pair
+        await self.executor.write_status(ref, status, self.informers.statuses)
         return None
 
     def _track_lag(self, name: str, status: ServiceStatus | None, acted: bool, now: float) -> None:
