@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from fleetop.config import EtcdSettings
 from fleetop.etcd.client import Etcd
+from fleetop.etcd.model import KeyValue
 from fleetop.fleet.client import FleetClient
 from fleetop.fleet.model import Unit, UnitState
 from fleetop.fleet.ownership import owned_by
@@ -242,3 +243,23 @@ def http_service(replicas: int, base: int) -> bytes:
 def spec(replicas: int, exec_start: str = "/bin/sleep 1000", **extra: Any) -> bytes:
     body: dict[str, Any] = {"replicas": replicas, "unit": {"execStart": exec_start}, **extra}
     return json.dumps(body).encode()
+
+
+class FakeCache:
+    """A registration cache: its keys and a revision that moves with every write; counts reads."""
+
+    def __init__(self, values: dict[str, bytes] | None = None) -> None:
+        self.values = dict(values or {})
+        self.revision = 1
+        self.reads = 0
+
+    def write(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = value
+        self.revision += 1
+
+    def under(self, prefix: str) -> list[KeyValue]:
+        self.reads += 1
+        return [KeyValue(k, v, 1, 1, 1, 0) for k, v in sorted(self.values.items()) if k.startswith(prefix)]

@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any, cast
 
 import pytest
+from ophelpers import FakeCache
 
 from fleetop.controller.proxies.status import (
     BackendCollector,
@@ -22,31 +23,12 @@ from fleetop.controller.proxies.status import (
 )
 from fleetop.controller.runtime.informers import ARRIVALS_KEPT, PrefixCache, RegistrationCaches
 from fleetop.etcd.client import Etcd
-from fleetop.etcd.model import KeyValue
 from fleetop.models import ProxySpec
 from fleetop.proxy.published import decode_published, encode_published
 from fleetop.proxy.render import FragmentRenderer, RenderPaths, paused_gc, render, routed_services
 
 PATHS = RenderPaths("/var/lib/fleetop/proxies/edge")
 LOOPBACK = network_rules(("127.0.0.0/8",))
-
-
-class Cache:
-    """One registration prefix's cache: its revision moves on every write, as the informers' do."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-        self.revision = 1
-
-    def write(self, key: str, value: bytes | None) -> None:
-        if value is None:
-            self.values.pop(key, None)
-        else:
-            self.values[key] = value
-        self.revision += 1
-
-    def under(self, prefix: str) -> list[KeyValue]:
-        return [KeyValue(k, v, 1, 1, 1, 0) for k, v in sorted(self.values.items()) if k.startswith(prefix)]
 
 
 def spec_of(kind: str, services: list[str], *, handler: bool) -> ProxySpec:
@@ -61,7 +43,7 @@ def spec_of(kind: str, services: list[str], *, handler: bool) -> ProxySpec:
 def test_incremental_passes_equal_the_full_render_after_every_change(kind: str) -> None:
     rng = random.Random(3)
     names = [f"s{n:02d}" for n in range(24)]
-    caches = {name: Cache() for name in names}
+    caches = {name: FakeCache() for name in names}
     routed = names[:16]
     handler = True
     collector, renderer = BackendCollector(), FragmentRenderer()
@@ -111,7 +93,7 @@ def test_incremental_passes_equal_the_full_render_after_every_change(kind: str) 
 
 
 def test_an_unchanged_service_is_handed_out_as_the_same_tuple_and_rendered_from_the_cache() -> None:
-    caches = {name: Cache() for name in ("a", "b", "c")}
+    caches = {name: FakeCache() for name in ("a", "b", "c")}
     for n, cache in enumerate(caches.values()):
         cache.write("/services/x/1", f"127.0.0.{n + 1}:80".encode())
     sources: dict[str, tuple[str, RegistrationSource | None]] = {
@@ -135,7 +117,7 @@ def test_an_unchanged_service_is_handed_out_as_the_same_tuple_and_rendered_from_
 def test_a_list_changed_in_place_is_rendered_again() -> None:
     """Identity stands for "unchanged" only for tuples: a caller's list may have been changed."""
     spec = spec_of("nginx", ["a", "b"], handler=False)
-    cache = Cache()
+    cache = FakeCache()
     cache.write("/services/a/1", b"127.0.0.1:80")
     backends = collect_backends({"a": ("/services/a/", [(kv.key, kv.value) for kv in cache.under("")])})
     valid = {"a": list(backends.valid["a"]), "b": []}
@@ -219,7 +201,7 @@ def test_registration_caches_are_synced_only_while_every_wanted_prefix_is() -> N
 
 
 def test_collect_reads_the_caches_again_unless_names_just_read_them() -> None:
-    cache = Cache()
+    cache = FakeCache()
     cache.write("/services/a/1", b"127.0.0.1:80")
     sources: dict[str, tuple[str, RegistrationSource | None]] = {"a": ("/services/a/", cache)}
     collector = BackendCollector()

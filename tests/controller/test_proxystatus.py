@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ophelpers import FakeCache
+
 from fleetop.controller.proxies.status import (
     AgentSummary,
     BackendCollector,
@@ -22,7 +24,6 @@ from fleetop.controller.proxies.status import (
 from fleetop.controller.runtime.executor import same_json, status_bytes
 from fleetop.controller.world import launched_instances
 from fleetop.discovery.resolve import Resolution
-from fleetop.etcd.model import KeyValue
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
 from fleetop.models.networks import contains, parse_networks
 
@@ -241,26 +242,6 @@ def test_an_agent_that_dropped_a_backend_serves_the_newest_config_and_degrades_t
     conditions = {c.type: (c.status, c.reason) for c in status.conditions}
     assert conditions["Available"] == ("True", "AgentsOnNewest")
     assert conditions["Degraded"] == ("True", "AgentFailed")
-
-
-class FakeCache:
-    """A registration cache: its keys and a revision that moves with every write; counts reads."""
-
-    def __init__(self, values: dict[str, bytes]) -> None:
-        self.values = dict(values)
-        self.revision = 1
-        self.reads = 0
-
-    def write(self, key: str, value: bytes | None) -> None:
-        if value is None:
-            self.values.pop(key, None)
-        else:
-            self.values[key] = value
-        self.revision += 1
-
-    def under(self, prefix: str) -> list[KeyValue]:
-        self.reads += 1
-        return [KeyValue(k, v, 1, 1, 1, 0) for k, v in sorted(self.values.items()) if k.startswith(prefix)]
 
 
 def _sources(caches: dict[str, FakeCache]) -> dict[str, tuple[str, RegistrationSource | None]]:

@@ -64,6 +64,14 @@ ChangeHandler = Callable[[set[str]], None]
 ARRIVALS_KEPT = 256
 
 
+async def _list_watch_into(etcd: Etcd, prefix: str, feed: Callable[[Snapshot | Events], None]) -> None:
+    """Feed ``prefix``'s snapshot, then its watch batches, to ``feed`` until cancelled."""
+    stream = etcd.list_watch(prefix)
+    async with contextlib.aclosing(stream):
+        async for update in stream:
+            feed(update)
+
+
 class PrefixCache:
     """``key -> KeyValue`` for everything under ``prefix``, kept current by list + watch."""
 
@@ -82,10 +90,7 @@ class PrefixCache:
 
     async def run(self) -> None:
         """Follow the prefix until cancelled. The first snapshot marks the cache synced."""
-        stream = self.etcd.list_watch(self.prefix)
-        async with contextlib.aclosing(stream):
-            async for update in stream:
-                self.feed(update)
+        await _list_watch_into(self.etcd, self.prefix, self.feed)
 
     def feed(self, update: Snapshot | Events) -> None:
         """Apply one snapshot or batch (from this cache's own watch or a shared one) and report it."""
@@ -219,10 +224,7 @@ class SharedPrefixCache:
 
     async def run(self) -> None:
         """Follow the parent until cancelled."""
-        stream = self.etcd.list_watch(self.prefix)
-        async with contextlib.aclosing(stream):
-            async for update in stream:
-                self.feed(update)
+        await _list_watch_into(self.etcd, self.prefix, self.feed)
 
     def feed(self, update: Snapshot | Events) -> None:
         if isinstance(update, Snapshot):
