@@ -228,3 +228,28 @@ def test_the_agent_refuses_to_start_with_a_missing_or_bad_policy(tmp_path: Path)
             [*argv, "--endpoints", "127.0.0.1:1"], capture_output=True, text=True, timeout=60, check=False
         )
         assert done.returncode == 2 and str(policy) in done.stderr
+
+
+def test_paths_sharing_a_directory_are_resolved_like_realpath(tmp_path: Path) -> None:
+    """The config, pid file and admin socket usually share the runtime directory, which one check
+    resolves once; a last component that is a symlink still counts where it points."""
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (runtime / "admin.sock").symlink_to(outside / "admin.sock")
+    (tmp_path / "link").symlink_to(runtime)
+    body = (
+        "global\n"
+        f"    pidfile {tmp_path / 'link' / 'haproxy.pid'}\n"
+        f"    stats socket {runtime / 'admin.sock'} mode 600 level admin\n"
+    )
+    cfg = PublishedConfig(hash="h" * 64, generation=1, kind="haproxy", body=body)
+    policy = AgentPolicy().with_dirs([runtime])
+    refused = policy.refusal(cfg, runtime / "haproxy.cfg")
+    assert refused is not None and "the admin socket" in refused, refused
+    assert "configPath" not in refused and "pid file" not in refused, refused
+
+    safe = cfg.model_copy(update={"body": body.replace("admin.sock", "own.sock")})
+    assert policy.refusal(safe, tmp_path / "link" / "haproxy.cfg") is None
+    assert policy.refusal(safe, runtime / ".." / "outside" / "haproxy.cfg") is not None

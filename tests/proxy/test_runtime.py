@@ -29,7 +29,7 @@ from fleetop.local.etcdserver import free_port
 from fleetop.models import AgentStatus, PublishedConfig
 from fleetop.proxy.agent import AgentSettings, ProxyAgent
 from fleetop.proxy.apply import start_proxy
-from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError
+from fleetop.proxy.haproxy_runtime import RuntimeAPI, RuntimeAPIError, newest_worker
 from fleetop.proxy.haproxy_servers import Command, mismatch, parse_config
 from fleetop.proxy.policy import AgentPolicy, AllowedCommand
 from fleetop.proxy.render import RenderPaths
@@ -511,6 +511,44 @@ async def test_servers_changed_behind_the_agents_back_are_planned_again_from_hap
         status = await change_servers(etcd, site, [a, b, c])  # a made ready again, c added
         assert status.reloads == 1 and status.runtime_fallbacks == 0
         assert any("reading it again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_worker_started_behind_the_agents_back_gets_the_change_planned_again(
+    etcd: Etcd, site: Site, pool: list[Registration], caplog: pytest.LogCaptureFixture
+) -> None:
+    """HAProxy reloaded by someone else between two changes: the change planned from memory is sent
+    first (the newest-worker check comes after the commands, off the path to the first request),
+    then that check finds the new worker, whose servers are read and planned again, at runtime."""
+    a, b, c = pool
+    caplog.set_level(logging.INFO, logger="fleetop.proxy.haproxy_runtime")
+    async with running_agent(etcd, site, RecordingAPI):
+        first = site.config([a])
+        await publish(etcd, first)
+        await applied(etcd, first)
+        await change_servers(etcd, site, [a, b])
+
+        master = int(Path(site.paths.pid_file).read_text().split()[0])
+        before = newest_worker(master)
+        os.kill(master, signal.SIGUSR2)
+        api = RuntimeAPI(Path(site.paths.stats_socket))
+
+        async def new_worker_answers() -> bool:
+            newest = newest_worker(master)
+            if newest is None or newest == before:
+                return False
+            with contextlib.suppress(RuntimeAPIError):
+                return f"Pid: {newest}\n" in await api.send("show info")
+            return False
+
+        await eventually(new_worker_answers, 30, "the reloaded HAProxy's new worker answering", every=0.02)
+        RecordingAPI.sent.clear()
+        status = await change_servers(etcd, site, [a, b, c])
+        assert status.reloads == 1 and status.runtime_fallbacks == 0 and status.runtime_applies == 2
+        sent = [line for line in RecordingAPI.sent if not line.startswith("del server")]
+        target = f"svc_web/{c.address}"
+        assert sent[0] == f"add server {target} {c.address}; enable server {target}", sent
+        assert "show info" in sent[1:], sent
+        assert any("a new HAProxy worker answers" in r.getMessage() for r in caplog.records)
 
 
 class BlindAPI(RuntimeAPI):

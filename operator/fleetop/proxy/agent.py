@@ -203,7 +203,8 @@ class ProxyAgent:
     async def _apply(self, cfg: PublishedConfig) -> bool:
         settings, raw = self.settings, self._latest
         target = settings.target(cfg)
-        refused = settings.allowed().refusal(cfg, target)
+        allowed = settings.allowed()
+        refused = allowed.refusal(cfg, target)
         if refused is not None:  # nothing runs, nothing is written: the old config keeps serving
             log.error("proxy %s: config %s: %s", settings.proxy, cfg.hash[:12], refused)
             self._given_up = cfg.hash
@@ -213,7 +214,7 @@ class ProxyAgent:
         loaded, self._loaded = self._loaded, None  # unknown until this apply is over
         check = self._check_for(cfg, target)
         try:
-            _ensure_runtime_dir(cfg, settings.allowed())
+            _ensure_runtime_dir(cfg, allowed)
             result, dropped = await apply_dropping_backends(
                 cfg,
                 target,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from fleetop.proxy.haproxy_servers import (
 log = logging.getLogger(__name__)
 
 _STATS_SOCKET_RE = re.compile(r"^\s*stats\s+socket\s+(/\S+)\s+(.*)$", re.MULTILINE)
-_ANSWER_LIMIT = 1 << 20
+_READ_SIZE = 1 << 16
 DRAIN_TIMEOUT = 60.0
 WORKER_WAIT = 5.0
 DELETED = "Server deleted."
@@ -89,16 +90,19 @@ class RuntimeAPI:
         return await self.send_line(command)
 
     async def send_line(self, line: str) -> str:
-        """Send a line whose commands were checked (:meth:`send`, :meth:`run_chain`); the answer."""
+        """Send a line whose commands were checked (:meth:`send`, :meth:`run_chain`); the answer.
+
+        On the loop's socket calls rather than a stream transport: a command is one short write and
+        an answer read until EOF, and the transport's set-up and callbacks cost more loop turns than
+        the round trip itself (the add of a new server waits for them)."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_unix_connection(str(self.path), limit=_ANSWER_LIMIT)
-                try:
-                    writer.write(line.encode("ascii") + b"\n")
-                    await writer.drain()
-                    answer = await reader.read(-1)
-                finally:
-                    writer.close()
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, str(self.path))
+                    await loop.sock_sendall(sock, line.encode("ascii") + b"\n")
+                    answer = await _read_to_eof(loop, sock)
         except TimeoutError:
             raise UnreachableError(
                 f"{line!r}: no answer from {self.path} within {self.timeout:g} s"
@@ -140,6 +144,15 @@ class RuntimeAPI:
             raise RuntimeAPIError(str(exc)) from None
 
 
+async def _read_to_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """Everything ``sock`` sends until HAProxy closes it (a ``show servers state`` of 10,000 servers
+    is over a megabyte)."""
+    chunks: list[bytes] = []
+    while chunk := await loop.sock_recv(sock, _READ_SIZE):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def newest_worker(master: int) -> int | None:
     """The most recently started child of an HAProxy master (its current worker; older ones are
     finishing their connections after a reload); None when /proc cannot tell or it has none."""
@@ -167,7 +180,9 @@ class ServerRuntime:
     ``apply`` and ``drain`` take turns (one lock), so a server being deleted is never the one a new
     config just made ready again. Right after a reload the old worker may still answer on the admin
     socket for a moment (the master stops it once the new one is ready), so with the master's
-    ``pid_file`` each apply first waits until ``show info`` names the newest worker."""
+    ``pid_file`` an apply waits until ``show info`` names the newest worker: before it reads the
+    servers, and after the commands of a change planned from memory (where the check is off the
+    path to the first request; a newer worker found then is read and planned for again)."""
 
     def __init__(
         self, api: RuntimeAPI, *, pid_file: Path | None = None, drain_timeout: float = DRAIN_TIMEOUT
@@ -195,16 +210,24 @@ class ServerRuntime:
         """Make the backends named in ``desired`` hold exactly its servers, and verify them with
         ``show servers state``; the number of commands sent. Other backends are left alone."""
         async with self._lock:
-            await self._newest_worker_answers()
             if not all(backend in self.known for backend in desired):
+                await self._newest_worker_answers()
                 return await self._apply(desired, await self._read(desired))
             try:
-                return await self._apply(desired, {b: dict(self.known[b]) for b in desired})
+                sent = await self._apply(desired, {b: dict(self.known[b]) for b in desired})
             except UnreachableError:
                 raise
             except RuntimeAPIError as exc:  # HAProxy holds something else than remembered
                 log.info("runtime plan from the last verified state failed (%s): reading it again", exc)
+                await self._newest_worker_answers()
                 return await self._apply(desired, await self._read(desired))
+            # Asked after the commands, off the path to the first request: a worker that took over since
+            # the memory was verified (a reload by someone else) holds its file's servers, and one
+            # that is stopping may have taken the commands; either way, plan again for the newest.
+            if await self._newest_worker_answers():
+                log.info("a new HAProxy worker answers: its servers are read and planned again")
+                return await self._apply(desired, await self._read(desired))
+            return sent
 
     async def _read(self, desired: Mapping[str, Mapping[str, Server]]) -> dict[str, dict[str, LiveServer]]:
         live: dict[str, dict[str, LiveServer]] = {}
@@ -231,21 +254,23 @@ class ServerRuntime:
             self.known[backend] = after.get(backend, {})
         return len(plan.commands)
 
-    async def _newest_worker_answers(self) -> None:
+    async def _newest_worker_answers(self) -> bool:
+        """Wait until the master's newest worker answers the admin socket; True when that is another
+        worker than the one last seen (what was known of the servers is then forgotten)."""
         master = _master_pid(self.pid_file) if self.pid_file is not None else None
         if master is None:
-            return  # no pid file (not master-worker): one process answers
+            return False  # no pid file (not master-worker): one process answers
         deadline = self._now() + WORKER_WAIT
         while True:
             newest = newest_worker(master)
             if newest is None or newest == self._worker:
-                return
+                return False
             answer = await self.api.send("show info")
             pid = next((line.split()[1] for line in answer.splitlines() if line.startswith("Pid:")), "")
             if pid == str(newest):
                 self._worker = newest
                 self.known.clear()  # a new worker holds the servers of its file
-                return
+                return True
             if self._now() > deadline:
                 raise RuntimeAPIError(
                     f"the admin socket is answered by pid {pid or '?'}, not the newest worker {newest}"

@@ -85,28 +85,30 @@ class AgentPolicy:
             return None
         return f"{what} {argv!r} is not an allowed command"
 
-    def path_problem(self, path: Path, what: str) -> str | None:
-        """Why the agent may not write (or create) ``path``, or None when it lies in an allowed dir."""
-        real = _real(path)
+    def path_problem(self, path: Path, what: str, resolved: dict[str, str] | None = None) -> str | None:
+        """Why the agent may not write (or create) ``path``, or None when it lies in an allowed dir.
+        ``resolved``: directories already resolved in this check (see :func:`_real`)."""
+        real = _real(path, resolved)
         if any(real == d or d in real.parents for d in self.config_dirs):
             return None
         return f"{what} {str(path)!r} is outside the allowed config directories"
 
     def refusal(self, cfg: PublishedConfig, target: Path) -> str | None:
         """Everything wrong with applying ``cfg`` at ``target`` here, or None when it may be applied."""
+        resolved: dict[str, str] = {}  # the config, pid file and socket usually share a directory
         problems = [
             self.command_problem(cfg.check_cmd, "checkCmd"),
             self.command_problem(cfg.reload_cmd, "reloadCmd"),
-            self.path_problem(target, "configPath"),
+            self.path_problem(target, "configPath", resolved),
         ]
         pid_file = pid_file_of(cfg.kind, cfg.body)
         if pid_file is not None and cfg.reload_cmd is None:
             # the built-in reload signals the pid read from this file: it must be the proxy's own
-            problems.append(self.path_problem(pid_file, "the pid file"))
+            problems.append(self.path_problem(pid_file, "the pid file", resolved))
         socket = admin_socket_of(cfg.body) if cfg.kind == "haproxy" else None
         if socket is not None:
             # the agent changes servers over this socket: it must be the proxy's own too
-            problems.append(self.path_problem(socket, "the admin socket"))
+            problems.append(self.path_problem(socket, "the admin socket", resolved))
         found = [p for p in problems if p]
         if not found:
             return None
@@ -117,8 +119,19 @@ class AgentPolicy:
         )
 
 
-def _real(path: Path) -> Path:
-    return Path(os.path.realpath(path))
+def _real(path: Path, resolved: dict[str, str] | None = None) -> Path:
+    """``realpath(path)``. With ``resolved`` (directory → its realpath, filled here), a path whose
+    last component is a plain name and no symlink is its directory's realpath joined with that name,
+    which is what ``realpath`` gives, at one ``lstat`` when the directory was resolved before in the
+    same check (``realpath`` costs one per component)."""
+    text = os.fspath(path)
+    head, name = os.path.split(text)
+    if resolved is None or not head or name in ("", ".", "..") or os.path.islink(text):
+        return Path(os.path.realpath(text))
+    parent = resolved.get(head)
+    if parent is None:
+        parent = resolved[head] = os.path.realpath(head)
+    return Path(os.path.join(parent, name))
 
 
 def _argv(value: Any, where: str) -> tuple[str, ...]:

@@ -840,10 +840,16 @@ class Informers:
         self.registrations.want(owners)
 
     def _registrations_changed(self, prefix: str, changed: set[str]) -> None:
-        for service in self._prefix_owners.get(prefix, ()):
-            self.enqueue(f"services/{service}")
+        # The proxies first: their published configs are what traffic waits for, while a service's
+        # pass only reports its backends. Passes take turns on one loop until they wait for etcd, so
+        # a service queued first would hold the proxy's pass for its own, and its status write would
+        # reach etcd ahead of the config.
+        services = self._prefix_owners.get(prefix, ())
+        for service in services:
             for proxy in self._routes.get(service, ()):
                 self.enqueue(f"proxies/{proxy}")
+        for service in services:
+            self.enqueue(f"services/{service}")
 
     def _fleet_changed(self, owners: set[str], machines_changed: bool) -> None:
         for key in sorted(owners):
