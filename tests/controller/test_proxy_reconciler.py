@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from fleetop.cli import lightdescribe
 from fleetop.config import EtcdSettings
 from fleetop.controller.proxies.cache import ProxyCaches
 from fleetop.controller.proxies.reconciler import ProxyReconciler
@@ -120,6 +121,10 @@ async def test_the_status_names_the_spec_judged_valid_by_its_hash(world: World) 
         await reconciler.reconcile(name)
         status = await world.status(kind, name)
         assert status is not None and status.spec_hash == await judged_hash(world, kind, name), kind
+        raw = await world.etcd.get(KEYS.status(kind, name))
+        assert raw is not None
+        light = lightdescribe.ServiceStatus if kind == "services" else lightdescribe.ProxyStatus
+        assert light(json.loads(raw.value)).spec_hash == status.spec_hash  # the CLI reads it whole
         await world.put(kind, name, {"replicas": -1})
         await eventually(
             lambda k=kind, n=name: world.informers.entries[k][n].error is not None, 10.0, "the change seen"
