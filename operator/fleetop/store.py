@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from fleetop.errors import NameTaken, NotFound, SpecInvalid
 from fleetop.etcd.model import KeyValue
-from fleetop.keys import Keys
+from fleetop.keys import KIND_NAMES, Keys
 from fleetop.models import (
     Event,
     ProxySpec,
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 Kind = Literal["services", "proxies"]
 Spec = ServiceSpec | ProxySpec
 Status = ServiceStatus | ProxyStatus
-KIND_NAMES: dict[Kind, str] = {"services": "Service", "proxies": "Proxy"}
 
 
 def kind_of(spec: Spec) -> Kind:
