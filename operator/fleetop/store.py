@@ -27,26 +27,33 @@ from pydantic import BaseModel, ValidationError
 from fleetop.errors import NameTaken, NotFound, SpecInvalid
 from fleetop.etcd.model import KeyValue
 from fleetop.keys import Keys
-from fleetop.models import (
-    Event,
-    ProxySpec,
-    ProxyStatus,
-    ServiceSpec,
-    ServiceStatus,
+from fleetop.models.base import shown
+from fleetop.models.parse import (
+    decode_json,
+    encode_document,
+    encode_spec,
     parse_proxy,
     parse_service,
+    validation_errors,
 )
-from fleetop.models.base import shown
-from fleetop.models.parse import decode_json, encode_document, encode_spec, validation_errors
+from fleetop.models.service import ServiceSpec
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from fleetop.etcd.client import Etcd
+    from fleetop.models.events import Event
+    from fleetop.models.proxy import ProxySpec
+    from fleetop.models.status import ProxyStatus, ServiceStatus
+
+    # the proxy, status and event models are imported where they are read, so that a verb that reads
+    # only service specs (``get services`` of specs no operator judged yet) does not build them
+    Spec: TypeAlias = ServiceSpec | ProxySpec
+    Status: TypeAlias = ServiceStatus | ProxyStatus
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["services", "proxies"]
-Spec = ServiceSpec | ProxySpec
-Status = ServiceStatus | ProxyStatus
 KIND_NAMES: dict[Kind, str] = {"services": "Service", "proxies": "Proxy"}
 
 
@@ -175,6 +182,8 @@ class StoreReader:
 
     @staticmethod
     def _status_entry(kind: Kind, name: str, kv: KeyValue) -> StatusEntry:
+        from fleetop.models.status import ProxyStatus, ServiceStatus
+
         model: type[BaseModel] = ServiceStatus if kind == "services" else ProxyStatus
         try:
             status = model.model_validate(decode_json(kv.value, f"status of {name}"))
@@ -203,6 +212,8 @@ class StoreReader:
         (one of the same name, deleted and declared again) out of the new one's history; a repeated
         event keeps its key, and with it the revision it was first written at.
         """
+        from fleetop.models.events import Event
+
         if name:
             kinds: builtins.list[Kind] = [kind] if kind is not None else list(KIND_ORDER)
             prefixes = [self.keys.events(k, name) for k in kinds]

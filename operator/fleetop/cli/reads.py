@@ -12,7 +12,6 @@ when that reader is unsure; the typer app always reads through them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -57,7 +56,7 @@ def run_kind(resource: str) -> Kind:
     async def resolve() -> Kind:
         return resource_kind(resource)
 
-    return run(resolve)
+    return run(resolve, event_loop=False)
 
 
 def store_reader(reads: KeyReads, keys: Keys) -> StoreReader:
@@ -113,7 +112,7 @@ def get_specs(
                 statuses = await store.statuses(kind)
         return format_get(entries, statuses, fmt, single=name is not None)
 
-    echo(run(body))
+    echo(run(body, event_loop=False))
 
 
 def describe(cli: CliContext, resource: str, name: str) -> None:
@@ -142,6 +141,8 @@ def fleet_endpoint(flag: str | None) -> str:
 async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit], list[UnitState]]:
     """One look at fleet, failing over between the endpoints (each tried once, sequentially, so the
     client stays on the one that answered)."""
+    import asyncio
+
     from fleetop.cli.statusview import Health
     from fleetop.fleet.client import FleetClient, RetryPolicy
     from fleetop.http import Timeouts
@@ -202,6 +203,8 @@ async def gather_etcd(store: StoreReader, report: Report) -> None:
 
 async def gather(cli: CliContext, fleet_flag: str | None, *, light: bool = False) -> Report:
     """What ``status`` shows; ``light``: without the models when it can be (:func:`gather_etcd_light`)."""
+    import asyncio
+
     from fleetop.cli.light import Unsure
     from fleetop.cli.statusview import Health, Report, now_utc
 
