@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
     # only service specs (``get services`` of specs no operator judged yet) does not build them
     Spec: TypeAlias = ServiceSpec | ProxySpec
     Status: TypeAlias = ServiceStatus | ProxyStatus
-
-log = logging.getLogger(__name__)
 
 Kind = Literal["services", "proxies"]
 KIND_NAMES: dict[Kind, str] = {"services": "Service", "proxies": "Proxy"}
@@ -146,7 +143,9 @@ class StoreReader:
         except SpecInvalid as exc:
             error = exc
         except Exception as exc:  # a bug or an exhausted resource: this key is unreadable, not the rest
-            log.exception("reading %r failed", kv.key)
+            import logging  # not imported until needed: the read verbs log nothing
+
+            logging.getLogger(__name__).exception("reading %r failed", kv.key)
             error = SpecInvalid([("$", f"cannot be read: {type(exc).__name__}: {shown(str(exc), 200)}")])
         return Entry(kind, name, kv.key, kv.value, spec, error, kv.create_revision, kv.mod_revision)
 

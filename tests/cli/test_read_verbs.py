@@ -149,7 +149,7 @@ def test_unjudged_service_specs_build_only_the_service_models(
 ) -> None:
     """``get services`` of specs no operator has judged validates them with the models (one shows
     invalid), and builds the service models only: no proxy, status or event model, and no event loop
-    (it reads etcd without one)."""
+    (it reads etcd without one), nor logging."""
     env = {
         "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
         "FLEETOP_PREFIX": etcd_prefix,
@@ -164,7 +164,7 @@ def test_unjudged_service_specs_build_only_the_service_models(
     assert "web   2        -      -           -        Pending" in done.stdout
     loaded = modules(done)
     assert "fleetop.models.service" in loaded
-    absent = ("fleetop.models.proxy", "fleetop.models.status", "fleetop.models.events", "asyncio")
+    absent = ("fleetop.models.proxy", "fleetop.models.status", "fleetop.models.events", "asyncio", "logging")
     assert sorted(m for m in loaded if any(m == a or m.startswith(a + ".") for a in absent)) == []
 
 

@@ -11,7 +11,7 @@ errors, through :class:`~fleetop.etcd.gateway.Gateway` (standard library only), 
 Each request runs in a worker thread, so a verb that gathers from fleet at the same time (``status``)
 still waits for both at once. A verb that only reads etcd (``get``) makes the client ``blocking``
 instead: each request runs where it is awaited and is answered before the await returns, so the
-verb's coroutine never suspends and runs without an event loop (:func:`fleetop.cli.common.run`), and
+verb's coroutine never suspends and runs without an event loop (:func:`fleetop.cli.common.run`):
 asyncio (with ssl, logging and concurrent.futures, about 0.05 s of CPU) is not imported. etcd's
 gateway refuses a client certificate with a CommonName
 (:class:`~fleetop.etcd.gateway.GatewayRefusesCommonName`, raised by :meth:`connect`): the caller then
@@ -21,7 +21,6 @@ reads through the gRPC client instead.
 from __future__ import annotations
 
 import builtins
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,7 +31,6 @@ from fleetop.etcd.gateway import Gateway
 from fleetop.etcd.gateway import KeyValue as GatewayKeyValue
 from fleetop.etcd.model import KeyValue, dial_failure
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DIAL_RETRY = 0.1
@@ -139,6 +137,9 @@ class ReadOnlyEtcd:
                     f"list {prefix}", self._list_at_one_revision, prefix, keys_only, page_size
                 )
             except Compacted:
+                import logging  # not imported until needed: the read verbs log nothing
+
+                log = logging.getLogger(__name__)
                 log.info("list %s: revision compacted between pages, starting over", prefix)
         raise EtcdUnavailable(f"list {prefix}: compaction kept overtaking the read")
 
