@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from fleetop.errors import NameTaken, NotFound, SpecInvalid
 from fleetop.etcd.model import KeyValue
-from fleetop.keys import Keys
+from fleetop.keys import KIND_NAMES, Keys
 from fleetop.models.base import shown
 from fleetop.models.parse import (
     decode_json,
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
     Status: TypeAlias = ServiceStatus | ProxyStatus
 
 Kind = Literal["services", "proxies"]
-KIND_NAMES: dict[Kind, str] = {"services": "Service", "proxies": "Proxy"}
 
 
 def kind_of(spec: Spec) -> Kind:

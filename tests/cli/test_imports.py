@@ -99,9 +99,12 @@ def test_every_public_model_name_is_found_in_its_module() -> None:
 
 
 def test_the_light_read_path_imports_no_models() -> None:
-    """``get`` and ``status`` of specs the operator judged lay out their output without pydantic: the
-    light reader and the formatting import neither the models nor the store (which do)."""
-    code = "import fleetop.cli.light, fleetop.cli.output, fleetop.cli.statusview, fleetop.cli.reads"
+    """``get``, ``status`` and ``describe`` of specs the operator judged lay out their output without
+    pydantic: the light readers and the formatting import neither the models nor the store (which do)."""
+    code = (
+        "import fleetop.cli.light, fleetop.cli.lightdescribe, fleetop.specjson, fleetop.cli.output,"
+        " fleetop.cli.statusview, fleetop.cli.reads"
+    )
     assert heavy_in(imported_after(code), (*HEAVY, "click")) == []
 
 

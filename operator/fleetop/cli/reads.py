@@ -5,9 +5,10 @@ typer and click cost about as much to import and to build an app as the whole re
 ``--version`` itself. Only the plain forms are read here (:func:`parse_read_verb`); anything else
 (``--help``, an option this module does not know, a bad value, ``status --watch``, ``get units``) goes
 to the typer app, which prints its usual help and errors. Both ways run the same functions below, so
-they print the same. The plain ``get`` table and ``status`` screen first try to read without the
-models (:mod:`fleetop.cli.light`: specs the operator judged at their revision), and read through them
-when that reader is unsure; the typer app always reads through them.
+they print the same. The plain ``get`` table, ``status`` screen and ``describe`` first try to read
+without the models (:mod:`fleetop.cli.light`, :mod:`fleetop.cli.lightdescribe`: specs the operator
+judged at their revision), and read through them when that reader is unsure; the typer app always
+reads through them.
 """
 
 from __future__ import annotations
@@ -115,14 +116,34 @@ def get_specs(
     echo(run(body, event_loop=False))
 
 
-def describe(cli: CliContext, resource: str, name: str) -> None:
-    """``fleetop describe service|proxy NAME``."""
+async def describe_light(reads: KeyReads, keys: Keys, kind: Kind, name: str) -> str:
+    """``describe``'s output when the operator judged the spec at its revision and it is stored in the
+    models' normal form (:mod:`.lightdescribe`); :class:`~fleetop.cli.light.Unsure` otherwise."""
+    from fleetop.cli import lightdescribe
+    from fleetop.cli.output import format_describe
+
+    kv = await reads.get(keys.desired(kind, name))
+    status_kv = await reads.get(keys.status(kind, name)) if kv is not None else None
+    entry, status = lightdescribe.read_described(kind, keys, name, kv, status_kv)
+    event_kvs, _ = await reads.list(keys.events(kind, name))
+    events = lightdescribe.read_events(event_kvs, since_revision=entry.create_revision, limit=20)
+    return format_describe(entry, status, events)
+
+
+def describe(cli: CliContext, resource: str, name: str, *, light: bool = False) -> None:
+    """``fleetop describe service|proxy NAME``. ``light``: a spec the operator judged is shown without
+    the models when it can be (:func:`describe_light`)."""
     kind = run_kind(resource)
 
     async def body() -> str:
         from fleetop.cli.output import format_describe
 
         async with open_reads(cli) as reads:
+            if light:
+                from fleetop.cli.light import Unsure
+
+                with contextlib.suppress(Unsure):
+                    return await describe_light(reads, Keys(), kind, name)
             store = store_reader(reads, Keys())
             entry = await store.require(kind, name)
             status = await store.status(kind, name)
@@ -297,7 +318,7 @@ def run_read_verb(verb: str, flags: dict[str, str], rest: Sequence[str]) -> bool
         name = args[1] if len(args) == 2 else None
         get_specs(cli, args[0], name, GET_OUTPUTS[options.get("output", "table")], light=True)
     elif verb == "describe":
-        describe(cli, args[0], args[1])
+        describe(cli, args[0], args[1], light=True)
     else:
         status_once(cli, options.get("output", "text"), options.get("fleet_endpoint"), light=True)
     return True

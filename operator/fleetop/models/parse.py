@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from fleetop import specjson
 from fleetop.errors import SpecInvalid
 from fleetop.models.base import check_name, shown
 from fleetop.models.service import ServiceSpec
@@ -321,5 +322,10 @@ def encode_spec(spec: ServiceSpec | ProxySpec) -> bytes:
 
 
 def encode_document(document: dict[str, Any]) -> bytes:
-    """A spec document as stored: compact JSON."""
-    return json.dumps(document, separators=(",", ":")).encode()
+    """A spec document as stored: compact JSON (:func:`fleetop.specjson.encode_document`)."""
+    return specjson.encode_document(document)
+
+
+def spec_hash(spec: ServiceSpec | ProxySpec) -> str:
+    """What a status names the spec it judged by (``specHash``): the sha256 of :func:`encode_spec`."""
+    return specjson.digest(encode_spec(spec))
