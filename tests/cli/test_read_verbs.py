@@ -149,7 +149,7 @@ def test_unjudged_service_specs_build_only_the_service_models(
 ) -> None:
     """``get services`` of specs no operator has judged validates them with the models (one shows
     invalid), and builds the service models only: no proxy, status or event model, and no event loop
-    (it reads etcd without one), nor logging."""
+    (it reads etcd without one), nor logging. ``describe`` reads without an event loop too."""
     env = {
         "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
         "FLEETOP_PREFIX": etcd_prefix,
@@ -166,6 +166,10 @@ def test_unjudged_service_specs_build_only_the_service_models(
     assert "fleetop.models.service" in loaded
     absent = ("fleetop.models.proxy", "fleetop.models.status", "fleetop.models.events", "asyncio", "logging")
     assert sorted(m for m in loaded if any(m == a or m.startswith(a + ".") for a in absent)) == []
+    described = fleetop(env, "describe", "service", "web")
+    assert described.returncode == 0, described.stderr
+    assert "web" in described.stdout
+    assert sorted(m for m in modules(described) if m == "asyncio" or m.startswith("asyncio.")) == []
 
 
 async def test_plaintext_to_a_tls_server_hints_at_https(secure_etcd: SecureEtcd) -> None:

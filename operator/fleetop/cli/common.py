@@ -2,8 +2,8 @@
 error tree into a message and an exit code (kubectl's: 1 for errors). The etcd client is imported
 when a command opens the store, not with this module (every command imports it); the verbs that only
 read (``get``, ``describe``, ``diff``, ``status``) open :func:`open_reader`, which reads through etcd's
-HTTP/JSON gateway and imports no grpc. ``get`` runs without an event loop (:func:`run`, ``event_loop=False``)
-and imports no asyncio either."""
+HTTP/JSON gateway and imports no grpc. ``get`` and ``describe`` run without an event loop (:func:`run`,
+``event_loop=False``) and import no asyncio either."""
 
 from __future__ import annotations
 
@@ -145,8 +145,8 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], *, error_code: int = 1, e
     (``SystemExit``, which typer passes on as it is: the read verbs also run without typer).
 
     ``event_loop=False`` is for a coroutine that only reads through :func:`open_reads` and does not
-    run tasks side by side (``get``): it runs without an event loop, so asyncio, about a third of
-    such a verb's start-up, is never imported; should its reads need the gRPC client after all
+    run tasks side by side (``get``, ``describe``): it runs without an event loop, so asyncio (a third
+    of a light ``get``'s start-up) is never imported; should its reads need the gRPC client after all
     (:class:`NeedsEventLoop`, raised before anything was read), it runs again in a loop."""
     try:
         if not event_loop:

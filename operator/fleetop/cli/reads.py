@@ -151,7 +151,7 @@ def describe(cli: CliContext, resource: str, name: str, *, light: bool = False) 
             events = await store.events(name, kind=kind, limit=20, since_revision=entry.create_revision)
         return format_describe(entry, status, events)
 
-    echo(run(body))
+    echo(run(body, event_loop=False))
 
 
 def fleet_endpoint(flag: str | None) -> str:

@@ -9,11 +9,11 @@ errors, through :class:`~fleetop.etcd.gateway.Gateway` (standard library only), 
 ``dial_timeout`` as :meth:`Etcd.connect <fleetop.etcd.client.Etcd.connect>` does, with its messages.
 
 Each request runs in a worker thread, so a verb that gathers from fleet at the same time (``status``)
-still waits for both at once. A verb that only reads etcd (``get``) makes the client ``blocking``
-instead: each request runs where it is awaited and is answered before the await returns, so the
-verb's coroutine never suspends and runs without an event loop (:func:`fleetop.cli.common.run`):
-asyncio (with ssl, logging and concurrent.futures, about 0.05 s of CPU) is not imported. etcd's
-gateway refuses a client certificate with a CommonName
+still waits for both at once. A verb that only reads etcd (``get``, ``describe``) makes the client
+``blocking`` instead: each request runs where it is awaited and is answered before the await
+returns, so the verb's coroutine never suspends and runs without an event loop
+(:func:`fleetop.cli.common.run`): asyncio (with ssl, logging and concurrent.futures, about 0.03 s of
+CPU) is not imported. etcd's gateway refuses a client certificate with a CommonName
 (:class:`~fleetop.etcd.gateway.GatewayRefusesCommonName`, raised by :meth:`connect`): the caller then
 reads through the gRPC client instead.
 """
