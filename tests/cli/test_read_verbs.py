@@ -144,6 +144,34 @@ def test_the_read_verbs_load_no_grpc(etcd_server: EtcdServer, etcd_prefix: str, 
         assert sorted(m for m in modules(done) if any(m == a or m.startswith(a + ".") for a in absent)) == []
 
 
+def test_unjudged_service_specs_build_only_the_service_models(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """``get services`` of specs no operator has judged validates them with the models (one shows
+    invalid), and builds the service models only: no proxy, status or event model, and no event loop
+    (it reads etcd without one), nor logging. ``describe`` reads without an event loop too."""
+    env = {
+        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
+        "FLEETOP_PREFIX": etcd_prefix,
+        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
+    }
+    with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
+        gateway.put("/desired/services/web", SPEC)
+        gateway.put("/desired/services/bad", '{"replicas": "2"}')
+    done = fleetop(env, "get", "services")
+    assert done.returncode == 0, done.stderr
+    assert "Invalid: $.replicas: Input should be a valid integer" in done.stdout
+    assert "web   2        -      -           -        Pending" in done.stdout
+    loaded = modules(done)
+    assert "fleetop.models.service" in loaded
+    absent = ("fleetop.models.proxy", "fleetop.models.status", "fleetop.models.events", "asyncio", "logging")
+    assert sorted(m for m in loaded if any(m == a or m.startswith(a + ".") for a in absent)) == []
+    described = fleetop(env, "describe", "service", "web")
+    assert described.returncode == 0, described.stderr
+    assert "web" in described.stdout
+    assert sorted(m for m in modules(described) if m == "asyncio" or m.startswith("asyncio.")) == []
+
+
 async def test_plaintext_to_a_tls_server_hints_at_https(secure_etcd: SecureEtcd) -> None:
     settings = settings_from({"endpoints": secure_etcd.server.endpoint, "dial_timeout": "1s"}, {})
     with pytest.raises(EtcdUnavailable, match="https://"):

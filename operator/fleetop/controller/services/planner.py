@@ -301,14 +301,19 @@ _REASONS = {
 
 
 def _recreate_reserved(world: Scene, desired: Desired, decision: Decision, step: _Step) -> list[Action]:
-    """Create again the reserved slots whose back-off is over and whose names are clear."""
+    """Create again the reserved slots whose back-off is over and whose names are clear, lowest first,
+    as many as the ceiling leaves room for (``decision.recreate``); the others wait."""
     creates: list[Action] = []
     gone = dict(decision.destroy)
+    room = decision.recreate
     for slot in decision.reserved:
         name = main_unit_name(world.service, slot)
         record = step.records.get(name)
         if slot in gone or record is None or world.now < record.next_try or not clear(world, desired, slot):
             continue
+        if room == 0:
+            break
+        room -= 1
         creates.extend(_slot_creates(world, desired, slot))
         again = created(record)
         if again is None:
