@@ -18,6 +18,8 @@ from typing import Literal
 from urllib.parse import unquote
 
 Kind = Literal["services", "proxies"]
+KIND_NAMES: dict[Kind, str] = {"services": "Service", "proxies": "Proxy"}
+"""How a kind is named in documents and output (``kind: Service``)."""
 _VALID_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _KEY_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 _KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")

@@ -141,3 +141,35 @@ def test_describe_shows_restart_counts() -> None:
     header = next(line for line in text.splitlines() if line.startswith("UNIT"))
     row = next(line for line in text.splitlines() if line.startswith("web@1.service"))
     assert header.split()[-1] == "RESTARTS" and row.split()[-1] == "3"
+
+
+def test_a_coroutine_that_never_suspends_runs_without_an_event_loop() -> None:
+    """``get`` runs its coroutine without an event loop (:func:`~fleetop.cli.common.run`,
+    ``event_loop=False``): awaits that complete at once are fine; one that waits for a loop fails
+    loudly, whatever it awaited; errors of the tree are worded as with a loop."""
+    import asyncio
+
+    from fleetop.cli.common import run, run_to_completion
+
+    async def inner() -> int:
+        return 2
+
+    async def reads() -> int:
+        return await inner() + await inner()
+
+    async def sleeps() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    async def refused() -> int:
+        raise InputError("bad value", where="RESOURCE")
+
+    assert run_to_completion(reads()) == 4
+    assert run(reads, event_loop=False) == 4
+    with pytest.raises(RuntimeError, match="waited for one"):
+        run_to_completion(sleeps())
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        run(lambda: asyncio.to_thread(int), event_loop=False)
+    with pytest.raises(SystemExit) as exited:
+        run(refused, event_loop=False)
+    assert exited.value.code == 1

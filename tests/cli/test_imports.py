@@ -54,14 +54,57 @@ def test_version_answers_without_the_heavy_modules() -> None:
 
 def test_the_read_verbs_module_imports_nothing_heavy() -> None:
     """``get``, ``describe`` and ``status`` start without typer, click or rich (:mod:`fleetop.cli.reads`);
-    what they read with (the store, the models) comes when they run."""
-    assert heavy_in(imported_after("import fleetop.cli.reads"), (*HEAVY, "click")) == []
+    what they read with (the store, the models) comes when they run, and asyncio only with the verbs
+    that run an event loop (``get`` runs without one)."""
+    assert heavy_in(imported_after("import fleetop.cli.reads"), (*HEAVY, "click", "asyncio")) == []
+
+
+SERVICE_ONLY_ABSENT = ("fleetop.models.proxy", "fleetop.models.status", "fleetop.models.events", "asyncio")
+"""What reading service specs through the models does not build: the other models (pydantic builds a
+model's validator when its class is created), nor an event loop."""
+
+
+def test_the_store_builds_only_the_models_it_reads() -> None:
+    """The store and :mod:`fleetop.models` import a model's module when it is first asked for: reading
+    service specs (``get services`` of specs no operator judged) builds no proxy, status or event model."""
+    code = (
+        "from fleetop.store import StoreReader\nfrom fleetop.models import ServiceSpec, parse_service\n"
+        'parse_service(b\'{"replicas": 1, "unit": {"execStart": "/bin/true"}}\', name=\'web\')'
+    )
+    modules = imported_after(code)
+    assert "fleetop.models.service" in modules
+    assert heavy_in(modules, SERVICE_ONLY_ABSENT) == []
+    proxies = imported_after("from fleetop.store import StoreReader\nfrom fleetop.models import parse_proxy")
+    assert heavy_in(proxies, SERVICE_ONLY_ABSENT) == []  # a function: the proxy models come when it runs
+
+
+def test_every_public_model_name_is_found_in_its_module() -> None:
+    """:mod:`fleetop.models` imports its names lazily from a table (``_MODULES``): each name of
+    ``__all__`` is there, resolves to the object its module defines, and ``import *`` gets them all."""
+    import importlib
+
+    import fleetop.models as models
+
+    assert sorted(models._MODULE_OF) == sorted(models.__all__)
+    for name, module in models._MODULE_OF.items():
+        defined = getattr(importlib.import_module(f"fleetop.models.{module}"), name)
+        assert getattr(models, name) is defined or name == "SPEC_KINDS", name
+    assert {"Service": models.ServiceSpec, "Proxy": models.ProxySpec} == models.SPEC_KINDS
+    namespace: dict[str, object] = {}
+    exec("from fleetop.models import *", namespace)
+    assert set(models.__all__) <= set(namespace)
+    assert set(models.__all__) <= set(dir(models))
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = models.Nothing
 
 
 def test_the_light_read_path_imports_no_models() -> None:
-    """``get`` and ``status`` of specs the operator judged lay out their output without pydantic: the
-    light reader and the formatting import neither the models nor the store (which do)."""
-    code = "import fleetop.cli.light, fleetop.cli.output, fleetop.cli.statusview, fleetop.cli.reads"
+    """``get``, ``status`` and ``describe`` of specs the operator judged lay out their output without
+    pydantic: the light readers and the formatting import neither the models nor the store (which do)."""
+    code = (
+        "import fleetop.cli.light, fleetop.cli.lightdescribe, fleetop.specjson, fleetop.cli.output,"
+        " fleetop.cli.statusview, fleetop.cli.reads"
+    )
     assert heavy_in(imported_after(code), (*HEAVY, "click")) == []
 
 

@@ -144,6 +144,34 @@ def test_the_read_verbs_load_no_grpc(etcd_server: EtcdServer, etcd_prefix: str, 
         assert sorted(m for m in modules(done) if any(m == a or m.startswith(a + ".") for a in absent)) == []
 
 
+def test_unjudged_service_specs_build_only_the_service_models(
+    etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
+) -> None:
+    """``get services`` of specs no operator has judged validates them with the models (one shows
+    invalid), and builds the service models only: no proxy, status or event model, and no event loop
+    (it reads etcd without one), nor logging. ``describe`` reads without an event loop too."""
+    env = {
+        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
+        "FLEETOP_PREFIX": etcd_prefix,
+        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
+    }
+    with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
+        gateway.put("/desired/services/web", SPEC)
+        gateway.put("/desired/services/bad", '{"replicas": "2"}')
+    done = fleetop(env, "get", "services")
+    assert done.returncode == 0, done.stderr
+    assert "Invalid: $.replicas: Input should be a valid integer" in done.stdout
+    assert "web   2        -      -           -        Pending" in done.stdout
+    loaded = modules(done)
+    assert "fleetop.models.service" in loaded
+    absent = ("fleetop.models.proxy", "fleetop.models.status", "fleetop.models.events", "asyncio", "logging")
+    assert sorted(m for m in loaded if any(m == a or m.startswith(a + ".") for a in absent)) == []
+    described = fleetop(env, "describe", "service", "web")
+    assert described.returncode == 0, described.stderr
+    assert "web" in described.stdout
+    assert sorted(m for m in modules(described) if m == "asyncio" or m.startswith("asyncio.")) == []
+
+
 async def test_plaintext_to_a_tls_server_hints_at_https(secure_etcd: SecureEtcd) -> None:
     settings = settings_from({"endpoints": secure_etcd.server.endpoint, "dial_timeout": "1s"}, {})
     with pytest.raises(EtcdUnavailable, match="https://"):
@@ -160,6 +188,13 @@ STATUS = {
     "backends": [{"key": "/services/web/1", "address": "127.0.0.1:8001"}],
 }  # fmt: skip
 EVENT = {"name": "web", "reason": "Scaled", "message": "to 2", "time": "2026-01-01T00:00:01Z"}
+JUDGED_EVENTS = (
+    {"kind": "Service", "name": "judged", "type": "Warning", "reason": "BackOff", "message": "restarting",
+     "time": "2026-01-01T00:00:09Z", "count": 3},
+    {"kind": "Service", "name": "judged", "type": "Normal", "reason": "Created",
+     "message": "judged@1.service", "time": "2026-01-01T00:00:02Z", "count": 1},
+)  # fmt: skip
+"""Events as the operator writes them (every field), out of time order in their keys."""
 READ_FORMS = (
     ("get", "services"), ("get", "svc", "-o", "wide"), ("get", "services", "--output=json"),
     ("get", "services", "web", "-o", "yaml"), ("get", "proxies"), ("get", "px", "-o", "wide"),
@@ -172,9 +207,21 @@ READ_FORMS = (
     ("get", "services", "judged"), ("get", "services", "older"), ("get", "services", "judged-invalid"),
     ("get", "services", "unreadable"), ("get", "services", "web"), ("get", "svc", "judged", "-o", "wide"),
     ("get", "services", "judged", "-o", "json"), ("describe", "service", "judged"), ("get", "svc", "fresh"),
+    ("describe", "service", "older"), ("describe", "service", "fresh"),
+    ("describe", "service", "judged-invalid"), ("describe", "service", "unreadable"),
+    ("describe", "service", "stale-hash"), ("describe", "service", "not-normal"),
+    ("describe", "service", "unicode"), ("describe", "svc", "web"), ("describe", "proxy", "edge-normal"),
+    ("describe", "px", "edge-typed"), ("describe", "proxy", "edge-older"), ("describe", "proxy", "judged"),
+    ("describe", "service", "edge-normal"), ("describe", "svc", "sparse-event"),
 )  # fmt: skip
-LIGHT_FORMS = {("get", "services", "judged")}
-"""The forms above read without pydantic: the operator judged the spec shown at its revision."""
+LIGHT_FORMS = {
+    ("get", "services", "judged"),
+    ("describe", "service", "judged"),
+    ("describe", "service", "unicode"),
+    ("describe", "proxy", "edge-normal"),
+}
+"""The forms above read without pydantic: the operator judged the spec shown at its revision (and, for
+``describe``, the spec is stored in the models' normal form: its ``specHash``)."""
 
 
 def operator_status(raw: str, name: str, revision: int) -> str:
@@ -192,6 +239,26 @@ def operator_status(raw: str, name: str, revision: int) -> str:
     return status_bytes(
         judged.status.model_copy(update={"observed_generation_time": rfc3339(1767225600.0)})
     ).decode()
+
+
+def proxy_status(raw: str, name: str, revision: int) -> str:
+    """The status the operator writes when it judges proxy ``raw`` at ``revision`` valid, before
+    anything is published: its status builder's, encoded as its executor does."""
+    from fleetop.controller.proxies.status import AgentSummary, BackendSet, ProxyView, build_status
+    from fleetop.controller.runtime.executor import status_bytes
+    from fleetop.models.parse import parse_proxy, spec_hash
+
+    judged = spec_hash(parse_proxy(raw, name=name))
+    view = ProxyView(revision, None, BackendSet(), AgentSummary(0, 0, []), [], spec_hash=judged)
+    return status_bytes(build_status(view, None, 1767225600.0)).decode()
+
+
+def put_judged_proxy(gateway: Gateway, name: str, raw: str) -> int:
+    gateway.put(f"/desired/proxies/{name}", raw)
+    kv = gateway.get(f"/desired/proxies/{name}")
+    assert kv is not None
+    gateway.put(f"/status/proxies/{name}", proxy_status(raw, name, kv.mod_revision))
+    return kv.mod_revision
 
 
 def judged_invalid(revision: int) -> str:
@@ -221,7 +288,10 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
     valid and invalid specs, a status, events, fleet unreachable. The typer app reads through the models;
     the plain forms read a spec the operator judged at its revision without them (:mod:`fleetop.cli.light`)
     and fall back to them for one judged at an older revision, one without a status, one judged
-    invalid, and one whose status does not read."""
+    invalid, and one whose status does not read. ``describe`` also reads without them a spec judged
+    at its revision and stored in the models' normal form (its ``specHash``), a proxy's too, with its
+    events, and falls back for one stored otherwise (fields in another order, a ``listen`` to
+    normalise) or whose status names another document."""
     from typer.testing import CliRunner
 
     from fleetop.cli.main import app
@@ -245,7 +315,26 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
         gateway.put("/status/services/web", json.dumps(STATUS))
         gateway.put("/status/services/bad-type", '{"observedGeneration": "x"}')
         gateway.put("/fleetop/events/services/web/1", json.dumps(EVENT))
+        gateway.put("/fleetop/events/services/judged/0", json.dumps({**EVENT, "name": "judged"}))  # before it
         put_judged(gateway, "judged", SPEC)
+        for n, event in enumerate(JUDGED_EVENTS, start=1):
+            gateway.put(f"/fleetop/events/services/judged/{n}", json.dumps(event))
+        put_judged(gateway, "unicode", '{"replicas": 3, "unit": {"execStart": "/bin/echo é ✓ \\u00e8"}}')
+        put_judged(gateway, "not-normal", '{"unit": {"execStart": "/bin/true"}, "replicas": 2}')  # order
+        revision = put_judged(gateway, "stale-hash", SPEC)
+        stale = json.loads(operator_status(SPEC, "stale-hash", revision))
+        stale["specHash"] = stale["specHash"][::-1]  # judged another document
+        gateway.put("/status/services/stale-hash", json.dumps(stale))
+        edge_normal = '{"kind":"nginx","listen":"*:8080","routes":[{"service":"web"}],"wait":{"min":"500ms"}}'
+        put_judged_proxy(gateway, "edge-normal", edge_normal)
+        proxy_event = {**JUDGED_EVENTS[1], "kind": "Proxy", "name": "edge-normal", "reason": "Published"}
+        gateway.put("/fleetop/events/proxies/edge-normal/1", json.dumps(proxy_event))
+        put_judged(gateway, "sparse-event", SPEC)  # an event without the fields the models default
+        gateway.put("/fleetop/events/services/sparse-event/1", json.dumps({**EVENT, "name": "sparse-event"}))
+        put_judged_proxy(gateway, "edge-typed", json.dumps(edge))  # listen 8080 is "*:8080" normalised
+        older = put_judged_proxy(gateway, "edge-older", edge_normal)
+        gateway.put("/desired/proxies/edge-older", edge_normal.replace("8080", "8081"))
+        gateway.put("/status/proxies/edge-older", proxy_status(edge_normal, "edge-older", older))
         gateway.put("/desired/services/fresh", SPEC)  # no status: no operator has judged it
         first = put_judged(gateway, "older", SPEC)
         gateway.put("/desired/services/older", SPEC.replace("2", "3"))  # a revision not judged yet
@@ -261,6 +350,7 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
             "/status/services/unreadable", f'{{"observedGeneration": {kv.mod_revision}, "replicas": 1}}'
         )
     runner = CliRunner()
+    shown_by_form: dict[tuple[str, ...], str] = {}
     for form in READ_FORMS:
         done = fleetop(env, *form)
         shown = runner.invoke(app, list(form), env=env)
@@ -269,17 +359,28 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
         assert done.stderr.splitlines()[:-1] == shown.stderr.splitlines(), form
         to_typer = done.returncode == 2 or any(word in form for word in ("--help", "JSON", "html"))
         assert ("typer" in modules(done)) == to_typer, form
-        if form in LIGHT_FORMS or (form[0] == "get" and done.returncode == 0):
+        if form in LIGHT_FORMS or (form[0] in ("get", "describe") and done.returncode == 0):
             assert ("pydantic" in modules(done)) != (form in LIGHT_FORMS), form
+        shown_by_form[form] = done.stdout
     assert "Invalid: $.replicas: Input should be a valid integer" in fleetop(env, "get", "services").stdout
+    judged = shown_by_form[("describe", "service", "judged")]
+    assert judged.index("Created") < judged.index("BackOff") and "x3" in judged  # time order, counts
+    assert judged.count("Scaled") == 0, "an event of an earlier spec of the name is not this one's"
+    assert "é ✓ è" in shown_by_form[("describe", "service", "unicode")]
+    assert "Scaled" in shown_by_form[("describe", "svc", "sparse-event")]
+    assert "Published" in shown_by_form[("describe", "proxy", "edge-normal")]
+    assert "listen: '*:8080'" in shown_by_form[("describe", "px", "edge-typed")]
+    assert "Observed revision:    " in shown_by_form[("describe", "proxy", "edge-older")]
+    assert "(spec is at" in shown_by_form[("describe", "proxy", "edge-older")]
     assert "UNREACHABLE" in fleetop(env, "status").stdout
 
 
 def test_judged_specs_read_without_pydantic(
     etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
-    """Every spec judged at its revision: ``get services`` and ``status`` print what the models would
-    (the typer app reads through them) without importing pydantic; a spec no operator has judged is
+    """Every spec judged at its revision: ``get services``, ``status`` and ``describe`` print what the
+    models would (the typer app reads through them) without importing pydantic, nor typer, rich, grpc,
+    httpx, Jinja2 or the operator (nor PyYAML, but for ``describe``); a spec no operator has judged is
     validated with the models, so it shows invalid while the operator is not running."""
     from typer.testing import CliRunner
 
@@ -304,6 +405,8 @@ def test_judged_specs_read_without_pydantic(
         ("status",),
         ("status", "-o", "text"),
         ("get", "proxies"),
+        ("describe", "service", "web"),
+        ("describe", "proxy", "edge"),
     )
     runner = CliRunner()
 
@@ -314,6 +417,10 @@ def test_judged_specs_read_without_pydantic(
             typer_shown = runner.invoke(app, list(form), env=env)
             assert (done.returncode, done.stdout) == (typer_shown.exit_code, typer_shown.stdout), form
             assert ("pydantic" in modules(done)) != (form in light), form
+            if form in light:
+                loaded = modules(done)
+                heavy = (*READ_VERB_HEAVY, "pydantic", "yaml" if form[0] != "describe" else "pydantic")
+                assert sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in heavy)) == []
             shown[form] = done.stdout
         return shown
 
@@ -322,10 +429,17 @@ def test_judged_specs_read_without_pydantic(
         put_judged(gateway, "api", SPEC.replace("2", "3"))
         gateway.put("/fleetop/leader", json.dumps({"holderIdentity": "op-1"}))
         gateway.put("/fleetop/observed", observed.model_dump_json(by_alias=True))
-        shown = compare(light=set(forms))
+        shown = compare(light=set(forms) - {("describe", "proxy", "edge")})  # not found: the store says so
         assert "api   3        0/3" in shown[("get", "services")]
         assert "operator  op-1:" in shown[("status",)]
+        assert "Replicas:             2 desired" in shown[("describe", "service", "web")]
         gateway.put("/desired/services/new", '{"replicas": "2"}')  # the operator is not running
-        shown = compare(light={("get", "svc", "api"), ("get", "proxies")})
+        unchanged = {("get", "svc", "api"), ("describe", "service", "web")}
+        shown = compare(light={*unchanged, ("get", "proxies")})
         assert "Invalid: $.replicas: Input should be a valid integer" in shown[("get", "services")]
         assert "Invalid($.replicas)" in shown[("status",)]
+        put_judged_proxy(
+            gateway, "edge", '{"kind":"haproxy","listen":"127.0.0.1:8081","routes":[{"service":"web"}]}'
+        )
+        shown = compare(light={*unchanged, ("describe", "proxy", "edge")})  # listing a proxy needs the models
+        assert "listen: 127.0.0.1:8081" in shown[("describe", "proxy", "edge")]

@@ -21,6 +21,7 @@ from fleetop.controller.services.memory import (
 )
 from fleetop.controller.services.planner import plan
 from fleetop.controller.services.report import memory_from_status
+from fleetop.controller.services.rollout import Limits
 from fleetop.controller.services.unitrender import render_main
 from fleetop.controller.world import CreateUnit, DestroyUnit, FleetIndex, ObservedState
 from fleetop.fleet.ownership import owned_by
@@ -111,7 +112,7 @@ def test_scaled_policy_keeps_the_default_shape() -> None:
 
 
 def _with_record(world: World, record: Restart, name: str = MAIN) -> World:
-    return replace(world, memory=replace(world.memory, restarts={name: record}))
+    return replace(world, memory=replace(world.memory, restarts={**world.memory.restarts, name: record}))
 
 
 def test_back_off_is_forgotten_after_ten_minutes_ready() -> None:
@@ -168,6 +169,40 @@ def test_a_reserved_slot_goes_first_on_scale_down() -> None:
     result = world.plan(make_spec(2), NOW + 1)
     assert result.actions == []
     assert result.memory.restarts == {}
+
+
+def _owned_mains(world: World) -> int:
+    return sum(1 for u in world.units if owned_by(u.options) is not None and "-discovery@" not in u.name)
+
+
+@pytest.mark.parametrize(
+    ("spec", "tokens", "failed"),
+    [
+        # a scale-down with a new template, as a property test found it: 4 units, ceiling 3 + 1
+        (make_spec(3), "o8002:failed o8003 o8004 o8005", "8002"),
+        # a scale-down without a rollout, surge 0: 3 units, ceiling 3
+        (make_spec(3, surge=0, unavailable=1), "n8002 n8003 n8004:failed", "8004"),
+    ],
+    ids=["rollout", "scale"],
+)
+def test_a_reserved_slot_waits_while_the_units_that_exist_fill_the_ceiling(
+    spec: ServiceSpec, tokens: str, failed: str
+) -> None:
+    """8001's failed unit was destroyed and its back-off is over, but the units that exist already
+    fill ``replicas + maxSurge``: as the executor creates before it destroys, 8001 is created again
+    only on the pass after the scale-down took the failed unit."""
+    limits = Limits.from_spec(spec, replicas=spec.replicas)
+    record = Restart(8001, "main", "destroyed", 1, NOW - 30, NOW - 20, "loaded/failed/failed", "m1")
+    world = _with_record(world_of(spec, tokens), record, "web@8001.service")
+    assert _owned_mains(world) == limits.ceiling
+    first = world.plan(spec)
+    assert names(first.actions, CreateUnit) == []
+    assert names(first.actions, DestroyUnit) == [failed]
+    assert first.memory.restarts["web@8001.service"].phase == "destroyed", "8001 keeps its number"
+    after = apply(world, first)
+    second = after.plan(spec, NOW + 1)
+    assert names(second.actions, CreateUnit) == ["8001"]
+    assert _owned_mains(after) + 1 <= limits.ceiling
 
 
 def test_an_instance_replaced_while_stuck_unscheduled_keeps_its_number_without_back_off() -> None:

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from simfleet import CALM, Faults, SimFleet
 
@@ -191,8 +191,29 @@ def _converged(result: Plan, spec: ServiceSpec, fleet: SimFleet) -> bool:
     return counts.ready == spec.replicas == counts.updated == len(mains)
 
 
+def _scale_down_past_a_pending_slot() -> Scenario:
+    """Found by this test: a scale-down with a new template (5 → 3, ceiling 4) while a failed unit's
+    slot waited to be created again; the pass that destroyed another failed unit to scale down
+    created that slot next to the 4 units that still existed."""
+    base: dict[str, Any] = {"replicas": 5, "placement": {"spread": False}, "discovery": {"sidekick": False}}
+    rollout = {"maxSurge": 1, "maxUnavailable": 0, "minReadySeconds": 7}
+    return Scenario(
+        machines=[ObservedMachine("m00", metadata={"role": "web"})],
+        old=_spec(base, "/bin/sleep 1000", rollout),
+        first=_spec(base, "/bin/sleep 2000", rollout),
+        newest=_spec({**base, "replicas": 3}, "/bin/sleep 3000", rollout),
+        switch_at=6,
+        initial=[(2, "old"), (3, "old"), (1, "first"), (4, "old"), (5, "old"), (6, "old"), (7, "old")],
+        unowned=[],
+        fault_ticks=6,
+        faults=Faults(fail=0.05),
+        seed=28413633,
+    )
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
+@example(_scale_down_past_a_pending_slot())
 def test_plan_apply_converges_safely(scenario: Scenario) -> None:
     fleet = _build(scenario)
     unowned = {main_unit_name(NAME, slot) for slot in scenario.unowned}

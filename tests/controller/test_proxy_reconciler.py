@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from fleetop.cli import lightdescribe
 from fleetop.config import EtcdSettings
 from fleetop.controller.proxies.cache import ProxyCaches
 from fleetop.controller.proxies.reconciler import ProxyReconciler
@@ -31,6 +32,7 @@ from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys, Kind
 from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import Event, ProxyStatus, ServiceStatus
+from fleetop.models.parse import parse_proxy, parse_service, spec_hash
 from waiting import eventually
 
 KEYS = Keys()
@@ -96,6 +98,42 @@ async def world(
 
 def managed(port: int) -> dict[str, Any]:
     return {"kind": "nginx", "listen": f"127.0.0.1:{port}", "wait": {"min": "0s", "max": "0s"}}
+
+
+async def judged_hash(world: World, kind: Kind, name: str) -> str:
+    """``specHash`` of the stored spec: the sha256 of its normal form (64 hex digits)."""
+    kv = await world.etcd.get(KEYS.desired(kind, name))
+    assert kv is not None
+    spec = parse_service(kv.value) if kind == "services" else parse_proxy(kv.value)
+    digest = spec_hash(spec)
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    return digest
+
+
+async def test_the_status_names_the_spec_judged_valid_by_its_hash(world: World) -> None:
+    """``specHash``: the digest of the spec judged valid at ``observedGeneration``, for both kinds;
+    emptied when a later revision is judged invalid (the status is otherwise kept as it was)."""
+    port = free_port()
+    await world.put("proxies", "hashed", {**managed(port), "managed": False})
+    await world.put("services", "hashed-svc", {"replicas": 0, "unit": {"execStart": "/bin/sleep 1"}})
+    for kind, name in (("proxies", "hashed"), ("services", "hashed-svc")):
+        reconciler = world.proxies if kind == "proxies" else world.services
+        await reconciler.reconcile(name)
+        status = await world.status(kind, name)
+        assert status is not None and status.spec_hash == await judged_hash(world, kind, name), kind
+        raw = await world.etcd.get(KEYS.status(kind, name))
+        assert raw is not None
+        light = lightdescribe.ServiceStatus if kind == "services" else lightdescribe.ProxyStatus
+        assert light(json.loads(raw.value)).spec_hash == status.spec_hash  # the CLI reads it whole
+        await world.put(kind, name, {"replicas": -1})
+        await eventually(
+            lambda k=kind, n=name: world.informers.entries[k][n].error is not None, 10.0, "the change seen"
+        )
+        await reconciler.reconcile(name)
+        status = await world.status(kind, name)
+        kv = await world.etcd.get(KEYS.desired(kind, name))
+        assert status is not None and kv is not None and status.observed_generation == kv.mod_revision
+        assert status.spec_hash == "", kind
 
 
 def assert_name_taken(status: ProxyStatus | ServiceStatus, by: str) -> None:
@@ -164,9 +202,11 @@ async def test_a_proxy_declared_after_a_service_of_its_name_is_refused(world: Wo
     assert isinstance(status, ProxyStatus)
     assert_name_taken(status, "service 'twin'")
     assert await world.etcd.get(KEYS.proxy_config("twin")) is None, "a refused proxy publishes nothing"
+    assert status.spec_hash == "", "a refused spec is not named as judged valid"
     await world.services.reconcile("twin")
     service = await world.status("services", "twin")
     assert isinstance(service, ServiceStatus) and service.condition("Invalid") is None
+    assert service.spec_hash == await judged_hash(world, "services", "twin")
     # their events lie apart, each of its own kind
     proxy_events = await world.events("proxies", "twin")
     assert [(e.kind, e.reason) for e in proxy_events] == [("Proxy", "NameTaken")]
@@ -182,8 +222,10 @@ async def test_a_service_declared_after_a_proxy_of_its_name_is_refused(world: Wo
     assert_name_taken(status, "proxy 'elder'")
     assert not [u for u in await world.fleet.list_units() if u.name.startswith("elder@")]
     assert [(e.kind, e.reason) for e in await world.events("services", "elder")] == [("Service", "NameTaken")]
+    assert status.spec_hash == ""
     await world.proxies.reconcile("elder")
     proxy = await world.status("proxies", "elder")
     assert isinstance(proxy, ProxyStatus) and proxy.condition("Invalid") is None
+    assert proxy.spec_hash == await judged_hash(world, "proxies", "elder")
     assert await world.etcd.get(KEYS.proxy_config("elder")) is not None
     assert all(e.kind == "Proxy" for e in await world.events("proxies", "elder"))

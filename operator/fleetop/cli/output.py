@@ -13,13 +13,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
-if TYPE_CHECKING:  # the plain tables of judged specs are laid out without the models (cli/light.py)
-    from fleetop.cli import light
+if TYPE_CHECKING:  # judged specs are shown without the models (cli/light.py, cli/lightdescribe.py)
+    from fleetop.cli import light, lightdescribe
     from fleetop.models import Event, ProxySpec, ProxyStatus, ServiceSpec, ServiceStatus
     from fleetop.store import Entry, StatusEntry
 
     AnyEntry: TypeAlias = Entry | light.Entry
     AnyStatusEntry: TypeAlias = StatusEntry | light.StatusEntry
+    AnyEvent: TypeAlias = Event | lightdescribe.Event
 
 OutputFormat = Literal["table", "wide", "json", "yaml"]
 
@@ -107,8 +108,8 @@ def to_json(data: Any) -> str:
 
 def entry_object(entry: Entry, status: StatusEntry | None) -> dict[str, Any]:
     """The document ``get -o json|yaml`` prints; ``apply -f`` takes it back (metadata/status ignored)."""
+    from fleetop.keys import KIND_NAMES
     from fleetop.models.parse import spec_document
-    from fleetop.store import KIND_NAMES
 
     obj: dict[str, Any] = {"kind": KIND_NAMES[entry.kind], "name": entry.name}
     obj["metadata"] = {
@@ -281,7 +282,7 @@ def spec_yaml(document: dict[str, Any] | None) -> str:
     return "" if document is None else to_yaml(document)
 
 
-def format_events(events: Sequence[Event]) -> str:
+def format_events(events: Sequence[AnyEvent]) -> str:
     if not events:
         return "Events: <none>\n"
     rows = [
@@ -319,10 +320,15 @@ def _field(label: str, value: object) -> str:
     return f"{label + ':':<22}{value}\n"
 
 
-def format_describe(entry: Entry, status: StatusEntry | None, events: Sequence[Event]) -> str:
-    """``fleetop describe service|proxy NAME``: spec, conditions, units, backends, recent events."""
-    from fleetop.models.parse import spec_document
-    from fleetop.store import KIND_NAMES
+def format_describe(
+    entry: Entry | lightdescribe.Entry,
+    status: StatusEntry | lightdescribe.StatusEntry | None,
+    events: Sequence[AnyEvent],
+) -> str:
+    """``fleetop describe service|proxy NAME``: spec, conditions, units, backends, recent events. The
+    entry, status and events are the models' (:mod:`fleetop.store`) or, for a spec the operator judged
+    and stored in the normal form, the light reader's (:mod:`fleetop.cli.lightdescribe`)."""
+    from fleetop.keys import KIND_NAMES
 
     out = [_field("Name", entry.name), _field("Kind", KIND_NAMES[entry.kind]), _field("Key", entry.key)]
     out.append(_field("Revision", entry.mod_revision))
@@ -331,17 +337,27 @@ def format_describe(entry: Entry, status: StatusEntry | None, events: Sequence[E
         out += [f"  {line}\n" for line in entry.error.all_messages()]
         out.append(f"Raw value:\n  {entry.raw.decode('utf-8', 'replace')}\n")
     else:
-        assert entry.spec is not None
         out.append("Spec:\n")
-        out += [f"  {line}\n" for line in spec_yaml(spec_document(entry.spec)).splitlines()]
-    out.append(_describe_status(status, entry.mod_revision))
+        out += [f"  {line}\n" for line in spec_yaml(_spec_document(entry)).splitlines()]
+    out.append(_describe_status(entry.kind, status, entry.mod_revision))
     out.append(format_events(events))
     return "".join(out)
 
 
-def _describe_status(status: StatusEntry | None, revision: int) -> str:
-    from fleetop.models import ServiceStatus
+def _spec_document(entry: Entry | lightdescribe.Entry) -> dict[str, Any]:
+    """The spec as the models normalise it: the light entry holds it as stored (the operator vouched
+    that it is the normal form)."""
+    from fleetop.cli.lightdescribe import Entry as JudgedEntry
 
+    if isinstance(entry, JudgedEntry):
+        return entry.document
+    from fleetop.models.parse import spec_document
+
+    assert entry.spec is not None
+    return spec_document(entry.spec)
+
+
+def _describe_status(kind: str, status: StatusEntry | lightdescribe.StatusEntry | None, revision: int) -> str:
     if status is None:
         return "Status:               <none> (the operator has not reported on this yet)\n"
     if status.status is None:
@@ -354,8 +370,9 @@ def _describe_status(status: StatusEntry | None, revision: int) -> str:
             + ("" if st.observed_generation == revision else f" (spec is at {revision})"),
         )
     ]
-    if isinstance(st, ServiceStatus):
-        r = st.replicas
+    if kind == "services":
+        service = cast("ServiceStatus | lightdescribe.ServiceStatus", st)
+        r = service.replicas
         out.append(
             _field(
                 "Replicas",
@@ -363,14 +380,17 @@ def _describe_status(status: StatusEntry | None, revision: int) -> str:
                 f"{r.ready} ready | {r.updated} updated",
             )
         )
-        if st.template:
-            out.append(_field("Template", st.template))
+        if service.template:
+            out.append(_field("Template", service.template))
     else:
-        out.append(_field("Config", f"{st.config_hash[:12] or '-'} (generation {st.generation})"))
-        out.append(_field("Agents", f"{st.agents.on_newest}/{st.agents.total} on the newest config"))
-        out.append(_field("Backends", ", ".join(f"{k}={v}" for k, v in sorted(st.backends.items())) or "-"))
-        if st.skipped_registrations:
-            out.append(_field("Skipped", f"{st.skipped_registrations} registration(s) (see the events)"))
+        proxy = cast("ProxyStatus | lightdescribe.ProxyStatus", st)
+        out.append(_field("Config", f"{proxy.config_hash[:12] or '-'} (generation {proxy.generation})"))
+        out.append(_field("Agents", f"{proxy.agents.on_newest}/{proxy.agents.total} on the newest config"))
+        out.append(
+            _field("Backends", ", ".join(f"{k}={v}" for k, v in sorted(proxy.backends.items())) or "-")
+        )
+        if proxy.skipped_registrations:
+            out.append(_field("Skipped", f"{proxy.skipped_registrations} registration(s) (see the events)"))
     if st.last_error:
         out.append(_field("Last error", st.last_error))
     out.append(format_conditions(st.conditions))
@@ -390,9 +410,10 @@ def _describe_status(status: StatusEntry | None, revision: int) -> str:
         ]
         headers = ["UNIT", "MACHINE", "DESIRED", "CURRENT", "SYSTEMD", "READY", "REGISTERED", "RESTARTS"]
         out.append(render_table(headers, rows))
-    if isinstance(st, ServiceStatus):
-        if st.backends:
-            out.append(render_table(["BACKEND", "ADDRESS"], [[b.key, b.address] for b in st.backends]))
-        if st.invalid_registrations:
-            out.append(_field("Invalid registrations", st.invalid_registrations))
+    if kind == "services":
+        service = cast("ServiceStatus | lightdescribe.ServiceStatus", st)
+        if service.backends:
+            out.append(render_table(["BACKEND", "ADDRESS"], [[b.key, b.address] for b in service.backends]))
+        if service.invalid_registrations:
+            out.append(_field("Invalid registrations", service.invalid_registrations))
     return "".join(out)

@@ -5,14 +5,14 @@ typer and click cost about as much to import and to build an app as the whole re
 ``--version`` itself. Only the plain forms are read here (:func:`parse_read_verb`); anything else
 (``--help``, an option this module does not know, a bad value, ``status --watch``, ``get units``) goes
 to the typer app, which prints its usual help and errors. Both ways run the same functions below, so
-they print the same. The plain ``get`` table and ``status`` screen first try to read without the
-models (:mod:`fleetop.cli.light`: specs the operator judged at their revision), and read through them
-when that reader is unsure; the typer app always reads through them.
+they print the same. The plain ``get`` table, ``status`` screen and ``describe`` first try to read
+without the models (:mod:`fleetop.cli.light`, :mod:`fleetop.cli.lightdescribe`: specs the operator
+judged at their revision), and read through them when that reader is unsure; the typer app always
+reads through them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -57,7 +57,7 @@ def run_kind(resource: str) -> Kind:
     async def resolve() -> Kind:
         return resource_kind(resource)
 
-    return run(resolve)
+    return run(resolve, event_loop=False)
 
 
 def store_reader(reads: KeyReads, keys: Keys) -> StoreReader:
@@ -113,17 +113,37 @@ def get_specs(
                 statuses = await store.statuses(kind)
         return format_get(entries, statuses, fmt, single=name is not None)
 
-    echo(run(body))
+    echo(run(body, event_loop=False))
 
 
-def describe(cli: CliContext, resource: str, name: str) -> None:
-    """``fleetop describe service|proxy NAME``."""
+async def describe_light(reads: KeyReads, keys: Keys, kind: Kind, name: str) -> str:
+    """``describe``'s output when the operator judged the spec at its revision and it is stored in the
+    models' normal form (:mod:`.lightdescribe`); :class:`~fleetop.cli.light.Unsure` otherwise."""
+    from fleetop.cli import lightdescribe
+    from fleetop.cli.output import format_describe
+
+    kv = await reads.get(keys.desired(kind, name))
+    status_kv = await reads.get(keys.status(kind, name)) if kv is not None else None
+    entry, status = lightdescribe.read_described(kind, keys, name, kv, status_kv)
+    event_kvs, _ = await reads.list(keys.events(kind, name))
+    events = lightdescribe.read_events(event_kvs, since_revision=entry.create_revision, limit=20)
+    return format_describe(entry, status, events)
+
+
+def describe(cli: CliContext, resource: str, name: str, *, light: bool = False) -> None:
+    """``fleetop describe service|proxy NAME``. ``light``: a spec the operator judged is shown without
+    the models when it can be (:func:`describe_light`)."""
     kind = run_kind(resource)
 
     async def body() -> str:
         from fleetop.cli.output import format_describe
 
         async with open_reads(cli) as reads:
+            if light:
+                from fleetop.cli.light import Unsure
+
+                with contextlib.suppress(Unsure):
+                    return await describe_light(reads, Keys(), kind, name)
             store = store_reader(reads, Keys())
             entry = await store.require(kind, name)
             status = await store.status(kind, name)
@@ -131,7 +151,7 @@ def describe(cli: CliContext, resource: str, name: str) -> None:
             events = await store.events(name, kind=kind, limit=20, since_revision=entry.create_revision)
         return format_describe(entry, status, events)
 
-    echo(run(body))
+    echo(run(body, event_loop=False))
 
 
 def fleet_endpoint(flag: str | None) -> str:
@@ -142,6 +162,8 @@ def fleet_endpoint(flag: str | None) -> str:
 async def gather_fleet(endpoint: str) -> tuple[Health, list[Machine], list[Unit], list[UnitState]]:
     """One look at fleet, failing over between the endpoints (each tried once, sequentially, so the
     client stays on the one that answered)."""
+    import asyncio
+
     from fleetop.cli.statusview import Health
     from fleetop.fleet.client import FleetClient, RetryPolicy
     from fleetop.http import Timeouts
@@ -202,6 +224,8 @@ async def gather_etcd(store: StoreReader, report: Report) -> None:
 
 async def gather(cli: CliContext, fleet_flag: str | None, *, light: bool = False) -> Report:
     """What ``status`` shows; ``light``: without the models when it can be (:func:`gather_etcd_light`)."""
+    import asyncio
+
     from fleetop.cli.light import Unsure
     from fleetop.cli.statusview import Health, Report, now_utc
 
@@ -285,12 +309,16 @@ def run_read_verb(verb: str, flags: dict[str, str], rest: Sequence[str]) -> bool
     if parsed is None:
         return False
     args, options = parsed
+    # A spec no operator judged yet is validated with the models. pydantic looks for plugins (entry
+    # points of every installed distribution) when it builds its first model, about 0.01 s of CPU; a
+    # read verb has no use for one. Set by the user, the variable is left as it is.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     cli = CliContext(flags={flag: flags.get(flag) for flag in GLOBAL_FLAGS})
     if verb == "get":
         name = args[1] if len(args) == 2 else None
         get_specs(cli, args[0], name, GET_OUTPUTS[options.get("output", "table")], light=True)
     elif verb == "describe":
-        describe(cli, args[0], args[1])
+        describe(cli, args[0], args[1], light=True)
     else:
         status_once(cli, options.get("output", "text"), options.get("fleet_endpoint"), light=True)
     return True

@@ -18,8 +18,9 @@ from fleetop.cli.common import cli_context, echo, open_reader, open_store, run
 from fleetop.cli.output import OutputFormat, format_diff, spec_yaml
 from fleetop.cli.reads import FLEET_RESOURCES, run_kind
 from fleetop.errors import Conflict, InputError, NameTaken, NotFound, SpecInvalid
+from fleetop.keys import KIND_NAMES
 from fleetop.models.parse import encode_document, encode_spec, spec_document
-from fleetop.store import KIND_NAMES, Entry, Kind, Store, parse_stored
+from fleetop.store import Entry, Kind, Store, parse_stored
 
 if TYPE_CHECKING:
     from fleetop.cli.documents import Document

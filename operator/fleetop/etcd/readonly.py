@@ -9,16 +9,18 @@ errors, through :class:`~fleetop.etcd.gateway.Gateway` (standard library only), 
 ``dial_timeout`` as :meth:`Etcd.connect <fleetop.etcd.client.Etcd.connect>` does, with its messages.
 
 Each request runs in a worker thread, so a verb that gathers from fleet at the same time (``status``)
-still waits for both at once. etcd's gateway refuses a client certificate with a CommonName
+still waits for both at once. A verb that only reads etcd (``get``, ``describe``) makes the client
+``blocking`` instead: each request runs where it is awaited and is answered before the await
+returns, so the verb's coroutine never suspends and runs without an event loop
+(:func:`fleetop.cli.common.run`): asyncio (with ssl, logging and concurrent.futures, about 0.03 s of
+CPU) is not imported. etcd's gateway refuses a client certificate with a CommonName
 (:class:`~fleetop.etcd.gateway.GatewayRefusesCommonName`, raised by :meth:`connect`): the caller then
 reads through the gRPC client instead.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,7 +31,6 @@ from fleetop.etcd.gateway import Gateway
 from fleetop.etcd.gateway import KeyValue as GatewayKeyValue
 from fleetop.etcd.model import KeyValue, dial_failure
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DIAL_RETRY = 0.1
@@ -44,15 +45,17 @@ class ReadOnlyEtcd:
     """``get`` and ``list`` of one etcd cluster over the gateway. Create with :meth:`connect`;
     ``close()`` or ``async with``."""
 
-    def __init__(self, settings: EtcdSettings) -> None:
+    def __init__(self, settings: EtcdSettings, *, blocking: bool = False) -> None:
         self.settings = settings
+        self.blocking = blocking
         self._gateway = Gateway(settings)
 
     @classmethod
-    async def connect(cls, settings: EtcdSettings) -> ReadOnlyEtcd:
+    async def connect(cls, settings: EtcdSettings, *, blocking: bool = False) -> ReadOnlyEtcd:
         """Prove etcd answers (authenticating when a user is set) within ``dial_timeout``. Raises
-        EtcdUnavailable, EtcdDenied, ConfigError or GatewayRefusesCommonName."""
-        etcd = cls(settings)
+        EtcdUnavailable, EtcdDenied, ConfigError or GatewayRefusesCommonName. ``blocking``: each
+        request runs in the awaiting thread, not a worker (no event loop needed; see the module)."""
+        etcd = cls(settings, blocking=blocking)
         try:
             await etcd._dial()
         except BaseException:
@@ -64,7 +67,7 @@ class ReadOnlyEtcd:
         deadline = time.monotonic() + self.settings.dial_timeout
         while True:
             try:
-                await asyncio.to_thread(self._gateway.status)
+                await self._call(self._gateway.status)
                 return
             except EtcdDenied as exc:
                 if self.settings.user and "invalid user ID or password" in str(exc):
@@ -82,7 +85,7 @@ class ReadOnlyEtcd:
                         exc,
                         "connection closed",
                     ) from exc
-                await asyncio.sleep(DIAL_RETRY)
+                await self._sleep(DIAL_RETRY)
 
     def close(self) -> None:
         self._gateway.close()
@@ -93,10 +96,26 @@ class ReadOnlyEtcd:
     async def __aexit__(self, *_exc: object) -> None:
         self.close()
 
+    async def _call(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` in a worker thread, or here when ``blocking``."""
+        if self.blocking:
+            return call(*args, **kwargs)
+        import asyncio
+
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self.blocking:  # no event loop runs in this thread (see the module)
+            time.sleep(seconds)  # noqa: ASYNC251
+            return
+        import asyncio
+
+        await asyncio.sleep(seconds)
+
     async def _run(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``call`` in a worker thread; errors name the operation, as the gRPC client's do."""
+        """``call`` (:meth:`_call`); errors name the operation, as the gRPC client's do."""
         try:
-            return await asyncio.to_thread(call, *args, **kwargs)
+            return await self._call(call, *args, **kwargs)
         except EtcdUnavailable as exc:
             raise EtcdUnavailable(f"{what}: etcd unavailable: {exc}") from exc
         except EtcdDenied as exc:
@@ -118,6 +137,9 @@ class ReadOnlyEtcd:
                     f"list {prefix}", self._list_at_one_revision, prefix, keys_only, page_size
                 )
             except Compacted:
+                import logging  # not imported until needed: the read verbs log nothing
+
+                log = logging.getLogger(__name__)
                 log.info("list %s: revision compacted between pages, starting over", prefix)
         raise EtcdUnavailable(f"list {prefix}: compaction kept overtaking the read")
 

@@ -20,16 +20,21 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from fleetop import specjson
 from fleetop.errors import SpecInvalid
 from fleetop.models.base import check_name, shown
-from fleetop.models.proxy import ProxySpec
 from fleetop.models.service import ServiceSpec
 
-SPEC_KINDS: dict[str, type[ServiceSpec] | type[ProxySpec]] = {"Service": ServiceSpec, "Proxy": ProxySpec}
+if TYPE_CHECKING:
+    from fleetop.models.proxy import ProxySpec
+
+    SPEC_KINDS: dict[str, type[ServiceSpec] | type[ProxySpec]]
+
+SPEC_KIND_NAMES = ("Service", "Proxy")
 M = TypeVar("M", bound=BaseModel)
 MAX_REPORTED = 10
 """Errors listed in one SpecInvalid (the rest are counted): a status message stays readable."""
@@ -253,7 +258,18 @@ def parse_service(
 
 def parse_proxy(data: str | bytes | dict[str, Any], *, name: str | None = None, where: str = "") -> ProxySpec:
     """A ProxySpec from JSON text or a decoded object; ``name`` is the key's name, if known."""
+    from fleetop.models.proxy import ProxySpec  # built when a proxy is first read
+
     return _parse(ProxySpec, data, name, where)
+
+
+def __getattr__(name: str) -> Any:
+    """``SPEC_KINDS`` (kind → model), made when first asked for: reading services builds no proxy model."""
+    if name == "SPEC_KINDS":
+        from fleetop.models.proxy import ProxySpec
+
+        return {"Service": ServiceSpec, "Proxy": ProxySpec}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 ENVELOPE_FIELDS = ("kind", "name", "metadata", "spec", "status")
@@ -272,8 +288,8 @@ def parse_spec(document: Any, *, where: str = "") -> ServiceSpec | ProxySpec:
         if key not in ENVELOPE_FIELDS:
             raise _reject(f"$.{key}", "unknown field (a document has kind, name and spec)", where)
     kind = document.get("kind")
-    if kind not in SPEC_KINDS:
-        raise _reject("$.kind", f"kind must be one of {', '.join(SPEC_KINDS)}, got {kind!r}", where)
+    if kind not in SPEC_KIND_NAMES:
+        raise _reject("$.kind", f"kind must be one of {', '.join(SPEC_KIND_NAMES)}, got {kind!r}", where)
     name = document.get("name")
     if name is None and isinstance(document.get("metadata"), dict):
         name = document["metadata"].get("name")
@@ -306,5 +322,10 @@ def encode_spec(spec: ServiceSpec | ProxySpec) -> bytes:
 
 
 def encode_document(document: dict[str, Any]) -> bytes:
-    """A spec document as stored: compact JSON."""
-    return json.dumps(document, separators=(",", ":")).encode()
+    """A spec document as stored: compact JSON (:func:`fleetop.specjson.encode_document`)."""
+    return specjson.encode_document(document)
+
+
+def spec_hash(spec: ServiceSpec | ProxySpec) -> str:
+    """What a status names the spec it judged by (``specHash``): the sha256 of :func:`encode_spec`."""
+    return specjson.digest(encode_spec(spec))

@@ -98,8 +98,17 @@ class Backend(ObservedModel):
     address: str
 
 
+SPEC_HASH_DOC = (
+    "sha256 (hex) of the spec judged valid at observedGeneration, in its stored normal form (compact JSON,"
+    " defaults left out); empty when it was judged invalid"
+)
+"""``fleetop.models.parse.spec_hash``. A stored value whose JSON re-encodes to this digest is in the
+normal form, so the CLI can show it without the models (``fleetop.cli.light``)."""
+
+
 class ServiceStatus(ObservedModel):
     observed_generation: int = 0
+    spec_hash: str = Field(default="", description=SPEC_HASH_DOC)
     observed_generation_time: str = ""
     """When the operator first reported on ``observed_generation`` (RFC 3339): the spec's last change
     as the operator saw it, a scale included, which moves no condition."""
@@ -125,6 +134,7 @@ class AgentCount(ObservedModel):
 
 class ProxyStatus(ObservedModel):
     observed_generation: int = 0
+    spec_hash: str = Field(default="", description=SPEC_HASH_DOC)
     config_hash: str = ""
     generation: int = 0
     backends: dict[str, int] = Field(default_factory=dict)

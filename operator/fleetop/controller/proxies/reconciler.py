@@ -76,6 +76,7 @@ from fleetop.discovery.resolve import Resolution, Resolver, resolved_view
 from fleetop.errors import NameTaken, RenderError, TemporaryError
 from fleetop.keys import Keys
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
+from fleetop.models.parse import spec_hash
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.published import PublishedFormatError, encode_published
 from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderPaths, routed_services
@@ -118,6 +119,9 @@ class ProxyMemory:
     the answers are one of the render's inputs, so a changed answer renders again."""
     renderer: FragmentRenderer = field(default_factory=FragmentRenderer)
     """Keeps the rendered blocks of unchanged services between renders."""
+    judged: tuple[int, str] = (0, "")
+    """The revision of the spec last judged and its ``specHash`` (computed once per revision: a
+    proxy routing thousands of services has a large spec)."""
     collector: BackendCollector = field(default_factory=BackendCollector)
     """Keeps the parsed registrations of unchanged services between renders."""
 
@@ -183,8 +187,16 @@ class ProxyReconciler:
             await self._report_invalid(ref, memory, memory.backends)
         units, unit_error = await self._units(ref, spec, layout)
         agents = summarize_agents(self.caches.agents(name), published.hash if published else "")
+        if memory.judged[0] != entry.mod_revision:
+            memory.judged = (entry.mod_revision, spec_hash(spec))
         view = ProxyView(
-            entry.mod_revision, published, memory.backends, agents, units.units, memory.render_error
+            entry.mod_revision,
+            published,
+            memory.backends,
+            agents,
+            units.units,
+            memory.render_error,
+            spec_hash=memory.judged[1],
         )
         problems = [f"{n} exists and is not this proxy's" for n in units.blocked]
         if unit_error is not None or problems:

@@ -413,6 +413,8 @@ class ProxyView:
     units: list[UnitStatus]
     render_error: str | None = None
     unit_error: str | None = None
+    spec_hash: str = ""
+    """The judged spec's ``specHash`` (``fleetop.models.parse.spec_hash``)."""
 
 
 def _condition(
@@ -457,6 +459,7 @@ def build_status(view: ProxyView, stored: ProxyStatus | None, now: float) -> Pro
         degraded = _condition("Degraded", False, "AsExpected", "", stored, now)
     return ProxyStatus(
         observed_generation=view.generation,
+        spec_hash=view.spec_hash,
         config_hash=newest,
         generation=published.generation if published is not None else 0,
         backends=view.backends.server_counts(),
@@ -482,5 +485,10 @@ def invalid_status(
     base = stored or ProxyStatus()
     kept = [c for c in base.conditions if c.type != "Invalid"]
     return base.model_copy(
-        update={"observed_generation": generation, "conditions": [*kept, condition], "last_error": message}
+        update={
+            "observed_generation": generation,
+            "spec_hash": "",
+            "conditions": [*kept, condition],
+            "last_error": message,
+        }
     )

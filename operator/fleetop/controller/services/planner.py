@@ -90,6 +90,7 @@ from fleetop.controller.unitfile import DEFAULT_UNITS, UnitSettings
 from fleetop.controller.world import LAUNCHED, Action, CreateUnit, DestroyUnit, FleetIndex, SetDesiredState
 from fleetop.errors import RenderError
 from fleetop.fleet.ownership import ROLE_DISCOVERY, ROLE_MAIN
+from fleetop.models.parse import spec_hash
 from fleetop.models.service import ServiceSpec
 from fleetop.models.status import ServiceStatus
 
@@ -128,9 +129,18 @@ def plan(
     if holding is not None:
         back = _rolled_back(spec, memory, name, settings)
         if back is not None:
-            return _plan_service(world, _Context(back, generation, memory, backoff, holding))
+            return _judged(_plan_service(world, _Context(back, generation, memory, backoff, holding)), spec)
     first = _plan_service(world, _Context(desired, generation, memory, backoff))
-    return _roll_back_if_crash_looping(world, desired, generation, memory, backoff, first) or first
+    chosen = _roll_back_if_crash_looping(world, desired, generation, memory, backoff, first) or first
+    return _judged(chosen, spec)
+
+
+def _judged(result: Plan, spec: ServiceSpec) -> Plan:
+    """``result`` with its status naming the spec judged valid (``specHash``: the written spec's, also
+    while a rollback runs an older template)."""
+    if result.status is None:
+        return result
+    return replace(result, status=result.status.model_copy(update={"spec_hash": spec_hash(spec)}))
 
 
 def _rolled_back(spec: ServiceSpec, memory: PlanMemory, name: str, settings: UnitSettings) -> Desired | None:
@@ -291,14 +301,19 @@ _REASONS = {
 
 
 def _recreate_reserved(world: Scene, desired: Desired, decision: Decision, step: _Step) -> list[Action]:
-    """Create again the reserved slots whose back-off is over and whose names are clear."""
+    """Create again the reserved slots whose back-off is over and whose names are clear, lowest first,
+    as many as the ceiling leaves room for (``decision.recreate``); the others wait."""
     creates: list[Action] = []
     gone = dict(decision.destroy)
+    room = decision.recreate
     for slot in decision.reserved:
         name = main_unit_name(world.service, slot)
         record = step.records.get(name)
         if slot in gone or record is None or world.now < record.next_try or not clear(world, desired, slot):
             continue
+        if room == 0:
+            break
+        room -= 1
         creates.extend(_slot_creates(world, desired, slot))
         again = created(record)
         if again is None:

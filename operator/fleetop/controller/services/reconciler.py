@@ -308,6 +308,7 @@ class ServiceReconciler:
                 "observed_generation": generation,
                 "conditions": [*kept, condition],
                 "last_error": message,
+                "spec_hash": "",
             }
         )
         ref = ObjectRef("services", name)

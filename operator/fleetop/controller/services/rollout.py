@@ -6,7 +6,8 @@ newest template is, with the Deployment guarantees:
 
 - never more than ``replicas + maxSurge`` instances. The executor creates before it destroys, so
   the creations of a pass must fit next to every instance that exists when the pass starts, even
-  those the same pass destroys;
+  those the same pass destroys; that holds for a pending slot created again too, which waits while
+  the ceiling is full (after a scale-down that lowered it, say);
 - never fewer than ``replicas - maxUnavailable`` ready instances because of a destroy the planner
   chose, except when the user asked for fewer replicas (a scale-down is not a rollout);
 - an instance whose failure back-off has run out, or that is stuck unscheduled where a replacement
@@ -75,11 +76,14 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Create ``create`` new instances (in free slots); destroy ``destroy`` = ((slot, reason), ...);
-    ``reserved``: pending slots that stay, to be created again under their own number."""
+    ``reserved``: pending slots that stay, to be created again under their own number, at most
+    ``recreate`` of them in this pass (what the ceiling leaves next to the instances that exist when
+    the pass starts and the ``create`` new ones)."""
 
     create: int
     destroy: tuple[tuple[int, str], ...]
     reserved: tuple[int, ...] = ()
+    recreate: int = 0
 
 
 def removal_order(member: Member) -> tuple[int, bool, int]:
@@ -109,7 +113,9 @@ def decide(members: Sequence[Member], limits: Limits) -> Decision:
     rolling = not limits.paused and limits.replicas > 0 and any(not m.updated for m in live)
     create = _roll(live, limits, room, destroy) if rolling else _scale(live, limits, room, destroy)
     reserved = tuple(sorted(m.slot for m in live if m.pending and destroy.get(m.slot) != "scale down"))
-    return Decision(create, tuple(sorted(destroy.items())), reserved)
+    existing = sum(1 for m in members if not m.pending)  # units now, even those destroyed below
+    recreate = min(len(reserved), max(0, limits.ceiling - existing - create))
+    return Decision(create, tuple(sorted(destroy.items())), reserved, recreate)
 
 
 def _scale(live: list[Member], limits: Limits, room: int, destroy: dict[int, str]) -> int:
