@@ -197,7 +197,10 @@ class SecureEtcd:
 def start_secure_etcd(base: Path, etcdctl: str) -> SecureEtcd:
     files = make_certs(base / "certs")
     tls = EtcdTLS(files.server_cert, files.server_key, files.ca, client_cert_auth=True)
-    server = EtcdServer(base / "data", tls=tls, name="secure")
+    # bcrypt's cheapest cost: etcd hashes each password it is given and each one a client authenticates
+    # with at that cost, and the role tests authenticate hundreds of times (etcd's default 10 costs
+    # ~60 ms of CPU each; what is checked is who may do what, not the hash's strength)
+    server = EtcdServer(base / "data", tls=tls, name="secure", extra_args=["--bcrypt-cost=4"])
     server.start()
     secure = SecureEtcd(server, files, etcdctl, secrets.token_urlsafe(12), secrets.token_urlsafe(12))
     try:

@@ -33,6 +33,9 @@ from waiting import eventually
 PREFIX = f"/t/crashloop-{os.getpid()}"
 KEYS = Keys()
 BASE = 1.0
+FAST_RESTART = "200ms"
+"""A unit that cannot start: systemd's start limit (5 starts) fails it after 1 s, not the 5 s of the
+default ``RestartSec=1``, so each crash-loop cycle costs the operator's back-off and little else."""
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,8 @@ async def test_a_command_that_cannot_start_backs_off_and_says_why(
     etcd: Etcd, fleet: FleetClient, operator: Operator
 ) -> None:
     name, unit = "crash", "crash@8101.service"
-    body = {"replicas": 1, "ports": {"base": 8101}, "unit": {"execStart": "/nonexistent/bin %i"}}
+    unit_spec = {"execStart": "/nonexistent/bin %i", "restartSec": FAST_RESTART}
+    body = {"replicas": 1, "ports": {"base": 8101}, "unit": unit_spec}
     await etcd.put(KEYS.desired("services", name), json.dumps(body).encode())
 
     async def degraded() -> tuple[str, str, str] | None:
@@ -259,8 +263,8 @@ async def test_auto_rollback_returns_to_the_last_available_template(
     first = await eventually(available, 60.0, f"{name} to be fully available", every=0.5)
     bad = {
         **good,
-        "unit": {"execStart": "/nonexistent/bin %i"},
-        "rollout": {"progressDeadlineSeconds": 10, "autoRollback": True},
+        "unit": {"execStart": "/nonexistent/bin %i", "restartSec": FAST_RESTART},
+        "rollout": {"progressDeadlineSeconds": 5, "autoRollback": True},
     }
     written = json.dumps(bad).encode()
     await etcd.put(KEYS.desired("services", name), written)

@@ -3,7 +3,6 @@ same data dir, and a change made after it is back is acted on; the operator neve
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from ophelpers import Node, Operator, owned_mains, running_mains, spec
@@ -27,6 +26,13 @@ async def _converged(etcd: Etcd, fleet: FleetClient, name: str, replicas: int) -
     return status is not None and status.replicas.ready == replicas and len(running) == replicas == len(mains)
 
 
+async def _not_leading(operator: Operator) -> bool:
+    try:
+        return "\nfleetop_leader 0.0\n" in await operator.metrics()
+    except Exception:
+        return False
+
+
 async def test_operator_resumes_after_etcd_restarts(tmp_path: Path) -> None:
     server = EtcdServer(tmp_path / "etcd")
     server.start()
@@ -42,7 +48,8 @@ async def test_operator_resumes_after_etcd_restarts(tmp_path: Path) -> None:
                     lambda: _converged(etcd, fleet, "steady", 2), 40, "2 instances before the outage"
                 )
             server.kill()
-            await asyncio.sleep(4.0)  # longer than the operator's renew deadline (2 s): it steps down
+            # past the operator's renew deadline (2 s) it steps down, and says so in its metrics
+            await eventually(lambda: _not_leading(operator), 30, "the operator to step down")
             assert operator.running, operator.log_tail()
             server.start()
             async with await Etcd.connect(settings) as etcd:

@@ -141,7 +141,7 @@ async def test_restart_on_failure_until_start_limit(sup: Supervisor, tmp_path: P
     options = svc(
         ("ExecStart", f"/bin/sh -c 'echo start >> {counter}; exit 1'"),
         ("Restart", "on-failure"),
-        ("RestartSec", "1"),
+        ("RestartSec", "0.3"),  # seconds without a unit, as "1" is; shorter, so the two restarts cost 0.6 s
         ("StartLimitBurst", "3"),
         ("StartLimitIntervalSec", "30"),
     )

@@ -345,6 +345,11 @@ class Engine:
         for name, machine_ids in new_globals.items():
             for machine_id in machine_ids:
                 placed_on[machine_id].add(name)
+        # New to an agent too: a unit its machine had no schedule for, as every unit is to the first
+        # pass after a start (the placements read back from the registry are not "moved", but no agent
+        # has seen them; left alone, they would wait for the agents' resync).
+        for machine_id, names in placed_on.items():
+            moved |= names - self._placed_on[machine_id]
         self._placed_on = placed_on
         now = time.monotonic()
         for name in moved:

@@ -248,12 +248,16 @@ def remaining(deadline: float | None) -> float | None:
 
 
 async def wait_until(predicate: Callable[[], bool], deadline: float | None) -> bool:
-    """Poll ``predicate`` until it holds (True) or the deadline passes (False)."""
+    """Poll ``predicate`` until it holds (True) or the deadline passes (False): soon at first (a process
+    that was just signalled is usually gone within milliseconds), then every ``POLL`` seconds. An agent
+    stops its units one after another, so a first look only ``POLL`` later made each stop cost that."""
+    pause = POLL / 16
     while not predicate():
         left = remaining(deadline)
         if left is not None and left <= 0:
             return False
-        await asyncio.sleep(POLL if left is None else min(POLL, left))
+        await asyncio.sleep(pause if left is None else min(pause, left))
+        pause = min(2 * pause, POLL)
     return True
 
 
