@@ -100,6 +100,15 @@ def fleetop(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+def verb_env(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path) -> dict[str, str]:
+    """The read verbs' environment: the test etcd under its prefix, fleet unreachable."""
+    return {
+        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
+        "FLEETOP_PREFIX": etcd_prefix,
+        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
+    }
+
+
 def modules(done: subprocess.CompletedProcess[str]) -> set[str]:
     return set(json.loads(done.stderr.splitlines()[-1]))
 
@@ -123,11 +132,7 @@ def test_a_common_name_certificate_reads_through_grpc(secure_etcd: SecureEtcd, t
 
 
 def test_the_read_verbs_load_no_grpc(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path) -> None:
-    env = {
-        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
-        "FLEETOP_PREFIX": etcd_prefix,
-        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
-    }
+    env = verb_env(etcd_server, etcd_prefix, tmp_path)
     with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
         gateway.put("/desired/services/web", SPEC)
     heavy = (*READ_VERB_HEAVY, "fleetop.etcd.client")
@@ -150,11 +155,7 @@ def test_unjudged_service_specs_build_only_the_service_models(
     """``get services`` of specs no operator has judged validates them with the models (one shows
     invalid), and builds the service models only: no proxy, status or event model, and no event loop
     (it reads etcd without one), nor logging. ``describe`` reads without an event loop too."""
-    env = {
-        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
-        "FLEETOP_PREFIX": etcd_prefix,
-        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
-    }
+    env = verb_env(etcd_server, etcd_prefix, tmp_path)
     with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
         gateway.put("/desired/services/web", SPEC)
         gateway.put("/desired/services/bad", '{"replicas": "2"}')
@@ -296,14 +297,7 @@ def test_the_read_verbs_print_what_the_typer_app_prints(
 
     from fleetop.cli.main import app
 
-    env = {
-        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
-        "FLEETOP_PREFIX": etcd_prefix,
-        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
-        "COLUMNS": "200",
-        "NO_COLOR": "1",
-        "TERM": "dumb",
-    }
+    env = {**verb_env(etcd_server, etcd_prefix, tmp_path), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
     with Gateway(settings_from({"endpoints": etcd_server.endpoint, "prefix": etcd_prefix}, {})) as gateway:
         gateway.put("/desired/services/web", SPEC)  # revision-independent: STATUS judges another one
         gateway.put("/desired/services/bad-type", '{"replicas": "2", "unit": {"execStart": "/bin/true"}}')
@@ -387,12 +381,7 @@ def test_judged_specs_read_without_pydantic(
     from fleetop.cli.main import app
     from fleetop.models.observed import FleetObservation, OperatorObservation
 
-    env = {
-        "ETCDCTL_ENDPOINTS": etcd_server.endpoint,
-        "FLEETOP_PREFIX": etcd_prefix,
-        "FLEETCTL_ENDPOINT": f"unix://{tmp_path / 'no-fleet.sock'}",
-        "COLUMNS": "200",
-    }
+    env = {**verb_env(etcd_server, etcd_prefix, tmp_path), "COLUMNS": "200"}
     observed = OperatorObservation(
         identity="op-1",
         time="2026-01-01T00:00:00Z",
