@@ -32,6 +32,7 @@ from fleetop.proxy.apply import (
     initial_config,
     pid_file_of,
     uses_shell,
+    wait_pid,
 )
 from fleetop.proxy.render import RenderPaths, render
 
@@ -144,6 +145,25 @@ def test_pid_file_is_read_from_the_config() -> None:
     assert pid_file_of("nginx", initial_config("e", "nginx", 80, paths)) == Path("/run/p/proxy.pid")
     assert pid_file_of("haproxy", initial_config("e", "haproxy", 80, paths)) == Path("/run/p/proxy.pid")
     assert pid_file_of("nginx", "events {}\n") is None
+
+
+async def test_a_reload_waits_for_a_starting_proxy_to_write_its_pid(tmp_path: Path) -> None:
+    """nginx creates its pid file, then writes the pid: a reload that comes in between reads an empty
+    file, and waits for the pid instead of failing (the agent's status said "holds no pid")."""
+    pid_file = tmp_path / "proxy.pid"
+    pid_file.write_text("")
+    later = threading.Timer(0.1, lambda: pid_file.write_text(f"{os.getpid()}\n"))
+    later.start()
+    try:
+        assert await wait_pid(pid_file, 5.0) == os.getpid()
+    finally:
+        later.cancel()
+    pid_file.write_text("")
+    with pytest.raises(ApplyError, match="holds no pid"):  # one that never comes: the error, in time
+        await wait_pid(pid_file, 0.05)
+    pid_file.unlink()
+    with pytest.raises(ApplyError, match="no pid file"):
+        await wait_pid(pid_file, 0.05)
 
 
 @pytest.mark.parametrize(

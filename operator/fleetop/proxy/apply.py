@@ -279,6 +279,24 @@ def children(pid: int) -> set[int] | None:
     return found
 
 
+PID_WAIT = 2.0
+"""Seconds a proxy that is starting up gets to write its pid file before a reload fails: nginx creates
+the file, then writes its pid into it, so for a moment the file is there and empty."""
+
+
+async def wait_pid(pid_file: Path, timeout: float) -> int:
+    """:func:`read_pid`, read again every 10 ms for up to ``timeout`` seconds while it fails."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return read_pid(pid_file)
+        except ApplyError:
+            if loop.time() >= deadline:
+                raise
+        await asyncio.sleep(0.01)
+
+
 # When each master's last reload produced its new worker (loop time), so a following reload can wait
 # for the master to settle first: a per-process memo of the proxy this agent drives, not shared state.
 _LAST_RELOAD: dict[int, float] = {}
@@ -289,7 +307,7 @@ async def _signal_reload(reload: SignalReload, timeout: float) -> None:
     a master that is still starting up from the previous reload drops the signal (HAProxy 2.6), and
     reloading twice is harmless because every reload reads the file installed now. ``settle`` is kept
     between two reloads of one master; a reload after a quiet spell is not delayed by it."""
-    pid = read_pid(reload.pid_file)
+    pid = await wait_pid(reload.pid_file, min(PID_WAIT, timeout))
     loop = asyncio.get_running_loop()
     last = _LAST_RELOAD.get(pid)
     if reload.settle and last is not None and loop.time() < last + reload.settle:
