@@ -254,14 +254,6 @@ def proxy_status(raw: str, name: str, revision: int) -> str:
     return status_bytes(build_status(view, None, 1767225600.0)).decode()
 
 
-def put_judged_proxy(gateway: Gateway, name: str, raw: str) -> int:
-    gateway.put(f"/desired/proxies/{name}", raw)
-    kv = gateway.get(f"/desired/proxies/{name}")
-    assert kv is not None
-    gateway.put(f"/status/proxies/{name}", proxy_status(raw, name, kv.mod_revision))
-    return kv.mod_revision
-
-
 def judged_invalid(revision: int) -> str:
     """The status the operator writes for a spec the models refuse (its reconciler's form)."""
     from fleetop.controller.runtime.executor import status_bytes
@@ -272,13 +264,19 @@ def judged_invalid(revision: int) -> str:
     return status_bytes(status).decode()
 
 
-def put_judged(gateway: Gateway, name: str, raw: str) -> int:
-    """Put a spec and the status the operator writes for it; its revision."""
-    gateway.put(f"/desired/services/{name}", raw)
-    kv = gateway.get(f"/desired/services/{name}")
+def put_judged(gateway: Gateway, name: str, raw: str, kind: str = "services") -> int:
+    """Put a spec of ``kind`` (``services`` or ``proxies``) and the status the operator writes for it;
+    its revision."""
+    gateway.put(f"/desired/{kind}/{name}", raw)
+    kv = gateway.get(f"/desired/{kind}/{name}")
     assert kv is not None
-    gateway.put(f"/status/services/{name}", operator_status(raw, name, kv.mod_revision))
+    judge = operator_status if kind == "services" else proxy_status
+    gateway.put(f"/status/{kind}/{name}", judge(raw, name, kv.mod_revision))
     return kv.mod_revision
+
+
+def put_judged_proxy(gateway: Gateway, name: str, raw: str) -> int:
+    return put_judged(gateway, name, raw, "proxies")
 
 
 def test_the_read_verbs_print_what_the_typer_app_prints(
