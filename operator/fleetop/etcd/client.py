@@ -107,6 +107,7 @@ class Etcd:
         self._auth = AuthService(channel, max_attempts=_READ_ATTEMPTS)
         self._maintenance = MaintenanceService(channel, max_attempts=_READ_ATTEMPTS)
         self._watch_stub = pb.WatchStub(channel)
+        self._lease_stub = pb.LeaseStub(channel)
         self._token: str | None = None
         self._auth_generation = 0
         self._auth_lock = asyncio.Lock()
@@ -383,11 +384,14 @@ class Etcd:
         """Renew ``lease`` once; returns the remaining TTL in seconds (0 or less: the lease is gone)."""
 
         async def renew() -> int:
-            call = self._lease.keep_alive(lease)
+            # The stream is written by this task (grpc's reader/writer style). Given a request
+            # iterator, grpc would start a task of its own to send it, and when the call fails before
+            # its headers are sent (etcd going away) that task waits for them forever.
+            call = self._lease_stub.LeaseKeepAlive(metadata=self._metadata())
             try:
-                async for response in call:
-                    return int(response.TTL)
-                return 0
+                await call.write(pb.LeaseKeepAliveRequest(ID=lease))
+                response = await call.read()
+                return 0 if response is grpc.aio.EOF else int(response.TTL)
             finally:
                 call.cancel()
 
