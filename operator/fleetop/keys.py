@@ -12,7 +12,6 @@ printable key segment that cannot climb out of its prefix or collide with a vali
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Literal
 from urllib.parse import unquote
@@ -43,6 +42,8 @@ def segment(name: str) -> str:
     if set(out) <= {"."}:
         out = out.replace(".", "%2E")
     if len(out) > SEGMENT_CHARS:
+        import hashlib  # here: OpenSSL's start-up is a few ms of every CLI call, and names this long are rare
+
         out = f"{out[: SEGMENT_CHARS - 17]}~{hashlib.sha256(raw).hexdigest()[:16]}"
     return out
 

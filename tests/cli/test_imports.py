@@ -167,3 +167,67 @@ def test_split_verb_finds_the_verb_after_the_global_flags(
     from fleetop.cli.main import split_verb
 
     assert split_verb(argv) == expected
+
+
+PARSE_ONE = (
+    "from fleetop.models import parse_service\n"
+    'parse_service(b\'{"replicas": 1, "unit": {"execStart": "/bin/true"}}\', name=\'web\')\n'
+    "try:\n"
+    '    parse_service(b\'{"replicas": -1, "unit": {"execStart": "/bin/true"}}\', name=\'web\')\n'
+    "except Exception as exc:\n"
+    "    assert 'replicas' in str(exc), exc\n"
+    "else:\n"
+    "    raise AssertionError('an invalid spec was accepted')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("setting", "stand_in"), [("__all__", True), ("true", True), ("", False), ("other", False)]
+)
+def test_read_verbs_skip_pydantics_plugin_loader_only_when_every_plugin_is_disabled(
+    setting: str, stand_in: bool
+) -> None:
+    """The read verbs answer pydantic's plugin question themselves when PYDANTIC_DISABLE_PLUGINS
+    disables every plugin (their default): ``importlib.metadata`` is then never imported, and the
+    models still validate. Any other setting leaves pydantic's loader in charge."""
+    code = (
+        f"import os\nos.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)\n"
+        f"if {setting!r}: os.environ['PYDANTIC_DISABLE_PLUGINS'] = {setting!r}\n"
+        "from fleetop.cli.reads import skip_plugin_loader\nskip_plugin_loader()\n" + PARSE_ONE
+    )
+    modules = imported_after(code)
+    assert ("importlib.metadata" not in modules) is stand_in
+    assert "fleetop.models.service" in modules
+
+
+def test_pydantic_takes_only_get_plugins_from_its_plugin_loader() -> None:
+    """The stand-in for ``pydantic.plugin._loader`` has ``get_plugins`` alone: hold the installed
+    pydantic to importing nothing else from that module, and its ``get_plugins`` to answering no
+    plugin when all are disabled, as the stand-in does."""
+    import re
+    from pathlib import Path
+
+    import pydantic
+    from pydantic.plugin import _loader
+
+    from fleetop.cli.reads import PLUGIN_LOADER
+
+    assert _loader.__name__ == PLUGIN_LOADER
+    taken: set[str] = set()
+    for path in Path(pydantic.__file__).parent.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for names in re.findall(
+            r"from\s+(?:\.|pydantic\.plugin\.)_loader\s+import\s+(\([^)]*\)|[^\n]+)", text
+        ):
+            taken.update(n.strip() for n in names.strip("()").split(",") if n.strip())
+        assert not re.search(r"\b_loader\.\w", text) or path.name == "_loader.py", path
+    assert taken == {"get_plugins"}
+    previous = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+    try:
+        assert tuple(_loader.get_plugins()) == ()
+    finally:
+        if previous is None:
+            del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+        else:
+            os.environ["PYDANTIC_DISABLE_PLUGINS"] = previous

@@ -382,6 +382,13 @@ async def test_haproxy_rules_the_runtime_diff_relies_on(tmp_path: Path) -> None:
                     replace(enable, text="enable server roundrobin/nothing"),
                 ]
             )
+        full = await api.send("show servers state")
+        short = RuntimeAPI(Path(paths.stats_socket), max_answer=len(full.encode()) // 2)
+        with pytest.raises(
+            RuntimeAPIError, match=r"'show servers state' to .*: the answer is over \d+ bytes"
+        ):
+            await short.servers()  # an answer past the limit is an error, not memory spent
+        assert await RuntimeAPI(Path(paths.stats_socket), max_answer=len(full.encode()) + 4096).servers()
     finally:
         proxy.stop()
 

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _STATS_SOCKET_RE = re.compile(r"^\s*stats\s+socket\s+(/\S+)\s+(.*)$", re.MULTILINE)
 _READ_SIZE = 1 << 16
+MAX_ANSWER = 64 << 20
+"""The longest answer read from the admin socket (``show servers state`` of 100,000 servers is about
+15 MB); a longer one is an error, not memory spent without end."""
 DRAIN_TIMEOUT = 60.0
 WORKER_WAIT = 5.0
 DELETED = "Server deleted."
@@ -80,9 +83,10 @@ def admin_socket_of(body: str) -> Path | None:
 class RuntimeAPI:
     """Sends one command per connection to HAProxy's admin socket and returns the answer."""
 
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, timeout: float = 5.0, max_answer: int = MAX_ANSWER) -> None:
         self.path = path
         self.timeout = timeout
+        self.max_answer = max_answer
 
     async def send(self, command: str) -> str:
         """Send one command (no separators: nothing from a config can add a command)."""
@@ -102,7 +106,7 @@ class RuntimeAPI:
                     sock.setblocking(False)
                     await loop.sock_connect(sock, str(self.path))
                     await loop.sock_sendall(sock, line.encode("ascii") + b"\n")
-                    answer = await _read_to_eof(loop, sock)
+                    answer = await _read_to_eof(loop, sock, self.max_answer, f"{line!r} to {self.path}")
         except TimeoutError:
             raise UnreachableError(
                 f"{line!r}: no answer from {self.path} within {self.timeout:g} s"
@@ -144,11 +148,15 @@ class RuntimeAPI:
             raise RuntimeAPIError(str(exc)) from None
 
 
-async def _read_to_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+async def _read_to_eof(loop: asyncio.AbstractEventLoop, sock: socket.socket, limit: int, what: str) -> bytes:
     """Everything ``sock`` sends until HAProxy closes it (a ``show servers state`` of 10,000 servers
-    is over a megabyte)."""
+    is over a megabyte); RuntimeAPIError past ``limit`` bytes."""
     chunks: list[bytes] = []
+    size = 0
     while chunk := await loop.sock_recv(sock, _READ_SIZE):
+        size += len(chunk)
+        if size > limit:
+            raise RuntimeAPIError(f"{what}: the answer is over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
