@@ -200,7 +200,7 @@ def test_read_verbs_skip_pydantics_plugin_loader_only_when_every_plugin_is_disab
     assert "fleetop.models.service" in modules
 
 
-def test_pydantic_takes_only_get_plugins_from_its_plugin_loader() -> None:
+def test_pydantic_takes_only_get_plugins_from_its_plugin_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stand-in for ``pydantic.plugin._loader`` has ``get_plugins`` alone: hold the installed
     pydantic to importing nothing else from that module, and its ``get_plugins`` to answering no
     plugin when all are disabled, as the stand-in does."""
@@ -222,12 +222,5 @@ def test_pydantic_takes_only_get_plugins_from_its_plugin_loader() -> None:
             taken.update(n.strip() for n in names.strip("()").split(",") if n.strip())
         assert not re.search(r"\b_loader\.\w", text) or path.name == "_loader.py", path
     assert taken == {"get_plugins"}
-    previous = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
-    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
-    try:
-        assert tuple(_loader.get_plugins()) == ()
-    finally:
-        if previous is None:
-            del os.environ["PYDANTIC_DISABLE_PLUGINS"]
-        else:
-            os.environ["PYDANTIC_DISABLE_PLUGINS"] = previous
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    assert tuple(_loader.get_plugins()) == ()
