@@ -195,6 +195,9 @@ class ProxyAgent:
             self._report(error=cfg, failed_hash="")
             return False
         if cfg.hash == self.status.applied_hash and self.status.error is None:
+            if cfg.generation > self.status.applied_generation:
+                # the config running already, published again (A, B superseded, A): say it is applied
+                self._report(applied_generation=cfg.generation)
             return False
         if cfg.hash == self._given_up:
             return False
