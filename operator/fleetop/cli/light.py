@@ -18,7 +18,7 @@ are plain classes: making a dataclass costs more than reading every key a verb s
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fleetop.keys import Keys, Kind
 
@@ -149,41 +149,61 @@ class ServiceSpec:
         self.replicas: int = _field(data, "replicas", int)
 
 
-class Entry:
-    """A desired key whose revision the operator judged valid, with the fields shown of its spec."""
+class JudgedKey:
+    """A desired key whose revision the operator judged valid (what every light entry has)."""
 
-    __slots__ = ("create_revision", "key", "kind", "mod_revision", "name", "spec")
+    __slots__ = ("create_revision", "key", "kind", "mod_revision", "name")
     error: None = None
-    valid = True
 
-    def __init__(self, kind: Kind, name: str, kv: Any, spec: ServiceSpec) -> None:
+    def __init__(self, kind: Kind, name: str, kv: Any) -> None:
         self.kind = kind
         self.name = name
         self.key: str = kv.key
-        self.spec = spec
         self.create_revision: int = kv.create_revision
         self.mod_revision: int = kv.mod_revision
 
 
-class StatusEntry:
+class Entry(JudgedKey):
+    """A judged key with the fields shown of its spec."""
+
+    __slots__ = ("spec",)
+    valid = True
+
+    def __init__(self, kind: Kind, name: str, kv: Any, spec: ServiceSpec) -> None:
+        super().__init__(kind, name, kv)
+        self.spec = spec
+
+
+S = TypeVar("S", bound="ServiceStatus | ProxyStatus")
+
+
+class StatusEntry(Generic[S]):
+    """A status as read, with the revision of its key: this module's statuses, or the fuller ones
+    ``describe`` reads (:mod:`fleetop.cli.lightdescribe`)."""
+
     __slots__ = ("mod_revision", "name", "status")
+    error: None = None
 
-    def __init__(self, name: str, kind: Kind, kv: Any) -> None:
+    def __init__(self, name: str, status: S, mod_revision: int) -> None:
         self.name = name
-        self.status = read_status(kind, kv.value)
-        self.mod_revision: int = kv.mod_revision
+        self.status = status
+        self.mod_revision = mod_revision
 
 
-def read_statuses(kind: Kind, keys: Keys, kvs: list[Any]) -> dict[str, StatusEntry]:
-    out: dict[str, StatusEntry] = {}
+def read_statuses(
+    kind: Kind, keys: Keys, kvs: list[Any]
+) -> dict[str, StatusEntry[ServiceStatus | ProxyStatus]]:
+    out: dict[str, StatusEntry[ServiceStatus | ProxyStatus]] = {}
     for kv in kvs:
         name = keys.name_of(kv.key, kind, "status")
         if name is not None:
-            out[name] = StatusEntry(name, kind, kv)
+            out[name] = StatusEntry(name, read_status(kind, kv.value), kv.mod_revision)
     return out
 
 
-def read_entries(kind: Kind, keys: Keys, kvs: list[Any], statuses: dict[str, StatusEntry]) -> list[Entry]:
+def read_entries(
+    kind: Kind, keys: Keys, kvs: list[Any], statuses: dict[str, StatusEntry[ServiceStatus | ProxyStatus]]
+) -> list[Entry]:
     """Every desired key of ``kind``, each judged valid at its revision by the operator's status."""
     entries = []
     for kv in kvs:

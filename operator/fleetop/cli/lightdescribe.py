@@ -17,7 +17,7 @@ attribute names :func:`fleetop.cli.output.format_describe` reads, so one formatt
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
 from fleetop.cli import light
 from fleetop.cli.light import Unsure, _decode, _field, _text
@@ -145,30 +145,19 @@ class ProxyStatus(light.ProxyStatus):
         self.units = _units(data)
 
 
-class StatusEntry:
-    __slots__ = ("mod_revision", "name", "status")
-    error: None = None
-
-    def __init__(self, name: str, status: ServiceStatus | ProxyStatus, mod_revision: int) -> None:
-        self.name = name
-        self.status = status
-        self.mod_revision = mod_revision
+StatusEntry: TypeAlias = "light.StatusEntry[ServiceStatus | ProxyStatus]"
+"""A status as ``describe`` reads it: a :class:`ServiceStatus` or :class:`ProxyStatus` of this module."""
 
 
-class Entry:
-    """A desired key whose revision the operator judged valid, stored in the models' normal form."""
+class Entry(light.JudgedKey):
+    """A judged key stored in the models' normal form: its spec document as stored."""
 
-    __slots__ = ("create_revision", "document", "key", "kind", "mod_revision", "name")
-    error: None = None
+    __slots__ = ("document",)
     raw = b""
 
     def __init__(self, kind: Kind, name: str, kv: Any, document: dict[str, Any]) -> None:
-        self.kind = kind
-        self.name = name
-        self.key: str = kv.key
+        super().__init__(kind, name, kv)
         self.document = document
-        self.create_revision: int = kv.create_revision
-        self.mod_revision: int = kv.mod_revision
 
 
 def read_described(kind: Kind, keys: Keys, name: str, kv: Any, status_kv: Any) -> tuple[Entry, StatusEntry]:
@@ -190,7 +179,7 @@ def read_described(kind: Kind, keys: Keys, name: str, kv: Any, status_kv: Any) -
         raise Unsure("no judged form")
     if digest(encode_document(document)) != status.spec_hash:
         raise Unsure("not stored in the normal form")  # the models normalise it
-    return Entry(kind, name, kv, document), StatusEntry(name, status, status_kv.mod_revision)
+    return Entry(kind, name, kv, document), light.StatusEntry(name, status, status_kv.mod_revision)
 
 
 EVENT_KINDS = frozenset({"Service", "Proxy"})

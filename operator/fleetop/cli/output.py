@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # judged specs are shown without the models (cli/light.py, cl
     from fleetop.store import Entry, StatusEntry
 
     AnyEntry: TypeAlias = Entry | light.Entry
-    AnyStatusEntry: TypeAlias = StatusEntry | light.StatusEntry
+    AnyStatusEntry: TypeAlias = StatusEntry | light.StatusEntry[light.ServiceStatus | light.ProxyStatus]
     AnyEvent: TypeAlias = Event | lightdescribe.Event
 
 OutputFormat = Literal["table", "wide", "json", "yaml"]
