@@ -111,16 +111,37 @@ async def judged_hash(world: World, kind: Kind, name: str) -> str:
 
 
 async def test_the_status_names_the_spec_judged_valid_by_its_hash(world: World) -> None:
-    """``specHash``: the digest of the spec judged valid at ``observedGeneration``, for both kinds;
-    emptied when a later revision is judged invalid (the status is otherwise kept as it was)."""
+    """``specHash``: the digest of the spec judged valid at ``observedGeneration``, for both kinds,
+    following a later valid revision (the reconcilers keep it per revision); emptied when a later
+    revision is judged invalid (the status is otherwise kept as it was)."""
     port = free_port()
-    await world.put("proxies", "hashed", {**managed(port), "managed": False})
-    await world.put("services", "hashed-svc", {"replicas": 0, "unit": {"execStart": "/bin/sleep 1"}})
+    specs: dict[str, list[dict[str, Any]]] = {
+        "proxies": [
+            {**managed(port), "managed": False},
+            {**managed(port), "managed": False, "wait": {"min": "0s", "max": "1s"}},
+        ],
+        "services": [
+            {"replicas": 0, "unit": {"execStart": "/bin/sleep 1"}},
+            {"replicas": 0, "unit": {"execStart": "/bin/sleep 2"}},
+        ],
+    }
     for kind, name in (("proxies", "hashed"), ("services", "hashed-svc")):
         reconciler = world.proxies if kind == "proxies" else world.services
-        await reconciler.reconcile(name)
-        status = await world.status(kind, name)
-        assert status is not None and status.spec_hash == await judged_hash(world, kind, name), kind
+        seen: list[str] = []
+        for spec in specs[kind]:
+            await world.put(kind, name, spec)
+            kv = await world.etcd.get(KEYS.desired(kind, name))
+            assert kv is not None
+            await eventually(
+                lambda k=kind, n=name, r=kv.mod_revision: world.informers.entries[k][n].mod_revision == r,
+                10.0,
+                "the revision seen",
+            )
+            await reconciler.reconcile(name)
+            status = await world.status(kind, name)
+            assert status is not None and status.spec_hash == await judged_hash(world, kind, name), kind
+            seen.append(status.spec_hash)
+        assert seen[0] != seen[1], kind  # a new revision is hashed again
         raw = await world.etcd.get(KEYS.status(kind, name))
         assert raw is not None
         light = lightdescribe.ServiceStatus if kind == "services" else lightdescribe.ProxyStatus

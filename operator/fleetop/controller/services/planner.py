@@ -110,12 +110,15 @@ def plan(
     *,
     settings: UnitSettings = DEFAULT_UNITS,
     backoff: BackoffPolicy = DEFAULT_BACKOFF,
+    judged_hash: str | None = None,
 ) -> Plan:
     """Decide one reconcile pass for service ``name``. ``spec`` None means the service was deleted.
     ``settings`` are the installation's settings the units it writes carry (fleetop's path, key root).
 
     ``index`` is fleet as indexed once per poll (every unit, owned or not: names taken by others
-    matter), ``registrations`` maps an instance ("8001") to whether it is registered.
+    matter), ``registrations`` maps an instance ("8001") to whether it is registered. ``judged_hash``
+    is ``spec``'s ``specHash`` when the caller keeps it (the reconciler computes it once per revision);
+    without it, it is computed here.
     """
     ownership = read_ownership(name, index.owned_by(f"services/{name}"))
     world = Scene(name, index.units, index.states, registrations, index.machines, ownership, now)
@@ -129,18 +132,20 @@ def plan(
     if holding is not None:
         back = _rolled_back(spec, memory, name, settings)
         if back is not None:
-            return _judged(_plan_service(world, _Context(back, generation, memory, backoff, holding)), spec)
+            held = _plan_service(world, _Context(back, generation, memory, backoff, holding))
+            return _judged(held, spec, judged_hash)
     first = _plan_service(world, _Context(desired, generation, memory, backoff))
     chosen = _roll_back_if_crash_looping(world, desired, generation, memory, backoff, first) or first
-    return _judged(chosen, spec)
+    return _judged(chosen, spec, judged_hash)
 
 
-def _judged(result: Plan, spec: ServiceSpec) -> Plan:
+def _judged(result: Plan, spec: ServiceSpec, judged_hash: str | None) -> Plan:
     """``result`` with its status naming the spec judged valid (``specHash``: the written spec's, also
     while a rollback runs an older template)."""
     if result.status is None:
         return result
-    return replace(result, status=result.status.model_copy(update={"spec_hash": spec_hash(spec)}))
+    digest = judged_hash if judged_hash is not None else spec_hash(spec)
+    return replace(result, status=result.status.model_copy(update={"spec_hash": digest}))
 
 
 def _rolled_back(spec: ServiceSpec, memory: PlanMemory, name: str, settings: UnitSettings) -> Desired | None:

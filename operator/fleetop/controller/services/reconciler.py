@@ -65,6 +65,7 @@ from fleetop.discovery.addresses import Registration, registrations_under
 from fleetop.errors import NameTaken, SpecInvalid, TemporaryError
 from fleetop.fleet.units import unit_hash
 from fleetop.models import Backend, Condition, ServiceSpec, ServiceStatus
+from fleetop.models.parse import spec_hash
 from fleetop.models.status import ReplicaCounts
 from fleetop.store import Entry
 from fleetop.timefmt import rfc3339
@@ -135,6 +136,9 @@ class ServiceReconciler:
         self.limits = limits
         self.memory: dict[str, PlanMemory] = {}
         self._invalid_reported: dict[str, tuple[int, str]] = {}
+        self._judged: dict[str, tuple[int, str]] = {}
+        """Service -> the revision of the spec last judged valid and its ``specHash`` (computed once per
+        revision, not every pass)."""
         self._admission: tuple[int, FleetSnapshot, dict[str, Refusal]] | None = None
         self._unconverged_since: dict[str, float] = {}
 
@@ -193,6 +197,7 @@ class ServiceReconciler:
             memory,
             settings=self.settings,
             backoff=self.backoff,
+            judged_hash=self._spec_hash(name, generation, spec) if spec is not None else None,
         )
         self.memory[name] = result.memory
         status = result.status
@@ -335,8 +340,16 @@ class ServiceReconciler:
         if self.metrics is not None:
             self.metrics.set_lag(name, lag)
 
+    def _spec_hash(self, name: str, generation: int, spec: ServiceSpec) -> str:
+        """``spec``'s ``specHash``, kept per service for the revision it was computed for."""
+        judged = self._judged.get(name)
+        if judged is None or judged[0] != generation:
+            judged = self._judged[name] = (generation, spec_hash(spec))
+        return judged[1]
+
     def _forget(self, name: str) -> None:
         self.memory.pop(name, None)
+        self._judged.pop(name, None)
         self._invalid_reported.pop(name, None)
         self._unconverged_since.pop(name, None)
         self.executor.forget(ObjectRef("services", name))
