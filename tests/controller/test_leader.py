@@ -191,10 +191,15 @@ async def test_the_leader_key_lives_the_lease_duration_less_a_retry_period(etcd:
         assert await etcd.keepalive_once(leader._lease) == TIMINGS.lease_ttl == 25
 
 
-async def test_a_leader_cut_off_by_an_etcd_outage_resumes_when_etcd_is_back(tmp_path: object) -> None:
+async def test_a_leader_cut_off_by_an_etcd_outage_resumes_when_etcd_is_back(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
     """It steps down at the renew deadline during the outage (it cannot renew), and when etcd returns
     takes leadership back on its own lease — still there — instead of waiting out a 30 s lease."""
+    import logging
     from pathlib import Path
+
+    caplog.set_level(logging.DEBUG, logger="fleetop.controller.runtime.leader")
 
     server = EtcdServer(Path(str(tmp_path)) / "data")
     server.start()
@@ -215,6 +220,13 @@ async def test_a_leader_cut_off_by_an_etcd_outage_resumes_when_etcd_is_back(tmp_
                 await eventually(lambda: not elector.is_leader, 30, "the leader to step down")
                 with pytest.raises(NotLeader):
                     elector.check_leading()
+                # stepping down, it tries to revoke its lease (its client retries within the command
+                # timeout): an etcd back before that attempt has failed would take the revoke
+                await eventually(
+                    lambda: any("revoking lease" in r.getMessage() for r in caplog.records),
+                    30,
+                    "the step-down's revoke to fail",
+                )
                 server.start()
 
                 async def led_again() -> bool:
