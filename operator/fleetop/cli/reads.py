@@ -348,8 +348,9 @@ def run_read_verb(verb: str, flags: dict[str, str], rest: Sequence[str]) -> bool
         return False
     args, options = parsed
     # A spec no operator judged yet is validated with the models. pydantic looks for plugins (entry
-    # points of every installed distribution) when it builds its first model, about 0.01 s of CPU; a
-    # read verb has no use for one. Set by the user, the variable is left as it is.
+    # points of every installed distribution) when it builds its first model, about 0.01 s of CPU, and
+    # imports its loader even when told not to (:func:`skip_plugin_loader`); a read verb has no use
+    # for a plugin. Set by the user, the variable is left as it is.
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     skip_plugin_loader()
     cli = CliContext(flags={flag: flags.get(flag) for flag in GLOBAL_FLAGS})
