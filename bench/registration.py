@@ -66,6 +66,8 @@ TARGETS: dict[tuple[Kind, str], Target] = {
     ("haproxy", "add"): Target.of(("median", "<=", 10.0), ("p99", "<=", 25.0)),
     ("haproxy", "remove"): Target.of(("median", "<=", 10.0)),
 }
+SLOW_FSYNC = 0.016
+"""A WAL fsync past this (a bucket bound of etcd's histogram) takes two thirds of the p99 budget."""
 RELOADS_TARGET = {"haproxy": Target.of(("value", "==", 0))}
 CONFD = (
     "confd 0.17 -watch (classic nginx template, same etcd and nginx, one window on this machine kind): "
@@ -94,6 +96,7 @@ async def measure_kind(
         async with KeyLog(etcd, config_key) as configs, KeyLog(etcd, agent_prefix) as agents:
             await asyncio.sleep(0.5)
             reloads0 = agent_reloads(agents)
+            disk0 = await asyncio.to_thread(stack.etcd_metrics)
             for i in range(cycles):
                 address = backends[i % len(backends)]
                 key = f"/services/{service}/b{i % len(backends)}"
@@ -124,6 +127,7 @@ async def measure_kind(
                         applied.append((app - t0) * 1000)
                     await asyncio.sleep(random.uniform(0.15, 0.3))
             reloads = agent_reloads(agents) - reloads0
+            disk1 = await asyncio.to_thread(stack.etcd_metrics)
         result.add(f"{kind}: key put → request served by it", "ms", adds, TARGETS[kind, "add"])
         result.add(f"{kind}: key deleted → requests stop reaching it", "ms", removes, TARGETS[kind, "remove"])
         result.add(f"{kind}: key change → config published (watch)", "ms", published)
@@ -131,7 +135,16 @@ async def measure_kind(
         result.value(
             f"{kind}: reloads during the {2 * cycles} changes", "count", reloads, RELOADS_TARGET.get(kind)
         )
+        fsyncs, slow = slow_fsyncs(disk0, disk1, SLOW_FSYNC)
+        result.value(
+            f"{kind}: etcd WAL fsyncs slower than {SLOW_FSYNC * 1000:g} ms during the workload",
+            "count",
+            slow,
+            note=f"of {fsyncs:g}",
+        )
         result.raw[kind] = {
+            "walFsyncs": fsyncs,
+            "slowWalFsyncs": slow,
             "addMs": adds,
             "removeMs": removes,
             "publishedMs": published,
@@ -140,6 +153,18 @@ async def measure_kind(
         }
     finally:
         rig.stop(stack.procs)
+
+
+def slow_fsyncs(before: dict[str, float], after: dict[str, float], slower: float) -> tuple[float, float]:
+    """etcd's WAL fsyncs between two scrapes of its metrics: (all, slower than ``slower`` s, which
+    must be one of the histogram's bucket bounds)."""
+    name = "etcd_disk_wal_fsync_duration_seconds"
+    bound = f'{name}_bucket{{le="{slower:g}"}}'
+    if bound not in after:
+        raise RuntimeError(f"etcd's metrics have no bucket {bound}")
+    total = after[f"{name}_count"] - before.get(f"{name}_count", 0.0)
+    fast = after[bound] - before.get(bound, 0.0)
+    return total, total - fast
 
 
 async def _stamp(log: KeyLog, since: float, match: Callable[[Stamp], bool]) -> float | None:

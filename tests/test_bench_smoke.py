@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import report  # noqa: E402
 from bench.harness import fetch_raw, first_answer_by, first_of_run  # noqa: E402
+from bench.registration import slow_fsyncs  # noqa: E402
 from bench.report import Row, Target, WorkloadResult  # noqa: E402
 
 
@@ -119,6 +120,16 @@ def test_the_bare_socket_request_reads_status_and_backend() -> None:
     assert serve(b"garbage") == (0, "")
 
 
+def test_slow_fsyncs_are_counted_from_the_histogram_between_two_scrapes() -> None:
+    name = "etcd_disk_wal_fsync_duration_seconds"
+    before = {f"{name}_count": 10.0, f'{name}_bucket{{le="0.016"}}': 9.0}
+    after = {f"{name}_count": 25.0, f'{name}_bucket{{le="0.016"}}': 21.0}
+    assert slow_fsyncs(before, after, 0.016) == (15.0, 3.0)
+    assert slow_fsyncs({}, after, 0.016) == (25.0, 4.0)  # a first scrape before any fsync
+    with pytest.raises(RuntimeError, match=r'le="0\.01"'):
+        slow_fsyncs(before, after, 0.01)  # not a bound of etcd's histogram
+
+
 def test_a_tiny_quick_run_writes_results(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "bench", "--only", "registration,burst", "--quick", "--reps", "1"]
     argv += ["--out", str(tmp_path)]
@@ -127,6 +138,8 @@ def test_a_tiny_quick_run_writes_results(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "latest.json").read_text())
     assert [w["name"] for w in doc["workloads"]] == ["registration", "burst"]
     assert doc["machine"]["cpus"] >= 1
+    raw = doc["workloads"][0]["raw"]["haproxy"]
+    assert raw["walFsyncs"] >= len(raw["addMs"]) and 0 <= raw["slowWalFsyncs"] <= raw["walFsyncs"]
     for workload in doc["workloads"]:
         assert workload["error"] is None
         assert workload["rows"]
