@@ -477,6 +477,15 @@ def agent_reloads(agents: KeyLog) -> int:
     return total
 
 
+def agent_followed(agents: KeyLog) -> int:
+    """The agents' ``followedApplies`` counters (configs applied ahead of the operator), summed."""
+    total = 0
+    for raw in agents.items.values():
+        status = decode_agent(raw)
+        total += status.followed_applies if status is not None else 0
+    return total
+
+
 # -- the stack ------------------------------------------------------------------------------------------
 
 

@@ -19,7 +19,10 @@ event loop.
 
 Stages come from the same clock: *published* when the bench's watch sees the new config generation in
 etcd, *applied* when it sees the agent's status for it (the agent reports after nginx / HAProxy has
-forked the new worker, i.e. after the reload).
+forked the new worker, i.e. after the reload). HAProxy's agent follows the registrations itself and
+applies a change before the operator publishes it (:mod:`fleetop.proxy.follow`); its status names the
+new generation only once the operator's config arrives, so *applied* is that report, and a row counts
+the changes the agent applied ahead of the operator.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bench.harness import (
     ProxyRig,
     Stack,
     Stamp,
+    agent_followed,
     agent_reloads,
     answered_by,
     applied_newer,
@@ -95,7 +99,7 @@ async def measure_kind(
         applied: list[float] = []
         async with KeyLog(etcd, config_key) as configs, KeyLog(etcd, agent_prefix) as agents:
             await asyncio.sleep(0.5)
-            reloads0 = agent_reloads(agents)
+            reloads0, followed0 = agent_reloads(agents), agent_followed(agents)
             disk0 = await asyncio.to_thread(stack.etcd_metrics)
             for i in range(cycles):
                 address = backends[i % len(backends)]
@@ -127,6 +131,7 @@ async def measure_kind(
                         applied.append((app - t0) * 1000)
                     await asyncio.sleep(random.uniform(0.15, 0.3))
             reloads = agent_reloads(agents) - reloads0
+            followed = agent_followed(agents) - followed0
             disk1 = await asyncio.to_thread(stack.etcd_metrics)
         result.add(f"{kind}: key put → request served by it", "ms", adds, TARGETS[kind, "add"])
         result.add(f"{kind}: key deleted → requests stop reaching it", "ms", removes, TARGETS[kind, "remove"])
@@ -135,6 +140,13 @@ async def measure_kind(
         result.value(
             f"{kind}: reloads during the {2 * cycles} changes", "count", reloads, RELOADS_TARGET.get(kind)
         )
+        if kind == "haproxy":
+            result.value(
+                f"{kind}: changes the agent applied from the registrations, ahead of the operator",
+                "count",
+                followed,
+                note=f"of {2 * cycles}",
+            )
         fsyncs, slow = slow_fsyncs(disk0, disk1, SLOW_FSYNC)
         result.value(
             f"{kind}: etcd WAL fsyncs slower than {SLOW_FSYNC * 1000:g} ms during the workload",
@@ -150,6 +162,7 @@ async def measure_kind(
             "publishedMs": published,
             "appliedMs": applied,
             "reloads": reloads,
+            "followedApplies": followed,
         }
     finally:
         rig.stop(stack.procs)

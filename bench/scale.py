@@ -49,10 +49,10 @@ from bench.harness import (
     put_many,
 )
 from bench.report import Target, WorkloadResult
-from fleetop.controller.proxies.status import collect_backends
 from fleetop.etcd.client import Etcd
 from fleetop.local.etcdserver import free_port
 from fleetop.models import ProxySpec
+from fleetop.proxy.backends import collect_backends
 from fleetop.proxy.render import RenderPaths, render
 
 CONFD = "confd -watch at 10,000 keys: full render 0.91 s wall, 0.89 s CPU, 33 MB RSS; one key → file 0.91 s"

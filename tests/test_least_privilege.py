@@ -89,6 +89,7 @@ async def _can_read(secure: SecureEtcd, user: str, password: str, prefix: str) -
         ("agent", "/status/proxies/edge/agents/m1", False),
         ("agent", "/fleetop/proxies/edge/config", False),
         ("agent", "/desired/proxies/edge", False),
+        ("agent", "/services/web/8001", False),
         ("sideweb", "/services/web/8001", True),
         ("sideweb", "/services/webby/8001", False),
         ("sideweb", "/services/api/8001", False),
@@ -109,6 +110,7 @@ async def test_writes(secured: tuple[SecureEtcd, dict[str, str]], user: str, key
         ("op", "/desired/", True),
         ("op", "/services/", True),
         ("agent", "/fleetop/proxies/", True),
+        ("agent", "/services/", True),
         ("agent", "/desired/", False),
         ("side", "/desired/", False),
         ("sideweb", "/services/web/", True),
@@ -178,6 +180,8 @@ async def test_a_machine_agent_reads_only_its_proxies_configs(
     assert await _can_read(secure, "agent-m1", machine_agent, "/fleetop/proxies/edge/config")
     assert not await _can_read(secure, "agent-m1", machine_agent, "/fleetop/proxies/other/config")
     assert not await _can_read(secure, "agent-m1", machine_agent, "/status/proxies/")
+    assert await _can_read(secure, "agent-m1", machine_agent, "/services/")  # the registrations it follows
+    assert not await _can_write(secure, "agent-m1", machine_agent, "/services/web/8001", lease=True)
 
 
 def test_the_machine_role_refuses_bad_names(

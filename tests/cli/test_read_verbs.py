@@ -245,9 +245,10 @@ def operator_status(raw: str, name: str, revision: int) -> str:
 def proxy_status(raw: str, name: str, revision: int) -> str:
     """The status the operator writes when it judges proxy ``raw`` at ``revision`` valid, before
     anything is published: its status builder's, encoded as its executor does."""
-    from fleetop.controller.proxies.status import AgentSummary, BackendSet, ProxyView, build_status
+    from fleetop.controller.proxies.status import AgentSummary, ProxyView, build_status
     from fleetop.controller.runtime.executor import status_bytes
     from fleetop.models.parse import parse_proxy, spec_hash
+    from fleetop.proxy.backends import BackendSet
 
     judged = spec_hash(parse_proxy(raw, name=name))
     view = ProxyView(revision, None, BackendSet(), AgentSummary(0, 0, []), [], spec_hash=judged)

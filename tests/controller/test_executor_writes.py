@@ -16,7 +16,6 @@ from fleetop.config import EtcdSettings
 from fleetop.controller.runtime.contain import FailureReporter
 from fleetop.controller.runtime.contract import ObjectRef
 from fleetop.controller.runtime.executor import Executor
-from fleetop.controller.runtime.informers import PrefixCache, follow
 from fleetop.controller.runtime.metrics import OperatorMetrics
 from fleetop.errors import FleetAPIError, NotLeader
 from fleetop.etcd.client import Etcd, KeyValue
@@ -24,6 +23,7 @@ from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import Event, ProxyStatus, PublishedConfig, ServiceStatus
+from fleetop.prefixes import PrefixCache, follow
 from fleetop.proxy.published import encode_published
 from waiting import eventually
 

@@ -27,13 +27,13 @@ from fleetop.config import EtcdSettings
 from fleetop.controller.runtime.contain import FailureReporter
 from fleetop.controller.runtime.contract import Dispatcher
 from fleetop.controller.runtime.executor import Executor
-from fleetop.controller.runtime.informers import PrefixCache, follow
 from fleetop.errors import SpecInvalid
 from fleetop.etcd.client import Etcd
 from fleetop.fleet.client import FleetClient
 from fleetop.keys import Keys, is_name
 from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import Condition, ProxyStatus, ServiceStatus
+from fleetop.prefixes import PrefixCache, follow
 from fleetop.proxy.agent import AgentSettings
 from fleetop.proxy.apply import initial_config, start_proxy
 from fleetop.proxy.policy import AgentPolicy

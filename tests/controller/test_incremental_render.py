@@ -14,16 +14,11 @@ from typing import Any, cast
 import pytest
 from ophelpers import FakeCache
 
-from fleetop.controller.proxies.status import (
-    BackendCollector,
-    Destinations,
-    RegistrationSource,
-    collect_backends,
-    network_rules,
-)
-from fleetop.controller.runtime.informers import ARRIVALS_KEPT, PrefixCache, RegistrationCaches
+from fleetop.controller.proxies.status import BackendCollector, RegistrationSource
 from fleetop.etcd.client import Etcd
 from fleetop.models import ProxySpec
+from fleetop.prefixes import ARRIVALS_KEPT, PrefixCache, RegistrationCaches
+from fleetop.proxy.backends import Destinations, collect_backends, network_rules
 from fleetop.proxy.published import decode_published, encode_published
 from fleetop.proxy.render import FragmentRenderer, RenderPaths, paused_gc, render, routed_services
 

@@ -12,11 +12,12 @@ import pytest
 from ophelpers import Node, Operator
 
 from fleetop.config import settings_from
-from fleetop.controller.proxies.status import collect_backends, published_hash
+from fleetop.controller.proxies.status import published_hash
 from fleetop.etcd.client import Etcd
 from fleetop.keys import Keys
 from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ProxySpec, PublishedConfig
+from fleetop.proxy.backends import collect_backends
 from fleetop.proxy.published import FORMAT_COMPRESSED, decode_published
 from fleetop.proxy.render import RenderPaths, default_runtime_dir, render
 from waiting import eventually

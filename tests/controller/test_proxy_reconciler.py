@@ -24,7 +24,7 @@ from fleetop.config import EtcdSettings
 from fleetop.controller.proxies.cache import ProxyCaches
 from fleetop.controller.proxies.reconciler import ProxyReconciler
 from fleetop.controller.runtime.executor import Executor
-from fleetop.controller.runtime.informers import Informers, follow
+from fleetop.controller.runtime.informers import Informers
 from fleetop.controller.services.reconciler import ServiceReconciler
 from fleetop.controller.unitfile import UnitSettings
 from fleetop.etcd.client import Etcd
@@ -33,6 +33,7 @@ from fleetop.keys import Keys, Kind
 from fleetop.local.etcdserver import EtcdServer, free_port
 from fleetop.models import Event, ProxyStatus, ServiceStatus
 from fleetop.models.parse import parse_proxy, parse_service, spec_hash
+from fleetop.prefixes import follow
 from waiting import eventually
 
 KEYS = Keys()

@@ -7,16 +7,12 @@ from ophelpers import FakeCache
 from fleetop.controller.proxies.status import (
     AgentSummary,
     BackendCollector,
-    BackendSet,
-    Destinations,
     ProxyView,
     RegistrationSource,
     build_status,
-    collect_backends,
     describe_invalid,
     describe_unlaunched,
     invalid_status,
-    network_rules,
     published_hash,
     registration_names,
     summarize_agents,
@@ -26,6 +22,7 @@ from fleetop.controller.world import launched_instances
 from fleetop.discovery.resolve import Resolution
 from fleetop.models import AgentStatus, ProxySpec, PublishedConfig
 from fleetop.models.networks import contains, parse_networks
+from fleetop.proxy.backends import BackendSet, Destinations, collect_backends, network_rules
 
 SPEC = ProxySpec.model_validate({"kind": "nginx", "listen": 8080, "routes": [{"service": "web"}]})
 CONFIG = PublishedConfig(hash="h2", generation=2, kind="nginx", body="...")

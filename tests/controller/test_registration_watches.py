@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fleetop.config import EtcdSettings
-from fleetop.controller.runtime.informers import (
+from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot, WatchEvent
+from fleetop.local.etcdserver import EtcdServer
+from fleetop.prefixes import (
     SHARED_WATCH_FROM,
     RegistrationCaches,
     SharedPrefixCache,
     parent_prefix,
 )
-from fleetop.etcd.client import Etcd, Events, KeyValue, Snapshot, WatchEvent
-from fleetop.local.etcdserver import EtcdServer
 from waiting import eventually
 
 MANY = SHARED_WATCH_FROM + 2

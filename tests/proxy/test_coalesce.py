@@ -69,7 +69,7 @@ def test_invalid_wait_is_refused() -> None:
 def test_a_burst_seen_by_slow_passes_renders_once_then_at_its_end() -> None:
     """Changes 10 ms apart for 1.3 s, seen by passes 60 ms apart: the first renders at once, the rest
     wait for the burst's quiet end (or max), however far apart the passes that saw them were."""
-    from fleetop.controller.runtime.informers import burst_of
+    from fleetop.prefixes import burst_of
 
     rule = Quiescence(0.05, 1.0)
     arrivals: list[float] = []
@@ -94,7 +94,7 @@ def test_a_burst_seen_by_slow_passes_renders_once_then_at_its_end() -> None:
 
 
 def test_burst_of() -> None:
-    from fleetop.controller.runtime.informers import burst_of
+    from fleetop.prefixes import burst_of
 
     assert burst_of([], 0.05) is None
     assert burst_of([1.0], 0.05) == (1.0, 1.0)

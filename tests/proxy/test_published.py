@@ -9,11 +9,11 @@ import zlib
 
 import pytest
 
-from fleetop.controller.proxies.status import collect_backends
 from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd
 from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ProxySpec, PublishedConfig
+from fleetop.proxy.backends import collect_backends
 from fleetop.proxy.published import (
     COMPRESS_ABOVE,
     FORMAT_COMPRESSED,

@@ -171,6 +171,37 @@ class AgentStatus(ObservedModel):
     failed_hash: str = ""
     dropped_backends: list[str] = Field(default_factory=list)
     """Backend lines the agent took out of the applied config because its check failed on them."""
+    servers_ahead: list[str] = Field(default_factory=list)
+    """Backends whose servers the agent took from registrations newer than the published config (it
+    follows them, see :class:`FollowedBackend`); empty once the operator has published them too."""
+    followed_applies: int = 0
+    """Configs applied ahead of the operator, from registrations it had not yet published."""
+
+
+class FollowedBackend(ObservedModel):
+    """A backend whose servers an agent may take from the registrations itself, by the operator's
+    rules, instead of waiting for the operator to publish them (one etcd commit sooner): published
+    with an HAProxy config whose servers change at runtime.
+
+    ``revision``: the body holds this backend's servers as of every change under ``prefix`` up to this
+    etcd revision; an agent that has seen at least as far renders the backend from what it has seen,
+    one that has not keeps the published servers. ``launched``: the instances whose registrations
+    count (a sidekick service's launched units), None when every instance does; ``networks``: CIDR
+    lists an address must be inside, every one of them; ``block``: the values the built-in template's
+    backend block reads besides the service."""
+
+    service: str
+    prefix: str
+    revision: int
+    launched: list[str] | None = None
+    networks: list[list[str]] = Field(default_factory=list)
+    block: dict[str, str | bool | None] = Field(default_factory=dict)
+
+    def rule(self) -> tuple[object, ...]:
+        """Everything but the revision: what, when it changes, makes a new config for the agents."""
+        launched = tuple(self.launched) if self.launched is not None else None
+        networks = tuple(tuple(cidrs) for cidrs in self.networks)
+        return (self.service, self.prefix, launched, networks, tuple(sorted(self.block.items())))
 
 
 class PublishedConfig(ObservedModel):
@@ -183,3 +214,5 @@ class PublishedConfig(ObservedModel):
     check_cmd: list[str] | str | None = None
     reload_cmd: list[str] | str | None = None
     config_path: str | None = None
+    follow: list[FollowedBackend] = Field(default_factory=list)
+    """The backends an agent may follow itself (HAProxy's built-in template, servers at runtime)."""

@@ -20,6 +20,12 @@ Rules:
   config, and the file is still staged, checked and renamed, so a restart or a later reload gives
   the same servers. Any other change reloads; so does a refused command or a disagreeing state
   (after installing the checked file); status says which way each config went and why it fell back;
+- HAProxy's servers one etcd commit sooner: the operator publishes, with a config whose servers
+  change at runtime, the rules it keeps each backend's registrations by; the agent watches those
+  registrations too and, when it has seen a change the published config does not reflect yet,
+  applies the config the operator will publish (:mod:`fleetop.proxy.follow`). Status says which
+  backends run ahead of the published config (``serversAhead``) until it catches up, and a config
+  equal to the one applied is only reported, not applied again;
 - status is written only when it changed, bound to a lease kept alive while the agent runs, so an
   agent that is gone stops counting; etcd restarts are ridden out by ``list_watch`` and by retrying
   the status write.
@@ -42,7 +48,9 @@ from fleetop.etcd.client import Etcd, LeaseKeeper, Snapshot
 from fleetop.filemodes import SHARED_DIR_MODE, make_dir
 from fleetop.keys import Keys
 from fleetop.models.status import AgentStatus, PublishedConfig
+from fleetop.prefixes import RegistrationCaches
 from fleetop.proxy.apply import ApplyError, ApplyResult, pid_file_of
+from fleetop.proxy.follow import Followed, Follower, followable
 from fleetop.proxy.haproxy_runtime import (
     DRAIN_TIMEOUT,
     RuntimeAPI,
@@ -61,6 +69,9 @@ from fleetop.timefmt import rfc3339
 log = logging.getLogger(__name__)
 
 STATUS_TTL = 30
+DENIED_RETRY = 60.0
+"""Seconds between attempts to watch registrations the agent's etcd role may not read (it then
+applies the published servers only)."""
 
 
 def utc_now() -> str:
@@ -81,6 +92,8 @@ class AgentSettings:
     retry_max: float = 30.0
     status_ttl: int = STATUS_TTL
     runtime_api: bool = True
+    follow: bool = True
+    """Follow the registrations of the backends the operator lets agents follow (HAProxy at runtime)."""
     drain_timeout: float = DRAIN_TIMEOUT
     drain_poll: float = 0.05
     policy: AgentPolicy = field(default_factory=AgentPolicy)
@@ -134,7 +147,12 @@ class ProxyAgent:
         self._changed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._dirty.set()  # report presence at once
-        self._given_up: str | None = None  # hash of a config that failed its check
+        self._given_up: tuple[str, int] | None = None  # (hash, hash of the body) that failed its check
+        self._decoded: tuple[bytes, PublishedConfig | str] | None = None
+        self._follower = Follower()
+        self._registrations = RegistrationCaches(etcd, self._registrations_changed, denied_retry=DENIED_RETRY)
+        self._followed: frozenset[str] = frozenset()  # the prefixes the newest config follows
+        self._applied_body: str | None = None  # the body of the config last applied (effective)
         self._loaded: _Loaded | None = None  # the HAProxy config the proxy runs, as this agent applied it
         self._runtimes: dict[Path, ServerRuntime] = {}
         self._draining = asyncio.Event()
@@ -149,6 +167,7 @@ class ProxyAgent:
                 group.create_task(self._apply_loop())
                 group.create_task(self._status_loop())
                 group.create_task(self._drain_loop())
+                group.create_task(self._registrations.run())
         except BaseExceptionGroup as failed:
             raise _first(failed) from None
 
@@ -168,6 +187,10 @@ class ProxyAgent:
                 if value != self._latest:
                     self._latest = value
                     self._changed.set()
+
+    def _registrations_changed(self, prefix: str, keys: set[str]) -> None:
+        if prefix in self._followed:
+            self._changed.set()
 
     async def _apply_loop(self) -> None:
         failures = 0
@@ -190,27 +213,71 @@ class ProxyAgent:
         raw = self._latest
         if raw is None:
             return False  # nothing published (or deleted): keep serving what is there
-        cfg = decode_config(raw)
+        cfg = self._decode(raw)
         if isinstance(cfg, str):
             self._report(error=cfg, failed_hash="")
             return False
-        if cfg.hash == self.status.applied_hash and self.status.error is None:
+        followed = self._follow(cfg)
+        if followed.body is not cfg.body:
+            cfg = cfg.model_copy(update={"body": followed.body})
+        if cfg.hash == self.status.applied_hash and self.status.error is None and self._same_body(cfg):
             if cfg.generation > self.status.applied_generation:
                 # the config running already, published again (A, B superseded, A): say it is applied
                 self._report(applied_generation=cfg.generation)
             return False
-        if cfg.hash == self._given_up:
+        if (cfg.hash, hash(cfg.body)) == self._given_up:
             return False
-        return await self._apply(cfg)
+        if self._running_already(cfg):
+            self._applied_body = cfg.body
+            self._report(
+                applied_hash=cfg.hash,
+                applied_generation=cfg.generation,
+                servers_ahead=list(followed.ahead),
+                error=None,
+                failed_hash="",
+            )
+            return False
+        return await self._apply(cfg, followed)
 
-    async def _apply(self, cfg: PublishedConfig) -> bool:
+    def _decode(self, raw: bytes) -> PublishedConfig | str:
+        """The published value decoded, once per value (registration changes apply it again)."""
+        if self._decoded is None or self._decoded[0] is not raw:
+            self._decoded = (raw, decode_config(raw))
+        return self._decoded[1]
+
+    def _follow(self, cfg: PublishedConfig) -> Followed:
+        """The config to apply: the published one, with the backends it lets agents follow rendered
+        from registrations newer than it (:mod:`fleetop.proxy.follow`)."""
+        if not (self.settings.follow and self.settings.runtime_api and followable(cfg)):
+            self._followed = frozenset()
+            self._registrations.want(())
+            return Followed(cfg.body)
+        self._followed = frozenset(rule.prefix for rule in cfg.follow)
+        self._registrations.want(self._followed)
+        return self._follower.effective(cfg, self._registrations.cache)
+
+    def _same_body(self, cfg: PublishedConfig) -> bool:
+        applied = self._applied_body
+        return applied is None or applied is cfg.body or applied == cfg.body
+
+    def _running_already(self, cfg: PublishedConfig) -> bool:
+        """Whether HAProxy runs this very text, as this agent applied it (the operator's config caught
+        up with the registrations the agent followed): nothing to apply, only to report."""
+        loaded = self._loaded
+        if loaded is None or cfg.kind != "haproxy" or cfg.reload_cmd is not None or self.status.error:
+            return False
+        if loaded.body != cfg.body:
+            return False
+        return self._still_installed(loaded, self.settings.target(cfg))
+
+    async def _apply(self, cfg: PublishedConfig, followed: Followed) -> bool:
         settings, raw = self.settings, self._latest
         target = settings.target(cfg)
         allowed = settings.allowed()
         refused = allowed.refusal(cfg, target)
         if refused is not None:  # nothing runs, nothing is written: the old config keeps serving
             log.error("proxy %s: config %s: %s", settings.proxy, cfg.hash[:12], refused)
-            self._given_up = cfg.hash
+            self._given_up = (cfg.hash, hash(cfg.body))
             self._report(error=refused, failed_hash=cfg.hash)
             return False
         model, runtime = self._runtime_step(cfg, target)
@@ -232,7 +299,7 @@ class ProxyAgent:
                 "proxy %s: config %s (generation %d): %s", settings.proxy, cfg.hash[:12], cfg.generation, exc
             )
             if exc.stage == "check":
-                self._given_up = cfg.hash
+                self._given_up = (cfg.hash, hash(cfg.body))
             if not exc.installed:
                 self._loaded = loaded  # the proxy still runs what it ran
             if exc.reloaded:  # a reload (an undo included) leaves HAProxy with the file's servers only
@@ -252,11 +319,16 @@ class ProxyAgent:
         # a base for proofs only if nginx's own check (or a proof from one) accepted it, as published
         self._accepted = (target, cfg.body) if cfg.check_cmd is None and not dropped else None
         self._given_up = None
-        self._applied(cfg, result, model, dropped)
+        self._applied(cfg, result, model, dropped, followed)
         return False
 
     def _applied(
-        self, cfg: PublishedConfig, result: ApplyResult, model: ConfigModel | None, dropped: list[Dropped]
+        self,
+        cfg: PublishedConfig,
+        result: ApplyResult,
+        model: ConfigModel | None,
+        dropped: list[Dropped],
+        followed: Followed,
     ) -> None:
         if dropped:
             log.warning(
@@ -268,10 +340,12 @@ class ProxyAgent:
                 "proxy %s: config %s could not be applied at runtime, reloaded instead: %s",
                 self.settings.proxy, cfg.hash[:12], result.fallback,
             )  # fmt: skip
+        ahead = f", servers of {', '.join(followed.ahead)} ahead of it" if followed.ahead else ""
         log.info(
-            "proxy %s: applied config %s (generation %d) by %s",
-            self.settings.proxy, cfg.hash[:12], cfg.generation, how,
+            "proxy %s: applied config %s (generation %d%s) by %s",
+            self.settings.proxy, cfg.hash[:12], cfg.generation, ahead, how,
         )  # fmt: skip
+        self._applied_body = cfg.body
         if result.via != "runtime":
             for runtime in self._runtimes.values():
                 runtime.forget()  # a reloaded HAProxy holds only the file's servers
@@ -295,6 +369,8 @@ class ProxyAgent:
             error=None,
             failed_hash="",
             dropped_backends=[d.describe() for d in dropped],
+            servers_ahead=list(followed.ahead),
+            followed_applies=status.followed_applies + (1 if followed.ahead else 0),
         )
 
     def _runtime_step(

@@ -60,6 +60,8 @@ def _settings(
     runtime_dir: Path | None,
     timeout: float,
     policy: AgentPolicy | None = None,
+    *,
+    follow: bool = True,
 ) -> AgentSettings:
     try:
         check_name(proxy, "--proxy")
@@ -78,6 +80,7 @@ def _settings(
         config_path=config_path.absolute() if config_path else None,
         timeout=timeout,
         policy=policy or AgentPolicy(),
+        follow=follow,
     )
 
 
@@ -115,6 +118,13 @@ def proxy_agent_command(
         list[Path] | None,
         typer.Option(help="Also allow configs under this directory (repeatable; the machine's own unit)."),
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            help="HAProxy: follow the backends' registrations one etcd commit before the operator"
+            " publishes them (--no-follow: apply the operator's configs only)."
+        ),
+    ] = True,
     endpoints: Annotated[
         str | None,
         typer.Option(help="etcd endpoints (default: ETCDCTL_ENDPOINTS, ETCD_ENDPOINT, 127.0.0.1:2379)."),
@@ -127,7 +137,13 @@ def proxy_agent_command(
     _setup_logging()
     try:
         agent_settings = _settings(
-            proxy, machine, config_path, runtime_dir, timeout, machine_policy(policy, allow_config_dir)
+            proxy,
+            machine,
+            config_path,
+            runtime_dir,
+            timeout,
+            machine_policy(policy, allow_config_dir),
+            follow=follow,
         )
         etcd_settings = settings_from({"endpoints": endpoints, "prefix": prefix}, os.environ)
     except (InputError, ConfigError) as exc:

@@ -225,6 +225,11 @@ def _listen(value: str) -> Listen:
     return Listen(host=host, port=port, nginx=nginx, haproxy=value)
 
 
+def service_view(service: str, registrations: Sequence[Registration]) -> ServiceView:
+    """What a template sees of one routed service with these registrations."""
+    return ServiceView(service, upstream_name(service), _backends(registrations))
+
+
 def _backends(registrations: Sequence[Registration]) -> tuple[BackendView, ...]:
     unique = {(r.host, r.port) for r in registrations}
     views = []
@@ -594,9 +599,35 @@ class FragmentRenderer:
         cached = self._fragments.get(view.name)
         if cached is not None and cached.view == view and cached.scalars == scalars:
             return cached.text
-        values = dict(zip(names, scalars, strict=True))
-        block = template.blocks[FRAGMENT_BLOCK]
-        text = checked(lambda: "".join(block(template.new_context({**values, "service": view}))))
+        text = render_block(template, dict(zip(names, scalars, strict=True)), view)
         self._fragments[view.name] = _Fragment(view, scalars, text)
         fresh.append(view.name)
         return text
+
+
+def render_block(template: jinja2.Template, values: Mapping[str, Any], view: ServiceView) -> str:
+    """The template's block for one service (``values``: the names of ``FRAGMENT_NAMES`` it reads)."""
+    block = template.blocks[FRAGMENT_BLOCK]
+    return checked(lambda: "".join(block(template.new_context({**values, "service": view}))))
+
+
+def block_values(
+    proxy_name: str, spec: ProxySpec, paths: RenderPaths
+) -> dict[str, str | bool | None] | None:
+    """The values the built-in template's block reads besides the service, when there is such a block
+    and they are all plain values (what an agent needs to render a backend as the operator does);
+    None otherwise (a custom template, or a block that reads more)."""
+    names = block_names(spec.kind) if spec.template is None else None
+    if names is None:
+        return None
+    fixed = _scalars_of(proxy_name, spec, paths)
+    values = {name: fixed[name] for name in names}
+    if not all(value is None or type(value) in (str, bool) for value in values.values()):
+        return None
+    return values
+
+
+def builtin_block(kind: str, values: Mapping[str, str | bool | None], view: ServiceView) -> str:
+    """The built-in template's block for one service: byte for byte the text of that service in a
+    config rendered with the same values."""
+    return render_block(compile_template(builtin_template_text(kind), sandboxed=False), values, view)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from fleetop.controller.runtime.informers import PrefixCache, follow
 from fleetop.etcd.client import Etcd, KeyValue
 from fleetop.keys import Keys, child
+from fleetop.prefixes import PrefixCache, follow
 
 
 class ProxyCaches:

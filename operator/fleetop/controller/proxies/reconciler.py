@@ -53,16 +53,14 @@ from fleetop.controller.proxies.cache import ProxyCaches
 from fleetop.controller.proxies.plan import UnitPlan, plan_units
 from fleetop.controller.proxies.status import (
     BackendCollector,
-    BackendSet,
-    Destinations,
     ProxyView,
     RegistrationSource,
     build_status,
     decode_published,
     describe_invalid,
     describe_unlaunched,
+    follow_rules,
     invalid_status,
-    network_rules,
     published_hash,
     summarize_agents,
 )
@@ -77,9 +75,17 @@ from fleetop.errors import NameTaken, RenderError, TemporaryError
 from fleetop.keys import Keys
 from fleetop.models import ProxySpec, ProxyStatus, PublishedConfig, ServiceSpec
 from fleetop.models.parse import spec_hash
+from fleetop.models.status import FollowedBackend
+from fleetop.proxy.backends import BackendSet, Destinations, network_rules
 from fleetop.proxy.coalesce import Quiescence
 from fleetop.proxy.published import PublishedFormatError, encode_published
-from fleetop.proxy.render import DEFAULT_PROXY_ROOT, FragmentRenderer, RenderPaths, routed_services
+from fleetop.proxy.render import (
+    DEFAULT_PROXY_ROOT,
+    FragmentRenderer,
+    RenderPaths,
+    block_values,
+    routed_services,
+)
 from fleetop.proxy.sandbox import RenderPool
 from fleetop.store import Entry
 
@@ -178,8 +184,9 @@ class ProxyReconciler:
         if due or (wait is None and self._must_render(memory, published)):
             memory.backends = await self._backends(spec, memory, sources, launched)
             try:
+                rules = self._follow_rules(ref.name, spec, memory, sources, launched, layout)
                 published = await self._render_and_publish(
-                    ref, spec, memory.backends, layout, memory, published
+                    ref, spec, memory.backends, layout, memory, published, rules
                 )
             except BaseException:
                 memory.seen = None  # not published: the retry must see these inputs as a change
@@ -259,9 +266,13 @@ class ProxyReconciler:
 
     def _destinations(self, spec: ProxySpec, resolved: dict[str, Resolution]) -> Destinations:
         """The proxy's ``allowedNetworks`` for every routed service, narrowed by a service's own."""
+        lists = self._network_lists(spec)
+        return Destinations(resolved, {service: network_rules(*found) for service, found in lists.items()})
+
+    def _network_lists(self, spec: ProxySpec) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """Per routed service, the CIDR lists an address must be in: the proxy's, then the service's."""
         mine = tuple(spec.allowed_networks)
-        proxy_only = network_rules(mine)
-        allowed = {}
+        lists: dict[str, tuple[tuple[str, ...], ...]] = {}
         for service in routed_services(spec):
             entry = self.informers.entries["services"].get(service)
             own = (
@@ -269,8 +280,8 @@ class ProxyReconciler:
                 if entry and isinstance(entry.spec, ServiceSpec)
                 else None
             )
-            allowed[service] = proxy_only if own is None else network_rules(mine, tuple(own))
-        return Destinations(resolved, allowed)
+            lists[service] = (mine,) if own is None else (mine, tuple(own))
+        return lists
 
     def _refresh_after(self, wait: float | None, memory: ProxyMemory) -> float | None:
         """Come back when a name the config uses is due for a new lookup (or sooner, for ``wait``)."""
@@ -334,6 +345,22 @@ class ProxyReconciler:
         """The newest published config: the cache's, unless it has not seen this process's last write."""
         return decode_published(self.executor.stored(self.keys.proxy_config(name), self.caches.configs))
 
+    def _follow_rules(
+        self,
+        name: str,
+        spec: ProxySpec,
+        memory: ProxyMemory,
+        sources: Sources,
+        launched: Launched,
+        layout: ProxyLayout,
+    ) -> list[FollowedBackend]:
+        """What the agents may follow themselves (:mod:`fleetop.proxy.follow`), as of this render."""
+        if spec.kind != "haproxy" or spec.template is not None or spec.reload_cmd is not None:
+            return []
+        revisions = {service: memory.collector.revision(service) for service in sources}
+        block = block_values(name, spec, RenderPaths(layout.runtime_dir))
+        return follow_rules(spec, sources, revisions, launched, self._network_lists(spec), block)
+
     @property
     def keys(self) -> Keys:
         return self.informers.keys
@@ -347,6 +374,7 @@ class ProxyReconciler:
         layout: ProxyLayout,
         memory: ProxyMemory,
         published: PublishedConfig | None,
+        rules: list[FollowedBackend],
     ) -> PublishedConfig | None:
         self.renders += 1
         paths = RenderPaths(layout.runtime_dir)
@@ -355,9 +383,9 @@ class ProxyReconciler:
                 rendered = await self.sandbox.render(ref.name, spec, backends.valid, paths=paths)
             else:
                 rendered = memory.renderer.render(ref.name, spec, backends.valid, paths=paths)
-            digest = published_hash(rendered.hash, spec)
+            digest = published_hash(rendered.hash, spec, rules)
             generation = (published.generation if published is not None else 0) + 1
-            config = rendered.published(spec, generation).model_copy(update={"hash": digest})
+            config = rendered.published(spec, generation).model_copy(update={"hash": digest, "follow": rules})
             body = encode_published(config, body_sha256=rendered.hash)
         except (RenderError, PublishedFormatError) as exc:
             memory.render_error = f"render failed: {exc}"

@@ -20,73 +20,38 @@ Kept apart from :mod:`fleetop.controller.proxies.reconciler` so they are tested 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from pydantic import ValidationError
 
 from fleetop.discovery.addresses import InvalidRegistration, Registration, registrations_under
-from fleetop.discovery.resolve import Resolution, names_of
+from fleetop.discovery.resolve import Resolution
 from fleetop.etcd.model import KeyValue
-from fleetop.models.networks import IPNetwork, contains, parse_networks
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import (
     AgentCount,
     AgentStatus,
     Condition,
     ConditionType,
+    FollowedBackend,
     ProxyStatus,
     PublishedConfig,
     UnitStatus,
 )
+from fleetop.proxy.backends import (
+    BackendSet,
+    Destinations,
+    collect_backends,
+    distinct,
+    is_name,
+)
 from fleetop.proxy.published import PublishedFormatError
 from fleetop.proxy.published import decode_published as decode_wire
-from fleetop.proxy.render import paused_gc
 from fleetop.timefmt import rfc3339
-
-
-@dataclass(frozen=True)
-class BackendSet:
-    """Parsed registrations per routed service, the refused ones, and the ones of instances that the
-    operator does not run (``unlaunched``: valid addresses, left out all the same)."""
-
-    valid: dict[str, Sequence[Registration]] = field(default_factory=dict)
-    invalid: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
-    unlaunched: dict[str, list[InvalidRegistration]] = field(default_factory=dict)
-    servers: dict[str, int] | None = None
-    """Distinct addresses per service, when the collector counted them already (else counted here)."""
-
-    def server_counts(self) -> dict[str, int]:
-        """Each routed service's number of distinct backend addresses (what the status reports)."""
-        if self.servers is not None:
-            return self.servers
-        return {service: _distinct(regs) for service, regs in self.valid.items()}
-
-    @property
-    def invalid_count(self) -> int:
-        return sum(len(v) for v in self.invalid.values())
-
-    @property
-    def skipped_count(self) -> int:
-        """Registrations left out of the config, for whatever reason."""
-        return self.invalid_count + sum(len(v) for v in self.unlaunched.values())
-
-    def unlaunched_keys(self) -> frozenset[str]:
-        return frozenset(r.key for regs in self.unlaunched.values() for r in regs)
-
-    def fingerprint(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """What the render depends on, comparable between passes."""
-        return tuple(
-            (service, tuple(sorted(r.address for r in regs))) for service, regs in sorted(self.valid.items())
-        )
-
-
-def _distinct(regs: Sequence[Registration]) -> int:
-    return len({(r.host, r.port) for r in regs})
 
 
 class RegistrationSource(Protocol):
@@ -148,6 +113,12 @@ class BackendCollector:
         self._sources = sources
         return set().union(*(r.names for r in read.values() if r.names))
 
+    def revision(self, service: str) -> int:
+        """The revision of the cache ``service``'s registrations were last read from: they hold
+        every change under its prefix up to it (-1 when none was read)."""
+        read = self._read.get(service)
+        return read.revision if read is not None else -1
+
     def collect(
         self,
         sources: Mapping[str, tuple[str, RegistrationSource | None]],
@@ -181,7 +152,7 @@ class BackendCollector:
                     regs,
                     one.invalid.get(service, []),
                     one.unlaunched.get(service, []),
-                    _distinct(regs),
+                    distinct(regs),
                 )
             collected[service] = last
             valid[service] = last.valid
@@ -200,139 +171,9 @@ def registration_names(items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]
     names = set()
     for prefix, pairs in items.values():
         for _, parsed in registrations_under(prefix, pairs):
-            if isinstance(parsed, Registration) and _is_name(parsed.host):
+            if isinstance(parsed, Registration) and is_name(parsed.host):
                 names.add(parsed.host)
     return names
-
-
-class NetworkRules:
-    """Network lists an address must be in, every one of them. Hashed once: every backend of every
-    render is checked against the same rules, through a cache keyed by them."""
-
-    __slots__ = ("_hash", "lists")
-
-    def __init__(self, lists: Iterable[tuple[IPNetwork, ...]]) -> None:
-        self.lists = tuple(lists)
-        self._hash = hash(self.lists)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return other is self or (isinstance(other, NetworkRules) and self.lists == other.lists)
-
-
-@functools.lru_cache(maxsize=1024)
-def network_rules(*lists: tuple[str, ...]) -> NetworkRules:
-    """The rules for CIDR lists (``allowedNetworks`` of a proxy, then of a service), one object per
-    distinct lists."""
-    return NetworkRules(parse_networks(cidrs) for cidrs in lists)
-
-
-NO_RULES = NetworkRules(())
-
-
-@functools.lru_cache(maxsize=200_000)
-def _is_name(host: str) -> bool:
-    return bool(names_of([host]))
-
-
-@functools.lru_cache(maxsize=200_000)
-def _inside(host: str, rules: NetworkRules) -> bool:
-    """Cached: a render checks every backend on every pass, and the answer only depends on these."""
-    return all(contains(networks, host) for networks in rules.lists)
-
-
-@dataclass(frozen=True)
-class Destinations:
-    """Where backends may be: each name's resolution, and per routed service the network lists an
-    address must be in (the proxy's ``allowedNetworks``, then the service's own, if any).
-    ``resolved`` None keeps names as they are (nothing resolved them, nothing to check them by)."""
-
-    resolved: Mapping[str, Resolution] | None = None
-    allowed: Mapping[str, NetworkRules] = field(default_factory=dict)
-
-    def targets(
-        self, service: str, parsed: Registration
-    ) -> tuple[list[Registration], list[InvalidRegistration]]:
-        """The registrations ``parsed`` stands for (one per address of a name), and those refused."""
-        rules = self.allowed.get(service, NO_RULES)
-        if not _is_name(parsed.host):
-            if _inside(parsed.host, rules):
-                return [parsed], []
-            hosts: tuple[str, ...] = (parsed.host,)
-        elif self.resolved is None:
-            return [parsed], []
-        else:
-            answer = self.resolved.get(parsed.host)
-            if answer is None or answer.error is not None or not answer.addresses:
-                reason = (
-                    answer.error if answer is not None and answer.error else f"{parsed.host} is not resolved"
-                )
-                return [], [InvalidRegistration(parsed.key, parsed.address, reason)]
-            hosts = answer.addresses
-        kept, refused = [], []
-        for host in hosts:
-            target = Registration(parsed.key, host, parsed.port)
-            if _inside(host, rules):
-                kept.append(target)
-                continue
-            via = f" ({parsed.host})" if host != parsed.host else ""
-            reason = f"{target.address}{via} is outside the allowed networks"
-            refused.append(InvalidRegistration(parsed.key, target.address, reason))
-        return kept, refused
-
-
-def collect_backends(
-    items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]],
-    launched: Mapping[str, frozenset[str]] | None = None,
-    destinations: Destinations | None = None,
-) -> BackendSet:
-    """``service -> (prefix, [(key, value)])`` → registrations of the keys directly under the prefix.
-
-    ``launched`` maps each service whose instances register through fleetop's sidekick to the
-    instances the operator runs (:func:`~fleetop.controller.world.launched_instances`); other
-    services' keys are all trusted.
-    ``destinations`` turns names into their addresses and refuses what lies outside the allowed
-    networks: an unresolvable name or a forbidden address is skipped and reported like a value that
-    does not parse, and every other backend still renders.
-    """
-    with paused_gc():
-        return _collect(items, launched or {}, destinations or Destinations())
-
-
-def _collect(
-    items: Mapping[str, tuple[str, Iterable[tuple[str, bytes]]]],
-    known: Mapping[str, frozenset[str]],
-    where: Destinations,
-) -> BackendSet:
-    valid: dict[str, Sequence[Registration]] = {}
-    invalid: dict[str, list[InvalidRegistration]] = {}
-    unlaunched: dict[str, list[InvalidRegistration]] = {}
-    for service, (prefix, pairs) in sorted(items.items()):
-        found: list[Registration] = []
-        refused: list[InvalidRegistration] = []
-        unknown: list[InvalidRegistration] = []
-        valid[service] = found
-        runs = known.get(service)
-        rules = where.allowed.get(service, NO_RULES)
-        for instance, parsed in registrations_under(prefix, sorted(pairs)):
-            if not isinstance(parsed, Registration):
-                refused.append(parsed)
-            elif runs is not None and instance not in runs:
-                reason = f"instance {instance} is not a launched unit of service {service}"
-                unknown.append(InvalidRegistration(parsed.key, parsed.address, reason))
-            elif not _is_name(parsed.host) and _inside(parsed.host, rules):
-                found.append(parsed)  # an address inside the rules: what targets() answers, inline
-            else:
-                kept, outside = where.targets(service, parsed)
-                found.extend(kept)
-                refused.extend(outside)
-        if refused:
-            invalid[service] = refused
-        if unknown:
-            unlaunched[service] = unknown
-    return BackendSet(valid, invalid, unlaunched)
 
 
 def _describe(skipped: Sequence[InvalidRegistration]) -> str:
@@ -355,12 +196,15 @@ def describe_unlaunched(backends: BackendSet) -> str:
     return _describe([r for regs in backends.unlaunched.values() for r in regs])
 
 
-def published_hash(text_hash: str, spec: ProxySpec) -> str:
-    """The hash agents compare: the text's own, or with the spec's commands folded in."""
+def published_hash(text_hash: str, spec: ProxySpec, follow: Sequence[FollowedBackend] = ()) -> str:
+    """The hash agents compare: the text's own, or with the spec's commands and the rules of the
+    followed backends (not their revisions) folded in: a new rule is a new config for the agents,
+    a registration that changes nothing rendered is not."""
     extras = (spec.check_cmd, spec.reload_cmd, spec.config_path)
-    if all(value is None for value in extras):
+    if all(value is None for value in extras) and not follow:
         return text_hash
-    body = json.dumps([text_hash, *extras], separators=(",", ":"), sort_keys=True)
+    rules = [rule.rule() for rule in follow]
+    body = json.dumps([text_hash, *extras, *rules], separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
@@ -492,3 +336,32 @@ def invalid_status(
             "last_error": message,
         }
     )
+
+
+def follow_rules(
+    spec: ProxySpec,
+    sources: Mapping[str, tuple[str, object]],
+    revisions: Mapping[str, int],
+    launched: Mapping[str, frozenset[str]],
+    networks: Mapping[str, tuple[tuple[str, ...], ...]],
+    block: Mapping[str, str | bool | None] | None,
+) -> list[FollowedBackend]:
+    """The backends an agent may follow itself (:mod:`fleetop.proxy.follow`): every routed service of
+    an HAProxy built-in template whose servers change at runtime (no ``reloadCmd``), with the rules
+    its registrations were kept by for this render. None for anything else."""
+    if spec.kind != "haproxy" or spec.template is not None or spec.reload_cmd is not None or block is None:
+        return []
+    rules = []
+    for service in sorted(sources):
+        found = launched.get(service)
+        rules.append(
+            FollowedBackend(
+                service=service,
+                prefix=sources[service][0],
+                revision=revisions.get(service, -1),
+                launched=sorted(found) if found is not None else None,
+                networks=[list(cidrs) for cidrs in networks.get(service, ())],
+                block=dict(block),
+            )
+        )
+    return rules

@@ -84,7 +84,7 @@ RECENT_EVENTS = 32
 
 class KeyCache(Protocol):
     """What the write-if-changed reads a key from: an informer's cache of its prefix
-    (:class:`~fleetop.controller.runtime.informers.PrefixCache`), with the revision it has seen."""
+    (:class:`~fleetop.prefixes.PrefixCache`), with the revision it has seen."""
 
     @property
     def revision(self) -> int: ...

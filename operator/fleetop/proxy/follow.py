@@ -1,0 +1,160 @@
+"""An agent following the registrations of its HAProxy's backends itself, one etcd commit sooner.
+
+A backend registering or leaving reaches HAProxy through two etcd commits: the registration, then
+the config the operator renders from it and publishes. With the published config the operator also
+publishes, for each backend of HAProxy's built-in template whose servers change at runtime, the rules
+it kept the backend's registrations by (:class:`~fleetop.models.status.FollowedBackend`: the prefix,
+the launched instances of a sidekick service, the allowed networks, the values the template's block
+reads) and the etcd revision the body reflects. The agent watches those prefixes too, and when it has
+seen a change under a prefix that the body does not reflect yet (its cache is past the rule's
+revision), it renders that backend as the operator will: the same parsing and filtering
+(:func:`~fleetop.proxy.backends.collect_backends`) and the same template block
+(:func:`~fleetop.proxy.render.builtin_block`), put in place of the published block. That *effective*
+config is what the agent applies (servers at runtime, the file staged, checked and renamed as ever),
+and when the operator's config arrives with those servers, it is byte for byte the one applied.
+
+Where the agent cannot be sure it would render what the operator renders, it keeps the published
+block: a registration that is a DNS name (the operator resolves names; the agent never does), a
+cache that has not caught up with the rule's revision (the published servers are newer), a block
+of the published body that is not exactly the block its servers render to (another template or
+version), or a prefix the agent may not read. The operator stays the one place registrations are
+judged and reported; the agent only gets there first. A DNS name among a backend's registrations
+holds the backend where the agent last followed it until the operator publishes (the agent cannot
+render it, and the published servers are older than what it followed). Pure apart from reading the caches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fleetop.discovery.addresses import Registration
+from fleetop.etcd.model import KeyValue
+from fleetop.models.status import FollowedBackend, PublishedConfig
+from fleetop.proxy.backends import Destinations, collect_backends, is_name, network_rules
+from fleetop.proxy.haproxy_servers import Section, parse_config, parse_section
+from fleetop.proxy.render import builtin_block, service_view, upstream_name
+
+log = logging.getLogger(__name__)
+
+
+class PrefixView(Protocol):
+    """What the agent has seen under a prefix: every change up to ``revision``."""
+
+    @property
+    def revision(self) -> int: ...
+
+    def under(self, prefix: str) -> Sequence[KeyValue]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Followed:
+    """The config to apply: the published body with the blocks of ``ahead`` (services) rendered from
+    registrations newer than it."""
+
+    body: str
+    ahead: tuple[str, ...] = ()
+
+
+def followable(cfg: PublishedConfig) -> bool:
+    """Whether a published config carries backends to follow and its servers change at runtime."""
+    return bool(cfg.follow) and cfg.kind == "haproxy" and cfg.reload_cmd is None
+
+
+def own_registrations(rule: FollowedBackend, items: Sequence[KeyValue]) -> tuple[Registration, ...] | None:
+    """The registrations under ``rule.prefix`` that the operator would render for this backend, by its
+    rule; None when one of them is a DNS name (which only the operator resolves)."""
+    pairs = [(kv.key, kv.value) for kv in items]
+    launched = {rule.service: frozenset(rule.launched)} if rule.launched is not None else {}
+    allowed = {rule.service: network_rules(*(tuple(cidrs) for cidrs in rule.networks))}
+    found = collect_backends({rule.service: (rule.prefix, pairs)}, launched, Destinations(None, allowed))
+    regs = tuple(found.valid.get(rule.service, ()))
+    if any(is_name(reg.host) for reg in regs):
+        return None
+    return regs
+
+
+HOLD = ("", "")
+"""A backend whose registrations the agent cannot render (a DNS name among them): it keeps the servers
+it last followed ahead of this published config, if any, else the published ones."""
+
+
+class Follower:
+    """Makes the effective config of each published one, from the caches of the followed prefixes.
+    Remembers, per backend, its answer for a published config at a cache revision, so an event under
+    one prefix renders one block and a config of 1,000 followed backends costs a look-up each."""
+
+    def __init__(self) -> None:
+        self._sections: tuple[str, dict[str, Section]] | None = None
+        self._memo: dict[str, tuple[str, int, tuple[str, str] | None]] = {}
+        self._refused: set[str] = set()
+        self._refused_for = ""
+
+    def effective(self, cfg: PublishedConfig, view: Callable[[str], PrefixView | None]) -> Followed:
+        if not followable(cfg):
+            return Followed(cfg.body)
+        body, ahead = cfg.body, []
+        memo: dict[str, tuple[str, int, tuple[str, str] | None]] = {}
+        for rule in cfg.follow:
+            cache = view(rule.prefix)
+            if cache is None or cache.revision <= rule.revision:
+                continue  # not seen further than the operator: its servers are the newest known
+            known = self._memo.get(rule.service)
+            if known is not None and known[0] == cfg.hash and known[1] == cache.revision:
+                change = known[2]
+            else:
+                change = self._change(cfg, rule, cache)
+                if change is HOLD:  # a name among them: keep what was followed until the operator publishes
+                    change = known[2] if known is not None and known[0] == cfg.hash else None
+            memo[rule.service] = (cfg.hash, cache.revision, change)
+            if change is None:
+                continue
+            old, new = change
+            at = body.find(old)
+            if at < 0 or body.find(old, at + 1) >= 0:
+                self._refuse(cfg, rule)
+                continue
+            body = body[:at] + new + body[at + len(old) :]
+            ahead.append(rule.service)
+        self._memo = memo
+        return Followed(body, tuple(ahead))
+
+    def _change(
+        self, cfg: PublishedConfig, rule: FollowedBackend, cache: PrefixView
+    ) -> tuple[str, str] | None:
+        """(the published block, the block of the registrations seen), None when the servers are the
+        published ones, HOLD when one of the registrations is a DNS name."""
+        regs = own_registrations(rule, cache.under(rule.prefix))
+        if regs is None:
+            return HOLD
+        section = self._section(cfg, upstream_name(rule.service))
+        if section is None:
+            return None
+        published = sorted({(s.host, s.port) for s in parse_section(section).servers.values()})
+        if sorted({(r.host, r.port) for r in regs}) == published:
+            return None
+        mine = [Registration("", host, port) for host, port in published]
+        old = builtin_block(cfg.kind, rule.block, service_view(rule.service, mine))
+        return old, builtin_block(cfg.kind, rule.block, service_view(rule.service, regs))
+
+    def _section(self, cfg: PublishedConfig, backend: str) -> Section | None:
+        if self._sections is None or self._sections[0] != cfg.hash:
+            model = parse_config(cfg.body)
+            found = {s.name: s for s in model.sections if s.keyword == "backend"}
+            self._sections = (cfg.hash, found)
+        return self._sections[1].get(backend)
+
+    def _refuse(self, cfg: PublishedConfig, rule: FollowedBackend) -> None:
+        """Said once per published config and backend."""
+        if self._refused_for != cfg.hash:
+            self._refused_for, self._refused = cfg.hash, set()
+        if rule.service in self._refused:
+            return
+        self._refused.add(rule.service)
+        log.warning(
+            "config %s: the block of service %s is not the one its servers render to here; "
+            "its servers come from the published config only",
+            cfg.hash[:12], rule.service,
+        )  # fmt: skip
