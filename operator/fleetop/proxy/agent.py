@@ -220,6 +220,7 @@ class ProxyAgent:
         followed = self._follow(cfg)
         if followed.body is not cfg.body:
             cfg = cfg.model_copy(update={"body": followed.body})
+            await self._servers_first(cfg, followed)
         if cfg.hash == self.status.applied_hash and self.status.error is None and self._same_body(cfg):
             if cfg.generation > self.status.applied_generation:
                 # the config running already, published again (A, B superseded, A): say it is applied
@@ -255,6 +256,28 @@ class ProxyAgent:
         self._followed = frozenset(rule.prefix for rule in cfg.follow)
         self._registrations.want(self._followed)
         return self._follower.effective(cfg, self._registrations.cache)
+
+    async def _servers_first(self, cfg: PublishedConfig, followed: Followed) -> None:
+        """Registrations moved under the config HAProxy runs: change those servers at once, before the
+        policy check, the cut and the diff of the whole config, which the apply then goes through as
+        for any config (it finds the servers in place and verifies them; the file is staged, checked
+        and renamed). Only for the published config already applied, whose paths and admin socket the
+        policy approved, and only servers: anything else waits for the apply. A refused command is
+        left to the apply, which plans again from what HAProxy reports."""
+        loaded = self._loaded
+        if (
+            loaded is None
+            or len(self._runtimes) != 1
+            or cfg.hash != self.status.applied_hash
+            or self.status.error is not None
+            or self._applied_body == cfg.body
+        ):
+            return
+        (runtime,) = self._runtimes.values()
+        try:
+            await runtime.apply(followed.servers)
+        except RuntimeAPIError as exc:
+            log.info("proxy %s: followed servers not changed ahead of the apply: %s", self.settings.proxy, exc)
 
     def _same_body(self, cfg: PublishedConfig) -> bool:
         applied = self._applied_body

@@ -26,15 +26,15 @@ render it, and the published servers are older than what it followed). Pure apar
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleetop.discovery.addresses import Registration
 from fleetop.etcd.model import KeyValue
 from fleetop.models.status import FollowedBackend, PublishedConfig
 from fleetop.proxy.backends import Destinations, collect_backends, is_name, network_rules
-from fleetop.proxy.haproxy_servers import Section, parse_config, parse_section
+from fleetop.proxy.haproxy_servers import Section, Server, parse_config, parse_section
 from fleetop.proxy.render import builtin_block, service_view, upstream_name
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,27 @@ class PrefixView(Protocol):
 @dataclass(frozen=True, slots=True)
 class Followed:
     """The config to apply: the published body with the blocks of ``ahead`` (services) rendered from
-    registrations newer than it."""
+    registrations newer than it; ``servers``: those backends' servers, as the body names them."""
 
     body: str
     ahead: tuple[str, ...] = ()
+    servers: Mapping[str, Mapping[str, Server]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """One backend followed ahead: its published block, its block from the registrations seen, and
+    the servers of the latter."""
+
+    old: str
+    new: str
+    backend: str
+    servers: Mapping[str, Server]
+
+
+HOLD = _Change("", "", "", {})
+"""A backend whose registrations the agent cannot render (a DNS name among them): it keeps the servers
+it last followed ahead of this published config, if any, else the published ones."""
 
 
 def followable(cfg: PublishedConfig) -> bool:
@@ -76,11 +93,6 @@ def own_registrations(rule: FollowedBackend, items: Sequence[KeyValue]) -> tuple
     return regs
 
 
-HOLD = ("", "")
-"""A backend whose registrations the agent cannot render (a DNS name among them): it keeps the servers
-it last followed ahead of this published config, if any, else the published ones."""
-
-
 class Follower:
     """Makes the effective config of each published one, from the caches of the followed prefixes.
     Remembers, per backend, its answer for a published config at a cache revision, so an event under
@@ -88,15 +100,15 @@ class Follower:
 
     def __init__(self) -> None:
         self._sections: tuple[str, dict[str, Section]] | None = None
-        self._memo: dict[str, tuple[str, int, tuple[str, str] | None]] = {}
+        self._memo: dict[str, tuple[str, int, _Change | None]] = {}
         self._refused: set[str] = set()
         self._refused_for = ""
 
     def effective(self, cfg: PublishedConfig, view: Callable[[str], PrefixView | None]) -> Followed:
         if not followable(cfg):
             return Followed(cfg.body)
-        body, ahead = cfg.body, []
-        memo: dict[str, tuple[str, int, tuple[str, str] | None]] = {}
+        body, ahead, servers = cfg.body, [], {}
+        memo: dict[str, tuple[str, int, _Change | None]] = {}
         for rule in cfg.follow:
             cache = view(rule.prefix)
             if cache is None or cache.revision <= rule.revision:
@@ -111,25 +123,26 @@ class Follower:
             memo[rule.service] = (cfg.hash, cache.revision, change)
             if change is None:
                 continue
-            old, new = change
-            at = body.find(old)
-            if at < 0 or body.find(old, at + 1) >= 0:
+            at = body.find(change.old)
+            if at < 0 or body.find(change.old, at + 1) >= 0:
                 self._refuse(cfg, rule)
                 continue
-            body = body[:at] + new + body[at + len(old) :]
+            body = body[:at] + change.new + body[at + len(change.old) :]
             ahead.append(rule.service)
+            servers[change.backend] = change.servers
         self._memo = memo
-        return Followed(body, tuple(ahead))
+        return Followed(body, tuple(ahead), servers)
 
     def _change(
         self, cfg: PublishedConfig, rule: FollowedBackend, cache: PrefixView
-    ) -> tuple[str, str] | None:
-        """(the published block, the block of the registrations seen), None when the servers are the
-        published ones, HOLD when one of the registrations is a DNS name."""
+    ) -> _Change | None:
+        """The backend's published block and its block from the registrations seen; None when the
+        servers are the published ones, HOLD when one of the registrations is a DNS name."""
         regs = own_registrations(rule, cache.under(rule.prefix))
         if regs is None:
             return HOLD
-        section = self._section(cfg, upstream_name(rule.service))
+        backend = upstream_name(rule.service)
+        section = self._section(cfg, backend)
         if section is None:
             return None
         published = sorted({(s.host, s.port) for s in parse_section(section).servers.values()})
@@ -137,7 +150,9 @@ class Follower:
             return None
         mine = [Registration("", host, port) for host, port in published]
         old = builtin_block(cfg.kind, rule.block, service_view(rule.service, mine))
-        return old, builtin_block(cfg.kind, rule.block, service_view(rule.service, regs))
+        view = service_view(rule.service, regs)
+        new = builtin_block(cfg.kind, rule.block, view)
+        return _Change(old, new, backend, {b.id: Server(b.id, b.host, b.port) for b in view.backends})
 
     def _section(self, cfg: PublishedConfig, backend: str) -> Section | None:
         if self._sections is None or self._sections[0] != cfg.hash:

@@ -2,8 +2,9 @@
 
 Kept apart from :mod:`fleetop.controller.proxies.reconciler` so they are tested with plain values:
 
-* backends: the registrations directly under each routed service's prefix, parsed strictly; a value
-  that is not exactly an address is counted and reported, never rendered;
+* backends (:mod:`fleetop.proxy.backends`, shared with the agents): the registrations directly under each
+  routed service's prefix, parsed strictly; a value that is not exactly an address is counted and
+  reported, never rendered;
 * registrations follow the operator's own knowledge: for a service whose instances register through
   fleetop's sidekick, a registration whose instance is not one of the service's main units that fleet
   holds with desiredState ``launched`` (destroyed, never launched: a key a lost delete or a restored
@@ -12,7 +13,8 @@ Kept apart from :mod:`fleetop.controller.proxies.reconciler` so they are tested 
   states. Registrations of other services (registrator, hand-written) are trusted as they are;
 * the published hash: the sha256 of the rendered text, which is what agents compare. A spec's own
   ``checkCmd`` / ``reloadCmd`` / ``configPath`` travel with the config, so when one is set it is
-  folded into the hash too: changing only a command is a new config for the agents to apply;
+  folded into the hash too: changing only a command is a new config for the agents to apply; so are
+  the rules of the backends agents may follow themselves (``follow_rules``, not their revisions);
 * the status: ``Published`` (a config for this spec is out), ``Available`` (at least one agent serves
   the newest config), ``Degraded`` (the render or an agent failed), each keeping its
   ``lastTransitionTime`` while its status stays, so a converged proxy gets a byte-identical status.
