@@ -126,6 +126,24 @@ def test_the_config_made_ahead_is_the_operators_byte_for_byte(
         assert dict(followed.servers["svc_web"]) == parse_config(new.body).servers()["svc_web"]
 
 
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(REGISTRATIONS, REGISTRATIONS, st.booleans()), min_size=2, max_size=6))
+def test_what_a_follower_remembers_never_changes_its_answer(
+    steps: list[tuple[dict[str, str], dict[str, str], bool]],
+) -> None:
+    """One follower through a run of published configs and views answers as a fresh one would."""
+    spec, follower, revision = spec_of(), Follower(), 10
+    cfg = published(spec, [], revision)
+    for before, after, republish in steps:
+        revision += 1
+        if republish:
+            cfg = published(spec, sorted(before.items()), revision)
+            revision += 1
+        seen = views(View(sorted(after.items()), revision)).get
+        assert follower.effective(cfg, seen) == Follower().effective(cfg, seen)
+        assert follower.effective(cfg, seen) == Follower().effective(cfg, seen)  # remembered now
+
+
 def test_a_view_no_newer_than_the_published_config_keeps_its_servers() -> None:
     spec = spec_of()
     cfg = published(spec, [(f"{PREFIX}a", "10.0.0.1:80")], 10)

@@ -277,7 +277,7 @@ class ProxyAgent:
         try:
             await runtime.apply(followed.servers)
         except RuntimeAPIError as exc:
-            log.info("proxy %s: followed servers not changed ahead of the apply: %s", self.settings.proxy, exc)
+            log.info("proxy %s: followed servers not changed before the apply: %s", self.settings.proxy, exc)
 
     def _same_body(self, cfg: PublishedConfig) -> bool:
         applied = self._applied_body

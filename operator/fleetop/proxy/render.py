@@ -611,9 +611,7 @@ def render_block(template: jinja2.Template, values: Mapping[str, Any], view: Ser
     return checked(lambda: "".join(block(template.new_context({**values, "service": view}))))
 
 
-def block_values(
-    proxy_name: str, spec: ProxySpec, paths: RenderPaths
-) -> dict[str, str | bool | None] | None:
+def block_values(proxy_name: str, spec: ProxySpec, paths: RenderPaths) -> dict[str, str | bool | None] | None:
     """The values the built-in template's block reads besides the service, when there is such a block
     and they are all plain values (what an agent needs to render a backend as the operator does);
     None otherwise (a custom template, or a block that reads more)."""
