@@ -13,6 +13,7 @@ from fleetop.errors import FleetopError
 from fleetop.etcd.client import Etcd
 from fleetop.local.etcdserver import EtcdServer
 from fleetop.models import ProxySpec, PublishedConfig
+from fleetop.models.status import FollowedBackend
 from fleetop.proxy.backends import collect_backends
 from fleetop.proxy.published import (
     COMPRESS_ABOVE,
@@ -119,3 +120,45 @@ async def test_a_100k_key_config_goes_through_etcd_with_its_default_request_limi
     back = decode_published(kv.value)
     assert back == cfg
     assert back.body.count("server 10.") == 100_000
+
+
+def rules(count: int) -> list[FollowedBackend]:
+    return [
+        FollowedBackend(
+            service=f"s{n:05d}",
+            prefix=f"/services/s{n:05d}/",
+            revision=1000 + n,
+            launched=["a", "b"] if n % 2 else None,
+            networks=[["10.0.0.0/8", "127.0.0.0/8"]],
+            block={"handler_header": True},
+        )
+        for n in range(count)
+    ]
+
+
+def test_follow_rules_round_trip_plain_and_compressed() -> None:
+    small = config("global\n", kind="haproxy", follow=rules(3))
+    raw = encode_published(small)
+    assert b"followZ" not in raw and decode_published(raw) == small
+    many = config("global\n", kind="haproxy", follow=rules(1000))  # a small body, many rules
+    raw = encode_published(many)
+    assert json.loads(raw)["format"] == FORMAT_COMPRESSED and b'"follow"' not in raw
+    assert len(raw) < 20_000  # 1,000 rules plain are about 200 KB
+    assert decode_published(raw) == many
+    assert decode_published(raw, body=False).follow == []  # a header read skips them
+
+
+def test_follow_rules_that_do_not_decode_are_refused() -> None:
+    document = json.loads(encode_published(config("global\n", kind="haproxy", follow=rules(1000))))
+    document["followZ"] = base64.b64encode(b"not zlib").decode()
+    with pytest.raises(PublishedFormatError, match="followZ does not decode"):
+        decode_published(json.dumps(document).encode())
+
+
+async def test_a_100k_key_haproxy_config_with_its_follow_rules_goes_through_etcd(etcd: Etcd) -> None:
+    nginx = hundred_thousand()
+    cfg = nginx.model_copy(update={"kind": "haproxy", "follow": rules(10_000)})
+    raw = encode_published(cfg)
+    await etcd.put("/proxies/big/config", raw)
+    kv = await etcd.get("/proxies/big/config")
+    assert kv is not None and decode_published(kv.value) == cfg

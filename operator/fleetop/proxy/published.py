@@ -7,10 +7,16 @@ directives around each address), so zlib shrinks them about twentyfold: a body a
 one value of about 0.5 MB, one etcd write and one watch event, with no partial state an agent could
 read half of. Small configs stay plain JSON (format 1, unchanged), readable with ``etcdctl get``.
 
-Format 2 is JSON as well, with every field of format 1 but ``body``::
+Format 2 is JSON as well, with every field of format 1 but ``body`` and ``follow``::
 
     {"format": 2, "hash": ..., "generation": ..., "kind": ..., (checkCmd, reloadCmd, configPath),
-     "encoding": "zlib", "bodySha256": <sha256 of the text>, "bodyZ": <base64 of zlib(text)>}
+     "encoding": "zlib", "bodySha256": <sha256 of the text>, "bodyZ": <base64 of zlib(text)>,
+     ("followZ": <base64 of zlib(the follow list as JSON)>)}
+
+``follow`` (the backends agents may follow themselves, one rule per routed service) repeats the same
+networks and values for every service: 200 KB at 1,000 services, which every agent and every watcher
+would receive with each change. Compressed it is a few KB; a document is compressed when the body and
+the rules together exceed ``COMPRESS_ABOVE``. An agent that does not know ``followZ`` ignores it.
 
 ``format`` says how to read the document. An agent that meets a format it does not know, an
 encoding it does not know, data that does not inflate or a text whose sha256 is not ``bodySha256``
@@ -61,10 +67,11 @@ def encode_published(
     """The value to put in etcd for ``config``. ``body_sha256``: the body's sha256 when the caller
     has it already (the render's hash), so a large body is not hashed twice."""
     text = config.body.encode("utf-8")
-    if len(text) <= compress_above:
+    rules = _follow_json(config)
+    if len(text) + len(rules) <= compress_above:
         value = config.model_dump_json(by_alias=True).encode()
     else:
-        header: dict[str, Any] = config.model_dump(by_alias=True, exclude={"body"})
+        header: dict[str, Any] = config.model_dump(by_alias=True, exclude={"body", "follow"})
         packed = base64.b64encode(zlib.compress(text, _LEVEL)).decode("ascii")
         header.update(
             format=FORMAT_COMPRESSED,
@@ -72,6 +79,8 @@ def encode_published(
             bodySha256=body_sha256 or hashlib.sha256(text).hexdigest(),
             bodyZ=packed,
         )
+        if rules:
+            header["followZ"] = base64.b64encode(zlib.compress(rules, _LEVEL)).decode("ascii")
         value = json.dumps(header, separators=(",", ":")).encode()
     if len(value) > limit:
         raise PublishedFormatError(
@@ -98,6 +107,9 @@ def decode_published(raw: bytes, *, body: bool = True) -> PublishedConfig:
         )
     if version == FORMAT_COMPRESSED:
         document["body"] = _inflate(document, body)
+        rules = document.pop("followZ", None)
+        if rules is not None and body:
+            document["follow"] = _inflate_follow(rules)
     try:
         return PublishedConfig.model_validate(document)
     except ValidationError as exc:
@@ -125,3 +137,21 @@ def _inflate(document: dict[str, Any], wanted: bool) -> str:
         return text.decode("utf-8")
     except UnicodeDecodeError:
         raise PublishedFormatError("the published config's body is not UTF-8") from None
+
+
+def _follow_json(config: PublishedConfig) -> bytes:
+    """The follow rules as JSON (empty when there are none)."""
+    if not config.follow:
+        return b""
+    return json.dumps(
+        [rule.model_dump(by_alias=True) for rule in config.follow], separators=(",", ":")
+    ).encode()
+
+
+def _inflate_follow(packed: object) -> Any:
+    if not isinstance(packed, str):
+        raise PublishedFormatError("the published config's followZ is not a string")
+    try:
+        return json.loads(zlib.decompress(base64.b64decode(packed, validate=True)))
+    except (binascii.Error, zlib.error, ValueError) as exc:
+        raise PublishedFormatError(f"the published config's followZ does not decode: {exc}") from None
