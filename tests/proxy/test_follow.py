@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,20 @@ async def test_an_agent_not_following_applies_only_published_configs(
         assert servers_in(site.target) == {a.address}
         status = await status_of(etcd)
         assert status is not None and status.followed_applies == 0 and not status.servers_ahead
+
+
+def test_the_operator_builds_again_only_the_rules_whose_inputs_changed() -> None:
+    spec = spec_of()
+    sources = {SERVICE: (PREFIX, None), "api": ("/services/api/", None)}
+    networks = {s: (PRIVATE,) for s in sources}
+    block = block_values(PROXY, spec, PATHS)
+    memo: dict[str, Any] = {}
+    first = follow_rules(spec, sources, {SERVICE: 5, "api": 3}, {}, networks, block, memo)
+    again = follow_rules(spec, sources, {SERVICE: 6, "api": 3}, {}, networks, block, memo)
+    assert again[0] is first[0] and again[0].service == "api"  # sorted: api, web
+    assert again[1] is not first[1] and again[1].revision == 6
+    launched = follow_rules(
+        spec, sources, {SERVICE: 6, "api": 3}, {SERVICE: frozenset({"i1"})}, networks, block, memo
+    )
+    assert launched[1].launched == ["i1"] and launched[0] is first[0]
+    assert follow_rules(spec, sources, {SERVICE: 6, "api": 3}, {}, networks, block, {}) == again

@@ -36,10 +36,10 @@ import json
 import zlib
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from fleetop.errors import ProxyError
-from fleetop.models.status import PublishedConfig
+from fleetop.models.status import FollowedBackend, PublishedConfig
 
 FORMAT_PLAIN = 1
 FORMAT_COMPRESSED = 2
@@ -50,6 +50,7 @@ COMPRESS_ABOVE = 64 * 1024
 MAX_VALUE = 1_400_000
 """The largest value published: etcd's default request limit is 1.5 MiB (1,572,864 bytes) for the
 whole request, key and transaction included."""
+_RULES = TypeAdapter(list[FollowedBackend])
 _LEVEL = 1  # zlib's fastest: 19x on a 10,000-backend config in 2 ms (level 6: 20x in 4 ms)
 
 
@@ -143,9 +144,7 @@ def _follow_json(config: PublishedConfig) -> bytes:
     """The follow rules as JSON (empty when there are none)."""
     if not config.follow:
         return b""
-    return json.dumps(
-        [rule.model_dump(by_alias=True) for rule in config.follow], separators=(",", ":")
-    ).encode()
+    return _RULES.dump_json(config.follow, by_alias=True)
 
 
 def _inflate_follow(packed: object) -> Any:

@@ -55,6 +55,7 @@ from fleetop.controller.proxies.status import (
     BackendCollector,
     ProxyView,
     RegistrationSource,
+    RuleMemo,
     build_status,
     decode_published,
     describe_invalid,
@@ -128,6 +129,8 @@ class ProxyMemory:
     judged: tuple[int, str] = (0, "")
     """The revision of the spec last judged and its ``specHash`` (computed once per revision: a
     proxy routing thousands of services has a large spec)."""
+    rules: RuleMemo = field(default_factory=dict)
+    """The follow rules of the last render, per service (:func:`follow_rules`)."""
     collector: BackendCollector = field(default_factory=BackendCollector)
     """Keeps the parsed registrations of unchanged services between renders."""
 
@@ -359,7 +362,8 @@ class ProxyReconciler:
             return []
         revisions = {service: memory.collector.revision(service) for service in sources}
         block = block_values(name, spec, RenderPaths(layout.runtime_dir))
-        return follow_rules(spec, sources, revisions, launched, self._network_lists(spec), block)
+        lists = self._network_lists(spec)
+        return follow_rules(spec, sources, revisions, launched, lists, block, memory.rules)
 
     @property
     def keys(self) -> Keys:

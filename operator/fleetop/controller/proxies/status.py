@@ -340,6 +340,9 @@ def invalid_status(
     )
 
 
+RuleMemo = dict[str, tuple[tuple[object, ...], FollowedBackend]]
+
+
 def follow_rules(
     spec: ProxySpec,
     sources: Mapping[str, tuple[str, object]],
@@ -347,23 +350,37 @@ def follow_rules(
     launched: Mapping[str, frozenset[str]],
     networks: Mapping[str, tuple[tuple[str, ...], ...]],
     block: Mapping[str, str | bool | None] | None,
+    memo: RuleMemo | None = None,
 ) -> list[FollowedBackend]:
     """The backends an agent may follow itself (:mod:`fleetop.proxy.follow`): every routed service of
     an HAProxy built-in template whose servers change at runtime (no ``reloadCmd``), with the rules
-    its registrations were kept by for this render. None for anything else."""
+    its registrations were kept by for this render. None for anything else. ``memo`` (kept by the
+    caller between renders) hands out the same rule for a service whose inputs did not change, so a
+    render at 1,000 services builds the rules of the services that changed only."""
     if spec.kind != "haproxy" or spec.template is not None or spec.reload_cmd is not None or block is None:
         return []
+    values = tuple(sorted(block.items()))
+    known = memo if memo is not None else {}
+    fresh: RuleMemo = {}
     rules = []
     for service in sorted(sources):
         found = launched.get(service)
-        rules.append(
-            FollowedBackend(
+        prefix, revision, lists = sources[service][0], revisions.get(service, -1), networks.get(service, ())
+        key = (prefix, revision, found, lists, values)
+        last = known.get(service)
+        if last is None or last[0] != key:
+            rule = FollowedBackend(
                 service=service,
-                prefix=sources[service][0],
-                revision=revisions.get(service, -1),
+                prefix=prefix,
+                revision=revision,
                 launched=sorted(found) if found is not None else None,
-                networks=[list(cidrs) for cidrs in networks.get(service, ())],
+                networks=[list(cidrs) for cidrs in lists],
                 block=dict(block),
             )
-        )
+            last = (key, rule)
+        fresh[service] = last
+        rules.append(last[1])
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     return rules
