@@ -470,20 +470,16 @@ def decode_agent(raw: bytes | None) -> AgentStatus | None:
 
 def agent_reloads(agents: KeyLog) -> int:
     """The agents' ``reloads`` counters, summed."""
-    total = 0
-    for raw in agents.items.values():
-        status = decode_agent(raw)
-        total += status.reloads if status is not None else 0
-    return total
+    return sum(status.reloads for status in _agents(agents))
 
 
 def agent_followed(agents: KeyLog) -> int:
     """The agents' ``followedApplies`` counters (configs applied ahead of the operator), summed."""
-    total = 0
-    for raw in agents.items.values():
-        status = decode_agent(raw)
-        total += status.followed_applies if status is not None else 0
-    return total
+    return sum(status.followed_applies for status in _agents(agents))
+
+
+def _agents(agents: KeyLog) -> list[AgentStatus]:
+    return [status for raw in agents.items.values() if (status := decode_agent(raw)) is not None]
 
 
 # -- the stack ------------------------------------------------------------------------------------------

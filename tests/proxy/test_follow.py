@@ -237,15 +237,20 @@ async def reported(etcd: Etcd, what: str, check: object) -> AgentStatus:
 
 @pytest.fixture
 async def agent(etcd: Etcd, site: ProxySite) -> AsyncIterator[ProxyAgent]:
-    settings = AgentSettings(
+    async with agent_running(etcd, settings_for(site)) as running:
+        yield running
+
+
+def settings_for(site: ProxySite, *, follow: bool = True) -> AgentSettings:
+    """The agent of ``site``: its file and directory, quick retries."""
+    return AgentSettings(
         proxy=PROXY,
         machine=MACHINE,
         runtime_dir=site.target.parent,
         config_path=site.target,
         retry_min=0.05,
+        follow=follow,
     )
-    async with agent_running(etcd, settings) as running:
-        yield running
 
 
 def servers_in(path: Path) -> set[str]:
@@ -314,11 +319,7 @@ async def test_an_agent_not_following_applies_only_published_configs(
     etcd: Etcd, site: ProxySite, pool: list[Registration]
 ) -> None:
     a, b, _ = pool
-    settings = AgentSettings(
-        proxy=PROXY, machine=MACHINE, runtime_dir=site.target.parent, config_path=site.target,
-        retry_min=0.05, follow=False,
-    )  # fmt: skip
-    async with agent_running(etcd, settings):
+    async with agent_running(etcd, settings_for(site, follow=False)):
         await etcd.put(API_KEY, API)
         revision = await etcd.put(f"{PREFIX}a", a.address)
         first = published(

@@ -26,13 +26,12 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 from pydantic import ValidationError
 
 from fleetop.discovery.addresses import InvalidRegistration, Registration, registrations_under
 from fleetop.discovery.resolve import Resolution
-from fleetop.etcd.model import KeyValue
 from fleetop.models.proxy import ProxySpec
 from fleetop.models.status import (
     AgentCount,
@@ -51,18 +50,14 @@ from fleetop.proxy.backends import (
     distinct,
     is_name,
 )
+from fleetop.proxy.follow import PrefixView
 from fleetop.proxy.published import PublishedFormatError
 from fleetop.proxy.published import decode_published as decode_wire
 from fleetop.timefmt import rfc3339
 
-
-class RegistrationSource(Protocol):
-    """Where a service's registrations are read: the operator's cache of its prefix."""
-
-    @property
-    def revision(self) -> int: ...
-
-    def under(self, prefix: str) -> Sequence[KeyValue]: ...
+RegistrationSource = PrefixView
+"""Where a service's registrations are read: the operator's cache of its prefix (the agents read theirs
+the same way)."""
 
 
 @dataclass(frozen=True, slots=True)
