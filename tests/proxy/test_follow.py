@@ -349,3 +349,19 @@ def test_the_operator_builds_again_only_the_rules_whose_inputs_changed() -> None
     )
     assert launched[1].launched == ["i1"] and launched[0] is first[0]
     assert follow_rules(spec, sources, {SERVICE: 6, "api": 3}, {}, networks, block, {}) == again
+
+
+def test_a_rule_the_agent_cannot_use_keeps_the_published_servers(caplog: pytest.LogCaptureFixture) -> None:
+    """A network that is not a CIDR (only a broken writer of the published document could put it
+    there) is reported once and leaves that backend to the operator; the agent goes on."""
+    cfg = published(spec_of(), [(f"{PREFIX}a", "10.0.0.1:80")], 10)
+    broken = [r.model_copy(update={"networks": [["not-a-network"]]}) for r in cfg.follow]
+    bad = cfg.model_copy(update={"follow": broken, "hash": "b" * 64})
+    newer = views(View([(f"{PREFIX}a", "10.0.0.1:80"), (f"{PREFIX}b", "10.0.0.2:80")], 11))
+    follower = Follower()
+    with caplog.at_level(logging.WARNING):
+        assert follower.effective(bad, newer.get).body is bad.body
+        assert follower.effective(bad, newer.get).body is bad.body
+    said = [r for r in caplog.records if "its rule cannot be used" in r.getMessage()]
+    assert len(said) == 1 and "service web is not followed" in said[0].getMessage()
+    assert follower.effective(cfg, newer.get).ahead == (SERVICE,)  # a usable config is followed again

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleetop.discovery.addresses import Registration
+from fleetop.errors import FleetopError
 from fleetop.etcd.model import KeyValue
 from fleetop.models.status import FollowedBackend, PublishedConfig
 from fleetop.proxy.backends import Destinations, collect_backends, is_name, network_rules
@@ -133,12 +134,16 @@ class Follower:
                 section = self._section(cfg, upstream_name(rule.service))
                 if section is None:
                     continue
-                change = self._judge(cfg, rule, cache, section, known, memo)
+                try:
+                    change = self._judge(cfg, rule, cache, section, known, memo)
+                except (ValueError, FleetopError) as exc:  # a rule this agent cannot use (a bad CIDR)
+                    self._refuse(cfg, rule, f"its rule cannot be used: {exc}")
+                    continue
             if change is None:
                 continue
             at = body.find(change.old)
             if at < 0 or body.find(change.old, at + 1) >= 0:
-                self._refuse(cfg, rule)
+                self._refuse(cfg, rule, "the published block is not the one its servers render to here")
                 continue
             body = body[:at] + change.new + body[at + len(change.old) :]
             ahead.append(rule.service)
@@ -193,7 +198,7 @@ class Follower:
             self._sections = (cfg.hash, found)
         return self._sections[1].get(backend)
 
-    def _refuse(self, cfg: PublishedConfig, rule: FollowedBackend) -> None:
+    def _refuse(self, cfg: PublishedConfig, rule: FollowedBackend, why: str) -> None:
         """Said once per published config and backend."""
         if self._refused_for != cfg.hash:
             self._refused_for, self._refused = cfg.hash, set()
@@ -201,7 +206,6 @@ class Follower:
             return
         self._refused.add(rule.service)
         log.warning(
-            "config %s: the block of service %s is not the one its servers render to here; "
-            "its servers come from the published config only",
-            cfg.hash[:12], rule.service,
+            "config %s: service %s is not followed (%s): its servers come from the published config only",
+            cfg.hash[:12], rule.service, why,
         )  # fmt: skip

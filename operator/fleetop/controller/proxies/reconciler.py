@@ -56,6 +56,7 @@ from fleetop.controller.proxies.status import (
     ProxyView,
     RegistrationSource,
     RuleMemo,
+    agents_may_follow,
     build_status,
     decode_published,
     describe_invalid,
@@ -358,7 +359,7 @@ class ProxyReconciler:
         layout: ProxyLayout,
     ) -> list[FollowedBackend]:
         """What the agents may follow themselves (:mod:`fleetop.proxy.follow`), as of this render."""
-        if spec.kind != "haproxy" or spec.template is not None or spec.reload_cmd is not None:
+        if not agents_may_follow(spec):
             return []
         revisions = {service: memory.collector.revision(service) for service in sources}
         block = block_values(name, spec, RenderPaths(layout.runtime_dir))

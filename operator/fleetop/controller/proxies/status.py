@@ -338,6 +338,12 @@ def invalid_status(
 RuleMemo = dict[str, tuple[tuple[object, ...], FollowedBackend]]
 
 
+def agents_may_follow(spec: ProxySpec) -> bool:
+    """HAProxy's built-in template without a ``reloadCmd``: servers change at runtime, and an agent
+    renders a backend's block as the operator does."""
+    return spec.kind == "haproxy" and spec.template is None and spec.reload_cmd is None
+
+
 def follow_rules(
     spec: ProxySpec,
     sources: Mapping[str, tuple[str, object]],
@@ -352,7 +358,7 @@ def follow_rules(
     its registrations were kept by for this render. None for anything else. ``memo`` (kept by the
     caller between renders) hands out the same rule for a service whose inputs did not change, so a
     render at 1,000 services builds the rules of the services that changed only."""
-    if spec.kind != "haproxy" or spec.template is not None or spec.reload_cmd is not None or block is None:
+    if not agents_may_follow(spec) or block is None:
         return []
     values = tuple(sorted(block.items()))
     known = memo if memo is not None else {}
